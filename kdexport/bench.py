@@ -1,0 +1,108 @@
+"""The one benchmark path: warm-up, timed runs, percentiles. ORT sessions and PyTorch eager
+are timed by the same function on the same inputs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import Dataset
+from .envinfo import usable_cores
+from .export import ort_logits, ort_session
+
+
+def percentiles(samples_ms: list[float]) -> dict[str, float]:
+    a = np.asarray(samples_ms, dtype=np.float64)
+    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
+            "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "runs": int(a.size)}
+
+
+def time_fn(fn: Callable[[], object], warmup: int = 10, iters: int = 100,
+            max_seconds: float | None = None) -> dict[str, float]:
+    """Latency of ``fn()`` in ms: ``warmup`` untimed calls, then up to ``iters`` timed calls
+    (stopping early once ``max_seconds`` is spent, after at least 5 runs)."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    start = time.perf_counter()
+    for i in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+        if max_seconds is not None and i >= 4 and time.perf_counter() - start > max_seconds:
+            break
+    return percentiles(samples)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _inputs(data: Dataset, batch: int) -> torch.Tensor:
+    x = data.x_test[:batch]
+    if x.shape[0] < batch:  # tiny test sets: repeat real images
+        x = x.repeat((batch + x.shape[0] - 1) // x.shape[0], 1, 1, 1)[:batch]
+    return data.normalize(x).contiguous()
+
+
+def latency_table(run: Callable[[torch.Tensor], object], data: Dataset, batches: list[int],
+                  warmup: int, iters: int, max_seconds: float | None = None) -> dict:
+    """``{"batch_N": {p50, p90, p99, mean, runs}}`` plus ``throughput_per_s`` at the largest batch."""
+    out: dict = {}
+    for b in batches:
+        x = _inputs(data, b)
+        out[f"batch_{b}"] = time_fn(lambda x=x: run(x), warmup, iters, max_seconds)
+    big = max(batches)
+    throughput = big / (out[f"batch_{big}"]["p50"] / 1e3)
+    return {"latency_ms": out, "throughput_per_s": throughput}
+
+
+def bench_onnx(path: str | os.PathLike, data: Dataset, batches: list[int], *, threads: int | None = None,
+               warmup: int = 10, iters: int = 100, max_seconds: float | None = None,
+               graph_opt: str = "all") -> dict:
+    threads = threads or usable_cores()
+    sess = ort_session(path, threads=threads, graph_opt=graph_opt)
+    name = sess.get_inputs()[0].name
+    res = latency_table(lambda x: sess.run(None, {name: x.numpy()}), data, batches, warmup, iters,
+                        max_seconds)
+    res["threads"] = threads
+    return res
+
+
+def bench_torch(model: nn.Module, data: Dataset, batches: list[int], *, threads: int | None = None,
+                warmup: int = 10, iters: int = 100, max_seconds: float | None = None) -> dict:
+    threads = threads or usable_cores()
+    model = model.eval().cpu()
+
+    def run(x: torch.Tensor) -> object:
+        with torch.inference_mode():
+            return model(x)
+
+    with torch_threads(threads):
+        res = latency_table(run, data, batches, warmup, iters, max_seconds)
+    res["threads"] = threads
+    return res
+
+
+def onnx_accuracy(path: str | os.PathLike, data: Dataset, threads: int | None = None,
+                  batch_size: int = 256) -> float:
+    """Top-1 accuracy of an ONNX classifier on the dataset's test split."""
+    sess = ort_session(path, threads=threads or usable_cores())
+    correct = 0
+    for i in range(0, data.x_test.shape[0], batch_size):
+        x = data.normalize(data.x_test[i:i + batch_size]).numpy()
+        pred = ort_logits(sess, x, batch_size).argmax(1)
+        correct += int((pred == data.y_test[i:i + batch_size].numpy()).sum())
+    return correct / max(data.x_test.shape[0], 1)

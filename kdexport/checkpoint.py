@@ -1,0 +1,77 @@
+"""Checkpoints: ``{format, model spec, state_dict, config, metrics, history, environment}``.
+
+Saved atomically; loaded with ``weights_only=True`` so a file that needs arbitrary pickle code is
+refused. The architecture comes from the file's contents, never from its name.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .envinfo import environment, now_iso
+from .errors import CheckpointError
+from .io import atomic_torch_save
+from .models import ModelSpec, build_model
+
+FORMAT = "kdexport-checkpoint/1"
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: ModelSpec, *, role: str,
+                    config: dict[str, Any], metrics: dict[str, Any] | None = None,
+                    history: list[dict] | None = None) -> Path:
+    blob = {
+        "format": FORMAT,
+        "role": role,
+        "model": spec.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "config": config,
+        "metrics": metrics or {},
+        "history": history or [],
+        "environment": environment(),
+        "created": now_iso(),
+    }
+    return atomic_torch_save(blob, path)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot load checkpoint {str(path)!r} safely (weights_only=True): "
+                              f"{first}") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT or "model" not in blob:
+        raise CheckpointError(f"{str(path)!r} is not a kdexport checkpoint")
+    return blob
+
+
+def load_model(path: str | os.PathLike, expect: ModelSpec | None = None) -> tuple[nn.Module, ModelSpec, dict]:
+    """Rebuild the model stored in ``path``. With ``expect``, refuse another arch or class count."""
+    blob = read_checkpoint(path)
+    spec = ModelSpec.from_dict(blob["model"])
+    if expect is not None:
+        if spec.arch != expect.arch:
+            raise CheckpointError(f"checkpoint {str(path)!r} holds a {spec.arch}, not a {expect.arch}")
+        if spec.num_classes != expect.num_classes:
+            raise CheckpointError(f"checkpoint {str(path)!r} has {spec.num_classes} classes; "
+                                  f"the dataset has {expect.num_classes}")
+        if tuple(spec.input_shape) != tuple(expect.input_shape):
+            raise CheckpointError(f"checkpoint {str(path)!r} takes inputs {list(spec.input_shape)}; "
+                                  f"the dataset gives {list(expect.input_shape)}")
+        if spec.cifar_stem != expect.cifar_stem:
+            raise CheckpointError(f"checkpoint {str(path)!r} was built with cifar_stem={spec.cifar_stem}")
+    model = build_model(spec)
+    try:
+        model.load_state_dict(blob["state_dict"])
+    except RuntimeError as e:
+        raise CheckpointError(f"weights in {str(path)!r} do not fit {spec.arch}: "
+                              f"{str(e).splitlines()[0][:160]}") from None
+    return model.eval(), spec, blob

@@ -1,0 +1,135 @@
+"""Frozen run configuration. Every CLI option lands here; validation lives here too."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULERS = ("cosine", "onecycle", "none")
+AUGMENT = ("auto", "on", "off")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What one call of :func:`kdexport.train.fit` needs. Identical for baseline and student."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    optimizer: str = "adam"
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    scheduler: str = "cosine"
+    seed: int = 0
+    device: str = "cpu"
+    augment: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        _check(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
+        _check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        _check(self.scheduler in SCHEDULERS, f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
+        _check(_finite(self.lr) and self.lr > 0, f"learning rate must be > 0, got {self.lr}")
+        _check(_finite(self.weight_decay) and self.weight_decay >= 0, "weight decay must be >= 0")
+        _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+
+
+@dataclass(frozen=True)
+class KDConfig:
+    """The distillation loss: (1-beta)*CE + beta*[T^2]*KL(teacher_T || student_T)."""
+
+    temperature: float = 4.0
+    soft_weight: float = 0.5
+    scale_t2: bool = True
+    soft_loss: str = "kl"
+
+    def __post_init__(self) -> None:
+        from .losses import SOFT_LOSSES
+
+        SOFT_LOSSES.get(self.soft_loss)
+        _check(_finite(self.temperature) and self.temperature > 0,
+               f"temperature must be > 0, got {self.temperature}")
+        _check(_finite(self.soft_weight) and 0.0 <= self.soft_weight <= 1.0,
+               f"soft weight (beta) must be in [0, 1], got {self.soft_weight}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every option of ``kdexport distill-export``. Recorded verbatim in report.json."""
+
+    # data
+    dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = True
+    image_size: int | None = None
+    augment: str = "auto"
+    # models
+    teacher: str = "mlp:1200,1200"
+    student: str = "mlp:14"
+    teacher_dropout: float = 0.5
+    student_dropout: float = 0.0
+    cifar_stem: bool = False
+    pretrained: bool = False
+    teacher_checkpoint: str | None = None
+    # distillation
+    kd: KDConfig = field(default_factory=KDConfig)
+    # training (baseline and student share it; the teacher may override epochs)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    teacher_epochs: int | None = None
+    # export + benchmark
+    parity_atol: float = 1e-3
+    bench_batch: int = 32
+    bench_iters: int = 100
+    bench_warmup: int = 10
+    threads: int | None = None
+    # output
+    out: str | None = None
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.augment in AUGMENT, f"augment must be one of {AUGMENT}, got {self.augment!r}")
+        for name in ("teacher_dropout", "student_dropout"):
+            v = getattr(self, name)
+            _check(0.0 <= v < 1.0, f"{name.replace('_', ' ')} must be in [0, 1), got {v}")
+        _check(self.teacher_epochs is None or self.teacher_epochs >= 1,
+               f"teacher epochs must be >= 1, got {self.teacher_epochs}")
+        _check(self.image_size is None or self.image_size >= 8, "image size must be >= 8")
+        _check(self.parity_atol > 0, "parity tolerance must be > 0")
+        _check(self.bench_batch >= 1, "benchmark batch must be >= 1")
+        _check(self.bench_iters >= 1, "benchmark iterations must be >= 1")
+        _check(self.bench_warmup >= 0, "benchmark warm-up must be >= 0")
+        _check(self.threads is None or self.threads >= 1, "threads must be >= 1")
+
+    def teacher_train(self) -> TrainConfig:
+        if self.teacher_epochs is None:
+            return self.train
+        return dataclasses.replace(self.train, epochs=self.teacher_epochs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        d = dict(d)
+        kd = KDConfig(**d.pop("kd", {}))
+        train = TrainConfig(**d.pop("train", {}))
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        return cls(kd=kd, train=train, **d)
+
+
+def _finite(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)

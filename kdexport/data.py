@@ -1,0 +1,293 @@
+"""Dataset registry. Every dataset is held in memory as tensors (no per-step decoding).
+
+A :class:`Dataset` keeps raw pixels (uint8, or the source's own range) and knows how to map a
+batch to the normalized float input the models and the exported ONNX files take:
+``((x / scale) - mean) / std``, with ``mean``/``std`` given in the [0, 1] pixel range.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import DataError
+from .registry import Registry
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck"]
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class Dataset:
+    name: str
+    x_train: torch.Tensor  # N x C x H x W, raw values in [0, scale]
+    y_train: torch.Tensor  # N, int64
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    class_names: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    scale: float = 255.0
+    source: str = ""
+    augment_default: bool = False
+    _mean_t: torch.Tensor = field(init=False, repr=False)
+    _std_t: torch.Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        c = self.x_train.shape[1]
+        self._mean_t = torch.tensor(self.mean, dtype=torch.float32).view(1, c, 1, 1)
+        self._std_t = torch.tensor(self.std, dtype=torch.float32).view(1, c, 1, 1)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def normalize(self, xb: torch.Tensor) -> torch.Tensor:
+        """Raw batch -> the float tensor a model (and its ONNX file) takes."""
+        xb = xb.to(torch.float32) / self.scale  # never in place: xb may be a view of the data
+        return (xb - self._mean_t.to(xb.device)) / self._std_t.to(xb.device)
+
+    def info(self) -> dict:
+        return {
+            "name": self.name,
+            "num_classes": self.num_classes,
+            "train_size": int(self.x_train.shape[0]),
+            "test_size": int(self.x_test.shape[0]),
+            "input_shape": list(self.input_shape),
+            "class_names": list(self.class_names),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "source": self.source,
+        }
+
+
+def augment_batch(xb: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop (zero padding ``pad``) and horizontal flip, vectorized over the batch."""
+    b, _, h, w = xb.shape
+    padded = torch.nn.functional.pad(xb, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    rows = (torch.arange(h)[None, :] + dy[:, None])[:, :, None]  # b,h,1
+    cols = (torch.arange(w)[None, :] + dx[:, None])[:, None, :]  # b,1,w
+    out = padded[torch.arange(b)[:, None, None], :, rows, cols]  # b,h,w,c
+    out = out.permute(0, 3, 1, 2)
+    flip = torch.rand(b, generator=generator) < 0.5
+    out[flip] = out[flip].flip(-1)
+    return out.contiguous()
+
+
+Loader = Callable[..., Dataset]
+DATASETS: Registry[Loader] = Registry("dataset")
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("KDEXPORT_DATA_DIR")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kdexport" / "data"
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = True,
+                 image_size: int | None = None) -> Dataset:
+    """Load a registered dataset into memory. Raises DataError with one clear line."""
+    loader = DATASETS.get(name)
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise DataError(f"data dir {str(data_dir)!r} does not exist or is not a folder")
+    return loader(Path(data_dir) if data_dir is not None else None, download=download,
+                  image_size=image_size)
+
+
+def _stats(x: torch.Tensor, scale: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std in [0, 1] units, computed in chunks to bound memory."""
+    c = x.shape[1]
+    s = torch.zeros(c, dtype=torch.float64)
+    ss = torch.zeros(c, dtype=torch.float64)
+    n = 0
+    for i in range(0, x.shape[0], 4096):
+        chunk = x[i:i + 4096].to(torch.float64) / scale
+        s += chunk.sum(dim=(0, 2, 3))
+        ss += (chunk ** 2).sum(dim=(0, 2, 3))
+        n += chunk.numel() // c
+    mean = s / n
+    std = (ss / n - mean ** 2).clamp_min(1e-12).sqrt()
+    return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
+
+
+@DATASETS.register("digits")
+def _digits(data_dir: Path | None, *, download: bool, image_size: int | None) -> Dataset:
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 real images); no network needed."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1)  # values 0..16
+    y = torch.tensor(d.target, dtype=torch.int64)
+    # A fixed, stratified 80/20 split, independent of the run's seed.
+    g = torch.Generator().manual_seed(1234)
+    test_idx = []
+    for c in range(10):
+        idx = (y == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        test_idx.append(idx[: len(idx) // 5])
+    test_mask = torch.zeros(len(y), dtype=torch.bool)
+    test_mask[torch.cat(test_idx)] = True
+    mean, std = _stats(x[~test_mask], 16.0)
+    return Dataset("digits", x[~test_mask], y[~test_mask], x[test_mask], y[test_mask],
+                   [str(i) for i in range(10)], mean, std, scale=16.0,
+                   source="sklearn.datasets.load_digits (UCI 8x8 digits, fixed 80/20 split)")
+
+
+def _torchvision(cls_name: str, root: Path | None, download: bool):
+    """Load train/test splits of a torchvision dataset, downloading only when allowed and needed."""
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, cls_name)
+    root = root or default_data_dir()
+    try:
+        return cls(str(root), train=True, download=False), cls(str(root), train=False, download=False)
+    except RuntimeError:
+        pass
+    if not download:
+        raise DataError(f"{cls_name} not found under {str(root)!r} and downloading is off "
+                        "(pass --data-dir pointing at a local copy)")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        return cls(str(root), train=True, download=True), cls(str(root), train=False, download=True)
+    except Exception as e:  # network errors come in many types
+        raise DataError(f"{cls_name} not found under {str(root)!r} and the download failed "
+                        f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); "
+                        "are you offline? pass --data-dir pointing at a local copy") from None
+
+
+@DATASETS.register("mnist")
+def _mnist(data_dir: Path | None, *, download: bool, image_size: int | None) -> Dataset:
+    tr, te = _torchvision("MNIST", data_dir, download)
+    return Dataset("mnist", tr.data.unsqueeze(1).contiguous(), tr.targets.long(),
+                   te.data.unsqueeze(1).contiguous(), te.targets.long(),
+                   [str(i) for i in range(10)], (0.1307,), (0.3081,),
+                   source=f"torchvision MNIST at {tr.root}")
+
+
+@DATASETS.register("cifar10")
+def _cifar10(data_dir: Path | None, *, download: bool, image_size: int | None) -> Dataset:
+    """CIFAR-10: torchvision's binary release, or an ImageFolder copy (train/ + test/)."""
+    root = data_dir or default_data_dir()
+    for cand in (root, root / "cifar10-jpeg"):
+        if (cand / "train").is_dir() and _find_split(cand, ("test", "val")) is not None:
+            ds = _imagefolder(cand, download=download, image_size=image_size)
+            if ds.class_names != CIFAR10_CLASSES:
+                raise DataError(f"{str(cand)!r} has classes {ds.class_names}, not CIFAR-10's")
+            ds.name = "cifar10"
+            return ds
+    tr, te = _torchvision("CIFAR10", data_dir, download)
+    to_t = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).contiguous()  # noqa: E731
+    return Dataset("cifar10", to_t(tr.data), torch.tensor(tr.targets), to_t(te.data),
+                   torch.tensor(te.targets), list(tr.classes),
+                   (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+                   source=f"torchvision CIFAR10 at {tr.root}", augment_default=True)
+
+
+def _find_split(root: Path, names: tuple[str, ...]) -> Path | None:
+    for n in names:
+        if (root / n).is_dir():
+            return root / n
+    return None
+
+
+def _list_images(split: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    classes = sorted(p.name for p in split.iterdir() if p.is_dir())
+    items = []
+    for ci, c in enumerate(classes):
+        for f in sorted((split / c).iterdir()):
+            if f.suffix.lower() in IMAGE_EXTENSIONS:
+                items.append((f, ci))
+    return classes, items
+
+
+def _decode(paths: list[Path], size: int, channels: int) -> torch.Tensor:
+    from PIL import Image
+
+    mode = "L" if channels == 1 else "RGB"
+
+    def one(p: Path) -> torch.Tensor:
+        try:
+            with Image.open(p) as im:
+                im = im.convert(mode)
+                if im.size != (size, size):
+                    im = im.resize((size, size), Image.BILINEAR)
+                t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
+        except Exception as e:
+            raise DataError(f"cannot read image {str(p)!r}: {e}") from None
+        return t.view(size, size, channels).permute(2, 0, 1)
+
+    out = torch.empty((len(paths), channels, size, size), dtype=torch.uint8)
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2))) as pool:
+        for i, t in enumerate(pool.map(one, paths, chunksize=256)):
+            out[i] = t
+    return out
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kdexport" / "imagefolder"
+
+
+@DATASETS.register("imagefolder")
+def _imagefolder(data_dir: Path | None, *, download: bool, image_size: int | None) -> Dataset:
+    """The user's images: DATA_DIR/train/<class>/* and DATA_DIR/test/<class>/* (or val/)."""
+    from PIL import Image
+
+    if data_dir is None:
+        raise DataError("the imagefolder dataset needs --data-dir holding train/ and test/ (or val/)")
+    train_dir = data_dir / "train"
+    test_dir = _find_split(data_dir, ("test", "val"))
+    if not train_dir.is_dir() or test_dir is None:
+        raise DataError(f"{str(data_dir)!r} must hold train/ and test/ (or val/) class folders")
+    classes, train_items = _list_images(train_dir)
+    test_classes, test_items = _list_images(test_dir)
+    if not train_items or len(classes) < 2:
+        raise DataError(f"{str(train_dir)!r} needs at least two class folders with images")
+    if test_classes != classes:
+        raise DataError(f"class folders differ between {train_dir.name}/ and {test_dir.name}/")
+    with Image.open(train_items[0][0]) as im0:
+        channels = 1 if im0.mode in ("L", "1", "I;16") else 3
+        size = image_size or max(im0.size)
+    # Decoding is the slow part: cache the decoded tensors, keyed by the file list and mtimes.
+    h = hashlib.sha256(f"{data_dir.resolve()}|{size}|{channels}".encode())
+    for p, c in train_items + test_items:
+        st = p.stat()
+        h.update(f"{p.name}|{c}|{st.st_size}|{st.st_mtime_ns}".encode())
+    cache = _cache_dir() / f"{h.hexdigest()[:24]}.pt"
+    blob = None
+    if cache.exists():
+        try:
+            blob = torch.load(cache, weights_only=True)
+        except Exception:
+            blob = None
+    if blob is None:
+        blob = {
+            "x_train": _decode([p for p, _ in train_items], size, channels),
+            "y_train": torch.tensor([c for _, c in train_items]),
+            "x_test": _decode([p for p, _ in test_items], size, channels),
+            "y_test": torch.tensor([c for _, c in test_items]),
+        }
+        try:
+            from .io import atomic_torch_save
+
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            atomic_torch_save(blob, cache)
+        except OSError:
+            pass  # a read-only cache only costs time
+    mean, std = _stats(blob["x_train"], 255.0)
+    return Dataset("imagefolder", blob["x_train"], blob["y_train"].long(), blob["x_test"],
+                   blob["y_test"].long(), classes, mean, std, source=f"ImageFolder at {data_dir}",
+                   augment_default=channels == 3)

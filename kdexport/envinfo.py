@@ -1,0 +1,71 @@
+"""Versions and hardware, stamped into every checkpoint, report and benchmark result."""
+
+from __future__ import annotations
+
+import os
+import platform
+from datetime import datetime, timezone
+from importlib import metadata
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return sorted(f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "fma") if f in flags)
+    except OSError:
+        pass
+    return []
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def environment(threads: int | None = None) -> dict:
+    import torch
+
+    from . import __version__
+
+    return {
+        "kdexport": __version__,
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+        "torchvision": _version("torchvision"),
+        "onnx": _version("onnx"),
+        "onnxruntime": _version("onnxruntime"),
+        "numpy": _version("numpy"),
+        "platform": platform.platform(),
+        "cpu": cpu_name(),
+        "cpu_flags": cpu_flags(),
+        "cpu_cores": usable_cores(),
+        "threads": threads if threads is not None else torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")

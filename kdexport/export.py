@@ -1,0 +1,158 @@
+"""The one export path: PyTorch -> ONNX (dynamic batch) -> checker -> metadata -> parity.
+
+A file lands at its final path only after onnxruntime matched PyTorch on real inputs; until then
+it lives under a temporary name and is deleted on failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import ExportError, ParityError
+
+OPSET = 18
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+@dataclass
+class ExportResult:
+    path: str
+    onnx_bytes: int
+    max_abs_diff: float
+    top1_agreement: float
+    parity_inputs: int
+
+    def parity(self) -> dict[str, float]:
+        return {"max_abs_diff": self.max_abs_diff, "top1_agreement": self.top1_agreement,
+                "inputs": self.parity_inputs}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def ort_session(path: str | os.PathLike, threads: int | None = None, graph_opt: str = "all",
+                providers: list[str] | None = None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    so.graph_optimization_level = {
+        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[graph_opt]
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])
+
+
+def ort_logits(session, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    name = session.get_inputs()[0].name
+    outs = [session.run(None, {name: x[i:i + batch_size]})[0] for i in range(0, len(x), batch_size)]
+    return np.concatenate(outs) if outs else np.empty((0,))
+
+
+def _to_onnx(model: nn.Module, example: torch.Tensor, dest: str) -> None:
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    sink = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), dest, input_names=[INPUT_NAME],
+                          output_names=[OUTPUT_NAME], opset_version=OPSET, dynamo=True,
+                          external_data=False, dynamic_shapes=({0: batch},), verbose=False)
+
+
+def set_metadata(path: str | os.PathLike, metadata: dict[str, Any]) -> None:
+    """Write ``metadata`` into the file's metadata_props (non-strings as JSON)."""
+    import onnx
+
+    m = onnx.load(str(path))
+    del m.metadata_props[:]
+    for k, v in metadata.items():
+        p = m.metadata_props.add()
+        p.key = k
+        p.value = v if isinstance(v, str) else json.dumps(v)
+    m.producer_name = "kdexport"
+    onnx.save(m, str(path))
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """metadata_props of an ONNX file, JSON values decoded."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    out: dict[str, Any] = {}
+    for p in m.metadata_props:
+        try:
+            out[p.key] = json.loads(p.value)
+        except (json.JSONDecodeError, TypeError):
+            out[p.key] = p.value
+    return out
+
+
+def check_parity(path: str | os.PathLike, model: nn.Module, inputs: torch.Tensor,
+                 atol: float) -> tuple[float, float]:
+    """Max abs logit difference and top-1 agreement of onnxruntime vs PyTorch on ``inputs``."""
+    model.eval()
+    with torch.no_grad():
+        ref = torch.cat([model(inputs[i:i + 256]) for i in range(0, len(inputs), 256)]).float().numpy()
+    got = ort_logits(ort_session(path), inputs.numpy().astype(np.float32))
+    if got.shape != ref.shape:
+        raise ParityError(f"onnxruntime returned shape {got.shape}, PyTorch {ref.shape}")
+    diff = float(np.abs(got - ref).max()) if ref.size else 0.0
+    agree = float((got.argmax(1) == ref.argmax(1)).mean()) if ref.size else 1.0
+    return diff, agree
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, parity_inputs: torch.Tensor, *,
+                metadata: dict[str, Any] | None = None, atol: float = 1e-3,
+                min_top1_agreement: float = 0.99) -> ExportResult:
+    """Export ``model`` (taking normalized NCHW float input) and prove the file with onnxruntime.
+
+    ``parity_inputs`` are real, normalized inputs (a few hundred test images); their batch
+    dimension also checks the dynamic batch axis.
+    """
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    model = model.eval().cpu()
+    example = parity_inputs[:2].float().contiguous()
+    if example.shape[0] < 2:
+        example = torch.cat([example, example])[:2]
+    try:
+        try:
+            _to_onnx(model, example, str(tmp))
+        except Exception as e:
+            raise ExportError(f"ONNX export failed: {type(e).__name__}: "
+                              f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}") from None
+        set_metadata(tmp, metadata or {})
+        try:
+            onnx.checker.check_model(str(tmp), full_check=True)
+        except Exception as e:
+            raise ExportError(f"onnx.checker rejected the export: {str(e).splitlines()[0][:200]}") from None
+        diff, agree = check_parity(tmp, model, parity_inputs.float(), atol)
+        if not (diff <= atol and agree >= min_top1_agreement):
+            raise ParityError(f"{path.name}: onnxruntime differs from PyTorch (max abs logit diff "
+                              f"{diff:.3g} > {atol:g} or top-1 agreement {agree:.4f} < "
+                              f"{min_top1_agreement}); the file was not kept")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return ExportResult(str(path), path.stat().st_size, diff, agree, int(parity_inputs.shape[0]))

@@ -1,0 +1,119 @@
+"""report.json (the contract), report.md and training-curve PNGs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .io import atomic_write, atomic_write_json, atomic_write_text
+
+REPORT_VERSION = 1
+ROLE_TITLES = {"teacher": "teacher", "baseline": "baseline (no KD)", "student": "distilled student"}
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _fmt_count(n: int) -> str:
+    if n >= 1e9:
+        return f"{n / 1e9:.2f}G"
+    if n >= 1e6:
+        return f"{n / 1e6:.2f}M"
+    if n >= 1e3:
+        return f"{n / 1e3:.1f}k"
+    return str(n)
+
+
+def summary_rows(report: dict) -> list[list[str]]:
+    """Rows of the headline table, shared by report.md and the CLI's console table."""
+    models = report["models"]
+    teacher = models.get("teacher")
+    big = max(int(k.split("_")[1]) for k in next(iter(models.values()))["latency_ms"])
+    rows = []
+    for role, m in models.items():
+        lat1 = m["latency_ms"]["batch_1"]["p50"]
+        speed = f"{teacher['latency_ms']['batch_1']['p50'] / lat1:.1f}x" if teacher else "-"
+        comp = f"{teacher['onnx_bytes'] / m['onnx_bytes']:.1f}x" if teacher else "-"
+        rows.append([ROLE_TITLES.get(role, role), m["arch"], f"{m['accuracy_onnx'] * 100:.2f}%",
+                     f"{m['accuracy_torch'] * 100:.2f}%", _fmt_count(m["params"]), _fmt_count(m["flops"]),
+                     _fmt_bytes(m["onnx_bytes"]), f"{lat1:.3f}",
+                     f"{m['latency_ms'][f'batch_{big}']['p50']:.3f}", f"{m['throughput_per_s']:.0f}",
+                     speed, comp])
+    return rows
+
+
+def summary_header(report: dict) -> list[str]:
+    big = max(int(k.split("_")[1]) for k in next(iter(report["models"].values()))["latency_ms"])
+    return ["model", "arch", "acc (ONNX)", "acc (torch)", "params", "FLOPs", "ONNX size",
+            "p50 ms @1", f"p50 ms @{big}", f"img/s @{big}", "speed-up", "compression"]
+
+
+def to_markdown(report: dict) -> str:
+    env, ds, cfg = report["environment"], report["dataset"], report["config"]
+    head = summary_header(report)
+    lines = [f"# kdexport report: {cfg['teacher']} -> {cfg['student']} on {ds['name']}", "",
+             f"Created {report['created']} by kdexport {report['kdexport_version']} in "
+             f"{report.get('wall_seconds', 0):.0f} s. Dataset: {ds['train_size']} train / "
+             f"{ds['test_size']} test images, input {ds['input_shape']}, {ds['num_classes']} classes.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in summary_rows(report)]
+    kd = cfg["kd"]
+    lines += ["", f"**KD gain: {report['kd_gain_points']:+.2f} points** (distilled student minus "
+              f"baseline, ONNX accuracy; same seed, data order and {cfg['train']['epochs']} epochs each). "
+              f"T = {kd['temperature']}, beta = {kd['soft_weight']}, T^2 scaling "
+              f"{'on' if kd['scale_t2'] else 'off'}, soft loss {kd['soft_loss']}.", ""]
+    st = report["models"].get("student", {})
+    if "torch_eager" in st:
+        e1 = st["torch_eager"]["latency_ms"]["batch_1"]["p50"]
+        o1 = st["latency_ms"]["batch_1"]["p50"]
+        lines += [f"Student at batch 1: onnxruntime p50 {o1:.3f} ms vs PyTorch eager {e1:.3f} ms "
+                  f"({e1 / o1:.2f}x).", ""]
+    lines += ["Latency: median (p50) of timed runs after warm-up, onnxruntime CPU execution provider, "
+              f"{env['threads']} threads, on {env['cpu']} ({env['cpu_cores']} cores). "
+              "Accuracy is top-1 on the test split.", "",
+              "| model | parity max abs diff | top-1 agreement | p90 ms @1 | p99 ms @1 | train s |",
+              "|---|---|---|---|---|---|"]
+    for role, m in report["models"].items():
+        lat = m["latency_ms"]["batch_1"]
+        lines.append(f"| {role} | {m['parity']['max_abs_diff']:.2e} | {m['parity']['top1_agreement']:.4f} "
+                     f"| {lat['p90']:.3f} | {lat['p99']:.3f} | {m.get('train_seconds', 0):.1f} |")
+    lines += ["", f"Versions: Python {env['python']}, torch {env['torch']}, torchvision "
+              f"{env['torchvision']}, onnx {env['onnx']}, onnxruntime {env['onnxruntime']}.", "",
+              "![training curves](curves.png)", ""]
+    return "\n".join(lines)
+
+
+def plot_curves(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
+    for role, m in report["models"].items():
+        h = m.get("history") or []
+        if not h:
+            continue
+        ep = [r["epoch"] for r in h]
+        ax_acc.plot(ep, [r["test_accuracy"] for r in h], marker="o", label=f"{role} test")
+        ax_acc.plot(ep, [r["train_accuracy"] for r in h], ls="--", alpha=0.6, label=f"{role} train")
+        ax_loss.plot(ep, [r["test_loss"] for r in h], marker="o", label=f"{role} test CE")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="test loss")
+    for ax in (ax_acc, ax_loss):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def write_report(report: dict, out_dir: Path) -> None:
+    report.setdefault("report_version", REPORT_VERSION)
+    atomic_write_json(out_dir / "report.json", report)
+    atomic_write_text(out_dir / "report.md", to_markdown(report))
+    plot_curves(report, out_dir / "curves.png")

@@ -1,0 +1,27 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("KDEXPORT_TEST_DATA", ROOT.parent / "shared" / "datasets"))
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from kdexport.data import load_dataset
+
+    return load_dataset("digits")
+
+
+def shared_data(sub: str) -> Path:
+    p = SHARED_DATA / sub
+    if not p.exists():
+        pytest.skip(f"real data not present at {p}")
+    return p

@@ -1,0 +1,124 @@
+"""The CLI end to end on the embedded default, and every bad input giving one clear line."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from kdexport.checkpoint import save_checkpoint
+from kdexport.cli import app
+from kdexport.models import ModelSpec, build_model
+
+runner = CliRunner()
+FAST = ["--epochs", "4", "--bench-iters", "5", "--bench-batch", "8"]
+REPORT_KEYS = {"kdexport_version", "created", "config", "environment", "dataset", "models", "kd_gain_points"}
+MODEL_KEYS = {"arch", "params", "flops", "onnx_path", "onnx_bytes", "accuracy_torch", "accuracy_onnx",
+              "parity", "latency_ms", "throughput_per_s"}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    res = runner.invoke(app, ["distill-export", "--out", str(out), *FAST])
+    assert res.exit_code == 0, res.output
+    return out, res
+
+
+def test_end_to_end_report_contract(run):
+    out, res = run
+    report = json.loads((out / "report.json").read_text())
+    assert REPORT_KEYS <= set(report)
+    assert {"python", "torch", "torchvision", "onnx", "onnxruntime", "cpu", "threads"} <= set(report["environment"])
+    assert {"name", "num_classes", "train_size", "test_size", "input_shape"} <= set(report["dataset"])
+    assert set(report["models"]) == {"teacher", "baseline", "student"}
+    for role, m in report["models"].items():
+        assert MODEL_KEYS <= set(m), role
+        assert (out / m["onnx_path"]).stat().st_size == m["onnx_bytes"]
+        assert 0 <= m["accuracy_onnx"] <= 1
+        assert abs(m["accuracy_onnx"] - m["accuracy_torch"]) <= 0.001
+        assert set(m["latency_ms"]) == {"batch_1", "batch_8"}
+        assert {"p50", "p90", "p99"} <= set(m["latency_ms"]["batch_1"])
+        assert m["parity"]["top1_agreement"] == 1.0
+    st, base = report["models"]["student"], report["models"]["baseline"]
+    assert st["accuracy_onnx"] > 0.5  # chance is 0.1
+    assert report["kd_gain_points"] == pytest.approx((st["accuracy_onnx"] - base["accuracy_onnx"]) * 100)
+    assert report["config"]["kd"]["temperature"] == 4.0 and report["config"]["train"]["epochs"] == 4
+    assert "torch_eager" in st
+    assert (out / "report.md").read_text().startswith("# kdexport report")
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert not [p for p in out.parent.iterdir() if "partial" in p.name]
+    assert "KD gain" in res.output
+
+
+def test_existing_out_is_refused_without_overwrite(run):
+    out, _ = run
+    before = (out / "report.json").read_text()
+    res = runner.invoke(app, ["distill-export", "--out", str(out), *FAST])
+    assert res.exit_code == 2 and "exists; pass --overwrite" in res.output
+    assert (out / "report.json").read_text() == before
+
+
+def _bad(tmp_path, *args):
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["distill-export", "--out", str(out), *FAST, *args])
+    assert res.exit_code != 0
+    assert "Traceback" not in res.output
+    assert not out.exists()  # no half-written artifact
+    assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
+    return res.output
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--teacher", "resnet9000"], "unknown model 'resnet9000'; choose one of:"),
+    (["--student", "mlp:x"], "bad mlp spec"),
+    (["--dataset", "svhn"], "unknown dataset 'svhn'; choose one of: cifar10, digits"),
+    (["-T", "0"], "temperature must be > 0"),
+    (["--soft-weight", "1.5"], "soft weight (beta) must be in [0, 1]"),
+    (["--optimizer", "lbfgs"], "optimizer must be one of"),
+    (["--dataset", "mnist", "--data-dir", "/nonexistent/kd"], "does not exist"),
+    (["--teacher-checkpoint", "/nonexistent/t.pt"], "does not exist"),
+])
+def test_bad_input_one_clear_line(tmp_path, args, msg):
+    output = _bad(tmp_path, *args)
+    assert msg in " ".join(output.split()), output
+
+
+def test_teacher_checkpoint_for_another_arch_or_class_count(tmp_path):
+    spec = ModelSpec("mlp:32", 5, (1, 8, 8))
+    save_checkpoint(tmp_path / "t5.pt", build_model(spec), spec, role="teacher", config={})
+    assert "holds a mlp:32, not a mlp:64" in _bad(tmp_path, "--teacher-checkpoint", str(tmp_path / "t5.pt"),
+                                                  "--teacher", "mlp:64")
+    assert "5 classes; the dataset has 10" in _bad(tmp_path, "--teacher-checkpoint", str(tmp_path / "t5.pt"),
+                                                   "--teacher", "mlp:32")
+
+
+def test_unwritable_out(tmp_path):
+    (tmp_path / "file").write_text("x")
+    res = runner.invoke(app, ["distill-export", "--out", str(tmp_path / "file" / "sub"), *FAST])
+    assert res.exit_code == 2 and "cannot write output folder" in res.output
+
+
+def test_teacher_checkpoint_is_reused(run, tmp_path):
+    out, _ = run
+    res = runner.invoke(app, ["distill-export", "--out", str(tmp_path / "r2"), *FAST,
+                              "--teacher-checkpoint", str(out / "checkpoints" / "teacher.pt")])
+    assert res.exit_code == 0, res.output
+    r1 = json.loads((out / "report.json").read_text())
+    r2 = json.loads((tmp_path / "r2" / "report.json").read_text())
+    assert r2["models"]["teacher"]["accuracy_onnx"] == r1["models"]["teacher"]["accuracy_onnx"]
+    assert r2["models"]["student"]["accuracy_onnx"] == r1["models"]["student"]["accuracy_onnx"]
+    assert r2["models"]["teacher"]["history"] == []
+
+
+def test_python_dash_m_entry_point():
+    res = subprocess.run([sys.executable, "-m", "kdexport", "--version"], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.startswith("kdexport ")
+
+
+def test_checkpoints_load_weights_only(run):
+    out, _ = run
+    blob = torch.load(out / "checkpoints" / "student.pt", weights_only=True)
+    assert blob["config"]["kd"]["soft_weight"] == 0.5 and blob["model"]["arch"] == "mlp:14"

@@ -1,0 +1,69 @@
+import pytest
+import torch
+from PIL import Image
+
+from kdexport.data import augment_batch, load_dataset
+from kdexport.errors import DataError, UnknownNameError
+
+
+def test_digits_is_real_offline_and_fixed(digits):
+    assert digits.input_shape == (1, 8, 8) and digits.num_classes == 10
+    assert digits.x_train.shape[0] + digits.x_test.shape[0] == 1797
+    assert set(digits.y_test.tolist()) == set(range(10))
+    x = digits.normalize(digits.x_train)
+    assert abs(x.mean().item()) < 1e-3 and abs(x.std().item() - 1) < 0.02
+    before = digits.x_train.clone()
+    digits.normalize(digits.x_train[:10])
+    assert torch.equal(before, digits.x_train)  # never normalizes in place
+    assert torch.equal(load_dataset("digits").y_test, digits.y_test)
+
+
+def test_unknown_dataset_lists_choices():
+    with pytest.raises(UnknownNameError, match="cifar10, digits, imagefolder, mnist"):
+        load_dataset("svhn")
+
+
+def test_missing_data_dir(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_dataset("mnist", tmp_path / "nope")
+
+
+def test_mnist_absent_offline_is_one_clear_error(tmp_path):
+    with pytest.raises(DataError, match="MNIST not found"):
+        load_dataset("mnist", tmp_path, download=False)
+
+
+def _make_folder(root, classes=("cat", "dog"), n=3, size=12):
+    for split in ("train", "test"):
+        for ci, c in enumerate(classes):
+            d = root / split / c
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (size, size), (ci * 200, i * 40, 10)).save(d / f"{i}.png")
+
+
+def test_imagefolder_loads_and_caches(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    _make_folder(tmp_path / "data")
+    ds = load_dataset("imagefolder", tmp_path / "data")
+    assert ds.class_names == ["cat", "dog"] and ds.input_shape == (3, 12, 12)
+    assert ds.x_train.dtype == torch.uint8 and ds.x_train.shape[0] == 6
+    assert ds.x_train[ds.y_train == 1, 0].float().mean() == 200
+    assert list((tmp_path / "cache" / "kdexport" / "imagefolder").glob("*.pt"))
+    again = load_dataset("imagefolder", tmp_path / "data", image_size=8)
+    assert again.input_shape == (3, 8, 8)
+
+
+def test_imagefolder_needs_splits(tmp_path):
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    with pytest.raises(DataError, match="train/ and test/"):
+        load_dataset("imagefolder", tmp_path)
+
+
+def test_augment_batch_is_seeded_and_keeps_shape():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    a = augment_batch(x, torch.Generator().manual_seed(1))
+    b = augment_batch(x, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, b)
+    same = augment_batch(x, torch.Generator().manual_seed(1), pad=0)
+    assert all(torch.equal(s, o) or torch.equal(s, o.flip(-1)) for s, o in zip(same, x))

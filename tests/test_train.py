@@ -1,0 +1,67 @@
+import torch
+
+from kdexport.config import KDConfig, TrainConfig
+from kdexport.models import ModelSpec, build_model
+from kdexport.train import TeacherTargets, evaluate, fit
+
+SPEC = ModelSpec("mlp:32", 10, (1, 8, 8))
+
+
+def _train(digits, seed=0, **kw):
+    torch.manual_seed(seed)
+    m = build_model(SPEC)
+    h = fit(m, digits, TrainConfig(epochs=3, seed=seed), **kw)
+    return m, h
+
+
+def test_fit_learns_and_records_history(digits):
+    m, h = _train(digits)
+    assert len(h) == 3 and h[-1]["test_accuracy"] > 0.8
+    assert {"train_loss", "train_ce", "train_kd", "test_accuracy", "lr", "seconds"} <= set(h[0])
+    assert evaluate(m, digits)["accuracy"] == h[-1]["test_accuracy"]
+
+
+def test_same_seed_same_result_different_seed_differs(digits):
+    a, _ = _train(digits, 0)
+    b, _ = _train(digits, 0)
+    c, _ = _train(digits, 1)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
+
+
+def test_kd_with_beta_zero_equals_baseline(digits):
+    """The baseline and distilled student share everything but the loss."""
+    torch.manual_seed(5)
+    teacher = build_model(ModelSpec("mlp:64", 10, (1, 8, 8)))
+    base, _ = _train(digits)
+    kd0, _ = _train(digits, teacher=teacher, kd=KDConfig(soft_weight=0.0))
+    kd5, h = _train(digits, teacher=teacher, kd=KDConfig(soft_weight=0.5))
+    assert all(torch.equal(p, q) for p, q in zip(base.parameters(), kd0.parameters()))
+    assert not all(torch.equal(p, q) for p, q in zip(base.parameters(), kd5.parameters()))
+    assert h[0]["train_kd"] > 0
+    assert all(not p.requires_grad for p in teacher.parameters()) and not teacher.training
+
+
+def test_cached_and_live_teacher_give_the_same_student(digits):
+    torch.manual_seed(5)
+    teacher = build_model(ModelSpec("mlp:64", 10, (1, 8, 8), dropout=0.5))
+    fit(teacher, digits, TrainConfig(epochs=1))
+    live = TeacherTargets(teacher, digits, torch.device("cpu"), cached=False)
+    cached = TeacherTargets(teacher, digits, torch.device("cpu"), cached=True)
+    a, _ = _train(digits, teacher=teacher, kd=KDConfig(), teacher_targets=live)
+    b, _ = _train(digits, teacher=teacher, kd=KDConfig(), teacher_targets=cached)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+
+
+def test_nan_loss_stops_with_clear_error(digits):
+    import pytest
+
+    from kdexport.errors import TrainingError
+
+    torch.manual_seed(0)
+    m = build_model(SPEC)
+    with torch.no_grad():
+        m.net[1].weight.fill_(float("nan"))
+    with pytest.raises(TrainingError, match="loss became nan"):
+        fit(m, digits, TrainConfig(epochs=1))
