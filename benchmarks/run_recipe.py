@@ -52,7 +52,8 @@ def main() -> None:
     report["command"] = f"python benchmarks/run_recipe.py {args.recipe}"
     results = HERE / "results"
     atomic_write_json(results / f"{args.recipe}.json", report)
-    atomic_write_text(results / f"{args.recipe}.md", to_markdown(report).replace("![training curves](curves.png)\n", ""))
+    md = to_markdown(report).replace("![training curves](curves.png)\n", "")
+    atomic_write_text(results / f"{args.recipe}.md", md)
     print(f"wrote {results / (args.recipe + '.json')}")
 
 

@@ -92,7 +92,8 @@ def distill_export_cmd(
     data_dir: Annotated[Optional[Path], typer.Option(help="Local dataset folder (default: $KDEXPORT_DATA_DIR or ~/.cache/kdexport/data).")] = None,
     download: Annotated[bool, typer.Option(help="Download mnist/cifar10 when not found locally.")] = True,
     image_size: Annotated[Optional[int], typer.Option(help="imagefolder: resize images to this square size.")] = None,
-    augment: Annotated[str, typer.Option(help="Random crop + flip: auto (on for RGB data), on, off.")] = "auto",
+    augment: Annotated[str, typer.Option(help="Training augmentation: auto (crop-flip for RGB data, else none), none, crop-flip, shift2.")] = "auto",
+    teacher_augment: Annotated[Optional[str], typer.Option(help="The teacher's augmentation, if different.")] = None,
     temperature: Annotated[float, typer.Option("--temperature", "-T", help="Distillation temperature T > 0.")] = 4.0,
     soft_weight: Annotated[float, typer.Option(help="beta: weight of the soft (KD) loss; the hard CE weight is 1 - beta.")] = 0.5,
     scale_t2: Annotated[bool, typer.Option("--scale-t2/--no-scale-t2", help="Multiply the soft loss by T^2 (Hinton et al.).")] = True,
@@ -128,7 +129,7 @@ def distill_export_cmd(
     with errors_to_exit():
         cfg = RunConfig(
             dataset=dataset, data_dir=str(data_dir) if data_dir else None, download=download,
-            image_size=image_size, augment=augment, teacher=teacher, student=student,
+            image_size=image_size, augment=augment, teacher_augment=teacher_augment, teacher=teacher, student=student,
             teacher_dropout=teacher_dropout, student_dropout=student_dropout, cifar_stem=cifar_stem,
             pretrained=pretrained, teacher_checkpoint=str(teacher_checkpoint) if teacher_checkpoint else None,
             kd=KDConfig(temperature=temperature, soft_weight=soft_weight, scale_t2=scale_t2, soft_loss=soft_loss),

@@ -11,7 +11,6 @@ from .errors import ConfigError
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULERS = ("cosine", "onecycle", "none")
-AUGMENT = ("auto", "on", "off")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -28,11 +27,14 @@ class TrainConfig:
     scheduler: str = "cosine"
     seed: int = 0
     device: str = "cpu"
-    augment: bool = False
+    augment: str = "none"  # a name in kdexport.data.AUGMENTATIONS
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         _check(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
+        from .data import AUGMENTATIONS
+
+        AUGMENTATIONS.get(self.augment)
         _check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         _check(self.scheduler in SCHEDULERS, f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
         _check(_finite(self.lr) and self.lr > 0, f"learning rate must be > 0, got {self.lr}")
@@ -69,6 +71,7 @@ class RunConfig:
     download: bool = True
     image_size: int | None = None
     augment: str = "auto"
+    teacher_augment: str | None = None  # None: same as augment
     # models
     teacher: str = "mlp:1200,1200"
     student: str = "mlp:14"
@@ -93,7 +96,11 @@ class RunConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        _check(self.augment in AUGMENT, f"augment must be one of {AUGMENT}, got {self.augment!r}")
+        from .data import AUGMENTATIONS
+
+        for a in (self.augment, self.teacher_augment):
+            if a is not None and a != "auto":
+                AUGMENTATIONS.get(a)
         for name in ("teacher_dropout", "student_dropout"):
             v = getattr(self, name)
             _check(0.0 <= v < 1.0, f"{name.replace('_', ' ')} must be in [0, 1), got {v}")

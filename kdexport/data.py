@@ -36,7 +36,7 @@ class Dataset:
     std: tuple[float, ...]
     scale: float = 255.0
     source: str = ""
-    augment_default: bool = False
+    augment_default: str = "none"
     _mean_t: torch.Tensor = field(init=False, repr=False)
     _std_t: torch.Tensor = field(init=False, repr=False)
 
@@ -72,8 +72,9 @@ class Dataset:
         }
 
 
-def augment_batch(xb: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random crop (zero padding ``pad``) and horizontal flip, vectorized over the batch."""
+def augment_batch(xb: torch.Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True) -> torch.Tensor:
+    """Random crop (zero padding ``pad``: a shift of up to ``pad`` pixels) and optional horizontal
+    flip, vectorized over the batch."""
     b, _, h, w = xb.shape
     padded = torch.nn.functional.pad(xb, (pad, pad, pad, pad))
     dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
@@ -82,9 +83,24 @@ def augment_batch(xb: torch.Tensor, generator: torch.Generator, pad: int = 4) ->
     cols = (torch.arange(w)[None, :] + dx[:, None])[:, None, :]  # b,1,w
     out = padded[torch.arange(b)[:, None, None], :, rows, cols]  # b,h,w,c
     out = out.permute(0, 3, 1, 2)
-    flip = torch.rand(b, generator=generator) < 0.5
-    out[flip] = out[flip].flip(-1)
+    if flip:
+        mask = torch.rand(b, generator=generator) < 0.5
+        out[mask] = out[mask].flip(-1)
     return out.contiguous()
+
+
+Augmentation = Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None
+AUGMENTATIONS: Registry[Augmentation] = Registry("augmentation")
+AUGMENTATIONS.register("none")(None)
+AUGMENTATIONS.register("crop-flip")(lambda xb, g: augment_batch(xb, g, pad=4, flip=True))
+AUGMENTATIONS.register("shift2")(lambda xb, g: augment_batch(xb, g, pad=2, flip=False))
+
+
+def resolve_augment(name: str, data: Dataset) -> str:
+    """``auto`` -> the dataset's default (crop-flip for RGB photos, none otherwise)."""
+    name = data.augment_default if name == "auto" else name
+    AUGMENTATIONS.get(name)
+    return name
 
 
 Loader = Callable[..., Dataset]
@@ -194,7 +210,7 @@ def _cifar10(data_dir: Path | None, *, download: bool, image_size: int | None) -
     return Dataset("cifar10", to_t(tr.data), torch.tensor(tr.targets), to_t(te.data),
                    torch.tensor(te.targets), list(tr.classes),
                    (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
-                   source=f"torchvision CIFAR10 at {tr.root}", augment_default=True)
+                   source=f"torchvision CIFAR10 at {tr.root}", augment_default="crop-flip")
 
 
 def _find_split(root: Path, names: tuple[str, ...]) -> Path | None:
@@ -290,4 +306,4 @@ def _imagefolder(data_dir: Path | None, *, download: bool, image_size: int | Non
     mean, std = _stats(blob["x_train"], 255.0)
     return Dataset("imagefolder", blob["x_train"], blob["y_train"].long(), blob["x_test"],
                    blob["y_test"].long(), classes, mean, std, source=f"ImageFolder at {data_dir}",
-                   augment_default=channels == 3)
+                   augment_default="crop-flip" if channels == 3 else "none")

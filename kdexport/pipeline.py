@@ -1,15 +1,18 @@
 """``distill_export``: data -> teacher -> baseline + distilled student -> ONNX -> benchmark -> report.
 
 Everything is written into a staging folder beside ``--out`` and renamed into place at the end,
-so a failed run leaves no half-written output folder behind.
+so a failed run leaves no half-written output folder behind. The pieces (``prepare``,
+``train_teacher``, ``train_student``, ``export_and_bench``) are shared with ``kdexport sweep``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -18,8 +21,8 @@ import torch
 from . import __version__
 from .bench import bench_onnx, bench_torch, onnx_accuracy
 from .checkpoint import load_model, read_checkpoint, save_checkpoint
-from .config import RunConfig, TrainConfig
-from .data import DATASETS, Dataset, load_dataset
+from .config import KDConfig, RunConfig, TrainConfig
+from .data import DATASETS, Dataset, load_dataset, resolve_augment
 from .envinfo import environment, now_iso, usable_cores
 from .errors import OutputError
 from .export import export_onnx
@@ -29,10 +32,15 @@ from .train import Reporter, TeacherTargets, evaluate, fit, resolve_device
 
 ROLES = ("teacher", "baseline", "student")
 PARITY_SAMPLES = 256
+Log = Callable[[str], None]
 
 
-def default_out_dir() -> Path:
-    return Path("runs") / datetime.now().strftime("distill-%Y%m%d-%H%M%S")
+def _quiet(msg: str) -> None:
+    pass
+
+
+def default_out_dir(prefix: str = "distill") -> Path:
+    return Path("runs") / datetime.now().strftime(f"{prefix}-%Y%m%d-%H%M%S")
 
 
 def prepare_out_dir(out: str | os.PathLike | None, overwrite: bool) -> tuple[Path, Path]:
@@ -57,29 +65,78 @@ def commit_out_dir(staging: Path, final: Path) -> None:
     os.replace(staging, final)
 
 
-def validate(cfg: RunConfig) -> None:
-    """Cheap checks that need no data: names exist, files exist. Run before anything is written."""
+@dataclass
+class Context:
+    """Loaded data and validated model specs of one run."""
+
+    cfg: RunConfig
+    data: Dataset
+    teacher_spec: ModelSpec
+    student_spec: ModelSpec
+    threads: int
+    device: torch.device
+
+    def train_config(self, role: str, seed: int | None = None) -> TrainConfig:
+        cfg = self.cfg
+        base = cfg.teacher_train() if role == "teacher" else cfg.train
+        aug = cfg.teacher_augment if role == "teacher" and cfg.teacher_augment else cfg.augment
+        return dataclasses.replace(base, augment=resolve_augment(aug, self.data), device=str(self.device),
+                                   seed=base.seed if seed is None else seed)
+
+
+def prepare(cfg: RunConfig, log: Log = _quiet) -> Context:
+    """Validate names and files (cheap checks first), set threads, load the data, build specs."""
     DATASETS.get(cfg.dataset)
     check_arch(cfg.teacher)
     check_arch(cfg.student)
     if cfg.teacher_checkpoint:
         read_checkpoint(cfg.teacher_checkpoint)
-    resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device)
+    threads = cfg.threads or usable_cores()
+    torch.set_num_threads(threads)
+    data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, image_size=cfg.image_size)
+    log(f"data: {data.name}: {len(data.y_train)} train / {len(data.y_test)} test, "
+        f"input {list(data.input_shape)}, {data.num_classes} classes")
+    ts = ModelSpec(cfg.teacher, data.num_classes, data.input_shape, cfg.teacher_dropout, cfg.cifar_stem)
+    ss = ModelSpec(cfg.student, data.num_classes, data.input_shape, cfg.student_dropout, cfg.cifar_stem)
+    ctx = Context(cfg, data, ts, ss, threads, device)
+    ctx.train_config("teacher")  # resolves augmentation names against the data
+    build_model(ss)  # fails now, before anything is written, if the student cannot take the input
+    return ctx
 
 
-def _spec(cfg: RunConfig, data: Dataset, arch: str, dropout: float) -> ModelSpec:
-    return ModelSpec(arch, data.num_classes, data.input_shape, dropout, cfg.cifar_stem)
+def build_teacher(ctx: Context) -> torch.nn.Module:
+    if ctx.cfg.teacher_checkpoint:
+        model, _, _ = load_model(ctx.cfg.teacher_checkpoint, expect=ctx.teacher_spec)
+        return model
+    torch.manual_seed(ctx.cfg.train.seed)
+    return build_model(ctx.teacher_spec, pretrained=ctx.cfg.pretrained)
 
 
-def _train_cfg(cfg: RunConfig, data: Dataset, base: TrainConfig) -> TrainConfig:
-    import dataclasses
+def train_teacher(ctx: Context, teacher: torch.nn.Module, reporter: Reporter | None, log: Log) -> list[dict]:
+    if ctx.cfg.teacher_checkpoint:
+        log(f"teacher: loaded {ctx.cfg.teacher_checkpoint} (not retrained)")
+        teacher.to(ctx.device).eval()
+        return []
+    return fit(teacher, ctx.data, ctx.train_config("teacher"), label="teacher", reporter=reporter)
 
-    augment = {"on": True, "off": False, "auto": data.augment_default}[cfg.augment]
-    device = str(resolve_device(base.device))
-    return dataclasses.replace(base, augment=augment, device=device)
+
+def teacher_targets(ctx: Context, teacher: torch.nn.Module) -> TeacherTargets:
+    return TeacherTargets(teacher, ctx.data, ctx.device, cached=ctx.train_config("student").augment == "none")
 
 
-def onnx_metadata(cfg: RunConfig, data: Dataset, role: str, spec: ModelSpec, accuracy: float) -> dict:
+def train_student(ctx: Context, *, seed: int, kd: KDConfig | None, targets: TeacherTargets | None,
+                  label: str, reporter: Reporter | None) -> tuple[torch.nn.Module, list[dict]]:
+    """Baseline (``kd=None``) or distilled student. Same seed -> same init, data order, schedule."""
+    torch.manual_seed(seed)
+    model = build_model(ctx.student_spec)
+    history = fit(model, ctx.data, ctx.train_config("student", seed), label=label, reporter=reporter,
+                  **({"teacher": targets.teacher, "kd": kd, "teacher_targets": targets} if kd else {}))
+    return model.eval(), history
+
+
+def onnx_metadata(cfg: RunConfig, data: Dataset, role: str, spec: ModelSpec, accuracy: float,
+                  kd: KDConfig | None = None) -> dict:
     """What an app needs from the file alone: labels, input shape, normalization, provenance."""
     return {
         "kdexport_version": __version__,
@@ -93,127 +150,63 @@ def onnx_metadata(cfg: RunConfig, data: Dataset, role: str, spec: ModelSpec, acc
         "mean": list(data.mean),
         "std": list(data.std),
         "accuracy_torch": accuracy,
-        "distillation": {"temperature": cfg.kd.temperature, "soft_weight": cfg.kd.soft_weight,
-                         "scale_t2": cfg.kd.scale_t2, "soft_loss": cfg.kd.soft_loss,
-                         "teacher": cfg.teacher} if role == "student" else None,
+        "distillation": ({**dataclasses.asdict(kd), "teacher": cfg.teacher} if kd else None),
     }
 
 
-def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None,
-                   log: Callable[[str], None] = lambda s: None) -> dict:
-    """Run the whole job; return the report (also written to OUT/report.json)."""
-    t_start = time.perf_counter()
-    validate(cfg)
-    threads = cfg.threads or usable_cores()
-    torch.set_num_threads(threads)
-    data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, image_size=cfg.image_size)
-    log(f"data: {data.name}: {data.info()['train_size']} train / {data.info()['test_size']} test, "
-        f"input {list(data.input_shape)}, {data.num_classes} classes")
-    teacher_spec = _spec(cfg, data, cfg.teacher, cfg.teacher_dropout)
-    student_spec = _spec(cfg, data, cfg.student, cfg.student_dropout)
-    # Build (and so validate) every model and checkpoint before the output folder is created.
-    if cfg.teacher_checkpoint:
-        teacher, _, _ = load_model(cfg.teacher_checkpoint, expect=teacher_spec)
-    else:
-        torch.manual_seed(cfg.train.seed)
-        teacher = build_model(teacher_spec, pretrained=cfg.pretrained)
-    build_model(student_spec)
-    final, staging = prepare_out_dir(cfg.out, cfg.overwrite)
-    try:
-        report = _run(cfg, data, teacher, teacher_spec, student_spec, staging, final, threads,
-                      reporter, log)
-        report["wall_seconds"] = time.perf_counter() - t_start
-        write_report(report, staging)
-        commit_out_dir(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    log(f"wrote {final}/report.json and report.md")
-    return report
+def export_and_bench(ctx: Context, model: torch.nn.Module, spec: ModelSpec, role: str, out: Path, *,
+                     history: list[dict], kd: KDConfig | None = None, eager: bool = False,
+                     log: Log = _quiet, extra: dict | None = None) -> dict:
+    """Checkpoint, export (with parity), benchmark one model; return its report entry.
 
-
-def _run(cfg: RunConfig, data: Dataset, teacher: torch.nn.Module, teacher_spec: ModelSpec,
-         student_spec: ModelSpec, out: Path, final: Path, threads: int, reporter: Reporter | None,
-         log: Callable[[str], None]) -> dict:
-    cfg_dict = cfg.to_dict()
-    cfg_dict["out"] = str(final)
-    train_cfg = _train_cfg(cfg, data, cfg.train)
-    device = torch.device(train_cfg.device)
-    models: dict[str, torch.nn.Module] = {}
-    histories: dict[str, list] = {}
-    train_seconds: dict[str, float] = {}
-
-    t0 = time.perf_counter()
-    if cfg.teacher_checkpoint:
-        log(f"teacher: loaded {cfg.teacher_checkpoint}")
-        histories["teacher"] = []
-        teacher.to(device)
-    else:
-        histories["teacher"] = fit(teacher, data, _train_cfg(cfg, data, cfg.teacher_train()),
-                                   label="teacher", reporter=reporter)
-    train_seconds["teacher"] = time.perf_counter() - t0
-    models["teacher"] = teacher.eval()
-    # Baseline and student: same seed -> same initial weights, same data order, same schedule.
-    targets = TeacherTargets(teacher, data, device, cached=not train_cfg.augment)
-    for role in ("baseline", "student"):
-        torch.manual_seed(cfg.train.seed)
-        model = build_model(student_spec)
-        t0 = time.perf_counter()
-        histories[role] = fit(model, data, train_cfg, label=role, reporter=reporter,
-                              **({"teacher": teacher, "kd": cfg.kd, "teacher_targets": targets}
-                                 if role == "student" else {}))
-        train_seconds[role] = time.perf_counter() - t0
-        models[role] = model.eval()
-
-    parity_x = data.normalize(data.x_test[:PARITY_SAMPLES])
+    Paths in the entry are relative to ``out`` (the report's folder)."""
+    cfg, data = ctx.cfg, ctx.data
+    model = model.cpu().eval()
+    acc_torch = evaluate(model, data, "test")["accuracy"]
+    save_checkpoint(out / "checkpoints" / f"{role}.pt", model, spec, role=role, config=cfg.to_dict(),
+                    metrics={"accuracy": acc_torch}, history=history)
+    log(f"{role}: exporting to ONNX and checking parity with onnxruntime")
+    onnx_path = out / "onnx" / f"{role}.onnx"
+    res = export_onnx(model, onnx_path, data.normalize(data.x_test[:PARITY_SAMPLES]), atol=cfg.parity_atol,
+                      metadata=onnx_metadata(cfg, data, role, spec, acc_torch, kd))
+    log(f"{role}: benchmarking with onnxruntime ({ctx.threads} threads)")
     batches = sorted({1, cfg.bench_batch})
-    entries: dict[str, dict] = {}
-    for role in ROLES:
-        model = models[role].cpu()
-        spec = teacher_spec if role == "teacher" else student_spec
-        acc_torch = evaluate(model, data, "test")["accuracy"]
-        ckpt = out / "checkpoints" / f"{role}.pt"
-        save_checkpoint(ckpt, model, spec, role=role, config=cfg_dict,
-                        metrics={"accuracy": acc_torch}, history=histories[role])
-        log(f"{role}: exporting to ONNX and checking parity with onnxruntime")
-        onnx_path = out / "onnx" / f"{role}.onnx"
-        res = export_onnx(model, onnx_path, parity_x, atol=cfg.parity_atol,
-                          metadata=onnx_metadata(cfg, data, role, spec, acc_torch))
-        log(f"{role}: benchmarking with onnxruntime ({threads} threads)")
-        bench = bench_onnx(onnx_path, data, batches, threads=threads, warmup=cfg.bench_warmup,
-                           iters=cfg.bench_iters, max_seconds=20.0)
-        entry = {
-            "arch": spec.arch,
-            "spec": spec.to_dict(),
-            "params": count_params(model),
-            "flops": count_flops(model, data.input_shape),
-            "checkpoint": f"checkpoints/{role}.pt",  # relative to the report's folder
-            "onnx_path": f"onnx/{role}.onnx",
-            "onnx_bytes": res.onnx_bytes,
-            "accuracy_torch": acc_torch,
-            "accuracy_onnx": onnx_accuracy(onnx_path, data, threads),
-            "parity": res.parity(),
-            "latency_ms": bench["latency_ms"],
-            "throughput_per_s": bench["throughput_per_s"],
-            "train_seconds": train_seconds[role],
-            "epochs": len(histories[role]),
-            "history": histories[role],
-        }
-        if role == "student":
-            eager = bench_torch(model, data, batches, threads=threads, warmup=cfg.bench_warmup,
-                                iters=cfg.bench_iters, max_seconds=20.0)
-            entry["torch_eager"] = {"latency_ms": eager["latency_ms"],
-                                    "throughput_per_s": eager["throughput_per_s"]}
-        entries[role] = entry
+    bench = bench_onnx(onnx_path, data, batches, threads=ctx.threads, warmup=cfg.bench_warmup,
+                       iters=cfg.bench_iters, max_seconds=20.0)
+    entry = {
+        "arch": spec.arch,
+        "spec": spec.to_dict(),
+        "params": count_params(model),
+        "flops": count_flops(model, data.input_shape),
+        "checkpoint": f"checkpoints/{role}.pt",
+        "onnx_path": f"onnx/{role}.onnx",
+        "onnx_bytes": res.onnx_bytes,
+        "accuracy_torch": acc_torch,
+        "accuracy_onnx": onnx_accuracy(onnx_path, data, ctx.threads),
+        "parity": res.parity(),
+        "latency_ms": bench["latency_ms"],
+        "throughput_per_s": bench["throughput_per_s"],
+        "epochs": len(history),
+        "history": history,
+        **(extra or {}),
+    }
+    if eager:
+        e = bench_torch(model, data, batches, threads=ctx.threads, warmup=cfg.bench_warmup,
+                        iters=cfg.bench_iters, max_seconds=20.0)
+        entry["torch_eager"] = {"latency_ms": e["latency_ms"], "throughput_per_s": e["throughput_per_s"]}
+    return entry
 
-    t, s, b = entries["teacher"], entries["student"], entries["baseline"]
+
+def report_header(ctx: Context, final: Path) -> dict:
+    cfg_dict = ctx.cfg.to_dict()
+    cfg_dict["out"] = str(final)
+    return {"kdexport_version": __version__, "created": now_iso(), "config": cfg_dict,
+            "environment": environment(ctx.threads), "dataset": ctx.data.info()}
+
+
+def comparison(models: dict[str, dict]) -> dict:
+    t, s, b = models["teacher"], models["student"], models["baseline"]
     return {
-        "kdexport_version": __version__,
-        "created": now_iso(),
-        "config": cfg_dict,
-        "environment": environment(threads),
-        "dataset": data.info(),
-        "models": entries,
         "kd_gain_points": (s["accuracy_onnx"] - b["accuracy_onnx"]) * 100.0,
         "kd_gain_points_torch": (s["accuracy_torch"] - b["accuracy_torch"]) * 100.0,
         "student_vs_teacher": {
@@ -223,3 +216,37 @@ def _run(cfg: RunConfig, data: Dataset, teacher: torch.nn.Module, teacher_spec: 
             "accuracy_gap_points": (t["accuracy_onnx"] - s["accuracy_onnx"]) * 100.0,
         },
     }
+
+
+def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log = _quiet) -> dict:
+    """Run the whole job; return the report (also written to OUT/report.json)."""
+    t_start = time.perf_counter()
+    ctx = prepare(cfg, log)
+    teacher = build_teacher(ctx)  # validates a teacher checkpoint before anything is written
+    final, staging = prepare_out_dir(cfg.out, cfg.overwrite)
+    try:
+        models: dict[str, dict] = {}
+        t0 = time.perf_counter()
+        t_hist = train_teacher(ctx, teacher, reporter, log)
+        t_secs = time.perf_counter() - t0
+        targets = teacher_targets(ctx, teacher)
+        trained = {}
+        for role, kd in (("baseline", None), ("student", cfg.kd)):
+            t0 = time.perf_counter()
+            model, hist = train_student(ctx, seed=cfg.train.seed, kd=kd, targets=targets, label=role,
+                                        reporter=reporter)
+            trained[role] = (model, hist, time.perf_counter() - t0, kd)
+        models["teacher"] = export_and_bench(ctx, teacher, ctx.teacher_spec, "teacher", staging,
+                                             history=t_hist, log=log, extra={"train_seconds": t_secs})
+        for role, (model, hist, secs, kd) in trained.items():
+            models[role] = export_and_bench(ctx, model, ctx.student_spec, role, staging, history=hist, kd=kd,
+                                            eager=role == "student", log=log, extra={"train_seconds": secs})
+        report = {**report_header(ctx, final), "models": models, **comparison(models),
+                  "wall_seconds": time.perf_counter() - t_start}
+        write_report(report, staging)
+        commit_out_dir(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log(f"wrote {final}/report.json and report.md")
+    return report

@@ -25,10 +25,9 @@ class Registry(Generic[F]):
         return deco
 
     def get(self, name: str) -> F:
-        try:
-            return self._items[name]
-        except KeyError:
-            raise UnknownNameError(self.kind, name, list(self._items)) from None
+        if name not in self._items:
+            raise UnknownNameError(self.kind, name, list(self._items))
+        return self._items[name]
 
     def names(self) -> list[str]:
         return sorted(self._items)

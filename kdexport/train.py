@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .config import KDConfig, TrainConfig
-from .data import Dataset, augment_batch
+from .data import AUGMENTATIONS, Dataset
 from .errors import ConfigError, TrainingError
 from .losses import kd_loss
 
@@ -129,7 +129,8 @@ def fit(model: nn.Module, data: Dataset, cfg: TrainConfig, *, teacher: nn.Module
     kd = kd or KDConfig()
     if teacher is not None and teacher_targets is None:
         teacher.to(device)
-        teacher_targets = TeacherTargets(teacher, data, device, cached=not cfg.augment)
+        teacher_targets = TeacherTargets(teacher, data, device, cached=cfg.augment == "none")
+    augment = AUGMENTATIONS.get(cfg.augment)
     order_gen = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)
     n = data.x_train.shape[0]
@@ -147,8 +148,8 @@ def fit(model: nn.Module, data: Dataset, cfg: TrainConfig, *, teacher: nn.Module
             lr = opt.param_groups[0]["lr"]
             for idx in _batches(n, cfg.batch_size, order_gen):
                 xb = data.x_train[idx]
-                if cfg.augment:
-                    xb = augment_batch(xb, aug_gen)
+                if augment is not None:
+                    xb = augment(xb, aug_gen)
                 xb = data.normalize(xb.to(device))
                 yb = data.y_train[idx].to(device)
                 t_logits = teacher_targets(idx, xb) if teacher_targets is not None else None

@@ -67,3 +67,14 @@ def test_augment_batch_is_seeded_and_keeps_shape():
     assert a.shape == x.shape and torch.equal(a, b)
     same = augment_batch(x, torch.Generator().manual_seed(1), pad=0)
     assert all(torch.equal(s, o) or torch.equal(s, o.flip(-1)) for s, o in zip(same, x))
+    shifted = augment_batch(x, torch.Generator().manual_seed(2), pad=2, flip=False)
+    # a shift never flips: each output row is a (shifted) slice of the same input row order
+    assert not torch.equal(shifted, x) and shifted.shape == x.shape
+
+
+def test_auto_augmentation_by_data(digits):
+    from kdexport.data import resolve_augment
+
+    assert resolve_augment("auto", digits) == "none"
+    with pytest.raises(UnknownNameError, match="crop-flip, none, shift2"):
+        resolve_augment("mixup", digits)
