@@ -1,17 +1,23 @@
 """Typer CLI: commands are adapters. They build a config, call the library, and turn a
 KdexportError into one line on stderr and a non-zero exit code."""
 
-from __future__ import annotations
-
 import contextlib
+import inspect
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from . import __version__
@@ -30,7 +36,7 @@ def errors_to_exit() -> Iterator[None]:
     try:
         yield
     except KdexportError as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True, markup=True)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         console.print("[bold red]interrupted[/]")
@@ -63,13 +69,13 @@ class RichReporter:
 
 
 def make_progress() -> Progress:
-    return Progress(TextColumn("[bold]{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
+    return Progress(TextColumn("[bold]{task.description:<16}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[metrics]}"),
                     console=console, transient=False)
 
 
 def _log(msg: str) -> None:
-    console.print(f"[dim]›[/] {msg}", highlight=False)
+    console.print(f"[dim]>[/] {msg}", highlight=False, markup=True)
 
 
 def version_callback(value: bool) -> None:
@@ -84,72 +90,121 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=version_ca
     pass
 
 
+# Options shared by distill-export and sweep, declared once: (name, type, default, typer.Option).
+RUN_OPTIONS: list[tuple[str, Any, Any, Any]] = [
+    ("teacher", str, "mlp:1200,1200", typer.Option(help="Teacher model: mlp:<sizes> or a torchvision name.")),
+    ("student", str, "mlp:14", typer.Option(help="Student model: mlp:<sizes> or a torchvision name.")),
+    ("dataset", str, "digits", typer.Option(help="digits (bundled), mnist, cifar10 or imagefolder.")),
+    ("data_dir", Optional[Path], None, typer.Option(help="Local dataset folder (default: $KDEXPORT_DATA_DIR or ~/.cache/kdexport/data).")),
+    ("download", bool, True, typer.Option(help="Download mnist/cifar10 when not found locally.")),
+    ("image_size", Optional[int], None, typer.Option(help="imagefolder: resize images to this square size.")),
+    ("augment", str, "auto", typer.Option(help="Training augmentation: auto (crop-flip for RGB data, else none), none, crop-flip, shift2.")),
+    ("teacher_augment", Optional[str], None, typer.Option(help="The teacher's augmentation, if different.")),
+    ("soft_loss", str, "kl", typer.Option(help="Soft loss: kl (Hinton) or mse (logit matching).")),
+    ("epochs", int, 30, typer.Option(help="Epochs for every model (baseline and student always match).")),
+    ("teacher_epochs", Optional[int], None, typer.Option(help="Override the teacher's epochs.")),
+    ("batch_size", int, 64, typer.Option(help="Training batch size.")),
+    ("optimizer", str, "adam", typer.Option(help="adam or sgd (momentum, Nesterov).")),
+    ("lr", float, 3e-3, typer.Option(help="Peak learning rate.")),
+    ("weight_decay", float, 0.0, typer.Option(help="Weight decay.")),
+    ("momentum", float, 0.9, typer.Option(help="SGD momentum.")),
+    ("scheduler", str, "cosine", typer.Option(help="Learning-rate schedule: cosine, onecycle or none.")),
+    ("device", str, "auto", typer.Option(help="auto, cpu or cuda (training only; benchmarks run on CPU).")),
+    ("teacher_dropout", float, 0.5, typer.Option(help="Dropout between MLP hidden layers of the teacher.")),
+    ("student_dropout", float, 0.0, typer.Option(help="Dropout between MLP hidden layers of the student.")),
+    ("cifar_stem", bool, False, typer.Option(help="torchvision CNNs: 3x3 stride-1 stem, no max-pool (for 32x32 inputs).")),
+    ("pretrained", bool, False, typer.Option(help="Start the teacher from torchvision's pretrained weights (needs network once).")),
+    ("teacher_checkpoint", Optional[Path], None, typer.Option(help="Use this trained teacher (a kdexport checkpoint) instead of training one.")),
+    ("bench_batch", int, 32, typer.Option(help="The larger batch size to benchmark, beside batch 1.")),
+    ("bench_iters", int, 100, typer.Option(help="Timed runs per latency measurement.")),
+    ("threads", Optional[int], None, typer.Option(help="CPU threads for training and inference (default: all usable cores).")),
+    ("parity_atol", float, 1e-3, typer.Option(help="Max abs logit difference allowed between onnxruntime and PyTorch.")),
+    ("out", Optional[Path], None, typer.Option(help="Output folder (default: runs/<command>-<timestamp>).")),
+    ("overwrite", bool, False, typer.Option(help="Replace an existing --out folder.")),
+]
+
+
+def with_run_options(fn: Callable) -> Callable:
+    """Append RUN_OPTIONS to a command's signature; the command receives them in ``**opts``."""
+    sig = inspect.signature(fn)
+    own = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                               annotation=Annotated[typ, opt]) for name, typ, default, opt in RUN_OPTIONS]
+    fn.__signature__ = sig.replace(parameters=own + extra)
+    return fn
+
+
+def build_config(opts: dict, *, temperature: float = 4.0, soft_weight: float = 0.5, scale_t2: bool = True,
+                 seed: int = 0):
+    from .config import KDConfig, RunConfig, TrainConfig
+
+    o = {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.items()}
+    train = TrainConfig(**{k: o.pop(k) for k in ("epochs", "batch_size", "optimizer", "lr", "weight_decay",
+                                                  "momentum", "scheduler", "device")}, seed=seed)
+    kd = KDConfig(temperature=temperature, soft_weight=soft_weight, scale_t2=scale_t2, soft_loss=o.pop("soft_loss"))
+    return RunConfig(kd=kd, train=train, **o)
+
+
+def print_summary(report: dict) -> None:
+    from .report import summary_header, summary_rows
+
+    cfg = report["config"]
+    table = Table(title=f"{report['dataset']['name']}: {cfg['teacher']} -> {cfg['student']}")
+    keep = [0, 2, 4, 6, 7, 10, 11]  # model, acc, params, size, p50@1, speed-up, compression
+    header = summary_header(report)
+    for i in keep:
+        table.add_column(header[i], no_wrap=True)
+    for row in summary_rows(report):
+        table.add_row(*[row[i] for i in keep])
+    out_console.print(table)
+
+
 @app.command("distill-export")
+@with_run_options
 def distill_export_cmd(
-    teacher: Annotated[str, typer.Option(help="Teacher model: mlp:<sizes> or a torchvision name.")] = "mlp:1200,1200",
-    student: Annotated[str, typer.Option(help="Student model: mlp:<sizes> or a torchvision name.")] = "mlp:14",
-    dataset: Annotated[str, typer.Option(help="digits (bundled), mnist, cifar10 or imagefolder.")] = "digits",
-    data_dir: Annotated[Optional[Path], typer.Option(help="Local dataset folder (default: $KDEXPORT_DATA_DIR or ~/.cache/kdexport/data).")] = None,
-    download: Annotated[bool, typer.Option(help="Download mnist/cifar10 when not found locally.")] = True,
-    image_size: Annotated[Optional[int], typer.Option(help="imagefolder: resize images to this square size.")] = None,
-    augment: Annotated[str, typer.Option(help="Training augmentation: auto (crop-flip for RGB data, else none), none, crop-flip, shift2.")] = "auto",
-    teacher_augment: Annotated[Optional[str], typer.Option(help="The teacher's augmentation, if different.")] = None,
     temperature: Annotated[float, typer.Option("--temperature", "-T", help="Distillation temperature T > 0.")] = 4.0,
     soft_weight: Annotated[float, typer.Option(help="beta: weight of the soft (KD) loss; the hard CE weight is 1 - beta.")] = 0.5,
     scale_t2: Annotated[bool, typer.Option("--scale-t2/--no-scale-t2", help="Multiply the soft loss by T^2 (Hinton et al.).")] = True,
-    soft_loss: Annotated[str, typer.Option(help="Soft loss: kl (Hinton) or mse (logit matching).")] = "kl",
-    epochs: Annotated[int, typer.Option(help="Epochs for every model (baseline and student always match).")] = 30,
-    teacher_epochs: Annotated[Optional[int], typer.Option(help="Override the teacher's epochs.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 64,
-    optimizer: Annotated[str, typer.Option(help="adam or sgd (momentum, Nesterov).")] = "adam",
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-3,
-    weight_decay: Annotated[float, typer.Option(help="Weight decay.")] = 0.0,
-    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
-    scheduler: Annotated[str, typer.Option(help="Learning-rate schedule: cosine, onecycle or none.")] = "cosine",
-    seed: Annotated[int, typer.Option(help="Seed for initialization and data order.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda (training only; benchmarks run on CPU).")] = "auto",
-    teacher_dropout: Annotated[float, typer.Option(help="Dropout between MLP hidden layers of the teacher.")] = 0.5,
-    student_dropout: Annotated[float, typer.Option(help="Dropout between MLP hidden layers of the student.")] = 0.0,
-    cifar_stem: Annotated[bool, typer.Option(help="torchvision CNNs: 3x3 stride-1 stem, no max-pool (for 32x32 inputs).")] = False,
-    pretrained: Annotated[bool, typer.Option(help="Start the teacher from torchvision's pretrained weights (needs network once).")] = False,
-    teacher_checkpoint: Annotated[Optional[Path], typer.Option(help="Use this trained teacher (a kdexport checkpoint) instead of training one.")] = None,
-    bench_batch: Annotated[int, typer.Option(help="The larger batch size to benchmark, beside batch 1.")] = 32,
-    bench_iters: Annotated[int, typer.Option(help="Timed runs per latency measurement.")] = 100,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads for training and inference (default: all usable cores).")] = None,
-    parity_atol: Annotated[float, typer.Option(help="Max abs logit difference allowed between onnxruntime and PyTorch.")] = 1e-3,
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: runs/distill-<timestamp>).")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out folder.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed for initialization, data order and augmentation.")] = 0,
+    **opts: Any,
 ) -> None:
     """Train a teacher, a baseline student and a distilled student; export all three to ONNX
     (with a parity check); benchmark them with onnxruntime; write report.json and report.md."""
-    from .config import KDConfig, RunConfig, TrainConfig
     from .pipeline import distill_export
-    from .report import summary_header, summary_rows
 
     with errors_to_exit():
-        cfg = RunConfig(
-            dataset=dataset, data_dir=str(data_dir) if data_dir else None, download=download,
-            image_size=image_size, augment=augment, teacher_augment=teacher_augment, teacher=teacher, student=student,
-            teacher_dropout=teacher_dropout, student_dropout=student_dropout, cifar_stem=cifar_stem,
-            pretrained=pretrained, teacher_checkpoint=str(teacher_checkpoint) if teacher_checkpoint else None,
-            kd=KDConfig(temperature=temperature, soft_weight=soft_weight, scale_t2=scale_t2, soft_loss=soft_loss),
-            train=TrainConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
-                              weight_decay=weight_decay, momentum=momentum, scheduler=scheduler,
-                              seed=seed, device=device),
-            teacher_epochs=teacher_epochs, parity_atol=parity_atol, bench_batch=bench_batch,
-            bench_iters=bench_iters, threads=threads, out=str(out) if out else None, overwrite=overwrite)
+        cfg = build_config(opts, temperature=temperature, soft_weight=soft_weight, scale_t2=scale_t2, seed=seed)
         with make_progress() as progress:
             report = distill_export(cfg, reporter=RichReporter(progress), log=_log)
-        table = Table(title=f"{report['dataset']['name']}: {teacher} -> {student}")
-        keep = [0, 2, 4, 6, 7, 10, 11]  # model, acc, params, size, p50@1, speed-up, compression
-        header = summary_header(report)
-        for i in keep:
-            table.add_column(header[i], no_wrap=True)
-        for row in summary_rows(report):
-            table.add_row(*[row[i] for i in keep])
-        out_console.print(table)
+        print_summary(report)
         out_console.print(f"KD gain: {report['kd_gain_points']:+.2f} points; report: "
                           f"{Path(report['config']['out']) / 'report.md'}")
+
+
+@app.command("sweep")
+@with_run_options
+def sweep_cmd(
+    temperature: Annotated[str, typer.Option("--temperature", "-T", help="Temperatures, comma-separated.")] = "2,4,8",
+    soft_weight: Annotated[str, typer.Option(help="Soft-loss weights beta, comma-separated.")] = "0.5,0.9",
+    seeds: Annotated[str, typer.Option(help="Seeds, comma-separated; each cell is mean +/- std over them.")] = "0,1,2",
+    scale_t2: Annotated[str, typer.Option(help="T^2 scaling of the soft loss: on, off, or on,off for both.")] = "on",
+    **opts: Any,
+) -> None:
+    """Grid over T x beta (x T^2 scaling) x seeds with a fair baseline per seed. The teacher is
+    trained once; a rerun with the same --out skips finished cells. Writes sweep.json, sweep.md,
+    heatmap.png, and best/ (the best cell exported and benchmarked like distill-export)."""
+    from .sweep import Grid, parse_floats, parse_ints, parse_switches, run_sweep
+
+    with errors_to_exit():
+        grid = Grid(parse_floats(temperature, "--temperature"), parse_floats(soft_weight, "--soft-weight"),
+                    parse_ints(seeds, "--seeds"), parse_switches(scale_t2, "--scale-t2"))
+        cfg = build_config(opts, seed=grid.seeds[0])
+        with make_progress() as progress:
+            result = run_sweep(cfg, grid, reporter=RichReporter(progress), log=_log)
+        b = result["best"]
+        out_console.print(f"best cell {b['cell']}: {b['mean'] * 100:.2f} ± {b['std'] * 100:.2f}% vs baseline "
+                          f"{result['baseline']['mean'] * 100:.2f} ± {result['baseline']['std'] * 100:.2f}% "
+                          f"(KD gain {b['kd_gain_points']:+.2f} points); table: {result['config']['out']}/sweep.md")
 
 
 def main() -> None:

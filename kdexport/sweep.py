@@ -1,0 +1,302 @@
+"""``kdexport sweep``: a grid over T, beta (and T^2 scaling) x seeds, fair and resumable.
+
+The teacher is trained once (or loaded); the baseline student once per seed; a distilled student
+per grid cell and seed, all sharing the teacher's cached logits. Each finished unit is written
+atomically under ``OUT/cells/`` so a rerun of the same command skips it. The best cell's student is
+then exported and benchmarked exactly like ``distill-export`` (``OUT/best/report.json``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .checkpoint import load_model, save_checkpoint
+from .config import KDConfig, RunConfig
+from .errors import ConfigError, OutputError
+from .io import atomic_write, atomic_write_json, atomic_write_text
+from .pipeline import (
+    Context,
+    Log,
+    _quiet,
+    build_teacher,
+    commit_out_dir,
+    comparison,
+    default_out_dir,
+    export_and_bench,
+    prepare,
+    prepare_out_dir,
+    report_header,
+    teacher_targets,
+    train_student,
+    train_teacher,
+)
+from .report import write_report
+from .train import Reporter, evaluate
+
+
+@dataclass(frozen=True)
+class Grid:
+    temperatures: tuple[float, ...]
+    soft_weights: tuple[float, ...]
+    seeds: tuple[int, ...] = (0,)
+    scale_t2: tuple[bool, ...] = (True,)
+
+    def __post_init__(self) -> None:
+        for name in ("temperatures", "soft_weights", "seeds", "scale_t2"):
+            values = getattr(self, name)
+            if not values:
+                raise ConfigError(f"sweep grid: {name.replace('_', ' ')} is empty")
+            if len(set(values)) != len(values):
+                raise ConfigError(f"sweep grid: {name.replace('_', ' ')} has duplicates: {list(values)}")
+        for T, b in itertools.product(self.temperatures, self.soft_weights):
+            KDConfig(temperature=T, soft_weight=b)  # validates every value
+
+    def kd_configs(self, soft_loss: str = "kl") -> list[KDConfig]:
+        return [KDConfig(temperature=T, soft_weight=b, scale_t2=s, soft_loss=soft_loss)
+                for s, b, T in itertools.product(self.scale_t2, self.soft_weights, self.temperatures)]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def cell_key(kd: KDConfig) -> str:
+    return f"T{kd.temperature:g}-b{kd.soft_weight:g}-{'t2' if kd.scale_t2 else 'raw'}"
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, std
+
+
+def _config_for_resume(cfg: RunConfig) -> dict:
+    d = cfg.to_dict()
+    for k in ("out", "overwrite", "bench_iters", "bench_warmup", "bench_batch", "threads"):
+        d.pop(k, None)
+    d["kd"] = {"soft_loss": cfg.kd.soft_loss}  # T, beta, scaling live in the grid
+    d["train"].pop("seed", None)  # seeds live in the grid
+    return d
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _open_sweep_dir(cfg: RunConfig, log: Log) -> Path:
+    out = Path(cfg.out) if cfg.out else default_out_dir("sweep")
+    state = out / "sweep-config.json"
+    want = _config_for_resume(cfg)
+    if out.exists() and cfg.overwrite:
+        shutil.rmtree(out)
+    if out.exists():
+        if not state.exists():
+            raise OutputError(f"{str(out)!r} exists and is not a kdexport sweep; pass --overwrite to replace it")
+        have = json.loads(state.read_text())
+        if have != want:
+            a, b = _flatten(have), _flatten(want)
+            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            raise OutputError(f"{str(out)!r} holds a sweep with other options ({', '.join(diff)}); "
+                              "use another --out or --overwrite")
+        log(f"resuming the sweep in {out}")
+    try:
+        (out / "cells").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot write output folder {str(out)!r}: {e.strerror or e}") from None
+    atomic_write_json(state, want)
+    return out
+
+
+def _unit(out: Path, ctx: Context, name: str, seed: int, kd: KDConfig | None, targets, reporter,
+          save: bool) -> dict:
+    """Train one student (baseline when kd is None) unless its result file already exists."""
+    path = out / "cells" / f"{name}-s{seed}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    t0 = time.perf_counter()
+    model, hist = train_student(ctx, seed=seed, kd=kd, targets=targets, label=f"{name} s{seed}",
+                                reporter=reporter)
+    acc = evaluate(model, ctx.data, "test")["accuracy"]
+    if save:  # checkpoint first: a result file implies its checkpoint exists
+        save_checkpoint(out / "cells" / f"{name}-s{seed}.pt", model, ctx.student_spec, role=name,
+                        config=ctx.cfg.to_dict(), metrics={"accuracy": acc}, history=hist)
+    rec = {"name": name, "seed": seed, "kd": dataclasses.asdict(kd) if kd else None, "accuracy": acc,
+           "train_seconds": time.perf_counter() - t0, "history": hist}
+    atomic_write_json(path, rec)
+    return rec
+
+
+def run_sweep(cfg: RunConfig, grid: Grid, *, reporter: Reporter | None = None, log: Log = _quiet) -> dict:
+    t_start = time.perf_counter()
+    ctx = prepare(cfg, log)
+    teacher = build_teacher(ctx)
+    out = _open_sweep_dir(cfg, log)
+    tpath = out / "teacher.pt"
+    if tpath.exists():
+        teacher, _, blob = load_model(tpath, expect=ctx.teacher_spec)
+        t_hist = blob["history"]
+        log("teacher: reused from an earlier run of this sweep")
+    else:
+        t_hist = train_teacher(ctx, teacher, reporter, log)
+        save_checkpoint(tpath, teacher, ctx.teacher_spec, role="teacher", config=cfg.to_dict(),
+                        history=t_hist)
+    teacher = teacher.to(ctx.device).eval()
+    teacher_acc = evaluate(teacher, ctx.data, "test", device=ctx.device)["accuracy"]
+    targets = teacher_targets(ctx, teacher)
+    kds = grid.kd_configs(cfg.kd.soft_loss)
+    first = grid.seeds[0]
+    baselines = {s: _unit(out, ctx, "baseline", s, None, None, reporter, s == first) for s in grid.seeds}
+    cells: dict[str, dict] = {}
+    total = len(kds) * len(grid.seeds)
+    done = 0
+    for kd in kds:
+        key = cell_key(kd)
+        runs = []
+        for s in grid.seeds:
+            done += 1
+            log(f"cell {done}/{total}: T={kd.temperature:g} beta={kd.soft_weight:g} "
+                f"{'T^2-scaled' if kd.scale_t2 else 'unscaled'} seed={s}")
+            runs.append(_unit(out, ctx, key, s, kd, targets, reporter, s == first))
+        accs = [r["accuracy"] for r in runs]
+        m, sd = mean_std(accs)
+        cells[key] = {"kd": dataclasses.asdict(kd), "accuracies": accs, "mean": m, "std": sd,
+                      "seeds": list(grid.seeds)}
+    base_m, base_sd = mean_std([baselines[s]["accuracy"] for s in grid.seeds])
+    best_key = max(cells, key=lambda k: cells[k]["mean"])
+    result = {
+        **report_header(ctx, out),
+        "grid": grid.to_dict(),
+        "teacher": {"arch": cfg.teacher, "accuracy": teacher_acc, "history": t_hist},
+        "baseline": {"arch": cfg.student, "mean": base_m, "std": base_sd,
+                     "accuracies": [baselines[s]["accuracy"] for s in grid.seeds]},
+        "cells": cells,
+        "best": {"cell": best_key, **cells[best_key], "kd_gain_points": (cells[best_key]["mean"] - base_m) * 100},
+    }
+    log(f"best cell {best_key}: exporting and benchmarking its seed-{first} student")
+    result["best"]["report"] = "best/report.json"
+    _export_best(ctx, out, teacher, t_hist, cells[best_key]["kd"], first, log)
+    result["wall_seconds"] = time.perf_counter() - t_start
+    atomic_write_json(out / "sweep.json", result)
+    atomic_write_text(out / "sweep.md", sweep_markdown(result))
+    plot_heatmap(result, out / "heatmap.png")
+    return result
+
+
+def _export_best(ctx: Context, out: Path, teacher, t_hist, kd_dict: dict, seed: int, log: Log) -> None:
+    kd = KDConfig(**kd_dict)
+    final, staging = prepare_out_dir(out / "best", overwrite=True)
+    try:
+        baseline, _, b_blob = load_model(out / "cells" / f"baseline-s{seed}.pt", expect=ctx.student_spec)
+        student, _, s_blob = load_model(out / "cells" / f"{cell_key(kd)}-s{seed}.pt", expect=ctx.student_spec)
+        models = {
+            "teacher": export_and_bench(ctx, teacher, ctx.teacher_spec, "teacher", staging, history=t_hist, log=log),
+            "baseline": export_and_bench(ctx, baseline, ctx.student_spec, "baseline", staging,
+                                         history=b_blob["history"], log=log),
+            "student": export_and_bench(ctx, student, ctx.student_spec, "student", staging, kd=kd,
+                                        history=s_blob["history"], eager=True, log=log),
+        }
+        cfg = dataclasses.replace(ctx.cfg, kd=kd, train=dataclasses.replace(ctx.cfg.train, seed=seed))
+        header = report_header(dataclasses.replace(ctx, cfg=cfg), final)
+        write_report({**header, "models": models, **comparison(models)}, staging)
+        commit_out_dir(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _pct(m: float, s: float) -> str:
+    return f"{m * 100:.2f} ± {s * 100:.2f}"
+
+
+def sweep_markdown(r: dict) -> str:
+    g = r["grid"]
+    n = len(g["seeds"])
+    lines = [f"# kdexport sweep: {r['config']['teacher']} -> {r['config']['student']} on {r['dataset']['name']}",
+             "", f"Created {r['created']}; {n} seed(s) {g['seeds']}; every cell is mean ± sample std of "
+             f"test accuracy (%) over seeds; {r['config']['train']['epochs']} epochs for baseline and "
+             "every student (same seeds, data order and schedule).", "",
+             f"- Teacher ({r['teacher']['arch']}): {r['teacher']['accuracy'] * 100:.2f}%",
+             f"- Baseline student ({r['baseline']['arch']}, no KD): "
+             f"{_pct(r['baseline']['mean'], r['baseline']['std'])}",
+             f"- Best cell: {r['best']['cell']}: {_pct(r['best']['mean'], r['best']['std'])} "
+             f"(KD gain {r['best']['kd_gain_points']:+.2f} points); exported and benchmarked in "
+             f"[best/report.md](best/report.md)", ""]
+    for scaled in g["scale_t2"]:
+        lines += [f"### Soft loss {'x T^2' if scaled else 'unscaled'}", "",
+                  "| beta \\ T | " + " | ".join(f"T = {T:g}" for T in g["temperatures"]) + " |",
+                  "|---|" + "---|" * len(g["temperatures"])]
+        for b in g["soft_weights"]:
+            row = [_pct(r["cells"][k]["mean"], r["cells"][k]["std"]) for k in
+                   (cell_key(KDConfig(T, b, scaled)) for T in g["temperatures"])]
+            lines.append(f"| beta = {b:g} | " + " | ".join(row) + " |")
+        lines.append("")
+    env = r["environment"]
+    lines += [f"Wall time {r.get('wall_seconds', 0):.0f} s on {env['cpu']} ({env['cpu_cores']} cores), "
+              f"torch {env['torch']}, onnxruntime {env['onnxruntime']}.", "", "![heatmap](heatmap.png)", ""]
+    return "\n".join(lines)
+
+
+def plot_heatmap(r: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    g = r["grid"]
+    variants = g["scale_t2"]
+    fig, axes = plt.subplots(1, len(variants), figsize=(1.6 + 1.3 * len(g["temperatures"]) * len(variants),
+                                                         1.4 + 0.6 * len(g["soft_weights"])), squeeze=False)
+    base = r["baseline"]["mean"]
+    for ax, scaled in zip(axes[0], variants):
+        grid = np.array([[r["cells"][cell_key(KDConfig(T, b, scaled))]["mean"] for T in g["temperatures"]]
+                         for b in g["soft_weights"]])
+        gain = (grid - base) * 100
+        lim = max(abs(gain).max(), 1e-6)
+        im = ax.imshow(gain, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
+        for i, j in itertools.product(range(grid.shape[0]), range(grid.shape[1])):
+            ax.text(j, i, f"{grid[i, j] * 100:.2f}", ha="center", va="center", fontsize=8)
+        ax.set_xticks(range(len(g["temperatures"])), [f"{T:g}" for T in g["temperatures"]])
+        ax.set_yticks(range(len(g["soft_weights"])), [f"{b:g}" for b in g["soft_weights"]])
+        ax.set(xlabel="T", ylabel="beta", title=f"accuracy % ({'x T^2' if scaled else 'unscaled'})")
+        fig.colorbar(im, ax=ax, label="KD gain vs baseline (points)")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def parse_floats(text: str, name: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"{name}: expected comma-separated numbers, got {text!r}") from None
+
+
+def parse_ints(text: str, name: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"{name}: expected comma-separated integers, got {text!r}") from None
+
+
+def parse_switches(text: str, name: str) -> tuple[bool, ...]:
+    table = {"on": True, "off": False, "true": True, "false": False}
+    try:
+        return tuple(table[v.strip().lower()] for v in text.split(",") if v.strip())
+    except KeyError:
+        raise ConfigError(f"{name}: expected on, off or on,off; got {text!r}") from None
+

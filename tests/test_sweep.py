@@ -1,0 +1,98 @@
+import json
+import math
+
+import pytest
+
+from kdexport.config import KDConfig, RunConfig, TrainConfig
+from kdexport.errors import ConfigError, OutputError
+from kdexport.sweep import Grid, cell_key, mean_std, parse_floats, parse_switches, run_sweep
+
+GRID = Grid(temperatures=(2.0, 4.0), soft_weights=(0.5,), seeds=(0, 1), scale_t2=(True, False))
+
+
+def _cfg(out, **kw):
+    return RunConfig(train=TrainConfig(epochs=2), teacher="mlp:64", student="mlp:14", bench_iters=3,
+                     bench_batch=4, out=str(out), **kw)
+
+
+def test_mean_std_arithmetic():
+    m, s = mean_std([0.9, 0.8, 0.7])
+    assert m == pytest.approx(0.8) and s == pytest.approx(0.1)
+    assert mean_std([0.5]) == (0.5, 0.0)
+    assert mean_std([0.9, 0.8])[1] == pytest.approx(math.sqrt(0.005))
+
+
+def test_grid_validation_and_parsing():
+    assert [cell_key(k) for k in GRID.kd_configs()] == ["T2-b0.5-t2", "T4-b0.5-t2", "T2-b0.5-raw", "T4-b0.5-raw"]
+    with pytest.raises(ConfigError, match="temperature must be > 0"):
+        Grid((0.0,), (0.5,))
+    with pytest.raises(ConfigError, match="duplicates"):
+        Grid((2.0, 2.0), (0.5,))
+    with pytest.raises(ConfigError, match="comma-separated numbers"):
+        parse_floats("3,x", "--temperature")
+    assert parse_switches("on,off", "--scale-t2") == (True, False)
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep") / "s"
+    return out, run_sweep(_cfg(out), GRID)
+
+
+def test_sweep_bookkeeping_and_outputs(swept):
+    out, r = swept
+    assert set(r["cells"]) == {"T2-b0.5-t2", "T4-b0.5-t2", "T2-b0.5-raw", "T4-b0.5-raw"}
+    for key, c in r["cells"].items():
+        assert len(c["accuracies"]) == 2
+        assert c["mean"] == pytest.approx(sum(c["accuracies"]) / 2)
+        for s in (0, 1):
+            rec = json.loads((out / "cells" / f"{key}-s{s}.json").read_text())
+            assert rec["accuracy"] in c["accuracies"] and rec["seed"] == s
+    assert len(list((out / "cells").glob("baseline-s*.json"))) == 2
+    assert r["best"]["cell"] == max(r["cells"], key=lambda k: r["cells"][k]["mean"])
+    best = json.loads((out / "best" / "report.json").read_text())
+    assert best["config"]["kd"] == r["cells"][r["best"]["cell"]]["kd"]
+    assert best["models"]["student"]["parity"]["top1_agreement"] == 1.0
+    md = (out / "sweep.md").read_text()
+    assert "| beta = 0.5 |" in md and "T = 4" in md and "unscaled" in md
+    assert (out / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rerun_skips_finished_cells(swept, monkeypatch):
+    out, first = swept
+    (out / "cells" / "T4-b0.5-raw-s1.json").unlink()  # as if interrupted before this cell
+    stamp = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
+    teacher_stamp = (out / "teacher.pt").stat().st_mtime_ns
+    import kdexport.sweep as sw
+
+    trained = []
+    real = sw.train_student
+    monkeypatch.setattr(sw, "train_student", lambda *a, **k: trained.append(k["label"]) or real(*a, **k))
+    again = run_sweep(_cfg(out), GRID)
+    assert trained == ["T4-b0.5-raw s1"]
+    assert (out / "teacher.pt").stat().st_mtime_ns == teacher_stamp
+    assert all((out / "cells" / n).stat().st_mtime_ns == t for n, t in stamp.items())
+    assert again["cells"] == first["cells"]  # deterministic: the retrained cell matches
+
+
+def test_resume_with_other_options_is_refused(swept):
+    out, _ = swept
+    with pytest.raises(OutputError, match="train.epochs"):
+        run_sweep(RunConfig(train=TrainConfig(epochs=3), teacher="mlp:64", student="mlp:14", out=str(out)), GRID)
+
+
+def test_sweep_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from kdexport.cli import app
+
+    res = CliRunner().invoke(app, ["sweep", "-T", "3", "--soft-weight", "0.5", "--seeds", "0", "--epochs", "1",
+                                   "--teacher", "mlp:32", "--bench-iters", "2", "--out", str(tmp_path / "s")])
+    assert res.exit_code == 0, res.output
+    assert "best cell T3-b0.5-t2" in " ".join(res.output.split())
+    res = CliRunner().invoke(app, ["sweep", "-T", "0,2", "--out", str(tmp_path / "bad")])
+    assert res.exit_code == 2 and "temperature must be > 0" in res.output
+
+
+def test_kdconfig_roundtrip_keys():
+    assert set(KDConfig().__dict__) == {"temperature", "soft_weight", "scale_t2", "soft_loss"}
