@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # torch/torchvision pair installed first (override for your platform, e.g. TORCH_PKGS="torch torchvision").
 TORCH_PKGS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-slow lint gate clean
+.PHONY: install demo test test-slow gate shipped-baseline clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -24,6 +24,21 @@ test: install
 
 test-slow: install
 	$(PY) -m pytest -m slow
+
+# The CI gate: a fresh distillation on the embedded default, checked against the shipped baseline.
+gate: install
+	rm -rf runs/ci-gate
+	$(VENV)/bin/kdexport distill-export --out runs/ci-gate
+	$(VENV)/bin/kdexport check runs/ci-gate/report.json --baseline models/digits/report.json \
+		--models student,baseline --skip latency --junit runs/ci-gate/check.xml --markdown runs/ci-gate/check.md
+
+# Regenerate the shipped baseline in models/digits/ (see models/README.md).
+shipped-baseline: install
+	rm -rf runs/shipped
+	$(VENV)/bin/kdexport distill-export --out runs/shipped
+	mkdir -p models/digits/onnx
+	cp runs/shipped/report.json runs/shipped/report.md models/digits/
+	cp runs/shipped/onnx/student.onnx runs/shipped/onnx/baseline.onnx models/digits/onnx/
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

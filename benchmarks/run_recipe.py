@@ -1,15 +1,20 @@
-"""Run a recipe (a config file in benchmarks/recipes/) through the same pipeline as the CLI and
-write benchmarks/results/<recipe>.json and .md, stamped with hardware, versions, date and wall time.
+"""Run a recipe (a config file in benchmarks/recipes/) through the library, exactly as the CLI would,
+and write benchmarks/results/<recipe>.json and .md stamped with hardware, versions, date and wall time.
 
     python benchmarks/run_recipe.py digits-default
-    python benchmarks/run_recipe.py mnist-seed --data-dir ../shared/datasets
+    python benchmarks/run_recipe.py mnist-mlp-seed          # data from ../shared/datasets by default
+    python benchmarks/run_recipe.py cifar10-resnet50-resnet18-cpu-quick --data-dir /data/cifar10
+
+A recipe is {"kind": "distill" | "sweep", "config": {RunConfig fields}, "grid": {...} (sweep),
+"workdir": "runs/recipes/NAME" (sweeps: where cells live, so a rerun resumes and recipes that share
+a teacher and cells share a workdir)}. Recipes are the only home of hyperparameters for published numbers.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -18,18 +23,27 @@ from kdexport.config import RunConfig
 from kdexport.io import atomic_write_json, atomic_write_text
 from kdexport.pipeline import distill_export
 from kdexport.report import to_markdown
+from kdexport.sweep import Grid, run_sweep, sweep_markdown
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 
 
-def load_recipe(name: str, data_dir: str | None) -> RunConfig:
+def load_recipe(name: str) -> dict:
     path = HERE / "recipes" / f"{name}.json"
-    d = json.loads(path.read_text())
-    d.pop("_doc", None)
+    if not path.exists():
+        choices = sorted(p.stem for p in (HERE / "recipes").glob("*.json"))
+        raise SystemExit(f"unknown recipe {name!r}; choose one of: {', '.join(choices)}")
+    return json.loads(path.read_text())
+
+
+def recipe_config(recipe: dict, data_dir: str | None, out: str) -> RunConfig:
+    d = dict(recipe["config"])
     if data_dir is not None:
         d["data_dir"] = data_dir
     elif d.get("data_dir"):  # recipe paths are relative to the repository root
-        d["data_dir"] = str((HERE.parent / d["data_dir"]).resolve())
+        d["data_dir"] = str((ROOT / d["data_dir"]).resolve())
+    d["out"] = out
     return RunConfig.from_dict(d)
 
 
@@ -37,24 +51,29 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("recipe", help="name of a file in benchmarks/recipes/ (without .json)")
     ap.add_argument("--data-dir", default=None, help="override the recipe's data dir")
-    ap.add_argument("--keep", type=Path, default=None, help="also keep the full run folder here")
     args = ap.parse_args()
-    cfg = load_recipe(args.recipe, args.data_dir)
-    with tempfile.TemporaryDirectory() as tmp:
-        import dataclasses
-
-        cfg = dataclasses.replace(cfg, out=str(Path(tmp) / "run"), overwrite=True)
-        with make_progress() as progress:
-            report = distill_export(cfg, reporter=RichReporter(progress), log=print)
-        if args.keep:
-            shutil.copytree(Path(tmp) / "run", args.keep, dirs_exist_ok=True)
-    report["recipe"] = args.recipe
-    report["command"] = f"python benchmarks/run_recipe.py {args.recipe}"
+    recipe = load_recipe(args.recipe)
     results = HERE / "results"
+    progress = make_progress()
+    with progress, tempfile.TemporaryDirectory() as tmp:
+        if recipe["kind"] == "sweep":
+            cfg = recipe_config(recipe, args.data_dir, str(ROOT / recipe["workdir"]))
+            grid = Grid(**{k: tuple(v) for k, v in recipe["grid"].items()})
+            report = run_sweep(cfg, grid, reporter=RichReporter(progress), log=print)
+            md = sweep_markdown(report)
+        else:
+            cfg = recipe_config(recipe, args.data_dir, str(Path(tmp) / "run"))
+            cfg = dataclasses.replace(cfg, overwrite=True)
+            report = distill_export(cfg, reporter=RichReporter(progress), log=print)
+            md = to_markdown(report)
+    report["recipe"] = {"name": args.recipe, "doc": recipe.get("doc", ""),
+                        "command": f"python benchmarks/run_recipe.py {args.recipe}"}
+    md = md.replace("![training curves](curves.png)\n", "").replace("![heatmap](heatmap.png)\n", "")
+    md = md.replace("](best/report.md)", f"]({args.recipe}.md)")
+    md += f"\nReproduce: `python benchmarks/run_recipe.py {args.recipe}`\n"
     atomic_write_json(results / f"{args.recipe}.json", report)
-    md = to_markdown(report).replace("![training curves](curves.png)\n", "")
     atomic_write_text(results / f"{args.recipe}.md", md)
-    print(f"wrote {results / (args.recipe + '.json')}")
+    print(f"wrote {results / (args.recipe + '.json')} and .md")
 
 
 if __name__ == "__main__":

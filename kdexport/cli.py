@@ -28,7 +28,7 @@ app = typer.Typer(name="kdexport", add_completion=False, no_args_is_help=True,
                   help="Distil a small student from a big teacher, export both to ONNX, and "
                        "measure accuracy, size and CPU latency.")
 console = Console(stderr=True)
-out_console = Console()
+out_console = Console(width=None if sys.stdout.isatty() else 150)  # logs: no truncated columns
 
 
 @contextlib.contextmanager
@@ -205,6 +205,45 @@ def sweep_cmd(
         out_console.print(f"best cell {b['cell']}: {b['mean'] * 100:.2f} ± {b['std'] * 100:.2f}% vs baseline "
                           f"{result['baseline']['mean'] * 100:.2f} ± {result['baseline']['std'] * 100:.2f}% "
                           f"(KD gain {b['kd_gain_points']:+.2f} points); table: {result['config']['out']}/sweep.md")
+
+
+@app.command("check")
+def check_cmd(
+    report: Annotated[Path, typer.Argument(help="The report.json to gate.")],
+    baseline: Annotated[Path, typer.Option(help="The baseline report.json to compare against.")],
+    max_accuracy_drop: Annotated[float, typer.Option(help="Largest allowed accuracy drop, in points.")] = 0.5,
+    min_accuracy: Annotated[Optional[float], typer.Option(help="Smallest allowed accuracy, a fraction in [0, 1].")] = None,
+    max_latency_ratio: Annotated[float, typer.Option(help="Largest allowed current/baseline p50 latency at batch 1.")] = 1.2,
+    max_size_ratio: Annotated[float, typer.Option(help="Largest allowed current/baseline ONNX file size.")] = 1.05,
+    models: Annotated[str, typer.Option(help="Comma-separated report entries to gate (teacher, baseline, student).")] = "student",
+    skip: Annotated[Optional[list[str]], typer.Option(help="Skip a metric: accuracy, latency or size (repeatable). Skip latency when the two reports come from different machines.")] = None,
+    junit: Annotated[Optional[Path], typer.Option(help="Also write a JUnit XML file.")] = None,
+    markdown: Annotated[Optional[Path], typer.Option(help="Also write a Markdown summary (for a pull-request comment).")] = None,
+) -> None:
+    """Regression gate: exit 0 when every gate passes, 1 on a regression, 2 on unusable input."""
+    from .check import HEADER, check_reports, load_report, rows, to_junit, to_markdown
+    from .io import atomic_write_text
+
+    with errors_to_exit():
+        gates = check_reports(load_report(report), load_report(baseline), max_accuracy_drop=max_accuracy_drop,
+                              min_accuracy=min_accuracy, max_latency_ratio=max_latency_ratio,
+                              max_size_ratio=max_size_ratio, models=[m.strip() for m in models.split(",") if m.strip()],
+                              skip=tuple(s for item in (skip or []) for s in item.split(",")))
+        table = Table(title=f"kdexport check: {report} vs {baseline}")
+        for h in HEADER:
+            table.add_column(h, no_wrap=True)
+        for r in rows(gates):
+            table.add_row(*r[:-1], "[green]PASS[/]" if r[-1] == "PASS" else "[bold red]FAIL[/]")
+        out_console.print(table)
+        if junit:
+            atomic_write_text(junit, to_junit(gates))
+        if markdown:
+            atomic_write_text(markdown, to_markdown(gates, str(report), str(baseline)))
+        failed = [g for g in gates if not g.passed]
+        if failed:
+            out_console.print("FAIL: " + "; ".join(f"{g.model} {g.metric} ({g.detail}, limit {g.limit})" for g in failed))
+            raise typer.Exit(1)
+        out_console.print(f"PASS: {len(gates)} gate(s)")
 
 
 def main() -> None:

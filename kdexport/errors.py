@@ -61,3 +61,9 @@ class TrainingError(KdexportError):
 
 class GateError(KdexportError):
     """A quality gate failed (accuracy drop after quantization, regression check)."""
+
+
+class ReportError(KdexportError):
+    """A report cannot be used: missing key, or reports for different datasets or architectures."""
+
+    exit_code = 2

@@ -131,6 +131,7 @@ def fit(model: nn.Module, data: Dataset, cfg: TrainConfig, *, teacher: nn.Module
         teacher.to(device)
         teacher_targets = TeacherTargets(teacher, data, device, cached=cfg.augment == "none")
     augment = AUGMENTATIONS.get(cfg.augment)
+    torch.manual_seed(cfg.seed + 2_000_003)  # dropout masks: a function of the seed alone
     order_gen = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)
     n = data.x_train.shape[0]

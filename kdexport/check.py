@@ -1,0 +1,135 @@
+"""``kdexport check``: gate a report.json against a baseline report (accuracy, latency, size).
+
+Exit codes (set by the CLI): 0 all gates pass, 1 a regression, 2 unusable input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree as ET
+
+from .errors import ReportError
+
+METRICS = ("accuracy", "latency", "size")
+
+
+@dataclass
+class Gate:
+    model: str
+    metric: str
+    baseline: float | None
+    current: float
+    limit: str
+    passed: bool
+    detail: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_report(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ReportError(f"report {str(path)!r} does not exist") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise ReportError(f"report {str(path)!r} is not readable JSON: {e}") from None
+
+
+def _get(report: dict, keys: list[str], which: str) -> Any:
+    cur: Any = report
+    for i, k in enumerate(keys):
+        if not isinstance(cur, dict) or k not in cur:
+            raise ReportError(f"{which} report has no key {'.'.join(keys[: i + 1])}")
+        cur = cur[k]
+    return cur
+
+
+def check_reports(current: dict, baseline: dict, *, max_accuracy_drop: float = 0.5,
+                  min_accuracy: float | None = None, max_latency_ratio: float = 1.2,
+                  max_size_ratio: float = 1.05, models: list[str] | None = None,
+                  skip: tuple[str, ...] = ()) -> list[Gate]:
+    """Compare two reports; return one Gate per model and metric. Raises ReportError (exit 2)."""
+    unknown = set(skip) - set(METRICS)
+    if unknown:
+        raise ReportError(f"--skip takes {', '.join(METRICS)}; got {', '.join(sorted(unknown))}")
+    base_ds = _get(baseline, ["dataset", "name"], "baseline")
+    cur_ds = _get(current, ["dataset", "name"], "current")
+    if base_ds != cur_ds:
+        raise ReportError(f"reports are for different datasets: baseline {base_ds!r}, current {cur_ds!r}")
+    models = models or ["student"]
+    gates: list[Gate] = []
+    for m in models:
+        b_arch = _get(baseline, ["models", m, "arch"], "baseline")
+        c_arch = _get(current, ["models", m, "arch"], "current")
+        if b_arch != c_arch:
+            raise ReportError(f"models.{m} is a {c_arch} in the current report but a {b_arch} in the baseline")
+        if "accuracy" not in skip:
+            b_acc = float(_get(baseline, ["models", m, "accuracy_onnx"], "baseline"))
+            c_acc = float(_get(current, ["models", m, "accuracy_onnx"], "current"))
+            drop = (b_acc - c_acc) * 100
+            gates.append(Gate(m, "accuracy", b_acc, c_acc, f"drop <= {max_accuracy_drop:g} pt",
+                              drop <= max_accuracy_drop + 1e-9, f"{0.0 - drop:+.2f} points"))
+            if min_accuracy is not None:
+                gates.append(Gate(m, "min accuracy", None, c_acc, f">= {min_accuracy:g}", c_acc >= min_accuracy,
+                                  f"{c_acc:.4f}"))
+        if "latency" not in skip:
+            b_lat = float(_get(baseline, ["models", m, "latency_ms", "batch_1", "p50"], "baseline"))
+            c_lat = float(_get(current, ["models", m, "latency_ms", "batch_1", "p50"], "current"))
+            ratio = c_lat / b_lat if b_lat > 0 else float("inf")
+            gates.append(Gate(m, "latency p50 @1 (ms)", b_lat, c_lat, f"ratio <= {max_latency_ratio:g}",
+                              ratio <= max_latency_ratio, f"{ratio:.2f}x"))
+        if "size" not in skip:
+            b_sz = int(_get(baseline, ["models", m, "onnx_bytes"], "baseline"))
+            c_sz = int(_get(current, ["models", m, "onnx_bytes"], "current"))
+            ratio = c_sz / b_sz if b_sz > 0 else float("inf")
+            gates.append(Gate(m, "ONNX bytes", b_sz, c_sz, f"ratio <= {max_size_ratio:g}",
+                              ratio <= max_size_ratio, f"{ratio:.3f}x"))
+    return gates
+
+
+def _fmt(v: float | None, metric: str) -> str:
+    if v is None:
+        return "-"
+    if metric.endswith("accuracy"):
+        return f"{v * 100:.2f}%"
+    if metric.startswith("ONNX"):
+        return f"{int(v):,}"
+    return f"{v:.4f}"
+
+
+def rows(gates: list[Gate]) -> list[list[str]]:
+    return [[g.model, g.metric, _fmt(g.baseline, g.metric), _fmt(g.current, g.metric), g.limit, g.detail,
+             "PASS" if g.passed else "FAIL"] for g in gates]
+
+
+HEADER = ["model", "metric", "baseline", "current", "limit", "change", "result"]
+
+
+def to_markdown(gates: list[Gate], current: str, baseline: str) -> str:
+    ok = all(g.passed for g in gates)
+    lines = [f"### kdexport check: {'PASS' if ok else 'FAIL'}", "",
+             f"`{current}` against baseline `{baseline}`.", "",
+             "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(r[:-1] + [("✅ PASS" if r[-1] == "PASS" else "❌ FAIL")]) + " |" for r in rows(gates)]
+    return "\n".join(lines) + "\n"
+
+
+def to_junit(gates: list[Gate]) -> str:
+    suite = ET.Element("testsuite", name="kdexport check", tests=str(len(gates)),
+                       failures=str(sum(not g.passed for g in gates)), errors="0")
+    for g, r in zip(gates, rows(gates)):
+        case = ET.SubElement(suite, "testcase", classname=f"kdexport.check.{g.model}", name=g.metric)
+        msg = f"{g.model} {g.metric}: baseline {r[2]}, current {r[3]}, limit {g.limit} ({g.detail})"
+        if not g.passed:
+            ET.SubElement(case, "failure", message=msg, type="regression").text = msg
+        else:
+            ET.SubElement(case, "system-out").text = msg
+    root = ET.Element("testsuites")
+    root.append(suite)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
