@@ -50,26 +50,37 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def _inputs(data: Dataset, batch: int) -> torch.Tensor:
+def real_inputs(data: Dataset, batch: int) -> torch.Tensor:
+    """``batch`` normalized test images (repeated when the test set is smaller)."""
     x = data.x_test[:batch]
     if x.shape[0] < batch:  # tiny test sets: repeat real images
         x = x.repeat((batch + x.shape[0] - 1) // x.shape[0], 1, 1, 1)[:batch]
     return data.normalize(x).contiguous()
 
 
-def latency_table(run: Callable[[torch.Tensor], object], data: Dataset, batches: list[int],
+InputsFor = Callable[[int], torch.Tensor]
+
+
+def _inputs_for(data: Dataset | InputsFor) -> InputsFor:
+    return data if callable(data) else (lambda b: real_inputs(data, b))
+
+
+def latency_table(run: Callable[[torch.Tensor], object], data: Dataset | InputsFor, batches: list[int],
                   warmup: int, iters: int, max_seconds: float | None = None) -> dict:
-    """``{"batch_N": {p50, p90, p99, mean, runs}}`` plus ``throughput_per_s`` at the largest batch."""
+    """``{"batch_N": {p50, p90, p99, mean, runs}}`` plus ``throughput_per_s`` at the largest batch.
+
+    ``data`` is a Dataset (its real test images are used) or a function batch -> input tensor."""
+    inputs_for = _inputs_for(data)
     out: dict = {}
     for b in batches:
-        x = _inputs(data, b)
+        x = inputs_for(b)
         out[f"batch_{b}"] = time_fn(lambda x=x: run(x), warmup, iters, max_seconds)
     big = max(batches)
     throughput = big / (out[f"batch_{big}"]["p50"] / 1e3)
     return {"latency_ms": out, "throughput_per_s": throughput}
 
 
-def bench_onnx(path: str | os.PathLike, data: Dataset, batches: list[int], *, threads: int | None = None,
+def bench_onnx(path: str | os.PathLike, data: Dataset | InputsFor, batches: list[int], *, threads: int | None = None,
                warmup: int = 10, iters: int = 100, max_seconds: float | None = None,
                graph_opt: str = "all") -> dict:
     threads = threads or usable_cores()
@@ -81,7 +92,7 @@ def bench_onnx(path: str | os.PathLike, data: Dataset, batches: list[int], *, th
     return res
 
 
-def bench_torch(model: nn.Module, data: Dataset, batches: list[int], *, threads: int | None = None,
+def bench_torch(model: nn.Module, data: Dataset | InputsFor, batches: list[int], *, threads: int | None = None,
                 warmup: int = 10, iters: int = 100, max_seconds: float | None = None) -> dict:
     threads = threads or usable_cores()
     model = model.eval().cpu()

@@ -119,6 +119,9 @@ RUN_OPTIONS: list[tuple[str, Any, Any, Any]] = [
     ("bench_iters", int, 100, typer.Option(help="Timed runs per latency measurement.")),
     ("threads", Optional[int], None, typer.Option(help="CPU threads for training and inference (default: all usable cores).")),
     ("parity_atol", float, 1e-3, typer.Option(help="Max abs logit difference allowed between onnxruntime and PyTorch.")),
+    ("quantize", str, "none", typer.Option(help="Also make an INT8 student with onnxruntime: none, static (QDQ, calibrated; CNNs) or dynamic (MLPs).")),
+    ("max_accuracy_drop", float, 1.0, typer.Option(help="INT8: reject the quantized model if it loses more accuracy points than this.")),
+    ("calibration_samples", int, 300, typer.Option(help="INT8 static: training images used for calibration.")),
     ("out", Optional[Path], None, typer.Option(help="Output folder (default: runs/<command>-<timestamp>).")),
     ("overwrite", bool, False, typer.Option(help="Replace an existing --out folder.")),
 ]
@@ -205,6 +208,115 @@ def sweep_cmd(
         out_console.print(f"best cell {b['cell']}: {b['mean'] * 100:.2f} ± {b['std'] * 100:.2f}% vs baseline "
                           f"{result['baseline']['mean'] * 100:.2f} ± {result['baseline']['std'] * 100:.2f}% "
                           f"(KD gain {b['kd_gain_points']:+.2f} points); table: {result['config']['out']}/sweep.md")
+
+
+DatasetOpt = Annotated[Optional[str], typer.Option(help="Dataset for accuracy/calibration (default: the one named in the model's metadata).")]
+DataDirOpt = Annotated[Optional[Path], typer.Option(help="Local dataset folder.")]
+
+
+def _dataset_for(model: Path, dataset: Optional[str], data_dir: Optional[Path], required: bool):
+    from .data import load_dataset
+    from .errors import DataError
+    from .export import read_metadata
+
+    if dataset is None:
+        try:
+            dataset = read_metadata(model).get("dataset") if model.is_file() else None
+        except Exception:
+            dataset = None
+    if dataset is None:
+        if required:
+            raise DataError(f"{model.name} names no dataset in its metadata; pass --dataset (and --data-dir)")
+        return None
+    return load_dataset(dataset, data_dir, download=False)
+
+
+@app.command("quantize")
+def quantize_cmd(
+    model: Annotated[Path, typer.Argument(help="FP32 ONNX classifier to quantize.")],
+    out: Annotated[Path, typer.Option(help="Where to write the INT8 model.")],
+    mode: Annotated[str, typer.Option(help="static (QDQ, calibrated; for CNNs) or dynamic (for MLPs).")] = "static",
+    dataset: DatasetOpt = None,
+    data_dir: DataDirOpt = None,
+    calibration_samples: Annotated[int, typer.Option(help="Training images used for static calibration.")] = 300,
+    max_accuracy_drop: Annotated[float, typer.Option(help="Reject (exit 1, no file) if accuracy drops more than this many points.")] = 1.0,
+    reduce_range: Annotated[Optional[bool], typer.Option("--reduce-range/--no-reduce-range", help="7-bit weights; default: on for CPUs without VNNI.")] = None,
+) -> None:
+    """INT8-quantize an ONNX classifier with onnxruntime and check its accuracy against FP32."""
+    from .quantize import quantize_onnx
+
+    with errors_to_exit():
+        from .benchcmd import inspect_classifier
+
+        inspect_classifier(model)
+        data = _dataset_for(model, dataset, data_dir, required=True)
+        r = quantize_onnx(model, out, data, mode=mode, calibration_samples=calibration_samples,
+                          max_accuracy_drop=max_accuracy_drop, reduce_range=reduce_range)
+        out_console.print(f"{r.mode} INT8: accuracy {r.accuracy_int8 * 100:.2f}% (FP32 {r.accuracy_fp32 * 100:.2f}%, "
+                          f"drop {r.accuracy_drop_points:.2f} points), {r.onnx_bytes:,} bytes "
+                          f"({r.onnx_bytes / r.fp32_bytes * 100:.0f}% of FP32) -> {out}")
+
+
+@app.command("bench")
+def bench_cmd(
+    models: Annotated[list[Path], typer.Argument(help="One or more ONNX image classifiers.")],
+    out: Annotated[Path, typer.Option(help="Folder for bench.json, bench.md and pareto.png.")] = Path("runs/bench"),
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,32",
+    threads: Annotated[str, typer.Option(help="Comma-separated intra-op thread counts (default: usable cores).")] = "",
+    iters: Annotated[int, typer.Option(help="Timed runs per measurement (after warm-up).")] = 100,
+    warmup: Annotated[int, typer.Option(help="Untimed warm-up runs.")] = 10,
+    max_seconds: Annotated[Optional[float], typer.Option(help="Time budget per measurement; stops early once spent.")] = None,
+    graph_opt: Annotated[str, typer.Option(help="onnxruntime graph optimization: none, basic, extended, all.")] = "all",
+    dataset: Annotated[Optional[str], typer.Option(help="Measure accuracy on this dataset's test split too.")] = None,
+    data_dir: DataDirOpt = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="A kdexport checkpoint to time under PyTorch eager for comparison.")] = None,
+    input_shape: Annotated[Optional[str], typer.Option(help="C,H,W for models whose input size is dynamic.")] = None,
+) -> None:
+    """Latency (p50/p90/p99, throughput) of any ONNX image classifier under onnxruntime, and accuracy given data."""
+    from .benchcmd import bench_models, write_bench
+    from .envinfo import usable_cores
+    from .sweep import parse_ints
+
+    with errors_to_exit():
+        from .errors import ConfigError
+
+        if graph_opt not in ("none", "basic", "extended", "all"):
+            raise ConfigError(f"graph optimization must be none, basic, extended or all, got {graph_opt!r}")
+        data = None
+        if dataset:
+            from .data import load_dataset
+
+            data = load_dataset(dataset, data_dir, download=False)
+        r = bench_models(models, batches=sorted(set(parse_ints(batch_sizes, "--batch-sizes"))),
+                         threads=list(parse_ints(threads, "--threads")) or [usable_cores()], iters=iters,
+                         warmup=warmup, max_seconds=max_seconds, graph_opt=graph_opt, data=data, checkpoint=checkpoint,
+                         input_shape=list(parse_ints(input_shape, "--input-shape")) if input_shape else None)
+        write_bench(r, out)
+        from .benchcmd import to_markdown
+
+        out_console.print(to_markdown(r))
+        out_console.print(f"wrote {out}/bench.json, bench.md, pareto.png")
+
+
+@app.command("predict")
+def predict_cmd(
+    model: Annotated[Path, typer.Argument(help="An ONNX classifier exported by kdexport (labels and normalization in its metadata).")],
+    images: Annotated[list[Path], typer.Argument(help="Image files.")],
+    top_k: Annotated[int, typer.Option(help="How many labels to show per image.")] = 5,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Top-k labels for images, using only the ONNX file and its metadata."""
+    import json as _json
+
+    from .predict import predict
+
+    with errors_to_exit():
+        results = predict(model, images, top_k)
+        if json_out:
+            out_console.print_json(_json.dumps(results))
+            return
+        for r in results:
+            out_console.print(f"{r['image']}: " + ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top"]))
 
 
 @app.command("check")

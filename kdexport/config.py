@@ -85,8 +85,11 @@ class RunConfig:
     # training (baseline and student share it; the teacher may override epochs)
     train: TrainConfig = field(default_factory=TrainConfig)
     teacher_epochs: int | None = None
-    # export + benchmark
+    # export + quantization + benchmark
     parity_atol: float = 1e-3
+    quantize: str = "none"  # none | static | dynamic (the student)
+    max_accuracy_drop: float = 1.0  # points an INT8 model may lose before it is rejected
+    calibration_samples: int = 300
     bench_batch: int = 32
     bench_iters: int = 100
     bench_warmup: int = 10
@@ -108,6 +111,10 @@ class RunConfig:
                f"teacher epochs must be >= 1, got {self.teacher_epochs}")
         _check(self.image_size is None or self.image_size >= 8, "image size must be >= 8")
         _check(self.parity_atol > 0, "parity tolerance must be > 0")
+        _check(self.quantize in ("none", "static", "dynamic"),
+               f"quantize must be none, static or dynamic, got {self.quantize!r}")
+        _check(self.max_accuracy_drop >= 0, "max accuracy drop must be >= 0")
+        _check(self.calibration_samples >= 1, "calibration samples must be >= 1")
         _check(self.bench_batch >= 1, "benchmark batch must be >= 1")
         _check(self.bench_iters >= 1, "benchmark iterations must be >= 1")
         _check(self.bench_warmup >= 0, "benchmark warm-up must be >= 0")

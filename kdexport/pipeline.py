@@ -24,7 +24,7 @@ from .checkpoint import load_model, read_checkpoint, save_checkpoint
 from .config import KDConfig, RunConfig, TrainConfig
 from .data import DATASETS, Dataset, load_dataset, resolve_augment
 from .envinfo import environment, now_iso, usable_cores
-from .errors import OutputError
+from .errors import GateError, OutputError
 from .export import export_onnx
 from .models import ModelSpec, build_model, check_arch, count_flops, count_params
 from .report import write_report
@@ -241,6 +241,13 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
         for role, (model, hist, secs, kd) in trained.items():
             models[role] = export_and_bench(ctx, model, ctx.student_spec, role, staging, history=hist, kd=kd,
                                             eager=role == "student", log=log, extra={"train_seconds": secs})
+        gate_error = None
+        if cfg.quantize != "none":
+            try:
+                models["student_int8"] = quantize_and_bench(ctx, models["student"], staging, log)
+            except GateError as e:  # keep the run and its report; fail the command afterwards
+                gate_error = e
+                models["student_int8_rejected"] = {"error": str(e)}
         report = {**report_header(ctx, final), "models": models, **comparison(models),
                   "wall_seconds": time.perf_counter() - t_start}
         write_report(report, staging)
@@ -249,4 +256,31 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
         shutil.rmtree(staging, ignore_errors=True)
         raise
     log(f"wrote {final}/report.json and report.md")
+    if gate_error is not None:
+        raise gate_error
     return report
+
+
+def quantize_and_bench(ctx: Context, fp32: dict, out: Path, log: Log = _quiet) -> dict:
+    """INT8 copy of the exported student, accuracy-gated, benchmarked like the FP32 file."""
+    from .quantize import quantize_onnx
+
+    cfg = ctx.cfg
+    log(f"student: {cfg.quantize} INT8 quantization with onnxruntime")
+    path = out / "onnx" / "student.int8.onnx"
+    q = quantize_onnx(out / fp32["onnx_path"], path, ctx.data, mode=cfg.quantize,
+                      calibration_samples=cfg.calibration_samples, max_accuracy_drop=cfg.max_accuracy_drop,
+                      threads=ctx.threads)
+    batches = sorted({1, cfg.bench_batch})
+    bench = bench_onnx(path, ctx.data, batches, threads=ctx.threads, warmup=cfg.bench_warmup,
+                       iters=cfg.bench_iters, max_seconds=20.0)
+    return {
+        "arch": fp32["arch"], "spec": fp32["spec"], "params": fp32["params"], "flops": fp32["flops"],
+        "onnx_path": "onnx/student.int8.onnx", "onnx_bytes": q.onnx_bytes,
+        "accuracy_torch": None, "accuracy_onnx": q.accuracy_int8,
+        "latency_ms": bench["latency_ms"], "throughput_per_s": bench["throughput_per_s"],
+        "quantization": {**q.to_dict(), "path": "onnx/student.int8.onnx",
+                         "size_ratio_vs_fp32": q.onnx_bytes / q.fp32_bytes,
+                         "speedup_vs_fp32_batch_1": fp32["latency_ms"]["batch_1"]["p50"]
+                         / bench["latency_ms"]["batch_1"]["p50"]},
+    }

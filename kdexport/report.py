@@ -7,7 +7,8 @@ from pathlib import Path
 from .io import atomic_write, atomic_write_json, atomic_write_text
 
 REPORT_VERSION = 1
-ROLE_TITLES = {"teacher": "teacher", "baseline": "baseline (no KD)", "student": "distilled student"}
+ROLE_TITLES = {"teacher": "teacher", "baseline": "baseline (no KD)", "student": "distilled student",
+               "student_int8": "distilled student INT8"}
 
 
 def _fmt_bytes(n: int) -> str:
@@ -35,11 +36,14 @@ def summary_rows(report: dict) -> list[list[str]]:
     big = max(int(k.split("_")[1]) for k in next(iter(models.values()))["latency_ms"])
     rows = []
     for role, m in models.items():
+        if "latency_ms" not in m:  # a rejected INT8 model: only its error is recorded
+            continue
         lat1 = m["latency_ms"]["batch_1"]["p50"]
         speed = f"{teacher['latency_ms']['batch_1']['p50'] / lat1:.1f}x" if teacher else "-"
         comp = f"{teacher['onnx_bytes'] / m['onnx_bytes']:.1f}x" if teacher else "-"
+        acc_t = f"{m['accuracy_torch'] * 100:.2f}%" if m.get("accuracy_torch") is not None else "-"
         rows.append([ROLE_TITLES.get(role, role), m["arch"], f"{m['accuracy_onnx'] * 100:.2f}%",
-                     f"{m['accuracy_torch'] * 100:.2f}%", _fmt_count(m["params"]), _fmt_count(m["flops"]),
+                     acc_t, _fmt_count(m["params"]), _fmt_count(m["flops"]),
                      _fmt_bytes(m["onnx_bytes"]), f"{lat1:.3f}",
                      f"{m['latency_ms'][f'batch_{big}']['p50']:.3f}", f"{m['throughput_per_s']:.0f}",
                      speed, comp])
@@ -78,9 +82,20 @@ def to_markdown(report: dict) -> str:
               "| model | parity max abs diff | top-1 agreement | p90 ms @1 | p99 ms @1 | train s |",
               "|---|---|---|---|---|---|"]
     for role, m in report["models"].items():
+        if "parity" not in m:
+            continue
         lat = m["latency_ms"]["batch_1"]
         lines.append(f"| {role} | {m['parity']['max_abs_diff']:.2e} | {m['parity']['top1_agreement']:.4f} "
                      f"| {lat['p90']:.3f} | {lat['p99']:.3f} | {m.get('train_seconds', 0):.1f} |")
+    q = report["models"].get("student_int8", {}).get("quantization")
+    if q:
+        lines += ["", f"INT8 ({q['mode']}): accuracy {q['accuracy_int8'] * 100:.2f}% vs FP32 "
+                  f"{q['accuracy_fp32'] * 100:.2f}% (drop {q['accuracy_drop_points']:.2f} points), size "
+                  f"{q['size_ratio_vs_fp32'] * 100:.0f}% of FP32, "
+                  f"{q['speedup_vs_fp32_batch_1']:.2f}x FP32 speed at batch 1."]
+    rej = report["models"].get("student_int8_rejected")
+    if rej:
+        lines += ["", f"INT8 model rejected: {rej['error']}"]
     lines += ["", f"Versions: Python {env['python']}, torch {env['torch']}, torchvision "
               f"{env['torchvision']}, onnx {env['onnx']}, onnxruntime {env['onnxruntime']}.", "",
               "![training curves](curves.png)", ""]

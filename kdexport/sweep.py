@@ -80,7 +80,9 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def _config_for_resume(cfg: RunConfig) -> dict:
     d = cfg.to_dict()
-    for k in ("out", "overwrite", "bench_iters", "bench_warmup", "bench_batch", "threads"):
+    # Options that do not change what a cell trains may differ between runs of one sweep.
+    for k in ("out", "overwrite", "bench_iters", "bench_warmup", "bench_batch", "threads", "parity_atol",
+              "quantize", "max_accuracy_drop", "calibration_samples"):
         d.pop(k, None)
     d["kd"] = {"soft_loss": cfg.kd.soft_loss}  # T, beta, scaling live in the grid
     d["train"].pop("seed", None)  # seeds live in the grid

@@ -1,0 +1,70 @@
+"""Top-k prediction from an ONNX file and its metadata alone (the code an app copies).
+
+    import json, numpy as np, onnxruntime as ort
+    from PIL import Image
+
+    sess = ort.InferenceSession("student.onnx")
+    meta = {k: json.loads(v) for k, v in sess.get_modelmeta().custom_metadata_map.items()
+            if k in ("class_names", "input_shape", "mean", "std")}
+    c, h, w = meta["input_shape"]
+    img = Image.open("digit.png").convert("L" if c == 1 else "RGB").resize((w, h))
+    x = np.asarray(img, np.float32).reshape(h, w, c).transpose(2, 0, 1) / 255.0
+    x = (x - np.array(meta["mean"], np.float32)[:, None, None]) / np.array(meta["std"], np.float32)[:, None, None]
+    logits = sess.run(None, {sess.get_inputs()[0].name: x[None]})[0][0]
+    p = np.exp(logits - logits.max()); p /= p.sum()
+    print([(meta["class_names"][i], float(p[i])) for i in p.argsort()[::-1][:3]])
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .errors import DataError, ExportError
+
+
+def load_classifier(path: str | os.PathLike):
+    import onnxruntime as ort
+
+    from .benchcmd import inspect_classifier
+
+    info = inspect_classifier(path)
+    meta = info["metadata"]
+    missing = [k for k in ("class_names", "input_shape", "mean", "std") if k not in meta]
+    if missing:
+        raise ExportError(f"{os.fspath(path)!r} has no {', '.join(missing)} in its metadata "
+                          "(export it with kdexport, or add them to metadata_props)")
+    sess = ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+    return sess, meta
+
+
+def preprocess(image_path: str | os.PathLike, meta: dict) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    c, h, w = meta["input_shape"]
+    try:
+        with Image.open(image_path) as im:
+            img = im.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"{os.fspath(image_path)!r} is not a readable image: {e}") from None
+    x = np.asarray(img, np.float32).reshape(h, w, c).transpose(2, 0, 1) / 255.0
+    mean = np.asarray(meta["mean"], np.float32)[:, None, None]
+    std = np.asarray(meta["std"], np.float32)[:, None, None]
+    return (x - mean) / std
+
+
+def predict(model: str | os.PathLike, images: list[str | os.PathLike], top_k: int = 5) -> list[dict]:
+    sess, meta = load_classifier(model)
+    names = meta["class_names"]
+    x = np.stack([preprocess(p, meta) for p in images])
+    logits = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    out = []
+    for img, probs in zip(images, p):
+        top = probs.argsort()[::-1][: max(1, min(top_k, len(names)))]
+        out.append({"image": os.fspath(img), "top": [{"label": names[i], "index": int(i),
+                                                      "probability": float(probs[i])} for i in top]})
+    return out
+

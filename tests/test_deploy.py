@@ -1,0 +1,150 @@
+"""quantize, bench and predict: the last mile."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from kdexport.cli import app
+from kdexport.config import RunConfig, TrainConfig
+from kdexport.data import Dataset
+from kdexport.export import export_onnx, ort_logits, ort_session
+from kdexport.models import ModelSpec, build_model
+from kdexport.pipeline import onnx_metadata
+from kdexport.train import fit
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory, digits):
+    torch.manual_seed(0)
+    spec = ModelSpec("mlp:32", 10, (1, 8, 8))
+    m = build_model(spec)
+    fit(m, digits, TrainConfig(epochs=8))
+    path = tmp_path_factory.mktemp("deploy") / "student.onnx"
+    export_onnx(m, path, digits.normalize(digits.x_test[:64]),
+                metadata=onnx_metadata(RunConfig(), digits, "student", spec, 0.0))
+    return path
+
+
+def test_quantize_dynamic_keeps_accuracy_and_shrinks(student, tmp_path):
+    out = tmp_path / "q.onnx"
+    res = runner.invoke(app, ["quantize", str(student), "--out", str(out), "--mode", "dynamic"])
+    assert res.exit_code == 0, res.output
+    assert out.stat().st_size < student.stat().st_size
+    assert "dynamic INT8: accuracy" in res.output
+    from kdexport.export import read_metadata
+
+    meta = read_metadata(out)
+    assert meta["quantization"]["mode"] == "dynamic" and meta["class_names"][0] == "0"
+
+
+def test_quantize_accuracy_gate_rejects_and_keeps_no_file(student, tmp_path, monkeypatch):
+    import kdexport.quantize as q
+
+    real = q.onnx_accuracy
+    monkeypatch.setattr(q, "onnx_accuracy", lambda p, d, t=None: real(p, d, t) - (0.02 if "partial" in str(p) else 0))
+    out = tmp_path / "q.onnx"
+    res = runner.invoke(app, ["quantize", str(student), "--out", str(out), "--mode", "dynamic"])
+    assert res.exit_code == 1 and "loses 2.00 accuracy points" in " ".join(res.output.split())
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_static_quantization_of_a_cnn(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (64,), generator=g)
+    data = Dataset("imagefolder", x, y, x[:32], y[:32], [str(i) for i in range(10)], (0.5,) * 3, (0.25,) * 3)
+    torch.manual_seed(0)
+    m = build_model(ModelSpec("resnet18", 10, (3, 32, 32), cifar_stem=True)).eval()
+    export_onnx(m, tmp_path / "r.onnx", data.normalize(x[:8]))
+    from kdexport.quantize import quantize_onnx
+
+    r = quantize_onnx(tmp_path / "r.onnx", tmp_path / "r8.onnx", data, mode="static", calibration_samples=32,
+                      max_accuracy_drop=100)
+    assert r.onnx_bytes < 0.3 * r.fp32_bytes
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "r8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+def test_bench_schema_accuracy_and_pareto(student, tmp_path):
+    out = tmp_path / "b"
+    res = runner.invoke(app, ["bench", str(student), "--dataset", "digits", "--out", str(out), "--iters", "5",
+                              "--warmup", "1", "--batch-sizes", "1,4", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    r = json.loads((out / "bench.json").read_text())
+    m = r["models"]["student"]
+    assert set(m["runs"][0]["latency_ms"]) == {"batch_1", "batch_4"}
+    assert {"p50", "p90", "p99"} <= set(m["runs"][0]["latency_ms"]["batch_1"])
+    assert m["accuracy_onnx"] > 0.5 and r["session"]["graph_optimization"] == "all"
+    assert r["environment"]["cpu"] and r["pareto"] == ["student"]
+    assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_a_plain_torchvision_export(tmp_path):
+    m = build_model(ModelSpec("mobilenet_v3_small", 1000, (3, 64, 64))).eval()
+    torch.onnx.export(m, (torch.randn(1, 3, 64, 64),), str(tmp_path / "tv.onnx"), dynamo=False,
+                      input_names=["x"], dynamic_axes={"x": {0: "n"}})
+    res = runner.invoke(app, ["bench", str(tmp_path / "tv.onnx"), "--out", str(tmp_path / "b"), "--iters", "3",
+                              "--warmup", "1", "--batch-sizes", "1"])
+    assert res.exit_code == 0, res.output
+    r = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert r["models"]["tv"]["num_classes"] == 1000 and "accuracy_onnx" not in r["models"]["tv"]
+    res = runner.invoke(app, ["bench", str(tmp_path / "tv.onnx"), "--dataset", "digits",
+                              "--out", str(tmp_path / "c")])
+    msg = " ".join(res.output.split())
+    assert res.exit_code == 2 and "takes inputs [3, 64, 64]; dataset digits gives [1, 8, 8]" in msg
+    res = runner.invoke(app, ["predict", str(tmp_path / "tv.onnx"), str(tmp_path / "tv.onnx")])
+    assert res.exit_code != 0 and "has no class_names" in " ".join(res.output.split())
+
+
+def test_bad_models_one_clear_line(tmp_path, student):
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    res = runner.invoke(app, ["bench", str(tmp_path / "junk.onnx"), "--out", str(tmp_path / "b")])
+    assert res.exit_code == 1 and "is not a valid ONNX model" in res.output and "Traceback" not in res.output
+    lin = torch.nn.Linear(5, 3)
+    torch.onnx.export(lin, (torch.randn(2, 5),), str(tmp_path / "lin.onnx"), dynamo=False)
+    res = runner.invoke(app, ["bench", str(tmp_path / "lin.onnx"), "--out", str(tmp_path / "b")])
+    assert res.exit_code == 1 and "is not an image classifier" in " ".join(res.output.split())
+    m = build_model(ModelSpec("mlp:8", 4, (1, 8, 8))).eval()
+    export_onnx(m, tmp_path / "four.onnx", torch.randn(4, 1, 8, 8))
+    res = runner.invoke(app, ["bench", str(tmp_path / "four.onnx"), "--dataset", "digits",
+                              "--out", str(tmp_path / "b")])
+    assert res.exit_code == 2 and "has 4 classes; dataset digits has 10" in " ".join(res.output.split())
+
+
+def test_predict_on_a_real_image(student, digits, tmp_path):
+    sess = ort_session(student)
+    pred = ort_logits(sess, digits.normalize(digits.x_test).numpy()).argmax(1)
+    i = int(np.nonzero(pred == digits.y_test.numpy())[0][0])
+    img = (digits.x_test[i, 0].numpy() * 255 / 16).round().astype(np.uint8)
+    Image.fromarray(img, "L").save(tmp_path / "digit.png")
+    res = runner.invoke(app, ["predict", str(student), str(tmp_path / "digit.png"), "--top-k", "3", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    top = out[0]["top"]
+    assert len(top) == 3 and top[0]["label"] == str(int(digits.y_test[i]))
+    assert top[0]["probability"] >= top[1]["probability"] >= top[2]["probability"]
+    (tmp_path / "notes.txt").write_text("hello")
+    res = runner.invoke(app, ["predict", str(student), str(tmp_path / "notes.txt")])
+    assert res.exit_code == 2 and "is not a readable image" in res.output
+
+
+def test_readme_snippet_matches_predict(student, digits, tmp_path):
+    """The few lines in kdexport.predict's docstring (shown in the README) give the same answer."""
+    import kdexport.predict as kp
+
+    img = (digits.x_test[0, 0].numpy() * 255 / 16).round().astype(np.uint8)
+    Image.fromarray(img, "L").save(tmp_path / "digit.png")
+    snippet = kp.__doc__.split("\n\n", 1)[1].replace('"student.onnx"', repr(str(student))).replace(
+        '"digit.png"', repr(str(tmp_path / "digit.png"))).replace("print(", "result = (")
+    ns: dict = {}
+    exec(compile("\n".join(line[4:] for line in snippet.splitlines()), "snippet", "exec"), ns)
+    ours = kp.predict(student, [tmp_path / "digit.png"], 3)[0]["top"]
+    assert [label for label, _ in ns["result"]] == [t["label"] for t in ours]
