@@ -55,8 +55,8 @@ class RichReporter:
         self.label = label
         self.task = self.progress.add_task(label, total=total_steps, metrics="")
 
-    def step(self, metrics: dict[str, float]) -> None:
-        self.progress.update(self.task, advance=1,
+    def step_n(self, n: int, metrics: dict[str, float]) -> None:
+        self.progress.update(self.task, advance=n,
                              metrics=f"loss {metrics['loss']:.4f}  acc {metrics['acc']:.3f}")
 
     def epoch(self, record: dict[str, float]) -> None:
@@ -124,6 +124,7 @@ RUN_OPTIONS: list[tuple[str, Any, Any, Any]] = [
     ("calibration_samples", int, 300, typer.Option(help="INT8 static: training images used for calibration.")),
     ("out", Optional[Path], None, typer.Option(help="Output folder (default: runs/<command>-<timestamp>).")),
     ("overwrite", bool, False, typer.Option(help="Replace an existing --out folder.")),
+    ("resume", bool, False, typer.Option(help="Continue an interrupted run with the same --out and options (per-epoch state).")),
 ]
 
 
@@ -179,6 +180,8 @@ def distill_export_cmd(
         cfg = build_config(opts, temperature=temperature, soft_weight=soft_weight, scale_t2=scale_t2, seed=seed)
         with make_progress() as progress:
             report = distill_export(cfg, reporter=RichReporter(progress), log=_log)
+        if report is None:  # a non-zero torchrun rank: rank 0 reports
+            return
         print_summary(report)
         out_console.print(f"KD gain: {report['kd_gain_points']:+.2f} points; report: "
                           f"{Path(report['config']['out']) / 'report.md'}")

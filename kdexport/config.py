@@ -97,6 +97,7 @@ class RunConfig:
     # output
     out: str | None = None
     overwrite: bool = False
+    resume: bool = False
 
     def __post_init__(self) -> None:
         from .data import AUGMENTATIONS

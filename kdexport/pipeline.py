@@ -43,20 +43,50 @@ def default_out_dir(prefix: str = "distill") -> Path:
     return Path("runs") / datetime.now().strftime(f"{prefix}-%Y%m%d-%H%M%S")
 
 
-def prepare_out_dir(out: str | os.PathLike | None, overwrite: bool) -> tuple[Path, Path]:
-    """Check the output folder can be created; return (final, staging) paths."""
+def staging_dir(final: Path) -> Path:
+    return final.parent / f".{final.name}.partial"
+
+
+def prepare_out_dir(out: str | os.PathLike | None, overwrite: bool, resume: bool = False) -> tuple[Path, Path]:
+    """Check the output folder can be created; return (final, staging) paths.
+
+    Work happens in the staging folder; with ``resume`` an interrupted run's staging folder is reused."""
     final = Path(out) if out else default_out_dir()
-    if final.exists() and not overwrite:
-        raise OutputError(f"output folder {str(final)!r} exists; pass --overwrite to replace it")
     if final.exists() and not final.is_dir():
         raise OutputError(f"output path {str(final)!r} exists and is not a folder")
-    staging = final.parent / f".{final.name}.partial-{os.getpid()}"
+    if final.exists() and not overwrite:
+        raise OutputError(f"output folder {str(final)!r} exists; pass --overwrite to replace it")
+    staging = staging_dir(final)
+    if resume and not staging.is_dir():
+        raise OutputError(f"nothing to resume: no interrupted run at {str(staging)!r}")
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        staging.mkdir()
+        if staging.exists() and not resume:
+            shutil.rmtree(staging)
+        staging.mkdir(exist_ok=resume)
     except OSError as e:
         raise OutputError(f"cannot write output folder {str(final)!r}: {e.strerror or e}") from None
     return final, staging
+
+
+RESUME_IGNORES = ("out", "overwrite", "resume", "bench_iters", "bench_warmup", "bench_batch", "threads",
+                  "parity_atol", "quantize", "max_accuracy_drop", "calibration_samples")
+
+
+def check_resume_config(cfg: RunConfig, staging: Path) -> None:
+    """Record the run's config in the staging folder; on resume, refuse a changed config."""
+    from .io import atomic_write_json
+    from .train import _config_diff
+
+    want = {k: v for k, v in cfg.to_dict().items() if k not in RESUME_IGNORES}
+    path = staging / "run-config.json"
+    if cfg.resume and path.exists():
+        import json
+
+        diff = _config_diff(json.loads(path.read_text()), want)
+        if diff:
+            raise OutputError(f"cannot resume: options differ from the interrupted run: {', '.join(diff)}")
+    atomic_write_json(path, want)
 
 
 def commit_out_dir(staging: Path, final: Path) -> None:
@@ -113,12 +143,14 @@ def build_teacher(ctx: Context) -> torch.nn.Module:
     return build_model(ctx.teacher_spec, pretrained=ctx.cfg.pretrained)
 
 
-def train_teacher(ctx: Context, teacher: torch.nn.Module, reporter: Reporter | None, log: Log) -> list[dict]:
+def train_teacher(ctx: Context, teacher: torch.nn.Module, reporter: Reporter | None, log: Log,
+                  state_path: Path | None = None) -> list[dict]:
     if ctx.cfg.teacher_checkpoint:
         log(f"teacher: loaded {ctx.cfg.teacher_checkpoint} (not retrained)")
         teacher.to(ctx.device).eval()
         return []
-    return fit(teacher, ctx.data, ctx.train_config("teacher"), label="teacher", reporter=reporter)
+    return fit(teacher, ctx.data, ctx.train_config("teacher"), label="teacher", reporter=reporter,
+               state_path=state_path, resume=ctx.cfg.resume)
 
 
 def teacher_targets(ctx: Context, teacher: torch.nn.Module) -> TeacherTargets:
@@ -126,11 +158,13 @@ def teacher_targets(ctx: Context, teacher: torch.nn.Module) -> TeacherTargets:
 
 
 def train_student(ctx: Context, *, seed: int, kd: KDConfig | None, targets: TeacherTargets | None,
-                  label: str, reporter: Reporter | None) -> tuple[torch.nn.Module, list[dict]]:
+                  label: str, reporter: Reporter | None, state_path: Path | None = None,
+                  ) -> tuple[torch.nn.Module, list[dict]]:
     """Baseline (``kd=None``) or distilled student. Same seed -> same init, data order, schedule."""
     torch.manual_seed(seed)
     model = build_model(ctx.student_spec)
     history = fit(model, ctx.data, ctx.train_config("student", seed), label=label, reporter=reporter,
+                  state_path=state_path, resume=ctx.cfg.resume,
                   **({"teacher": targets.teacher, "kd": kd, "teacher_targets": targets} if kd else {}))
     return model.eval(), history
 
@@ -218,24 +252,42 @@ def comparison(models: dict[str, dict]) -> dict:
     }
 
 
-def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log = _quiet) -> dict:
-    """Run the whole job; return the report (also written to OUT/report.json)."""
+def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log = _quiet) -> dict | None:
+    """Run the whole job; return the report (also written to OUT/report.json).
+
+    Under torchrun every rank trains; only rank 0 writes, exports, benchmarks and returns the report."""
+    from .distributed import barrier, init_from_env, is_main, world
+
     t_start = time.perf_counter()
+    init_from_env(cfg.train.device)
+    main = is_main()
+    if not main:
+        reporter, log = None, _quiet
     ctx = prepare(cfg, log)
+    if world()[1] > 1 and not cfg.threads:
+        ctx.threads = max(1, ctx.threads // world()[1])
+        torch.set_num_threads(ctx.threads)
     teacher = build_teacher(ctx)  # validates a teacher checkpoint before anything is written
-    final, staging = prepare_out_dir(cfg.out, cfg.overwrite)
+    final = staging = None
+    if main:
+        final, staging = prepare_out_dir(cfg.out, cfg.overwrite, cfg.resume)
+        check_resume_config(cfg, staging)
+    barrier()
+    state = (lambda role: staging / "train-state" / f"{role}.pt") if main else (lambda role: None)
     try:
-        models: dict[str, dict] = {}
         t0 = time.perf_counter()
-        t_hist = train_teacher(ctx, teacher, reporter, log)
+        t_hist = train_teacher(ctx, teacher, reporter, log, state("teacher"))
         t_secs = time.perf_counter() - t0
         targets = teacher_targets(ctx, teacher)
         trained = {}
         for role, kd in (("baseline", None), ("student", cfg.kd)):
             t0 = time.perf_counter()
             model, hist = train_student(ctx, seed=cfg.train.seed, kd=kd, targets=targets, label=role,
-                                        reporter=reporter)
+                                        reporter=reporter, state_path=state(role))
             trained[role] = (model, hist, time.perf_counter() - t0, kd)
+        if not main:
+            return None
+        models: dict[str, dict] = {}
         models["teacher"] = export_and_bench(ctx, teacher, ctx.teacher_spec, "teacher", staging,
                                              history=t_hist, log=log, extra={"train_seconds": t_secs})
         for role, (model, hist, secs, kd) in trained.items():
@@ -249,11 +301,14 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
                 gate_error = e
                 models["student_int8_rejected"] = {"error": str(e)}
         report = {**report_header(ctx, final), "models": models, **comparison(models),
-                  "wall_seconds": time.perf_counter() - t_start}
+                  "world_size": world()[1], "wall_seconds": time.perf_counter() - t_start}
+        shutil.rmtree(staging / "train-state", ignore_errors=True)
+        (staging / "run-config.json").unlink(missing_ok=True)
         write_report(report, staging)
         commit_out_dir(staging, final)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if main and staging is not None and staging.exists():
+            log(f"run interrupted; its partial state is kept in {staging} (rerun with --resume to continue)")
         raise
     log(f"wrote {final}/report.json and report.md")
     if gate_error is not None:

@@ -22,6 +22,7 @@ from .config import KDConfig, RunConfig
 from .errors import ConfigError, OutputError
 from .io import atomic_write, atomic_write_json, atomic_write_text
 from .pipeline import (
+    RESUME_IGNORES,
     Context,
     Log,
     _quiet,
@@ -81,8 +82,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def _config_for_resume(cfg: RunConfig) -> dict:
     d = cfg.to_dict()
     # Options that do not change what a cell trains may differ between runs of one sweep.
-    for k in ("out", "overwrite", "bench_iters", "bench_warmup", "bench_batch", "threads", "parity_atol",
-              "quantize", "max_accuracy_drop", "calibration_samples"):
+    for k in RESUME_IGNORES:
         d.pop(k, None)
     d["kd"] = {"soft_loss": cfg.kd.soft_loss}  # T, beta, scaling live in the grid
     d["train"].pop("seed", None)  # seeds live in the grid

@@ -7,7 +7,10 @@ order, augmentation draws and learning-rate schedule, so their difference is the
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -18,6 +21,7 @@ from torch import nn
 from .config import KDConfig, TrainConfig
 from .data import AUGMENTATIONS, Dataset
 from .errors import ConfigError, TrainingError
+from .io import atomic_torch_save
 from .losses import kd_loss
 
 
@@ -25,7 +29,7 @@ class Reporter(Protocol):
     """Progress sink. The CLI plugs in Rich bars; the library default prints nothing."""
 
     def start(self, label: str, total_steps: int) -> None: ...
-    def step(self, metrics: dict[str, float]) -> None: ...
+    def step_n(self, n: int, metrics: dict[str, float]) -> None: ...
     def epoch(self, record: dict[str, float]) -> None: ...
     def finish(self) -> None: ...
 
@@ -34,7 +38,7 @@ class NullReporter:
     def start(self, label: str, total_steps: int) -> None:
         pass
 
-    def step(self, metrics: dict[str, float]) -> None:
+    def step_n(self, n: int, metrics: dict[str, float]) -> None:
         pass
 
     def epoch(self, record: dict[str, float]) -> None:
@@ -114,18 +118,43 @@ def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
 
+def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(a) | set(b))
+    out = []
+    for k in keys:
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _config_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def _uses_conv(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
 def fit(model: nn.Module, data: Dataset, cfg: TrainConfig, *, teacher: nn.Module | None = None,
         kd: KDConfig | None = None, label: str = "train", reporter: Reporter | None = None,
         teacher_targets: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        state_path: str | os.PathLike | None = None, resume: bool = False,
         ) -> list[dict[str, float]]:
     """Train ``model`` in place; return the per-epoch history.
 
     Plain cross-entropy when ``teacher`` is None; otherwise the KD loss of ``kd`` with the
-    teacher frozen in eval mode.
+    teacher frozen in eval mode. With ``state_path``, the full training state (model, optimizer,
+    scheduler, RNG states, history) is saved atomically after every epoch; ``resume=True``
+    continues from it, bit for bit on the CPU. Under torchrun the model is wrapped in DDP.
     """
-    reporter = reporter or NullReporter()
+    from .distributed import all_reduce_sum, world
+
+    rank, world_size = world()
+    reporter = (reporter or NullReporter()) if rank == 0 else NullReporter()
     device = resolve_device(cfg.device)
     model.to(device)
+    channels_last = _uses_conv(model)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     kd = kd or KDConfig()
     if teacher is not None and teacher_targets is None:
         teacher.to(device)
@@ -139,46 +168,92 @@ def fit(model: nn.Module, data: Dataset, cfg: TrainConfig, *, teacher: nn.Module
     opt = _optimizer(model, cfg)
     sched = _scheduler(opt, cfg, steps_per_epoch * cfg.epochs)
     history: list[dict[str, float]] = []
+    start_epoch = 1
+    run_cfg = {"train": dataclasses.asdict(cfg), "kd": dataclasses.asdict(kd) if teacher_targets else None,
+               "label": label, "world_size": world_size}
+    if state_path is not None and resume and os.path.exists(state_path):
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        diff = _config_diff(state["config"], run_cfg)
+        if diff:
+            raise ConfigError(f"{label}: cannot resume, options differ from the interrupted run: {', '.join(diff)}")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        order_gen.set_state(state["order_rng"])
+        aug_gen.set_state(state["aug_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        history = list(state["history"])
+        start_epoch = int(state["epoch"]) + 1
+    ddp_model = model
+    if world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else contextlib.nullcontext())
+    per_rank = max(1, cfg.batch_size // world_size)
     reporter.start(label, steps_per_epoch * cfg.epochs)
+    if start_epoch > 1:
+        reporter.step_n(steps_per_epoch * (start_epoch - 1), {"loss": history[-1]["train_loss"],
+                                                              "acc": history[-1]["train_accuracy"]})
     try:
-        for epoch in range(1, cfg.epochs + 1):
-            model.train()
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            ddp_model.train()
             t0 = time.perf_counter()
-            sums = {"loss": 0.0, "ce": 0.0, "kd": 0.0}
-            correct, seen = 0, 0
+            sums = torch.zeros(5, dtype=torch.float64, device=device)  # loss, ce, kd, correct, seen
             lr = opt.param_groups[0]["lr"]
-            for idx in _batches(n, cfg.batch_size, order_gen):
+            for step, idx in enumerate(_batches(n, cfg.batch_size, order_gen), 1):
+                if world_size > 1:  # this rank's slice of the global batch
+                    idx = idx[rank * per_rank:(rank + 1) * per_rank]
                 xb = data.x_train[idx]
                 if augment is not None:
                     xb = augment(xb, aug_gen)
-                xb = data.normalize(xb.to(device))
-                yb = data.y_train[idx].to(device)
+                xb = data.normalize(xb.to(device, non_blocking=True))
+                if channels_last:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                yb = data.y_train[idx].to(device, non_blocking=True)
                 t_logits = teacher_targets(idx, xb) if teacher_targets is not None else None
-                logits = model(xb)
-                out = kd_loss(logits, t_logits, yb, kd.temperature, kd.soft_weight, kd.scale_t2,
+                with autocast:
+                    logits = ddp_model(xb)
+                out = kd_loss(logits.float(), t_logits, yb, kd.temperature, kd.soft_weight, kd.scale_t2,
                               kd.soft_loss)
                 loss = out["loss"]
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"{label}: loss became {loss.item()} at epoch {epoch}; "
-                                        "lower the learning rate")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
                 b = yb.shape[0]
-                for k in sums:
-                    sums[k] += out[k].item() * b
-                correct += (logits.detach().argmax(1) == yb).sum().item()
-                seen += b
-                reporter.step({"loss": sums["loss"] / seen, "acc": correct / seen})
+                with torch.no_grad():
+                    sums += torch.stack([out["loss"].detach() * b, out["ce"] * b, out["kd"] * b,
+                                         (logits.detach().argmax(1) == yb).sum(), torch.tensor(b, device=device)]
+                                        ).to(sums.dtype)
+                if step % 25 == 0 or step == steps_per_epoch:
+                    s = sums.tolist()
+                    if not math.isfinite(s[0]):
+                        raise TrainingError(f"{label}: loss became {s[0]} at epoch {epoch}; lower the learning "
+                                            "rate" + (" (the last good epoch's state is kept; fix and --resume)"
+                                                      if state_path else ""))
+                    reporter.step_n(25 if step % 25 == 0 else step % 25,
+                                    {"loss": s[0] / max(s[4], 1), "acc": s[3] / max(s[4], 1)})
+            loss_sum, ce_sum, kd_sum, correct, seen = all_reduce_sum(sums).tolist()
+            if not math.isfinite(loss_sum):
+                raise TrainingError(f"{label}: loss became {loss_sum} at epoch {epoch}; lower the learning rate")
             test = evaluate(model, data, "test", device=device)
-            record = {"epoch": epoch, "lr": lr, "train_loss": sums["loss"] / seen,
-                      "train_ce": sums["ce"] / seen, "train_kd": sums["kd"] / seen,
+            record = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / seen,
+                      "train_ce": ce_sum / seen, "train_kd": kd_sum / seen,
                       "train_accuracy": correct / seen, "test_loss": test["loss"],
                       "test_accuracy": test["accuracy"], "seconds": time.perf_counter() - t0}
             history.append(record)
             reporter.epoch(record)
+            if state_path is not None and rank == 0:
+                atomic_torch_save({"config": run_cfg, "epoch": epoch, "history": history,
+                                   "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                                   "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                   "order_rng": order_gen.get_state(), "aug_rng": aug_gen.get_state(),
+                                   "torch_rng": torch.get_rng_state()}, state_path)
     finally:
         reporter.finish()
+    if channels_last:
+        model.to(memory_format=torch.contiguous_format)
     model.eval()
     return history
