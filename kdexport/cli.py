@@ -103,6 +103,7 @@ RUN_OPTIONS: list[tuple[str, Any, Any, Any]] = [
     ("soft_loss", str, "kl", typer.Option(help="Soft loss: kl (Hinton) or mse (logit matching).")),
     ("epochs", int, 30, typer.Option(help="Epochs for every model (baseline and student always match).")),
     ("teacher_epochs", Optional[int], None, typer.Option(help="Override the teacher's epochs.")),
+    ("teacher_cache", bool, True, typer.Option(help="Without augmentation, keep the teacher's logits on disk ($KDEXPORT_CACHE_DIR or ~/.cache/kdexport) and reuse them across runs, seeds and sweep cells.")),
     ("batch_size", int, 64, typer.Option(help="Training batch size.")),
     ("optimizer", str, "adam", typer.Option(help="adam or sgd (momentum, Nesterov).")),
     ("lr", float, 3e-3, typer.Option(help="Peak learning rate.")),

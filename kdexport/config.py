@@ -85,6 +85,7 @@ class RunConfig:
     # training (baseline and student share it; the teacher may override epochs)
     train: TrainConfig = field(default_factory=TrainConfig)
     teacher_epochs: int | None = None
+    teacher_cache: bool = True  # keep teacher logits on disk (only without augmentation)
     # export + quantization + benchmark
     parity_atol: float = 1e-3
     quantize: str = "none"  # none | static | dynamic (the student)

@@ -58,6 +58,18 @@ class Dataset:
         xb = xb.to(torch.float32) / self.scale  # never in place: xb may be a view of the data
         return (xb - self._mean_t.to(xb.device)) / self._std_t.to(xb.device)
 
+    def fingerprint(self) -> str:
+        """sha256 of the training pixels, labels and the input transform (memoized)."""
+        fp = self.__dict__.get("_fingerprint")
+        if fp is None:
+            h = hashlib.sha256()
+            h.update(repr((self.name, self.scale, self.mean, self.std, tuple(self.x_train.shape),
+                           str(self.x_train.dtype))).encode())
+            h.update(self.x_train.contiguous().numpy().tobytes())
+            h.update(self.y_train.contiguous().numpy().tobytes())
+            fp = self.__dict__["_fingerprint"] = h.hexdigest()
+        return fp
+
     def info(self) -> dict:
         return {
             "name": self.name,

@@ -69,8 +69,8 @@ def prepare_out_dir(out: str | os.PathLike | None, overwrite: bool, resume: bool
     return final, staging
 
 
-RESUME_IGNORES = ("out", "overwrite", "resume", "bench_iters", "bench_warmup", "bench_batch", "threads",
-                  "parity_atol", "quantize", "max_accuracy_drop", "calibration_samples")
+RESUME_IGNORES = ("out", "overwrite", "resume", "teacher_cache", "bench_iters", "bench_warmup", "bench_batch",
+                  "threads", "parity_atol", "quantize", "max_accuracy_drop", "calibration_samples")
 
 
 def check_resume_config(cfg: RunConfig, staging: Path) -> None:
@@ -153,8 +153,15 @@ def train_teacher(ctx: Context, teacher: torch.nn.Module, reporter: Reporter | N
                state_path=state_path, resume=ctx.cfg.resume)
 
 
+def cache_dir() -> Path:
+    env = os.environ.get("KDEXPORT_CACHE_DIR")
+    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kdexport"
+    return base / "teacher-logits"
+
+
 def teacher_targets(ctx: Context, teacher: torch.nn.Module) -> TeacherTargets:
-    return TeacherTargets(teacher, ctx.data, ctx.device, cached=ctx.train_config("student").augment == "none")
+    return TeacherTargets(teacher, ctx.data, ctx.device, cached=ctx.train_config("student").augment == "none",
+                          cache_dir=cache_dir() if ctx.cfg.teacher_cache else None)
 
 
 def train_student(ctx: Context, *, seed: int, kd: KDConfig | None, targets: TeacherTargets | None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import math
 import os
 import time
@@ -84,16 +85,60 @@ def evaluate(model: nn.Module, data: Dataset, split: str = "test", batch_size: i
     return {"loss": loss, "accuracy": acc}
 
 
+CACHE_FORMAT = "kdexport-teacher-logits/1"
+
+
+def weights_hash(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def teacher_cache_key(teacher: nn.Module, data: Dataset) -> str:
+    """Weights x dataset (pixels, labels, normalization) x transform (no augmentation)."""
+    return hashlib.sha256(f"{CACHE_FORMAT}|{weights_hash(teacher)}|{data.fingerprint()}|augment=none"
+                          .encode()).hexdigest()[:32]
+
+
+def cached_teacher_logits(teacher: nn.Module, data: Dataset, device: torch.device,
+                          cache_dir: str | os.PathLike | None) -> torch.Tensor:
+    """Teacher logits over the training set, from the on-disk cache when a valid entry exists."""
+    if cache_dir is None:
+        return predict_logits(teacher, data, "train", device=device)
+    key = teacher_cache_key(teacher, data)
+    path = os.path.join(cache_dir, f"{key}.pt")
+    if os.path.exists(path):
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            logits = blob["logits"]
+            if blob.get("key") == key and tuple(logits.shape) == (len(data.y_train), data.num_classes):
+                return logits
+        except Exception:
+            pass  # unreadable or stale: recompute and replace
+    logits = predict_logits(teacher, data, "train", device=device)
+    try:
+        atomic_torch_save({"format": CACHE_FORMAT, "key": key, "logits": logits, "dataset": data.name}, path)
+    except OSError:
+        pass  # a read-only cache only costs time
+    return logits
+
+
 class TeacherTargets:
     """Teacher logits for a batch. Without augmentation the inputs are fixed, so the logits of the
-    whole training set are computed once (in eval mode) and indexed; with augmentation the
-    teacher runs live, in inference mode, on exactly the view the student sees."""
+    whole training set are computed once (in eval mode) and indexed, and kept on disk under
+    ``cache_dir`` keyed by the teacher's weights, the data and the transform, for later runs,
+    seeds and sweep cells. With augmentation the teacher runs live, in inference mode, on
+    exactly the view the student sees."""
 
-    def __init__(self, teacher: nn.Module, data: Dataset, device: torch.device, cached: bool):
+    def __init__(self, teacher: nn.Module, data: Dataset, device: torch.device, cached: bool,
+                 cache_dir: str | os.PathLike | None = None):
         self.teacher = teacher.eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
-        self.table = predict_logits(teacher, data, "train", device=device).to(device) if cached else None
+        self.table = cached_teacher_logits(teacher, data, device, cache_dir).to(device) if cached else None
 
     def __call__(self, idx: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
         if self.table is not None:

@@ -1,10 +1,13 @@
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+# Tests never touch the user's cache of teacher logits (subprocesses inherit this too).
+os.environ["KDEXPORT_CACHE_DIR"] = tempfile.mkdtemp(prefix="kdexport-test-cache-")
 SHARED_DATA = Path(os.environ.get("KDEXPORT_TEST_DATA", ROOT.parent / "shared" / "datasets"))
 
 

@@ -65,3 +65,45 @@ def test_nan_loss_stops_with_clear_error(digits):
         m.net[1].weight.fill_(float("nan"))
     with pytest.raises(TrainingError, match="loss became nan"):
         fit(m, digits, TrainConfig(epochs=1))
+
+
+def test_teacher_cache_hit_and_invalidation(digits, tmp_path, monkeypatch):
+    import dataclasses
+
+    import kdexport.train as tr
+    from kdexport.data import Dataset
+    from kdexport.train import cached_teacher_logits, teacher_cache_key
+
+    torch.manual_seed(1)
+    teacher = build_model(ModelSpec("mlp:32", 10, (1, 8, 8)))
+    calls = []
+    real = tr.predict_logits
+    monkeypatch.setattr(tr, "predict_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = cached_teacher_logits(teacher, digits, torch.device("cpu"), tmp_path)
+    again = cached_teacher_logits(teacher, digits, torch.device("cpu"), tmp_path)
+    assert len(calls) == 1 and torch.equal(first, again)  # second call read the disk cache
+    key = teacher_cache_key(teacher, digits)
+    # weights change -> new key
+    with torch.no_grad():
+        teacher.net[1].bias[0] += 1e-3
+    assert teacher_cache_key(teacher, digits) != key
+    with torch.no_grad():
+        teacher.net[1].bias[0] -= 1e-3
+    assert teacher_cache_key(teacher, digits) == key
+
+    def variant(**kw):
+        return Dataset(**{f.name: getattr(digits, f.name) for f in dataclasses.fields(Dataset) if f.init} | kw)
+
+    # dataset content and transform (normalization) changes -> new key
+    x2 = digits.x_train.clone()
+    x2[0, 0, 0, 0] += 1
+    assert teacher_cache_key(teacher, variant(x_train=x2)) != key
+    assert teacher_cache_key(teacher, variant(mean=(0.5,))) != key
+    assert teacher_cache_key(teacher, variant(scale=255.0)) != key
+    # a stale entry (wrong key inside / unreadable) is never used
+    path = tmp_path / f"{key}.pt"
+    torch.save({"key": "other", "logits": torch.zeros_like(first)}, path)
+    assert torch.equal(cached_teacher_logits(teacher, digits, torch.device("cpu"), tmp_path), first)
+    path.write_bytes(b"garbage")
+    assert torch.equal(cached_teacher_logits(teacher, digits, torch.device("cpu"), tmp_path), first)
+    assert len(calls) == 3
