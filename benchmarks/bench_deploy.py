@@ -1,0 +1,181 @@
+"""Deployment numbers for issue 4, side by side in one run on this machine:
+
+1. FP32 peak of this CPU, measured by a large matmul (torch, same thread count).
+2. resnet18 at 32x32 (ImageNet stem): onnxruntime FP32 vs PyTorch eager at batch 1.
+3. resnet18 and resnet50 with the CIFAR stem, trained briefly on a CIFAR-10 subset: FP32 vs static
+   INT8 (QDQ, per-channel, 300 calibration images): latency at batch 1, file size, test accuracy on
+   the full 10,000-image test set.
+4. GFLOP/s achieved by onnxruntime FP32 resnet18 (CIFAR stem) as a fraction of the matmul peak.
+
+    python benchmarks/bench_deploy.py [--data-dir ../shared/datasets] [--train-images 5000]
+
+Writes benchmarks/results/bench_deploy.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from kdexport.bench import bench_onnx, bench_torch, time_fn, torch_threads
+from kdexport.config import TrainConfig
+from kdexport.data import load_dataset
+from kdexport.envinfo import environment, now_iso
+from kdexport.export import export_onnx
+from kdexport.io import atomic_write_json, atomic_write_text
+from kdexport.models import ModelSpec, build_model, count_flops
+from kdexport.quantize import quantize_onnx
+from kdexport.train import evaluate, fit
+
+HERE = Path(__file__).resolve().parent
+THREADS = 2
+
+
+def matmul_peak(n: int = 2048, reps: int = 20) -> dict:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    with torch_threads(THREADS):
+        lat = time_fn(lambda: torch.mm(a, b), warmup=3, iters=reps)
+    best = 2 * n**3 / (min(lat["p50"], lat["mean"]) / 1e3) / 1e9
+    return {"n": n, "threads": THREADS, "gflops": best, "p50_ms": lat["p50"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", default=str(HERE.parent.parent / "shared" / "datasets"))
+    ap.add_argument("--train-images", type=int, default=5000)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--iters", type=int, default=200)
+    args = ap.parse_args()
+    torch.set_num_threads(THREADS)
+    res: dict = {
+        "created": now_iso(),
+        "environment": environment(THREADS),
+        "command": "python benchmarks/bench_deploy.py",
+        "threads": THREADS,
+    }
+    print("matmul peak", flush=True)
+    res["matmul_peak"] = matmul_peak()
+    full = load_dataset("cifar10", args.data_dir, download=False)
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randperm(len(full.y_train), generator=g)[: args.train_images]
+    data = dataclasses.replace(full, x_train=full.x_train[idx], y_train=full.y_train[idx])
+    parity = full.normalize(full.x_test[:64])
+    with tempfile.TemporaryDirectory() as tmp:
+        # 2. ORT vs eager, resnet18 ImageNet stem at 32x32 (untrained weights: latency only)
+        torch.manual_seed(0)
+        m = build_model(ModelSpec("resnet18", 10, (3, 32, 32))).eval()
+        export_onnx(m, f"{tmp}/r18.onnx", parity)
+        o = bench_onnx(f"{tmp}/r18.onnx", full, [1, 32], threads=THREADS, iters=args.iters)
+        e = bench_torch(m, full, [1, 32], threads=THREADS, iters=args.iters)
+        res["resnet18_imagenet_stem_32x32"] = {
+            "ort_fp32": o,
+            "torch_eager": e,
+            "ort_vs_eager_batch_1": e["latency_ms"]["batch_1"]["p50"] / o["latency_ms"]["batch_1"]["p50"],
+            "target": 1.8,
+        }
+        # 3./4. INT8 vs FP32 on trained CIFAR-stem models
+        for arch in ("resnet18", "resnet50"):
+            spec = ModelSpec(arch, 10, (3, 32, 32), cifar_stem=True)
+            print(f"{arch} (CIFAR stem): training {args.epochs} epoch(s) on {args.train_images} images", flush=True)
+            torch.manual_seed(0)
+            model = build_model(spec)
+            t0 = time.perf_counter()
+            fit(
+                model,
+                data,
+                TrainConfig(
+                    epochs=args.epochs,
+                    batch_size=128,
+                    optimizer="sgd",
+                    lr=0.05,
+                    weight_decay=5e-4,
+                    scheduler="onecycle",
+                    augment="crop-flip",
+                ),
+            )
+            train_s = time.perf_counter() - t0
+            model.eval()
+            fp32 = f"{tmp}/{arch}.onnx"
+            export_onnx(model, fp32, parity)
+            print(f"{arch}: static INT8 + accuracy on {len(full.y_test)} test images", flush=True)
+            q = quantize_onnx(
+                fp32, f"{tmp}/{arch}.int8.onnx", data, mode="static", calibration_samples=300, max_accuracy_drop=100.0
+            )
+            b32 = bench_onnx(fp32, full, [1, 32], threads=THREADS, iters=args.iters)
+            b8 = bench_onnx(f"{tmp}/{arch}.int8.onnx", full, [1, 32], threads=THREADS, iters=args.iters)
+            flops = count_flops(model, (3, 32, 32))
+            entry = {
+                "flops_per_image": flops,
+                "train_seconds": train_s,
+                "train_images": args.train_images,
+                "epochs": args.epochs,
+                "accuracy_torch": evaluate(model, full)["accuracy"],
+                "fp32": {"bytes": q.fp32_bytes, "accuracy": q.accuracy_fp32, **b32},
+                "int8": {"bytes": q.onnx_bytes, "accuracy": q.accuracy_int8, "reduce_range": q.reduce_range, **b8},
+                "int8_speedup_batch_1": b32["latency_ms"]["batch_1"]["p50"] / b8["latency_ms"]["batch_1"]["p50"],
+                "int8_speedup_batch_32": b32["latency_ms"]["batch_32"]["p50"] / b8["latency_ms"]["batch_32"]["p50"],
+                "int8_size_fraction": q.onnx_bytes / q.fp32_bytes,
+                "int8_accuracy_drop_points": q.accuracy_drop_points,
+            }
+            for b in (1, 32):
+                gf = flops * b / (b32["latency_ms"][f"batch_{b}"]["p50"] / 1e3) / 1e9
+                entry[f"fp32_gflops_batch_{b}"] = gf
+                entry[f"fp32_fraction_of_peak_batch_{b}"] = gf / res["matmul_peak"]["gflops"]
+            res[f"{arch}_cifar_stem"] = entry
+    atomic_write_json(HERE / "results" / "bench_deploy.json", res)
+    atomic_write_text(HERE / "results" / "bench_deploy.md", to_markdown(res))
+    print(to_markdown(res))
+
+
+def to_markdown(r: dict) -> str:
+    env, pk = r["environment"], r["matmul_peak"]
+    e = r["resnet18_imagenet_stem_32x32"]
+    lines = [
+        "# Deployment benchmark (benchmarks/bench_deploy.py)",
+        "",
+        f"{r['created']}; {env['cpu']} ({env['cpu_cores']} cores; flags {', '.join(env['cpu_flags'])}), "
+        f"{r['threads']} threads; torch {env['torch']}, onnxruntime {env['onnxruntime']}. "
+        "Latency = median of timed runs after warm-up.",
+        "",
+        f"FP32 matmul peak ({pk['n']}x{pk['n']}, torch): **{pk['gflops']:.1f} GFLOP/s**.",
+        "",
+        "| resnet18 @32x32 (ImageNet stem) | p50 ms @1 | p50 ms @32 |",
+        "|---|---|---|",
+        f"| onnxruntime FP32 | {e['ort_fp32']['latency_ms']['batch_1']['p50']:.3f} | "
+        f"{e['ort_fp32']['latency_ms']['batch_32']['p50']:.3f} |",
+        f"| PyTorch eager | {e['torch_eager']['latency_ms']['batch_1']['p50']:.3f} | "
+        f"{e['torch_eager']['latency_ms']['batch_32']['p50']:.3f} |",
+        "",
+        f"onnxruntime vs eager at batch 1: **{e['ort_vs_eager_batch_1']:.2f}x** (target >= 1.8x).",
+        "",
+        "| CIFAR stem | train | FP32 acc | INT8 acc | drop (pt) | FP32 size | INT8 size (frac) | FP32 p50 @1 | "
+        "INT8 p50 @1 | INT8 speed-up @1 / @32 | FP32 GFLOP/s @1 / @32 (of peak) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for arch in ("resnet18", "resnet50"):
+        m = r[f"{arch}_cifar_stem"]
+        lines.append(
+            f"| {arch} | {m['epochs']} ep x {m['train_images']} img | {m['fp32']['accuracy'] * 100:.2f}% | "
+            f"{m['int8']['accuracy'] * 100:.2f}% | {m['int8_accuracy_drop_points']:.2f} | "
+            f"{m['fp32']['bytes'] / 1e6:.1f} MB | {m['int8']['bytes'] / 1e6:.1f} MB "
+            f"({m['int8_size_fraction'] * 100:.0f}%) | "
+            f"{m['fp32']['latency_ms']['batch_1']['p50']:.2f} | {m['int8']['latency_ms']['batch_1']['p50']:.2f} | "
+            f"{m['int8_speedup_batch_1']:.2f}x / {m['int8_speedup_batch_32']:.2f}x | "
+            f"{m['fp32_gflops_batch_1']:.0f} ({m['fp32_fraction_of_peak_batch_1'] * 100:.0f}%) / "
+            f"{m['fp32_gflops_batch_32']:.0f} ({m['fp32_fraction_of_peak_batch_32'] * 100:.0f}%) |"
+        )
+    lines += [
+        "",
+        "Targets: INT8 >= 1.8x FP32 speed, <= 0.5 points accuracy loss, <= 26% of FP32 size; "
+        "ORT FP32 resnet18 >= 60% of the matmul peak.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
