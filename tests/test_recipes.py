@@ -1,0 +1,34 @@
+"""Every committed recipe is a valid config (a typo in a hyperparameter file fails here, not after an hour)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from run_recipe import load_recipe, recipe_config  # noqa: E402
+
+from kdexport.sweep import Grid  # noqa: E402
+
+RECIPES = sorted(p.stem for p in (ROOT / "benchmarks" / "recipes").glob("*.json"))
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_is_valid(name):
+    r = load_recipe(name)
+    assert r["kind"] in ("distill", "sweep") and r["doc"]
+    cfg = recipe_config(r, None, "/tmp/unused")
+    if r["kind"] == "sweep":
+        grid = Grid(**{k: tuple(v) for k, v in r["grid"].items()})
+        assert grid.kd_configs() and r["workdir"].startswith("runs/")
+    assert cfg.dataset in ("digits", "mnist", "cifar10")
+
+
+def test_results_carry_stamps():
+    for p in (ROOT / "benchmarks" / "results").glob("*.json"):
+        r = json.loads(p.read_text())
+        env = r["environment"]
+        assert env["cpu"] and env["torch"] and r["created"], p.name
