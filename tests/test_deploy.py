@@ -137,14 +137,19 @@ def test_predict_on_a_real_image(student, digits, tmp_path):
 
 
 def test_readme_snippet_matches_predict(student, digits, tmp_path):
-    """The few lines in kdexport.predict's docstring (shown in the README) give the same answer."""
+    """The app snippet in README.md runs as printed and agrees with `kdexport predict`."""
+    from pathlib import Path
+
     import kdexport.predict as kp
 
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    snippet = next(b.split("\n", 1)[1] for b in readme.split("```")[1::2]
+                   if b.startswith("python") and "InferenceSession" in b)
     img = (digits.x_test[0, 0].numpy() * 255 / 16).round().astype(np.uint8)
     Image.fromarray(img, "L").save(tmp_path / "digit.png")
-    snippet = kp.__doc__.split("\n\n", 1)[1].replace('"student.onnx"', repr(str(student))).replace(
+    code = snippet.replace('"student.onnx"', repr(str(student))).replace(
         '"digit.png"', repr(str(tmp_path / "digit.png"))).replace("print(", "result = (")
     ns: dict = {}
-    exec(compile("\n".join(line[4:] for line in snippet.splitlines()), "snippet", "exec"), ns)
+    exec(compile(code, "README snippet", "exec"), ns)
     ours = kp.predict(student, [tmp_path / "digit.png"], 3)[0]["top"]
     assert [label for label, _ in ns["result"]] == [t["label"] for t in ours]
