@@ -45,6 +45,24 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def git_commit() -> str | None:
+    """The kdexport source's git commit (with '+dirty' for uncommitted changes), when run from a checkout."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (head + ("+dirty" if dirty else "")) or None
+
+
 def environment(threads: int | None = None) -> dict:
     import torch
 
@@ -52,6 +70,7 @@ def environment(threads: int | None = None) -> dict:
 
     return {
         "kdexport": __version__,
+        "git_commit": git_commit(),
         "python": platform.python_version(),
         "torch": str(torch.__version__),
         "torchvision": _version("torchvision"),

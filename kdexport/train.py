@@ -148,11 +148,19 @@ class TeacherTargets:
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam or SGD, fused (one kernel for all parameters) where torch supports it: on 2 CPU cores
+    the unfused Adam update of the 2.4M-parameter MNIST teacher costs as much as its forward and
+    backward passes."""
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
-                           weight_decay=cfg.weight_decay)
+        cls, kw = torch.optim.Adam, {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+    else:
+        cls, kw = torch.optim.SGD, {"lr": cfg.lr, "momentum": cfg.momentum, "nesterov": cfg.momentum > 0,
+                                    "weight_decay": cfg.weight_decay}
+    try:
+        return cls(params, fused=True, **kw)
+    except (RuntimeError, TypeError, ValueError):  # older torch or an unsupported device
+        return cls(params, **kw)
 
 
 def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
