@@ -64,7 +64,7 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     idx = torch.randperm(len(full.y_train), generator=g)[: args.train_images]
     data = dataclasses.replace(full, x_train=full.x_train[idx], y_train=full.y_train[idx])
-    parity = full.normalize(full.x_test[:64])
+    parity = full.normalize(full.x_test[full.test_sample(64)])
     with tempfile.TemporaryDirectory() as tmp:
         # 2. ORT vs eager, resnet18 ImageNet stem at 32x32 (untrained weights: latency only)
         torch.manual_seed(0)

@@ -43,12 +43,13 @@ KD = KDConfig(temperature=4.0, soft_weight=0.5)
 def subset(data: Dataset, n_train: int, n_test: int) -> Dataset:
     g = torch.Generator().manual_seed(0)
     idx = torch.randperm(len(data.y_train), generator=g)[:n_train]
+    test = data.test_sample(n_test)  # a random sample: the JPEG copy's test set is ordered by class
     return dataclasses.replace(
         data,
         x_train=data.x_train[idx],
         y_train=data.y_train[idx],
-        x_test=data.x_test[:n_test],
-        y_test=data.y_test[:n_test],
+        x_test=data.x_test[test],
+        y_test=data.y_test[test],
     )
 
 
@@ -197,7 +198,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=str(HERE.parent.parent / "shared" / "datasets"))
     ap.add_argument("--skip-e2e", action="store_true")
-    ap.add_argument("--cifar-train", type=int, default=2048, help="CIFAR-10 training subset size")
+    ap.add_argument("--cifar-train", type=int, default=4096, help="CIFAR-10 training subset size")
     args = ap.parse_args()
     import torchvision
     import torchvision.transforms as T
@@ -237,7 +238,7 @@ def main() -> None:
         ModelSpec("resnet50", 10, (3, 32, 32)),
         ModelSpec("resnet18", 10, (3, 32, 32)),
         batch=64,
-        teacher_epochs=1,
+        teacher_epochs=3,
         epochs=1,
     )
     if not args.skip_e2e:

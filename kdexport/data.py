@@ -58,6 +58,12 @@ class Dataset:
         xb = xb.to(torch.float32) / self.scale  # never in place: xb may be a view of the data
         return (xb - self._mean_t.to(xb.device)) / self._std_t.to(xb.device)
 
+    def test_sample(self, n: int, seed: int = 0) -> torch.Tensor:
+        """Indices of ``n`` test images drawn at random (fixed seed): folder-ordered test sets put
+        one class first, so the first ``n`` images are not a fair sample."""
+        g = torch.Generator().manual_seed(seed)
+        return torch.randperm(len(self.y_test), generator=g)[:n]
+
     def fingerprint(self) -> str:
         """sha256 of the training pixels, labels and the input transform (memoized)."""
         fp = self.__dict__.get("_fingerprint")

@@ -208,7 +208,8 @@ def export_and_bench(ctx: Context, model: torch.nn.Module, spec: ModelSpec, role
                     metrics={"accuracy": acc_torch}, history=history)
     log(f"{role}: exporting to ONNX and checking parity with onnxruntime")
     onnx_path = out / "onnx" / f"{role}.onnx"
-    res = export_onnx(model, onnx_path, data.normalize(data.x_test[:PARITY_SAMPLES]), atol=cfg.parity_atol,
+    parity_x = data.normalize(data.x_test[data.test_sample(PARITY_SAMPLES)])
+    res = export_onnx(model, onnx_path, parity_x, atol=cfg.parity_atol,
                       metadata=onnx_metadata(cfg, data, role, spec, acc_torch, kd))
     log(f"{role}: benchmarking with onnxruntime ({ctx.threads} threads)")
     batches = sorted({1, cfg.bench_batch})
