@@ -70,8 +70,8 @@ def main() -> None:
         torch.manual_seed(0)
         m = build_model(ModelSpec("resnet18", 10, (3, 32, 32))).eval()
         export_onnx(m, f"{tmp}/r18.onnx", parity)
-        o = bench_onnx(f"{tmp}/r18.onnx", full, [1, 32], threads=THREADS, iters=args.iters)
-        e = bench_torch(m, full, [1, 32], threads=THREADS, iters=args.iters)
+        o = bench_onnx(f"{tmp}/r18.onnx", full, [1, 32], threads=THREADS, iters=args.iters, max_seconds=20.0)
+        e = bench_torch(m, full, [1, 32], threads=THREADS, iters=args.iters, max_seconds=20.0)
         res["resnet18_imagenet_stem_32x32"] = {
             "ort_fp32": o,
             "torch_eager": e,
@@ -106,8 +106,9 @@ def main() -> None:
             q = quantize_onnx(
                 fp32, f"{tmp}/{arch}.int8.onnx", data, mode="static", calibration_samples=300, max_accuracy_drop=100.0
             )
-            b32 = bench_onnx(fp32, full, [1, 32], threads=THREADS, iters=args.iters)
-            b8 = bench_onnx(f"{tmp}/{arch}.int8.onnx", full, [1, 32], threads=THREADS, iters=args.iters)
+            b32 = bench_onnx(fp32, full, [1, 32], threads=THREADS, iters=args.iters, max_seconds=20.0)
+            b8 = bench_onnx(f"{tmp}/{arch}.int8.onnx", full, [1, 32], threads=THREADS, iters=args.iters,
+                            max_seconds=20.0)
             flops = count_flops(model, (3, 32, 32))
             entry = {
                 "flops_per_image": flops,
