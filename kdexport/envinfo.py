@@ -46,7 +46,8 @@ def usable_cores() -> int:
 
 
 def git_commit() -> str | None:
-    """The kdexport source's git commit (with '+dirty' for uncommitted changes), when run from a checkout."""
+    """The kdexport source's git commit (with '+dirty' when the package or benchmarks have uncommitted
+    changes), when run from a checkout."""
     import subprocess
     from pathlib import Path
 
@@ -56,7 +57,8 @@ def git_commit() -> str | None:
     try:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
+                                "kdexport", "benchmarks/*.py", "benchmarks/recipes"],
                                capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
