@@ -281,7 +281,12 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
         final, staging = prepare_out_dir(cfg.out, cfg.overwrite, cfg.resume)
         check_resume_config(cfg, staging)
     barrier()
-    state = (lambda role: staging / "train-state" / f"{role}.pt") if main else (lambda role: None)
+    # Every rank reads the per-epoch state on --resume (same folder, shared filesystem); rank 0 writes it.
+    state_root = staging if main else (staging_dir(Path(cfg.out)) if cfg.resume and cfg.out else None)
+
+    def state(role: str) -> Path | None:
+        return state_root / "train-state" / f"{role}.pt" if state_root is not None else None
+
     try:
         t0 = time.perf_counter()
         t_hist = train_teacher(ctx, teacher, reporter, log, state("teacher"))
