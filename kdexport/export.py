@@ -77,10 +77,17 @@ def _to_onnx(model: nn.Module, example: torch.Tensor, dest: str) -> None:
 
 
 def set_metadata(path: str | os.PathLike, metadata: dict[str, Any]) -> None:
-    """Write ``metadata`` into the file's metadata_props (non-strings as JSON)."""
+    """Write ``metadata`` into the file's metadata_props (non-strings as JSON).
+
+    Node-level debug metadata (the exporter's stack traces and module paths, which hold the
+    building machine's file paths) is dropped: smaller files, identical bytes wherever they are built."""
     import onnx
 
     m = onnx.load(str(path))
+    for graph in [m.graph, *(f for f in m.functions)]:
+        for node in graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
     del m.metadata_props[:]
     for k, v in metadata.items():
         p = m.metadata_props.add()
