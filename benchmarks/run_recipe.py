@@ -60,7 +60,12 @@ def main() -> None:
             cfg = recipe_config(recipe, args.data_dir, str(ROOT / recipe["workdir"]))
             grid = Grid(**{k: tuple(v) for k, v in recipe["grid"].items()})
             report = run_sweep(cfg, grid, reporter=RichReporter(progress), log=print)
-            md = sweep_markdown(report)
+            best = json.loads((Path(cfg.out) / "best" / "report.json").read_text())
+            for m in best["models"].values():
+                m.pop("history", None)
+            report["best"]["report"] = best  # the best cell, exported and benchmarked like distill-export
+            best_md = to_markdown(best).split("\n", 2)[2]  # without its title line
+            md = sweep_markdown(report) + "\n## Best cell, exported and benchmarked\n\n" + best_md
         else:
             cfg = recipe_config(recipe, args.data_dir, str(Path(tmp) / "run"))
             cfg = dataclasses.replace(cfg, overwrite=True)
@@ -69,7 +74,7 @@ def main() -> None:
     report["recipe"] = {"name": args.recipe, "doc": recipe.get("doc", ""),
                         "command": f"python benchmarks/run_recipe.py {args.recipe}"}
     md = md.replace("![training curves](curves.png)\n", "").replace("![heatmap](heatmap.png)\n", "")
-    md = md.replace("](best/report.md)", f"]({args.recipe}.md)")
+    md = md.replace("[best/report.md](best/report.md)", "the section below")
     md += f"\nReproduce: `python benchmarks/run_recipe.py {args.recipe}`\n"
     atomic_write_json(results / f"{args.recipe}.json", report)
     atomic_write_text(results / f"{args.recipe}.md", md)

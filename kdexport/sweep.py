@@ -192,6 +192,10 @@ def run_sweep(cfg: RunConfig, grid: Grid, *, reporter: Reporter | None = None, l
     result["best"]["report"] = "best/report.json"
     _export_best(ctx, out, teacher, t_hist, cells[best_key]["kd"], first, log)
     result["wall_seconds"] = time.perf_counter() - t_start
+    # training cost of everything in the table, including units finished by earlier (resumed) runs
+    units = [baselines[s] for s in grid.seeds] + [
+        json.loads((out / "cells" / f"{k}-s{s}.json").read_text()) for k in cells for s in grid.seeds]
+    result["train_seconds_total"] = sum(h["seconds"] for h in t_hist) + sum(u["train_seconds"] for u in units)
     atomic_write_json(out / "sweep.json", result)
     atomic_write_text(out / "sweep.md", sweep_markdown(result))
     plot_heatmap(result, out / "heatmap.png")
@@ -247,7 +251,9 @@ def sweep_markdown(r: dict) -> str:
             lines.append(f"| beta = {b:g} | " + " | ".join(row) + " |")
         lines.append("")
     env = r["environment"]
-    lines += [f"Wall time {r.get('wall_seconds', 0):.0f} s on {env['cpu']} ({env['cpu_cores']} cores), "
+    lines += [f"Training time of everything above {r.get('train_seconds_total', 0):.0f} s; this run's wall time "
+              f"{r.get('wall_seconds', 0):.0f} s (finished cells are reused on a rerun), on {env['cpu']} "
+              f"({env['cpu_cores']} cores), "
               f"torch {env['torch']}, onnxruntime {env['onnxruntime']}.", "", "![heatmap](heatmap.png)", ""]
     return "\n".join(lines)
 
