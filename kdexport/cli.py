@@ -245,6 +245,7 @@ def quantize_cmd(
     calibration_samples: Annotated[int, typer.Option(help="Training images used for static calibration.")] = 300,
     max_accuracy_drop: Annotated[float, typer.Option(help="Reject (exit 1, no file) if accuracy drops more than this many points.")] = 1.0,
     reduce_range: Annotated[Optional[bool], typer.Option("--reduce-range/--no-reduce-range", help="7-bit weights; default: on for CPUs without VNNI.")] = None,
+    calibration: Annotated[str, typer.Option(help="Static activation ranges: minmax, percentile (robust to outliers) or entropy.")] = "minmax",
 ) -> None:
     """INT8-quantize an ONNX classifier with onnxruntime and check its accuracy against FP32."""
     from .quantize import quantize_onnx
@@ -255,7 +256,7 @@ def quantize_cmd(
         inspect_classifier(model)
         data = _dataset_for(model, dataset, data_dir, required=True)
         r = quantize_onnx(model, out, data, mode=mode, calibration_samples=calibration_samples,
-                          max_accuracy_drop=max_accuracy_drop, reduce_range=reduce_range)
+                          max_accuracy_drop=max_accuracy_drop, reduce_range=reduce_range, calibration=calibration)
         out_console.print(f"{r.mode} INT8: accuracy {r.accuracy_int8 * 100:.2f}% (FP32 {r.accuracy_fp32 * 100:.2f}%, "
                           f"drop {r.accuracy_drop_points:.2f} points), {r.onnx_bytes:,} bytes "
                           f"({r.onnx_bytes / r.fp32_bytes * 100:.0f}% of FP32) -> {out}")

@@ -48,7 +48,9 @@ class _Calibration:
     """onnxruntime CalibrationDataReader over normalized training images."""
 
     def __init__(self, input_name: str, x: np.ndarray, batch: int = 32):
-        self.batches = iter([{input_name: x[i:i + batch]} for i in range(0, len(x), batch)])
+        batch = min(batch, len(x))
+        usable = len(x) - len(x) % batch  # equal batches: the histogram calibrators need them
+        self.batches = iter([{input_name: x[i:i + batch]} for i in range(0, usable, batch)])
 
     def get_next(self):
         return next(self.batches, None)
@@ -70,9 +72,13 @@ def default_reduce_range() -> bool:
     return not ({"avx512_vnni", "avx_vnni"} & flags)
 
 
+CALIBRATIONS = ("minmax", "percentile", "entropy")
+
+
 def quantize_onnx(model: str | os.PathLike, out: str | os.PathLike, data: Dataset, *, mode: str = "static",
                   calibration_samples: int = 300, max_accuracy_drop: float = 1.0,
-                  reduce_range: bool | None = None, threads: int | None = None) -> QuantResult:
+                  reduce_range: bool | None = None, threads: int | None = None,
+                  calibration: str = "minmax") -> QuantResult:
     """Quantize ``model`` to ``out``; measure accuracy on ``data``'s test split.
 
     Raises GateError (the file is not kept) when the drop exceeds ``max_accuracy_drop`` points."""
@@ -81,6 +87,8 @@ def quantize_onnx(model: str | os.PathLike, out: str | os.PathLike, data: Datase
 
     if mode not in ("static", "dynamic"):
         raise ConfigError(f"quantization mode must be static or dynamic, got {mode!r}")
+    if calibration not in CALIBRATIONS:
+        raise ConfigError(f"calibration must be one of {', '.join(CALIBRATIONS)}, got {calibration!r}")
     model, out = Path(model), Path(out)
     if out.resolve() == model.resolve():
         raise ConfigError("--out must differ from the input model")
@@ -103,7 +111,9 @@ def quantize_onnx(model: str | os.PathLike, out: str | os.PathLike, data: Datase
                     quantize_static(str(pre), str(tmp_out), _Calibration(input_name, calib),
                                     quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
                                     weight_type=QuantType.QInt8, per_channel=True, reduce_range=reduce_range,
-                                    calibrate_method=CalibrationMethod.MinMax)
+                                    calibrate_method={"minmax": CalibrationMethod.MinMax,
+                                                      "percentile": CalibrationMethod.Percentile,
+                                                      "entropy": CalibrationMethod.Entropy}[calibration])
                 else:
                     quantize_dynamic(str(pre), str(tmp_out), weight_type=QuantType.QInt8, per_channel=True,
                                      reduce_range=reduce_range)
@@ -114,6 +124,7 @@ def quantize_onnx(model: str | os.PathLike, out: str | os.PathLike, data: Datase
                               f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}") from None
     try:
         set_metadata(tmp_out, {**meta, "quantization": {"mode": mode, "reduce_range": reduce_range,
+                                                        "calibration": calibration if mode == "static" else None,
                                                         "calibration_samples": calibration_samples
                                                         if mode == "static" else 0}})
         acc32 = onnx_accuracy(model, data, threads)

@@ -153,3 +153,15 @@ def test_readme_snippet_matches_predict(student, digits, tmp_path):
     exec(compile(code, "README snippet", "exec"), ns)
     ours = kp.predict(student, [tmp_path / "digit.png"], 3)[0]["top"]
     assert [label for label, _ in ns["result"]] == [t["label"] for t in ours]
+
+
+def test_percentile_calibration_and_bad_calibration_name(student, tmp_path):
+    out = tmp_path / "p.onnx"
+    res = runner.invoke(app, ["quantize", str(student), "--out", str(out), "--mode", "static",
+                              "--calibration", "percentile", "--calibration-samples", "100"])
+    assert res.exit_code == 0, res.output
+    from kdexport.export import read_metadata
+
+    assert read_metadata(out)["quantization"]["calibration"] == "percentile"
+    res = runner.invoke(app, ["quantize", str(student), "--out", str(out), "--calibration", "magic"])
+    assert res.exit_code == 2 and "calibration must be one of" in res.output
