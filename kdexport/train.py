@@ -244,7 +244,6 @@ def fit(model: nn.Module, data: Dataset, cfg: TrainConfig, *, teacher: nn.Module
         ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else contextlib.nullcontext())
-    per_rank = max(1, cfg.batch_size // world_size)
     reporter.start(label, steps_per_epoch * cfg.epochs)
     if start_epoch > 1:
         reporter.step_n(steps_per_epoch * (start_epoch - 1), {"loss": history[-1]["train_loss"],
@@ -256,8 +255,10 @@ def fit(model: nn.Module, data: Dataset, cfg: TrainConfig, *, teacher: nn.Module
             sums = torch.zeros(5, dtype=torch.float64, device=device)  # loss, ce, kd, correct, seen
             lr = opt.param_groups[0]["lr"]
             for step, idx in enumerate(_batches(n, cfg.batch_size, order_gen), 1):
-                if world_size > 1:  # this rank's slice of the global batch
-                    idx = idx[rank * per_rank:(rank + 1) * per_rank]
+                if world_size > 1:  # this rank's near-equal slice of the global batch
+                    if len(idx) < world_size:
+                        continue  # every rank sees the same idx, so all skip this tail together
+                    idx = idx.tensor_split(world_size)[rank]
                 xb = data.x_train[idx]
                 if augment is not None:
                     xb = augment(xb, aug_gen)
