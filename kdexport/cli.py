@@ -23,7 +23,7 @@ from rich.table import Table
 from . import __version__
 from .errors import KdexportError
 
-app = typer.Typer(name="kdexport", add_completion=False, no_args_is_help=True,
+app = typer.Typer(name="kdexport", add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
                   pretty_exceptions_enable=False,
                   help="Distil a small student from a big teacher, export both to ONNX, and "
                        "measure accuracy, size and CPU latency.")
@@ -92,8 +92,8 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=version_ca
 
 # Options shared by distill-export and sweep, declared once: (name, type, default, typer.Option).
 RUN_OPTIONS: list[tuple[str, Any, Any, Any]] = [
-    ("teacher", str, "mlp:1200,1200", typer.Option(help="Teacher model: mlp:<sizes> or a torchvision name.")),
-    ("student", str, "mlp:14", typer.Option(help="Student model: mlp:<sizes> or a torchvision name.")),
+    ("teacher", str, "mlp:1200,1200", typer.Option(help="Teacher model: mlp:SIZES (e.g. mlp:1200,1200) or a torchvision name.")),
+    ("student", str, "mlp:14", typer.Option(help="Student model: mlp:SIZES (e.g. mlp:1200,1200) or a torchvision name.")),
     ("dataset", str, "digits", typer.Option(help="digits (bundled), mnist, cifar10 or imagefolder.")),
     ("data_dir", Optional[Path], None, typer.Option(help="Local dataset folder (default: $KDEXPORT_DATA_DIR or ~/.cache/kdexport/data).")),
     ("download", bool, True, typer.Option(help="Download mnist/cifar10 when not found locally.")),
