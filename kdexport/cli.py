@@ -179,8 +179,13 @@ def distill_export_cmd(
 
     with errors_to_exit():
         cfg = build_config(opts, temperature=temperature, soft_weight=soft_weight, scale_t2=scale_t2, seed=seed)
-        with make_progress() as progress:
-            report = distill_export(cfg, reporter=RichReporter(progress), log=_log)
+        from .distributed import shutdown
+
+        try:
+            with make_progress() as progress:
+                report = distill_export(cfg, reporter=RichReporter(progress), log=_log)
+        finally:
+            shutdown()  # leave the torchrun process group cleanly (no-op otherwise)
         if report is None:  # a non-zero torchrun rank: rank 0 reports
             return
         print_summary(report)

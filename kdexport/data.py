@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .errors import DataError
+from .io import cache_root
 from .registry import Registry
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
@@ -271,10 +272,6 @@ def _decode(paths: list[Path], size: int, channels: int) -> torch.Tensor:
     return out
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kdexport" / "imagefolder"
-
-
 @DATASETS.register("imagefolder")
 def _imagefolder(data_dir: Path | None, *, download: bool, image_size: int | None) -> Dataset:
     """The user's images: DATA_DIR/train/<class>/* and DATA_DIR/test/<class>/* (or val/)."""
@@ -300,7 +297,7 @@ def _imagefolder(data_dir: Path | None, *, download: bool, image_size: int | Non
     for p, c in train_items + test_items:
         st = p.stat()
         h.update(f"{p.name}|{c}|{st.st_size}|{st.st_mtime_ns}".encode())
-    cache = _cache_dir() / f"{h.hexdigest()[:24]}.pt"
+    cache = cache_root() / "imagefolder" / f"{h.hexdigest()[:24]}.pt"
     blob = None
     if cache.exists():
         try:

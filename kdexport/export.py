@@ -111,8 +111,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return out
 
 
-def check_parity(path: str | os.PathLike, model: nn.Module, inputs: torch.Tensor,
-                 atol: float) -> tuple[float, float]:
+def check_parity(path: str | os.PathLike, model: nn.Module, inputs: torch.Tensor) -> tuple[float, float]:
     """Max abs logit difference and top-1 agreement of onnxruntime vs PyTorch on ``inputs``."""
     model.eval()
     with torch.no_grad():
@@ -153,7 +152,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, parity_inputs: torch.
             onnx.checker.check_model(str(tmp), full_check=True)
         except Exception as e:
             raise ExportError(f"onnx.checker rejected the export: {str(e).splitlines()[0][:200]}") from None
-        diff, agree = check_parity(tmp, model, parity_inputs.float(), atol)
+        diff, agree = check_parity(tmp, model, parity_inputs.float())
         if not (diff <= atol and agree >= min_top1_agreement):
             raise ParityError(f"{path.name}: onnxruntime differs from PyTorch (max abs logit diff "
                               f"{diff:.3g} > {atol:g} or top-1 agreement {agree:.4f} < "

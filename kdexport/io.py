@@ -9,6 +9,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+
+def cache_root() -> Path:
+    """kdexport's cache folder: $KDEXPORT_CACHE_DIR, else $XDG_CACHE_HOME/kdexport (~/.cache/kdexport)."""
+    env = os.environ.get("KDEXPORT_CACHE_DIR")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kdexport"
+
+
 _UMASK = os.umask(0)  # read the process umask once (os.umask can only read it by setting it)
 os.umask(_UMASK)
 

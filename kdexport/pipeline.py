@@ -26,6 +26,7 @@ from .data import DATASETS, Dataset, load_dataset, resolve_augment
 from .envinfo import environment, now_iso, usable_cores
 from .errors import GateError, OutputError
 from .export import export_onnx
+from .io import cache_root
 from .models import ModelSpec, build_model, check_arch, count_flops, count_params
 from .report import write_report
 from .train import Reporter, TeacherTargets, evaluate, fit, resolve_device
@@ -153,15 +154,9 @@ def train_teacher(ctx: Context, teacher: torch.nn.Module, reporter: Reporter | N
                state_path=state_path, resume=ctx.cfg.resume)
 
 
-def cache_dir() -> Path:
-    env = os.environ.get("KDEXPORT_CACHE_DIR")
-    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kdexport"
-    return base / "teacher-logits"
-
-
 def teacher_targets(ctx: Context, teacher: torch.nn.Module) -> TeacherTargets:
     return TeacherTargets(teacher, ctx.data, ctx.device, cached=ctx.train_config("student").augment == "none",
-                          cache_dir=cache_dir() if ctx.cfg.teacher_cache else None)
+                          cache_dir=cache_root() / "teacher-logits" if ctx.cfg.teacher_cache else None)
 
 
 def train_student(ctx: Context, *, seed: int, kd: KDConfig | None, targets: TeacherTargets | None,

@@ -43,7 +43,7 @@ def _make_folder(root, classes=("cat", "dog"), n=3, size=12):
 
 
 def test_imagefolder_loads_and_caches(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("KDEXPORT_CACHE_DIR", str(tmp_path / "cache" / "kdexport"))
     _make_folder(tmp_path / "data")
     ds = load_dataset("imagefolder", tmp_path / "data")
     assert ds.class_names == ["cat", "dog"] and ds.input_shape == (3, 12, 12)
