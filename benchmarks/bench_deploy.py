@@ -3,11 +3,14 @@
 1. FP32 peak of this CPU, measured by a large matmul (torch, same thread count).
 2. resnet18 at 32x32 (ImageNet stem): onnxruntime FP32 vs PyTorch eager at batch 1.
 3. resnet18 and resnet50 with the CIFAR stem, trained briefly on a CIFAR-10 subset: FP32 vs static
-   INT8 (QDQ, per-channel, 300 calibration images): latency at batch 1, file size, test accuracy on
-   the full 10,000-image test set.
+   INT8 (QDQ, per-channel, 300 calibration images, ``--calibration``): latency at batch 1, file size,
+   test accuracy on the full 10,000-image test set.
 4. GFLOP/s achieved by onnxruntime FP32 resnet18 (CIFAR stem) as a fraction of the matmul peak.
+5. With ``--trained-dir``: the same on the teachers and baselines of CIFAR recipe runs (trained on all
+   50,000 images), with the INT8 accuracy under every calibration method.
 
-    python benchmarks/bench_deploy.py [--data-dir ../shared/datasets] [--train-images 5000]
+    python benchmarks/bench_deploy.py [--data-dir ../shared/datasets] [--train-images 5000] \\
+        [--trained-dir runs/recipes/cifar10-resnet50-resnet18-cpu-quick ...]
 
 Writes benchmarks/results/bench_deploy.json and .md.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +33,7 @@ from kdexport.envinfo import environment, now_iso
 from kdexport.export import export_onnx
 from kdexport.io import atomic_write_json, atomic_write_text
 from kdexport.models import ModelSpec, build_model, count_flops
-from kdexport.quantize import quantize_onnx
+from kdexport.quantize import CALIBRATIONS, DEFAULT_CALIBRATION, quantize_onnx
 from kdexport.train import evaluate, fit
 
 HERE = Path(__file__).resolve().parent
@@ -70,13 +74,23 @@ def matmul_peak(n: int = 2048, reps: int = 20) -> dict:
     return {"n": n, "threads": THREADS, "gflops": out[best], "best_library": best, "by_library": out}
 
 
-def int8_vs_fp32(model: torch.nn.Module, data, full, parity, tmp: str, name: str, iters: int) -> dict:
-    """Export, static-quantize, and measure accuracy (full test set), size and latency of both."""
+def int8_vs_fp32(
+    model: torch.nn.Module, data, full, parity, tmp: str, name: str, iters: int, calibration: str, compare: bool = False
+) -> dict:
+    """Export, static-quantize (``calibration``), and measure accuracy (full test set), size and latency
+    of both. With ``compare``, also the INT8 accuracy under every other calibration method (the graph,
+    hence size and latency, does not depend on it)."""
     fp32 = f"{tmp}/{name}.onnx"
     export_onnx(model.eval(), fp32, parity)
-    q = quantize_onnx(
-        fp32, f"{tmp}/{name}.int8.onnx", data, mode="static", calibration_samples=300, max_accuracy_drop=100.0
-    )
+    quant = functools.partial(quantize_onnx, fp32, data=data, mode="static", calibration_samples=300,
+                              max_accuracy_drop=100.0)
+    q = quant(f"{tmp}/{name}.int8.onnx", calibration=calibration)
+    by_cal = {calibration: {"accuracy": q.accuracy_int8, "drop_points": q.accuracy_drop_points}}
+    for other in CALIBRATIONS if compare else ():
+        if other != calibration:
+            print(f"  {name}: INT8 accuracy with {other} calibration", flush=True)
+            o = quant(f"{tmp}/{name}.{other}.int8.onnx", calibration=other)
+            by_cal[other] = {"accuracy": o.accuracy_int8, "drop_points": o.accuracy_drop_points}
     b32 = bench_onnx(fp32, full, [1, 32], threads=THREADS, iters=iters, max_seconds=20.0)
     b8 = bench_onnx(f"{tmp}/{name}.int8.onnx", full, [1, 32], threads=THREADS, iters=iters, max_seconds=20.0)
     return {
@@ -86,6 +100,8 @@ def int8_vs_fp32(model: torch.nn.Module, data, full, parity, tmp: str, name: str
         "int8_speedup_batch_32": b32["latency_ms"]["batch_32"]["p50"] / b8["latency_ms"]["batch_32"]["p50"],
         "int8_size_fraction": q.onnx_bytes / q.fp32_bytes,
         "int8_accuracy_drop_points": q.accuracy_drop_points,
+        "calibration": calibration,
+        "int8_by_calibration": by_cal,
     }
 
 
@@ -97,9 +113,12 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument(
         "--trained-dir",
-        default=None,
-        help="a CIFAR recipe workdir (teacher.pt, cells/baseline-s0.pt): INT8 on trained models",
+        nargs="+",
+        default=[],
+        help="CIFAR run folders (recipe workdirs with teacher.pt and cells/baseline-s0.pt): INT8 on trained models",
     )
+    ap.add_argument("--calibration", choices=CALIBRATIONS, default=DEFAULT_CALIBRATION,
+                    help="static INT8 calibration for the headline numbers (trained checkpoints also get the others)")
     args = ap.parse_args()
     torch.set_num_threads(THREADS)
     res: dict = {
@@ -107,6 +126,7 @@ def main() -> None:
         "environment": environment(THREADS),
         "command": "python benchmarks/bench_deploy.py",
         "threads": THREADS,
+        "calibration": args.calibration,
     }
     print("matmul peak", flush=True)
     res["matmul_peak"] = matmul_peak()
@@ -157,7 +177,7 @@ def main() -> None:
                 "train_images": args.train_images,
                 "epochs": args.epochs,
                 "accuracy_torch": evaluate(model, full)["accuracy"],
-                **int8_vs_fp32(model, data, full, parity, tmp, arch, args.iters),
+                **int8_vs_fp32(model, data, full, parity, tmp, arch, args.iters, args.calibration),
             }
             b32 = entry["fp32"]
             for b in (1, 32):
@@ -169,9 +189,9 @@ def main() -> None:
         if args.trained_dir:
             from kdexport.checkpoint import load_model
 
-            root = Path(args.trained_dir)
             res["trained_checkpoints"] = {}
-            for ckpt in (root / "teacher.pt", root / "cells" / "baseline-s0.pt"):
+            ckpts = [Path(d) / f for d in args.trained_dir for f in ("teacher.pt", "cells/baseline-s0.pt")]
+            for ckpt in ckpts:
                 if not ckpt.exists():
                     continue
                 model, spec, blob = load_model(ckpt)
@@ -180,7 +200,8 @@ def main() -> None:
                     "checkpoint": str(ckpt),
                     "epochs": len(blob["history"]),
                     "cifar_stem": spec.cifar_stem,
-                    **int8_vs_fp32(model, full, full, parity, tmp, f"trained-{spec.arch}", args.iters),
+                    **int8_vs_fp32(model, full, full, parity, tmp, f"trained-{spec.arch}", args.iters,
+                                   args.calibration, compare=True),
                 }
     atomic_write_json(HERE / "results" / "bench_deploy.json", res)
     atomic_write_text(HERE / "results" / "bench_deploy.md", to_markdown(res))
@@ -230,16 +251,19 @@ def to_markdown(r: dict) -> str:
     if tc:
         lines += [
             "",
-            "INT8 on trained checkpoints (a CIFAR-10 recipe's teacher and baseline, trained on all 50,000 images):",
+            "INT8 on trained checkpoints (CIFAR-10 recipes' teachers and baselines, trained on all 50,000 images; "
+            f"headline columns with {r.get('calibration', 'minmax')} calibration, the last column with each method):",
             "",
-            "| model | epochs | FP32 acc | INT8 acc | drop (pt) | INT8 size (frac) | INT8 speed-up @1 / @32 |",
-            "|---|---|---|---|---|---|---|",
+            "| model | epochs | FP32 acc | INT8 acc | drop (pt) | INT8 size (frac) | INT8 speed-up @1 / @32 | "
+            "drop by calibration (pt) |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for name, m in tc.items():
+            by_cal = ", ".join(f"{k} {v['drop_points']:.2f}" for k, v in m.get("int8_by_calibration", {}).items())
             lines.append(
                 f"| {name} | {m['epochs']} | {m['fp32']['accuracy'] * 100:.2f}% | {m['int8']['accuracy'] * 100:.2f}% | "
                 f"{m['int8_accuracy_drop_points']:.2f} | {m['int8_size_fraction'] * 100:.0f}% | "
-                f"{m['int8_speedup_batch_1']:.2f}x / {m['int8_speedup_batch_32']:.2f}x |"
+                f"{m['int8_speedup_batch_1']:.2f}x / {m['int8_speedup_batch_32']:.2f}x | {by_cal} |"
             )
     lines += [
         "",

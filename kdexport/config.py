@@ -12,6 +12,8 @@ from .errors import ConfigError
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULERS = ("cosine", "onecycle", "none")
 DEVICES = ("auto", "cpu", "cuda")
+CALIBRATIONS = ("minmax", "percentile", "entropy")  # static INT8 activation ranges
+DEFAULT_CALIBRATION = "minmax"
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ class RunConfig:
     quantize: str = "none"  # none | static | dynamic (the student)
     max_accuracy_drop: float = 1.0  # points an INT8 model may lose before it is rejected
     calibration_samples: int = 300
+    calibration: str = DEFAULT_CALIBRATION  # static INT8 activation ranges: minmax | percentile | entropy
     bench_batch: int = 32
     bench_iters: int = 100
     bench_warmup: int = 10
@@ -117,6 +120,8 @@ class RunConfig:
                f"quantize must be none, static or dynamic, got {self.quantize!r}")
         _check(self.max_accuracy_drop >= 0, "max accuracy drop must be >= 0")
         _check(self.calibration_samples >= 1, "calibration samples must be >= 1")
+        _check(self.calibration in CALIBRATIONS,
+               f"calibration must be one of {', '.join(CALIBRATIONS)}, got {self.calibration!r}")
         _check(self.bench_batch >= 1, "benchmark batch must be >= 1")
         _check(self.bench_iters >= 1, "benchmark iterations must be >= 1")
         _check(self.bench_warmup >= 0, "benchmark warm-up must be >= 0")

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .bench import onnx_accuracy
+from .config import CALIBRATIONS, DEFAULT_CALIBRATION
 from .data import Dataset
 from .envinfo import cpu_flags
 from .errors import ConfigError, ExportError, GateError
@@ -37,6 +38,7 @@ class QuantResult:
     accuracy_int8: float
     accuracy_drop_points: float
     calibration_samples: int
+    calibration: str | None
     reduce_range: bool
     good: bool
 
@@ -72,13 +74,12 @@ def default_reduce_range() -> bool:
     return not ({"avx512_vnni", "avx_vnni"} & flags)
 
 
-CALIBRATIONS = ("minmax", "percentile", "entropy")
 
 
 def quantize_onnx(model: str | os.PathLike, out: str | os.PathLike, data: Dataset, *, mode: str = "static",
                   calibration_samples: int = 300, max_accuracy_drop: float = 1.0,
                   reduce_range: bool | None = None, threads: int | None = None,
-                  calibration: str = "minmax") -> QuantResult:
+                  calibration: str = DEFAULT_CALIBRATION) -> QuantResult:
     """Quantize ``model`` to ``out``; measure accuracy on ``data``'s test split.
 
     Raises GateError (the file is not kept) when the drop exceeds ``max_accuracy_drop`` points."""
@@ -131,7 +132,8 @@ def quantize_onnx(model: str | os.PathLike, out: str | os.PathLike, data: Datase
         acc8 = onnx_accuracy(tmp_out, data, threads)
         drop = (acc32 - acc8) * 100
         res = QuantResult(str(out), mode, tmp_out.stat().st_size, model.stat().st_size, acc32, acc8, drop,
-                          calibration_samples if mode == "static" else 0, reduce_range, drop <= max_accuracy_drop)
+                          calibration_samples if mode == "static" else 0, calibration if mode == "static" else None,
+                          reduce_range, drop <= max_accuracy_drop)
         if not res.good:
             raise GateError(f"{mode} INT8 model loses {drop:.2f} accuracy points ({acc32 * 100:.2f}% -> "
                             f"{acc8 * 100:.2f}%), more than --max-accuracy-drop {max_accuracy_drop:g}; not kept")

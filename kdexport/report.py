@@ -89,7 +89,8 @@ def to_markdown(report: dict) -> str:
                      f"| {lat['p90']:.3f} | {lat['p99']:.3f} | {m.get('train_seconds', 0):.1f} |")
     q = report["models"].get("student_int8", {}).get("quantization")
     if q:
-        lines += ["", f"INT8 ({q['mode']}): accuracy {q['accuracy_int8'] * 100:.2f}% vs FP32 "
+        cal = f", {q['calibration']} calibration" if q.get("calibration") else ""
+        lines += ["", f"INT8 ({q['mode']}{cal}): accuracy {q['accuracy_int8'] * 100:.2f}% vs FP32 "
                   f"{q['accuracy_fp32'] * 100:.2f}% (drop {q['accuracy_drop_points']:.2f} points), size "
                   f"{q['size_ratio_vs_fp32'] * 100:.0f}% of FP32, "
                   f"{q['speedup_vs_fp32_batch_1']:.2f}x FP32 speed at batch 1."]

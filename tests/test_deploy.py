@@ -165,3 +165,19 @@ def test_percentile_calibration_and_bad_calibration_name(student, tmp_path):
     assert read_metadata(out)["quantization"]["calibration"] == "percentile"
     res = runner.invoke(app, ["quantize", str(student), "--out", str(out), "--calibration", "magic"])
     assert res.exit_code == 2 and "calibration must be one of" in res.output
+
+
+def test_distill_export_quantize_static_records_calibration(tmp_path):
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["distill-export", "--out", str(out), "--epochs", "3", "--bench-iters", "3",
+                              "--bench-batch", "4", "--quantize", "static", "--calibration", "percentile",
+                              "--calibration-samples", "64", "--max-accuracy-drop", "100"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "report.json").read_text())
+    q = report["models"]["student_int8"]["quantization"]
+    assert q["mode"] == "static" and q["calibration"] == "percentile" and q["calibration_samples"] == 64
+    assert report["config"]["calibration"] == "percentile"
+    from kdexport.export import read_metadata
+
+    assert read_metadata(out / "onnx" / "student.int8.onnx")["quantization"]["calibration"] == "percentile"
+    assert "static, percentile calibration" in (out / "report.md").read_text()
