@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 from datetime import datetime, timezone
@@ -45,9 +46,11 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+@functools.cache
 def git_commit() -> str | None:
     """The kdexport source's git commit (with '+dirty' when the package or benchmarks have uncommitted
-    changes), when run from a checkout."""
+    changes), when run from a checkout. Read once per process: a long run started before a commit is
+    stamped with the code it started from (``prepare`` reads it at the start of every run)."""
     import subprocess
     from pathlib import Path
 

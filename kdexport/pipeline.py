@@ -23,7 +23,7 @@ from .bench import bench_onnx, bench_torch, onnx_accuracy
 from .checkpoint import load_model, read_checkpoint, save_checkpoint
 from .config import KDConfig, RunConfig, TrainConfig
 from .data import DATASETS, Dataset, load_dataset, resolve_augment
-from .envinfo import environment, now_iso, usable_cores
+from .envinfo import environment, git_commit, now_iso, usable_cores
 from .errors import GateError, OutputError
 from .export import export_onnx
 from .io import cache_root
@@ -117,6 +117,7 @@ class Context:
 
 def prepare(cfg: RunConfig, log: Log = _quiet) -> Context:
     """Validate names and files (cheap checks first), set threads, load the data, build specs."""
+    git_commit()  # stamp reports with the code this run starts from, even if the checkout moves on
     DATASETS.get(cfg.dataset)
     check_arch(cfg.teacher)
     check_arch(cfg.student)
@@ -145,13 +146,13 @@ def build_teacher(ctx: Context) -> torch.nn.Module:
 
 
 def train_teacher(ctx: Context, teacher: torch.nn.Module, reporter: Reporter | None, log: Log,
-                  state_path: Path | None = None) -> list[dict]:
+                  state_path: Path | None = None, resume: bool | None = None) -> list[dict]:
     if ctx.cfg.teacher_checkpoint:
         log(f"teacher: loaded {ctx.cfg.teacher_checkpoint} (not retrained)")
         teacher.to(ctx.device).eval()
         return []
     return fit(teacher, ctx.data, ctx.train_config("teacher"), label="teacher", reporter=reporter,
-               state_path=state_path, resume=ctx.cfg.resume)
+               state_path=state_path, resume=ctx.cfg.resume if resume is None else resume)
 
 
 def teacher_targets(ctx: Context, teacher: torch.nn.Module) -> TeacherTargets:
@@ -161,12 +162,12 @@ def teacher_targets(ctx: Context, teacher: torch.nn.Module) -> TeacherTargets:
 
 def train_student(ctx: Context, *, seed: int, kd: KDConfig | None, targets: TeacherTargets | None,
                   label: str, reporter: Reporter | None, state_path: Path | None = None,
-                  ) -> tuple[torch.nn.Module, list[dict]]:
+                  resume: bool | None = None) -> tuple[torch.nn.Module, list[dict]]:
     """Baseline (``kd=None``) or distilled student. Same seed -> same init, data order, schedule."""
     torch.manual_seed(seed)
     model = build_model(ctx.student_spec)
     history = fit(model, ctx.data, ctx.train_config("student", seed), label=label, reporter=reporter,
-                  state_path=state_path, resume=ctx.cfg.resume,
+                  state_path=state_path, resume=ctx.cfg.resume if resume is None else resume,
                   **({"teacher": targets.teacher, "kd": kd, "teacher_targets": targets} if kd else {}))
     return model.eval(), history
 

@@ -2,8 +2,9 @@
 
 The teacher is trained once (or loaded); the baseline student once per seed; a distilled student
 per grid cell and seed, all sharing the teacher's cached logits. Each finished unit is written
-atomically under ``OUT/cells/`` so a rerun of the same command skips it. The best cell's student is
-then exported and benchmarked exactly like ``distill-export`` (``OUT/best/report.json``).
+atomically under ``OUT/cells/`` so a rerun of the same command skips it; every epoch of the teacher and
+of each unit saves its training state, so an interrupted one continues from its last finished epoch.
+The best cell's student is then exported and benchmarked exactly like ``distill-export`` (``OUT/best/report.json``).
 """
 
 from __future__ import annotations
@@ -130,8 +131,9 @@ def _unit(out: Path, ctx: Context, name: str, seed: int, kd: KDConfig | None, ta
     if path.exists():
         return json.loads(path.read_text())
     t0 = time.perf_counter()
+    state = out / "cells" / f"{name}-s{seed}.state.pt"  # per-epoch state: an interrupted unit continues
     model, hist = train_student(ctx, seed=seed, kd=kd, targets=targets, label=f"{name} s{seed}",
-                                reporter=reporter)
+                                reporter=reporter, state_path=state, resume=True)
     acc = evaluate(model, ctx.data, "test")["accuracy"]
     if save:  # checkpoint first: a result file implies its checkpoint exists
         save_checkpoint(out / "cells" / f"{name}-s{seed}.pt", model, ctx.student_spec, role=name,
@@ -139,6 +141,7 @@ def _unit(out: Path, ctx: Context, name: str, seed: int, kd: KDConfig | None, ta
     rec = {"name": name, "seed": seed, "kd": dataclasses.asdict(kd) if kd else None, "accuracy": acc,
            "train_seconds": time.perf_counter() - t0, "history": hist}
     atomic_write_json(path, rec)
+    state.unlink(missing_ok=True)
     return rec
 
 
@@ -153,9 +156,11 @@ def run_sweep(cfg: RunConfig, grid: Grid, *, reporter: Reporter | None = None, l
         t_hist = blob["history"]
         log("teacher: reused from an earlier run of this sweep")
     else:
-        t_hist = train_teacher(ctx, teacher, reporter, log)
+        t_state = out / "teacher.state.pt"  # per-epoch state: an interrupted teacher continues
+        t_hist = train_teacher(ctx, teacher, reporter, log, state_path=t_state, resume=True)
         save_checkpoint(tpath, teacher, ctx.teacher_spec, role="teacher", config=cfg.to_dict(),
                         history=t_hist)
+        t_state.unlink(missing_ok=True)
     teacher = teacher.to(ctx.device).eval()
     teacher_acc = evaluate(teacher, ctx.data, "test", device=ctx.device)["accuracy"]
     targets = teacher_targets(ctx, teacher)

@@ -2,6 +2,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from kdexport.config import KDConfig, RunConfig, TrainConfig
 from kdexport.errors import ConfigError, OutputError
@@ -96,3 +97,41 @@ def test_sweep_cli(tmp_path):
 
 def test_kdconfig_roundtrip_keys():
     assert set(KDConfig().__dict__) == {"temperature", "soft_weight", "scale_t2", "soft_loss"}
+
+
+class _StopAt:
+    """A reporter that interrupts training of ``label`` when epoch ``epoch`` ends (before its state is saved)."""
+
+    def __init__(self, label: str, epoch: int):
+        self.stop, self.at, self.label = label, epoch, ""
+
+    def start(self, label, total_steps):
+        self.label = label
+
+    def step_n(self, n, metrics):
+        pass
+
+    def epoch(self, record):
+        if self.label == self.stop and record["epoch"] == self.at:
+            raise KeyboardInterrupt
+
+    def finish(self):
+        pass
+
+
+def test_interrupted_teacher_and_unit_continue_from_their_last_epoch(swept, tmp_path):
+    _, first = swept
+    out = tmp_path / "s"
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(_cfg(out), GRID, reporter=_StopAt("teacher", 2))
+    saved = json.dumps(torch.load(out / "teacher.state.pt", weights_only=True)["history"])
+    assert json.loads(saved)[0]["epoch"] == 1 and not (out / "teacher.pt").exists()
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(_cfg(out), GRID, reporter=_StopAt("baseline s1", 2))
+    teacher_hist = torch.load(out / "teacher.pt", weights_only=True)["history"]
+    assert json.dumps(teacher_hist[:1]) == saved  # epoch 1 came from the saved state, not retrained
+    assert (out / "cells" / "baseline-s1.state.pt").exists() and not (out / "teacher.state.pt").exists()
+    again = run_sweep(_cfg(out), GRID)
+    assert again["teacher"]["accuracy"] == first["teacher"]["accuracy"]
+    assert again["cells"] == first["cells"] and again["baseline"] == first["baseline"]
+    assert not list(out.rglob("*.state.pt"))
