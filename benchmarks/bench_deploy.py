@@ -34,7 +34,7 @@ from kdexport.export import export_onnx
 from kdexport.io import atomic_write_json, atomic_write_text
 from kdexport.models import ModelSpec, build_model, count_flops
 from kdexport.quantize import CALIBRATIONS, DEFAULT_CALIBRATION, quantize_onnx
-from kdexport.train import evaluate, fit
+from kdexport.train import evaluate, fit, weights_hash
 
 HERE = Path(__file__).resolve().parent
 THREADS = 2
@@ -191,12 +191,21 @@ def main() -> None:
 
             res["trained_checkpoints"] = {}
             ckpts = [Path(d) / f for d in args.trained_dir for f in ("teacher.pt", "cells/baseline-s0.pt")]
+            seen: set[str] = set()
             for ckpt in ckpts:
                 if not ckpt.exists():
                     continue
                 model, spec, blob = load_model(ckpt)
+                digest = weights_hash(model)
+                if digest in seen:  # e.g. the same seed-0 baseline in two recipes' folders
+                    print(f"{ckpt}: same weights as a checkpoint already measured; skipped", flush=True)
+                    continue
+                seen.add(digest)
+                name = f"{spec.arch}{'-cifar-stem' if spec.cifar_stem else ''}"
+                if name in res["trained_checkpoints"]:
+                    name += f" ({ckpt.parent.name if ckpt.parent.name != 'cells' else ckpt.parent.parent.name})"
                 print(f"trained {spec.arch} from {ckpt}: static INT8", flush=True)
-                res["trained_checkpoints"][f"{spec.arch}{'-cifar-stem' if spec.cifar_stem else ''}"] = {
+                res["trained_checkpoints"][name] = {
                     "checkpoint": str(ckpt),
                     "epochs": len(blob["history"]),
                     "cifar_stem": spec.cifar_stem,
