@@ -91,8 +91,8 @@ CACHE_FORMAT = "kdexport-teacher-logits/1"
 def weights_hash(model: nn.Module) -> str:
     h = hashlib.sha256()
     for k, v in sorted(model.state_dict().items()):
-        t = v.detach().cpu().contiguous()
-        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}".encode())
+        t = v.detach().cpu().contiguous().reshape(-1)  # 0-dim tensors (BatchNorm counters) cannot view as bytes
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 

@@ -107,3 +107,16 @@ def test_teacher_cache_hit_and_invalidation(digits, tmp_path, monkeypatch):
     path.write_bytes(b"garbage")
     assert torch.equal(cached_teacher_logits(teacher, digits, torch.device("cpu"), tmp_path), first)
     assert len(calls) == 3
+
+
+def test_weights_hash_covers_batchnorm_models():
+    from kdexport.models import ModelSpec, build_model
+    from kdexport.train import weights_hash
+
+    torch.manual_seed(0)
+    m = build_model(ModelSpec("resnet18", 10, (3, 32, 32), cifar_stem=True))  # has 0-dim BN counters
+    h = weights_hash(m)
+    assert h == weights_hash(m)
+    with torch.no_grad():
+        m.fc.bias[0] += 1.0
+    assert weights_hash(m) != h
