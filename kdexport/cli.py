@@ -21,7 +21,7 @@ from rich.progress import (
 from rich.table import Table
 
 from . import __version__
-from .config import DEFAULT_CALIBRATION
+from .config import CALIBRATION_HELP, DEFAULT_CALIBRATION
 from .errors import KdexportError
 
 app = typer.Typer(name="kdexport", add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
@@ -124,7 +124,7 @@ RUN_OPTIONS: list[tuple[str, Any, Any, Any]] = [
     ("quantize", str, "none", typer.Option(help="Also make an INT8 student with onnxruntime: none, static (QDQ, calibrated; CNNs) or dynamic (MLPs).")),
     ("max_accuracy_drop", float, 1.0, typer.Option(help="INT8: reject the quantized model if it loses more accuracy points than this.")),
     ("calibration_samples", int, 300, typer.Option(help="INT8 static: training images used for calibration.")),
-    ("calibration", str, DEFAULT_CALIBRATION, typer.Option(help="INT8 static activation ranges: minmax, percentile (robust to outliers) or entropy.")),
+    ("calibration", str, DEFAULT_CALIBRATION, typer.Option(help=f"INT8 static activation ranges. {CALIBRATION_HELP}.")),
     ("out", Optional[Path], None, typer.Option(help="Output folder (default: runs/<command>-<timestamp>).")),
     ("overwrite", bool, False, typer.Option(help="Replace an existing --out folder.")),
     ("resume", bool, False, typer.Option(help="Continue an interrupted run with the same --out and options (per-epoch state).")),
@@ -252,7 +252,7 @@ def quantize_cmd(
     calibration_samples: Annotated[int, typer.Option(help="Training images used for static calibration.")] = 300,
     max_accuracy_drop: Annotated[float, typer.Option(help="Reject (exit 1, no file) if accuracy drops more than this many points.")] = 1.0,
     reduce_range: Annotated[Optional[bool], typer.Option("--reduce-range/--no-reduce-range", help="7-bit weights; default: on for CPUs without VNNI.")] = None,
-    calibration: Annotated[str, typer.Option(help="Static activation ranges: minmax, percentile (robust to outliers) or entropy.")] = DEFAULT_CALIBRATION,
+    calibration: Annotated[str, typer.Option(help=f"Static activation ranges. {CALIBRATION_HELP}.")] = DEFAULT_CALIBRATION,
 ) -> None:
     """INT8-quantize an ONNX classifier with onnxruntime and check its accuracy against FP32."""
     from .quantize import quantize_onnx

@@ -12,8 +12,15 @@ from .errors import ConfigError
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULERS = ("cosine", "onecycle", "none")
 DEVICES = ("auto", "cpu", "cuda")
-CALIBRATIONS = ("minmax", "percentile", "entropy")  # static INT8 activation ranges
-DEFAULT_CALIBRATION = "minmax"
+# Static INT8 activation ranges (onnxruntime calibrators), name -> what it does
+CALIBRATIONS = {
+    "moving-average": "mean of each 32-image batch's min and max (robust to rare outliers)",
+    "minmax": "min and max over all calibration images",
+    "percentile": "99.999th percentile of a histogram",
+    "entropy": "KL-divergence-optimal threshold of a histogram",
+}
+DEFAULT_CALIBRATION = "moving-average"
+CALIBRATION_HELP = "; ".join(f"{k}: {v}" for k, v in CALIBRATIONS.items())
 
 
 @dataclass(frozen=True)
@@ -93,7 +100,7 @@ class RunConfig:
     quantize: str = "none"  # none | static | dynamic (the student)
     max_accuracy_drop: float = 1.0  # points an INT8 model may lose before it is rejected
     calibration_samples: int = 300
-    calibration: str = DEFAULT_CALIBRATION  # static INT8 activation ranges: minmax | percentile | entropy
+    calibration: str = DEFAULT_CALIBRATION  # static INT8 activation ranges: a key of CALIBRATIONS
     bench_batch: int = 32
     bench_iters: int = 100
     bench_warmup: int = 10

@@ -61,6 +61,17 @@ class _Calibration:
         pass
 
 
+# CALIBRATIONS name -> onnxruntime CalibrationMethod and extra_options. With CalibMovingAverage the
+# MinMax calibrator averages the per-batch (``_Calibration``: 32 images) minima and maxima, since
+# quantize_static collects every batch before computing ranges.
+_CALIBRATORS = {
+    "moving-average": ("MinMax", {"CalibMovingAverage": True}),
+    "minmax": ("MinMax", {}),
+    "percentile": ("Percentile", {}),
+    "entropy": ("Entropy", {}),
+}
+
+
 def calibration_inputs(data: Dataset, n: int, seed: int = 0) -> np.ndarray:
     import torch
 
@@ -109,12 +120,11 @@ def quantize_onnx(model: str | os.PathLike, out: str | os.PathLike, data: Datase
 
                     input_name = onnx.load(str(pre), load_external_data=False).graph.input[0].name
                     calib = calibration_inputs(data, calibration_samples)
+                    method, extra = _CALIBRATORS[calibration]
                     quantize_static(str(pre), str(tmp_out), _Calibration(input_name, calib),
                                     quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
                                     weight_type=QuantType.QInt8, per_channel=True, reduce_range=reduce_range,
-                                    calibrate_method={"minmax": CalibrationMethod.MinMax,
-                                                      "percentile": CalibrationMethod.Percentile,
-                                                      "entropy": CalibrationMethod.Entropy}[calibration])
+                                    calibrate_method=getattr(CalibrationMethod, method), extra_options=extra)
                 else:
                     quantize_dynamic(str(pre), str(tmp_out), weight_type=QuantType.QInt8, per_channel=True,
                                      reduce_range=reduce_range)

@@ -181,3 +181,38 @@ def test_distill_export_quantize_static_records_calibration(tmp_path):
 
     assert read_metadata(out / "onnx" / "student.int8.onnx")["quantization"]["calibration"] == "percentile"
     assert "static, percentile calibration" in (out / "report.md").read_text()
+
+
+def test_moving_average_calibration_discounts_a_rare_outlier(tmp_path):
+    """One extreme image in one of two calibration batches: MinMax stretches the input's INT8 range
+    to cover it, moving-average halves its pull (the mean of the two batches' maxima)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from kdexport.config import CALIBRATIONS
+    from kdexport.quantize import _CALIBRATORS, quantize_onnx
+
+    assert set(_CALIBRATORS) == set(CALIBRATIONS)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(100, 151, (64, 3, 8, 8), dtype=torch.uint8, generator=g)
+    x[5] = 255
+    y = torch.arange(64) % 4
+    data = Dataset("imagefolder", x, y, x[:16], y[:16], list("abcd"), (0.5,) * 3, (0.25,) * 3)
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                            torch.nn.Linear(4 * 6 * 6, 4)).eval()
+    export_onnx(m, tmp_path / "m.onnx", data.normalize(x[:8]))
+
+    def input_scale(calibration):
+        out = tmp_path / f"{calibration}.onnx"
+        r = quantize_onnx(tmp_path / "m.onnx", out, data, mode="static", calibration_samples=64,
+                          max_accuracy_drop=100, calibration=calibration)
+        assert r.calibration == calibration
+        model = onnx.load(str(out))
+        inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        (q,) = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "input"]
+        return float(inits[q.input[1]])
+
+    lo, hi, mid = (100 / 255 - 0.5) / 0.25, (255 / 255 - 0.5) / 0.25, (150 / 255 - 0.5) / 0.25
+    assert input_scale("minmax") == pytest.approx((hi - lo) / 255, rel=1e-3)
+    assert input_scale("moving-average") == pytest.approx(((hi + mid) / 2 - lo) / 255, rel=1e-3)
