@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import shlex
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -124,7 +126,7 @@ def main() -> None:
     res: dict = {
         "created": now_iso(),
         "environment": environment(THREADS),
-        "command": "python benchmarks/bench_deploy.py",
+        "command": shlex.join(["python", "benchmarks/bench_deploy.py", *sys.argv[1:]]),
         "threads": THREADS,
         "calibration": args.calibration,
     }

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -204,7 +205,8 @@ def main() -> None:
     import torchvision.transforms as T
 
     torch.set_num_threads(2)
-    res: dict = {"created": now_iso(), "environment": environment(2), "command": "python benchmarks/bench_train.py"}
+    res: dict = {"created": now_iso(), "environment": environment(2),
+                 "command": shlex.join(["python", "benchmarks/bench_train.py", *sys.argv[1:]])}
     mnist = load_dataset("mnist", args.data_dir, download=False)
     tv_mnist = torchvision.datasets.MNIST(
         args.data_dir,
