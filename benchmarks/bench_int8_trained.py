@@ -24,13 +24,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import onnx
 import torch
 from bench_deploy import THREADS, int8_vs_fp32
 
 from kdexport.checkpoint import load_model, save_checkpoint
 from kdexport.config import TrainConfig
 from kdexport.data import load_dataset
-from kdexport.envinfo import environment, now_iso
+from kdexport.envinfo import environment, git_commit, now_iso
 from kdexport.io import atomic_write_json, atomic_write_text
 from kdexport.models import ModelSpec, build_model
 from kdexport.quantize import CALIBRATIONS, DEFAULT_CALIBRATION
@@ -47,6 +49,39 @@ def margins(logits: torch.Tensor) -> dict:
             "logit_abs_max": logits.abs().max().item()}
 
 
+def activation_sqnr(fp32: str, int8: str, x: np.ndarray, tmp: str) -> list[dict]:
+    """Per-tensor signal-to-quantization-noise ratio (dB) of the INT8 model's activations against
+    FP32 on the same images (onnxruntime's qdq_loss_debug), in graph order, with the FP32 range."""
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_activation_error,
+        create_activation_matching,
+        modify_model_output_intermediate_tensors,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = f"{tmp}/sqnr-pre.onnx"  # the graph quantize_onnx quantized: its tensor names match the INT8 model's
+    quant_pre_process(fp32, pre, skip_symbolic_shape=False)
+    name = onnx.load(pre).graph.input[0].name
+
+    def reader():
+        return iter([{name: x[i:i + 32]} for i in range(0, len(x), 32)])
+
+    acts = {}
+    for tag, path in (("fp32", pre), ("int8", int8)):
+        modify_model_output_intermediate_tensors(path, f"{tmp}/sqnr-{tag}.onnx")
+        acts[tag] = collect_activations(f"{tmp}/sqnr-{tag}.onnx", reader())
+    err = compute_activation_error(create_activation_matching(acts["int8"], acts["fp32"]))
+    out = []
+    for node in onnx.load(pre).graph.node:
+        t = node.output[0]
+        if t in err and "xmodel_err" in err[t]:
+            f = np.concatenate(acts["fp32"][t])
+            out.append({"tensor": t, "op": node.op_type, "sqnr_db": float(err[t]["xmodel_err"]),
+                        "fp32_abs_max": float(np.abs(f).max()), "fp32_abs_mean": float(np.abs(f).mean())})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=str(HERE.parent.parent / "shared" / "datasets"))
@@ -55,8 +90,11 @@ def main() -> None:
     ap.add_argument("--train-images", type=int, default=None, help="a random subset (default: all 50,000)")
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--workdir", default="runs/bench-int8-trained")
+    ap.add_argument("--out", default="bench_int8_trained", help="results file name in benchmarks/results (no suffix)")
+    ap.add_argument("--sqnr-images", type=int, default=64, help="test images for the per-tensor SQNR (0: skip)")
     ap.add_argument("--calibration", choices=CALIBRATIONS, default=DEFAULT_CALIBRATION)
     args = ap.parse_args()
+    git_commit()  # stamp the results with the code this run starts from, even if the checkout moves on
     torch.set_num_threads(THREADS)
     data = load_dataset("cifar10", args.data_dir, download=False)
     if args.train_images is not None:
@@ -102,8 +140,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         res.update(int8_vs_fp32(model, data, data, parity, tmp, args.arch, args.iters, args.calibration,
                                 compare=True))
-    atomic_write_json(HERE / "results" / "bench_int8_trained.json", res)
-    atomic_write_text(HERE / "results" / "bench_int8_trained.md", to_markdown(res))
+        if args.sqnr_images:
+            print("per-tensor SQNR", flush=True)
+            x = data.normalize(data.x_test[data.test_sample(args.sqnr_images)]).numpy().astype(np.float32)
+            res["activation_sqnr_db"] = activation_sqnr(f"{tmp}/{args.arch}.onnx", f"{tmp}/{args.arch}.int8.onnx",
+                                                        x, tmp)
+    atomic_write_json(HERE / "results" / f"{args.out}.json", res)
+    atomic_write_text(HERE / "results" / f"{args.out}.md", to_markdown(res))
     print(to_markdown(res))
 
 
@@ -128,7 +171,22 @@ def to_markdown(r: dict) -> str:
         f"{r['int8_speedup_batch_1']:.2f}x / {r['int8_speedup_batch_32']:.2f}x | {by_cal} |",
         "",
         "Targets: INT8 >= 1.8x FP32 speed, <= 0.5 points accuracy loss, <= 26% of FP32 size.",
+        *sqnr_lines(r.get("activation_sqnr_db") or []),
     ]) + "\n"
+
+
+def sqnr_lines(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    worst = min(rows, key=lambda e: e["sqnr_db"])
+    peak = max(rows, key=lambda e: e["fp32_abs_max"])
+    return [
+        "",
+        f"Per-tensor SQNR of the INT8 activations against FP32 ({len(rows)} tensors, graph order): "
+        f"first {rows[0]['sqnr_db']:.1f} dB ({rows[0]['tensor']}), last {rows[-1]['sqnr_db']:.1f} dB "
+        f"({rows[-1]['tensor']}), lowest {worst['sqnr_db']:.1f} dB ({worst['tensor']}). Largest FP32 activation "
+        f"{peak['fp32_abs_max']:.1f} ({peak['tensor']}, mean magnitude {peak['fp32_abs_mean']:.2f}).",
+    ]
 
 
 if __name__ == "__main__":
