@@ -145,8 +145,10 @@ def quantize_onnx(model: str | os.PathLike, out: str | os.PathLike, data: Datase
                           calibration_samples if mode == "static" else 0, calibration if mode == "static" else None,
                           reduce_range, drop <= max_accuracy_drop)
         if not res.good:
+            hint = ("; another --calibration (" + ", ".join(c for c in CALIBRATIONS if c != calibration)
+                    + ") may do better" if mode == "static" else "")
             raise GateError(f"{mode} INT8 model loses {drop:.2f} accuracy points ({acc32 * 100:.2f}% -> "
-                            f"{acc8 * 100:.2f}%), more than --max-accuracy-drop {max_accuracy_drop:g}; not kept")
+                            f"{acc8 * 100:.2f}%), more than --max-accuracy-drop {max_accuracy_drop:g}; not kept{hint}")
         os.replace(tmp_out, out)
     finally:
         if tmp_out.exists():

@@ -43,14 +43,19 @@ def test_quantize_dynamic_keeps_accuracy_and_shrinks(student, tmp_path):
     assert meta["quantization"]["mode"] == "dynamic" and meta["class_names"][0] == "0"
 
 
-def test_quantize_accuracy_gate_rejects_and_keeps_no_file(student, tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_quantize_accuracy_gate_rejects_and_keeps_no_file(student, tmp_path, monkeypatch, mode):
     import kdexport.quantize as q
 
     real = q.onnx_accuracy
     monkeypatch.setattr(q, "onnx_accuracy", lambda p, d, t=None: real(p, d, t) - (0.02 if "partial" in str(p) else 0))
     out = tmp_path / "q.onnx"
-    res = runner.invoke(app, ["quantize", str(student), "--out", str(out), "--mode", "dynamic"])
-    assert res.exit_code == 1 and "loses 2.00 accuracy points" in " ".join(res.output.split())
+    res = runner.invoke(app, ["quantize", str(student), "--out", str(out), "--mode", mode,
+                              "--calibration-samples", "64"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 1 and "loses 2.00 accuracy points" in text
+    # static: the one line names the other calibrations to try (dynamic has none)
+    assert ("another --calibration (minmax, percentile, entropy)" in text) == (mode == "static")
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
