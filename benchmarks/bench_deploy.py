@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +29,7 @@ import torch
 from kdexport.bench import bench_onnx, bench_torch, time_fn, torch_threads
 from kdexport.config import TrainConfig
 from kdexport.data import load_dataset
-from kdexport.envinfo import environment, now_iso
+from kdexport.envinfo import result_stamp
 from kdexport.export import export_onnx
 from kdexport.io import atomic_write_json, atomic_write_text
 from kdexport.models import ModelSpec, build_model, count_flops
@@ -124,9 +122,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(THREADS)
     res: dict = {
-        "created": now_iso(),
-        "environment": environment(THREADS),
-        "command": shlex.join(["python", "benchmarks/bench_deploy.py", *sys.argv[1:]]),
+        **result_stamp("benchmarks/bench_deploy.py", THREADS),
         "threads": THREADS,
         "calibration": args.calibration,
     }

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +30,7 @@ from bench_deploy import THREADS, int8_vs_fp32
 from kdexport.checkpoint import load_model, save_checkpoint
 from kdexport.config import TrainConfig
 from kdexport.data import load_dataset
-from kdexport.envinfo import environment, git_commit, now_iso
+from kdexport.envinfo import git_commit, result_stamp
 from kdexport.io import atomic_write_json, atomic_write_text
 from kdexport.models import ModelSpec, build_model
 from kdexport.quantize import CALIBRATIONS, DEFAULT_CALIBRATION
@@ -123,9 +121,7 @@ def main() -> None:
     model.eval()
     logits = predict_logits(model, data)
     res: dict = {
-        "created": now_iso(),
-        "environment": environment(THREADS),
-        "command": shlex.join(["python", "benchmarks/bench_int8_trained.py", *sys.argv[1:]]),
+        **result_stamp("benchmarks/bench_int8_trained.py", THREADS),
         "threads": THREADS,
         "arch": args.arch,
         "cifar_stem": True,

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shlex
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ import torch.nn.functional as F
 
 from kdexport.config import KDConfig, TrainConfig
 from kdexport.data import Dataset, load_dataset
-from kdexport.envinfo import environment, now_iso
+from kdexport.envinfo import result_stamp
 from kdexport.io import atomic_write_json, atomic_write_text
 from kdexport.models import ModelSpec, build_model
 from kdexport.train import TeacherTargets, evaluate, fit
@@ -205,8 +204,7 @@ def main() -> None:
     import torchvision.transforms as T
 
     torch.set_num_threads(2)
-    res: dict = {"created": now_iso(), "environment": environment(2),
-                 "command": shlex.join(["python", "benchmarks/bench_train.py", *sys.argv[1:]])}
+    res: dict = result_stamp("benchmarks/bench_train.py", 2)
     mnist = load_dataset("mnist", args.data_dir, download=False)
     tv_mnist = torchvision.datasets.MNIST(
         args.data_dir,

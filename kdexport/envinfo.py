@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import shlex
+import sys
 from datetime import datetime, timezone
 from importlib import metadata
 
@@ -93,3 +95,9 @@ def environment(threads: int | None = None) -> dict:
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def result_stamp(script: str, threads: int | None = None) -> dict:
+    """The keys every benchmark result starts with: when, on what, and the full command that reran it."""
+    return {"created": now_iso(), "environment": environment(threads),
+            "command": shlex.join(["python", script, *sys.argv[1:]])}

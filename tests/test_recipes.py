@@ -32,3 +32,12 @@ def test_results_carry_stamps():
         r = json.loads(p.read_text())
         env = r["environment"]
         assert env["cpu"] and env["torch"] and r["created"], p.name
+
+
+def test_result_stamp_records_the_full_command(monkeypatch):
+    from kdexport.envinfo import result_stamp
+
+    monkeypatch.setattr(sys, "argv", ["bench_x.py", "--train-images", "20000", "--out", "a b"])
+    r = result_stamp("benchmarks/bench_x.py", 2)
+    assert r["command"] == "python benchmarks/bench_x.py --train-images 20000 --out 'a b'"  # quoted: rerunnable
+    assert r["environment"]["threads"] == 2 and r["created"]
