@@ -106,9 +106,10 @@ def main() -> None:
               "train_images": len(data.y_train), "seed": 0}
     ckpt = Path(args.workdir) / f"{args.arch}-cifar-stem-{args.epochs}ep.pt"
     train_s = None
-    if ckpt.exists() and load_model(ckpt)[2]["config"] == config:
+    reused = load_model(ckpt) if ckpt.exists() else None
+    if reused and reused[2]["config"] == config:
         print(f"reusing {ckpt}", flush=True)
-        model = load_model(ckpt)[0]
+        model, train_s = reused[0], reused[2]["metrics"].get("train_seconds")
     else:
         print(f"{args.arch} (CIFAR stem): training {args.epochs} epoch(s) on {len(data.y_train)} images", flush=True)
         torch.manual_seed(0)
