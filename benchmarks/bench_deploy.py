@@ -74,6 +74,31 @@ def matmul_peak(n: int = 2048, reps: int = 20) -> dict:
     return {"n": n, "threads": THREADS, "gflops": out[best], "best_library": best, "by_library": out}
 
 
+def train_subset(full, n: int | None):
+    """``full`` with a fixed random ``n``-image training subset (all images when ``n`` is None)."""
+    if n is None:
+        return full
+    idx = torch.randperm(len(full.y_train), generator=torch.Generator().manual_seed(0))[:n]
+    return dataclasses.replace(full, x_train=full.x_train[idx], y_train=full.y_train[idx])
+
+
+def recipe(epochs: int) -> TrainConfig:
+    """How every CIFAR-stem benchmark model is trained: SGD 0.05 one-cycle, batch 128, crop-flip."""
+    return TrainConfig(epochs=epochs, batch_size=128, optimizer="sgd", lr=0.05, weight_decay=5e-4,
+                       scheduler="onecycle", augment="crop-flip")
+
+
+def train_cifar_stem(arch: str, data, epochs: int) -> tuple[torch.nn.Module, ModelSpec, list[dict], float]:
+    """A CIFAR-stem ``arch`` trained from seed 0 with ``recipe``: (model in eval mode, spec, history, seconds)."""
+    spec = ModelSpec(arch, 10, (3, 32, 32), cifar_stem=True)
+    print(f"{arch} (CIFAR stem): training {epochs} epoch(s) on {len(data.y_train)} images", flush=True)
+    torch.manual_seed(0)
+    model = build_model(spec)
+    t0 = time.perf_counter()
+    history = fit(model, data, recipe(epochs))
+    return model.eval(), spec, history, time.perf_counter() - t0
+
+
 def int8_vs_fp32(
     model: torch.nn.Module, data, full, parity, tmp: str, name: str, iters: int, calibration: str, compare: bool = False
 ) -> dict:
@@ -129,9 +154,7 @@ def main() -> None:
     print("matmul peak", flush=True)
     res["matmul_peak"] = matmul_peak()
     full = load_dataset("cifar10", args.data_dir, download=False)
-    g = torch.Generator().manual_seed(0)
-    idx = torch.randperm(len(full.y_train), generator=g)[: args.train_images]
-    data = dataclasses.replace(full, x_train=full.x_train[idx], y_train=full.y_train[idx])
+    data = train_subset(full, args.train_images)
     parity = full.normalize(full.x_test[full.test_sample(64)])
     with tempfile.TemporaryDirectory() as tmp:
         # 2. ORT vs eager, resnet18 ImageNet stem at 32x32 (untrained weights: latency only)
@@ -148,26 +171,7 @@ def main() -> None:
         }
         # 3./4. INT8 vs FP32 on trained CIFAR-stem models
         for arch in ("resnet18", "resnet50"):
-            spec = ModelSpec(arch, 10, (3, 32, 32), cifar_stem=True)
-            print(f"{arch} (CIFAR stem): training {args.epochs} epoch(s) on {args.train_images} images", flush=True)
-            torch.manual_seed(0)
-            model = build_model(spec)
-            t0 = time.perf_counter()
-            fit(
-                model,
-                data,
-                TrainConfig(
-                    epochs=args.epochs,
-                    batch_size=128,
-                    optimizer="sgd",
-                    lr=0.05,
-                    weight_decay=5e-4,
-                    scheduler="onecycle",
-                    augment="crop-flip",
-                ),
-            )
-            train_s = time.perf_counter() - t0
-            model.eval()
+            model, _, _, train_s = train_cifar_stem(arch, data, args.epochs)
             flops = count_flops(model, (3, 32, 32))
             entry = {
                 "flops_per_image": flops,

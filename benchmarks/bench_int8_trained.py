@@ -2,16 +2,16 @@
 "<= 0.5 points on trained models" for resnet50 with the CIFAR stem).
 
 bench_deploy.py trains its CIFAR-stem models on a subset for one epoch so that the whole run stays
-under an hour; such a ResNet50 is barely trained (its median top-1/top-2 logit margin is a fraction
-of a logit) and is no fair test of quantization. This script trains one model on the full training
-set (same recipe as bench_deploy: SGD 0.05 one-cycle, batch 128, crop-flip), saves it as a kdexport
-checkpoint in ``--workdir`` (reused by a later run with the same settings), then measures FP32 vs
-static INT8 exactly as bench_deploy does (accuracy on the 10,000 test images under every
-calibration method, size, latency at batch 1 and 32, 2 threads), plus the FP32 logit margins.
+under an hour. This script trains one model the same way (``bench_deploy.train_cifar_stem``) on the
+full training set, saves it as a kdexport checkpoint in ``--workdir`` (reused by a later run with the
+same settings), then measures FP32 vs static INT8 exactly as bench_deploy does (accuracy on the
+10,000 test images under every calibration method, size, latency at batch 1 and 32, 2 threads), plus
+the FP32 logit margins and the per-tensor SQNR of the INT8 activations: where quantization error
+arises and how it grows through the network.
 
     python benchmarks/bench_int8_trained.py [--arch resnet50] [--epochs 1] [--data-dir ../shared/datasets]
 
-Writes benchmarks/results/bench_int8_trained.json and .md.
+Writes benchmarks/results/bench_int8_trained.json and .md (``--out`` for another name).
 """
 
 from __future__ import annotations
@@ -19,22 +19,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
-from bench_deploy import THREADS, int8_vs_fp32
+from bench_deploy import THREADS, int8_vs_fp32, recipe, train_cifar_stem, train_subset
 
 from kdexport.checkpoint import load_model, save_checkpoint
-from kdexport.config import TrainConfig
 from kdexport.data import load_dataset
 from kdexport.envinfo import git_commit, result_stamp
 from kdexport.io import atomic_write_json, atomic_write_text
-from kdexport.models import ModelSpec, build_model
+from kdexport.models import ModelSpec
 from kdexport.quantize import CALIBRATIONS, DEFAULT_CALIBRATION
-from kdexport.train import fit, predict_logits
+from kdexport.train import predict_logits
 
 HERE = Path(__file__).resolve().parent
 
@@ -60,7 +58,8 @@ def activation_sqnr(fp32: str, int8: str, x: np.ndarray, tmp: str) -> list[dict]
 
     pre = f"{tmp}/sqnr-pre.onnx"  # the graph quantize_onnx quantized: its tensor names match the INT8 model's
     quant_pre_process(fp32, pre, skip_symbolic_shape=False)
-    name = onnx.load(pre).graph.input[0].name
+    graph = onnx.load(pre).graph
+    name = graph.input[0].name
 
     def reader():
         return iter([{name: x[i:i + 32]} for i in range(0, len(x), 32)])
@@ -71,7 +70,7 @@ def activation_sqnr(fp32: str, int8: str, x: np.ndarray, tmp: str) -> list[dict]
         acts[tag] = collect_activations(f"{tmp}/sqnr-{tag}.onnx", reader())
     err = compute_activation_error(create_activation_matching(acts["int8"], acts["fp32"]))
     out = []
-    for node in onnx.load(pre).graph.node:
+    for node in graph.node:
         t = node.output[0]
         if t in err and "xmodel_err" in err[t]:
             f = np.concatenate(acts["fp32"][t])
@@ -94,32 +93,19 @@ def main() -> None:
     args = ap.parse_args()
     git_commit()  # stamp the results with the code this run starts from, even if the checkout moves on
     torch.set_num_threads(THREADS)
-    data = load_dataset("cifar10", args.data_dir, download=False)
-    if args.train_images is not None:
-        g = torch.Generator().manual_seed(0)
-        idx = torch.randperm(len(data.y_train), generator=g)[: args.train_images]
-        data = dataclasses.replace(data, x_train=data.x_train[idx], y_train=data.y_train[idx])
+    data = train_subset(load_dataset("cifar10", args.data_dir, download=False), args.train_images)
     spec = ModelSpec(args.arch, 10, (3, 32, 32), cifar_stem=True)
-    cfg = TrainConfig(epochs=args.epochs, batch_size=128, optimizer="sgd", lr=0.05, weight_decay=5e-4,
-                      scheduler="onecycle", augment="crop-flip")
-    config = {"spec": spec.to_dict(), "train": dataclasses.asdict(cfg),
+    config = {"spec": spec.to_dict(), "train": dataclasses.asdict(recipe(args.epochs)),
               "train_images": len(data.y_train), "seed": 0}
     ckpt = Path(args.workdir) / f"{args.arch}-cifar-stem-{args.epochs}ep.pt"
-    train_s = None
     reused = load_model(ckpt) if ckpt.exists() else None
     if reused and reused[2]["config"] == config:
         print(f"reusing {ckpt}", flush=True)
-        model, train_s = reused[0], reused[2]["metrics"].get("train_seconds")
+        model, train_s = reused[0].eval(), reused[2]["metrics"].get("train_seconds")
     else:
-        print(f"{args.arch} (CIFAR stem): training {args.epochs} epoch(s) on {len(data.y_train)} images", flush=True)
-        torch.manual_seed(0)
-        model = build_model(spec)
-        t0 = time.perf_counter()
-        history = fit(model, data, cfg)
-        train_s = time.perf_counter() - t0
+        model, spec, history, train_s = train_cifar_stem(args.arch, data, args.epochs)
         save_checkpoint(ckpt, model, spec, role="bench", config=config, history=history,
                         metrics={"train_seconds": train_s})
-    model.eval()
     logits = predict_logits(model, data)
     res: dict = {
         **result_stamp("benchmarks/bench_int8_trained.py", THREADS),
