@@ -154,8 +154,20 @@ def to_markdown(r: dict) -> str:
         f"{r['int8_speedup_batch_1']:.2f}x / {r['int8_speedup_batch_32']:.2f}x | {by_cal} |",
         "",
         "Targets: INT8 >= 1.8x FP32 speed, <= 0.5 points accuracy loss, <= 26% of FP32 size.",
+        *equalization_lines(r),
         *sqnr_lines(r.get("activation_sqnr_db") or []),
     ]) + "\n"
+
+
+def equalization_lines(r: dict) -> list[str]:
+    on = r.get("int8_equalized")
+    if not on:
+        return []
+    eq = on["equalization"]
+    return ["", f"With residual-stream equalization (`--equalize`: {eq['streams']} streams, {eq['tensors']} tensors; "
+            f"largest over median per-channel range {eq['range_ratio_before']:.1f} -> {eq['range_ratio_after']:.1f}) "
+            f"INT8 ({r['calibration']}) loses {on['drop_points']:.2f} points, without it "
+            f"{r['int8_accuracy_drop_points']:.2f}."]
 
 
 def sqnr_lines(rows: list[dict]) -> list[str]:

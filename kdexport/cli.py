@@ -21,7 +21,7 @@ from rich.progress import (
 from rich.table import Table
 
 from . import __version__
-from .config import CALIBRATION_HELP, DEFAULT_CALIBRATION
+from .config import CALIBRATION_HELP, DEFAULT_CALIBRATION, EQUALIZE_HELP
 from .errors import KdexportError
 
 app = typer.Typer(name="kdexport", add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
@@ -125,6 +125,7 @@ RUN_OPTIONS: list[tuple[str, Any, Any, Any]] = [
     ("max_accuracy_drop", float, 1.0, typer.Option(help="INT8: reject the quantized model if it loses more accuracy points than this.")),
     ("calibration_samples", int, 300, typer.Option(help="INT8 static: training images used for calibration.")),
     ("calibration", str, DEFAULT_CALIBRATION, typer.Option(help=f"INT8 static activation ranges. {CALIBRATION_HELP}.")),
+    ("equalize", bool, False, typer.Option(help=EQUALIZE_HELP)),
     ("out", Optional[Path], None, typer.Option(help="Output folder (default: runs/<command>-<timestamp>).")),
     ("overwrite", bool, False, typer.Option(help="Replace an existing --out folder.")),
     ("resume", bool, False, typer.Option(help="Continue an interrupted run with the same --out and options (per-epoch state).")),
@@ -253,6 +254,7 @@ def quantize_cmd(
     max_accuracy_drop: Annotated[float, typer.Option(help="Reject (exit 1, no file) if accuracy drops more than this many points.")] = 1.0,
     reduce_range: Annotated[Optional[bool], typer.Option("--reduce-range/--no-reduce-range", help="7-bit weights; default: on for CPUs without VNNI.")] = None,
     calibration: Annotated[str, typer.Option(help=f"Static activation ranges. {CALIBRATION_HELP}.")] = DEFAULT_CALIBRATION,
+    equalize: Annotated[bool, typer.Option(help=EQUALIZE_HELP)] = False,
 ) -> None:
     """INT8-quantize an ONNX classifier with onnxruntime and check its accuracy against FP32."""
     from .quantize import quantize_onnx
@@ -263,7 +265,8 @@ def quantize_cmd(
         inspect_classifier(model)
         data = _dataset_for(model, dataset, data_dir, required=True)
         r = quantize_onnx(model, out, data, mode=mode, calibration_samples=calibration_samples,
-                          max_accuracy_drop=max_accuracy_drop, reduce_range=reduce_range, calibration=calibration)
+                          max_accuracy_drop=max_accuracy_drop, reduce_range=reduce_range, calibration=calibration,
+                          equalize=equalize)
         out_console.print(f"{r.mode} INT8: accuracy {r.accuracy_int8 * 100:.2f}% (FP32 {r.accuracy_fp32 * 100:.2f}%, "
                           f"drop {r.accuracy_drop_points:.2f} points), {r.onnx_bytes:,} bytes "
                           f"({r.onnx_bytes / r.fp32_bytes * 100:.0f}% of FP32) -> {out}")

@@ -21,6 +21,9 @@ CALIBRATIONS = {
 }
 DEFAULT_CALIBRATION = "moving-average"
 CALIBRATION_HELP = "; ".join(f"{k}: {v}" for k, v in CALIBRATIONS.items())
+EQUALIZE_HELP = ("INT8 static: first rescale the channels of residual streams so that one outlier channel does "
+                 "not take the whole 8-bit range (exact in FP32; skips graphs without them). Try it when a "
+                 "ResNet-like model fails the accuracy gate.")
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,7 @@ class RunConfig:
     max_accuracy_drop: float = 1.0  # points an INT8 model may lose before it is rejected
     calibration_samples: int = 300
     calibration: str = DEFAULT_CALIBRATION  # static INT8 activation ranges: a key of CALIBRATIONS
+    equalize: bool = False  # static INT8: rescale residual-stream channels first (kdexport.equalize)
     bench_batch: int = 32
     bench_iters: int = 100
     bench_warmup: int = 10

@@ -71,7 +71,8 @@ def prepare_out_dir(out: str | os.PathLike | None, overwrite: bool, resume: bool
 
 
 RESUME_IGNORES = ("out", "overwrite", "resume", "teacher_cache", "bench_iters", "bench_warmup", "bench_batch",
-                  "threads", "parity_atol", "quantize", "max_accuracy_drop", "calibration_samples", "calibration")
+                  "threads", "parity_atol", "quantize", "max_accuracy_drop", "calibration_samples", "calibration",
+                  "equalize")
 
 
 def check_resume_config(cfg: RunConfig, staging: Path) -> None:
@@ -334,7 +335,7 @@ def quantize_and_bench(ctx: Context, fp32: dict, out: Path, log: Log = _quiet) -
     path = out / "onnx" / "student.int8.onnx"
     q = quantize_onnx(out / fp32["onnx_path"], path, ctx.data, mode=cfg.quantize,
                       calibration_samples=cfg.calibration_samples, max_accuracy_drop=cfg.max_accuracy_drop,
-                      threads=ctx.threads, calibration=cfg.calibration)
+                      threads=ctx.threads, calibration=cfg.calibration, equalize=cfg.equalize)
     batches = sorted({1, cfg.bench_batch})
     bench = bench_onnx(path, ctx.data, batches, threads=ctx.threads, warmup=cfg.bench_warmup,
                        iters=cfg.bench_iters, max_seconds=20.0)

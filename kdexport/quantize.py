@@ -22,6 +22,7 @@ from .bench import onnx_accuracy
 from .config import CALIBRATIONS, DEFAULT_CALIBRATION
 from .data import Dataset
 from .envinfo import cpu_flags
+from .equalize import equalize_residual_streams
 from .errors import ConfigError, ExportError, GateError
 from .export import read_metadata, set_metadata
 
@@ -41,18 +42,18 @@ class QuantResult:
     calibration: str | None
     reduce_range: bool
     good: bool
+    equalization: dict | None = None  # EqualizeResult.to_dict() when residual streams were equalized
+
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 class _Calibration:
-    """onnxruntime CalibrationDataReader over normalized training images."""
+    """onnxruntime CalibrationDataReader over batches of normalized training images."""
 
-    def __init__(self, input_name: str, x: np.ndarray, batch: int = 32):
-        batch = min(batch, len(x))
-        usable = len(x) - len(x) % batch  # equal batches: the histogram calibrators need them
-        self.batches = iter([{input_name: x[i:i + batch]} for i in range(0, usable, batch)])
+    def __init__(self, input_name: str, batches: list[np.ndarray]):
+        self.batches = iter([{input_name: b} for b in batches])
 
     def get_next(self):
         return next(self.batches, None)
@@ -80,18 +81,27 @@ def calibration_inputs(data: Dataset, n: int, seed: int = 0) -> np.ndarray:
     return data.normalize(data.x_train[idx]).numpy().astype(np.float32)
 
 
+def calibration_batches(data: Dataset, n: int, batch: int = 32) -> list[np.ndarray]:
+    """``calibration_inputs`` in equal batches (the histogram calibrators need them)."""
+    x = calibration_inputs(data, n)
+    batch = min(batch, len(x))
+    return [x[i:i + batch] for i in range(0, len(x) - len(x) % batch, batch)]
+
+
 def default_reduce_range() -> bool:
     flags = set(cpu_flags())
     return not ({"avx512_vnni", "avx_vnni"} & flags)
 
 
 
-
 def quantize_onnx(model: str | os.PathLike, out: str | os.PathLike, data: Dataset, *, mode: str = "static",
                   calibration_samples: int = 300, max_accuracy_drop: float = 1.0,
                   reduce_range: bool | None = None, threads: int | None = None,
-                  calibration: str = DEFAULT_CALIBRATION) -> QuantResult:
+                  calibration: str = DEFAULT_CALIBRATION, equalize: bool = False) -> QuantResult:
     """Quantize ``model`` to ``out``; measure accuracy on ``data``'s test split.
+
+    ``equalize`` (static only): rescale residual-stream channels first (``kdexport.equalize``; exact in
+    FP32, a no-op on graphs without residual streams).
 
     Raises GateError (the file is not kept) when the drop exceeds ``max_accuracy_drop`` points."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
@@ -105,6 +115,7 @@ def quantize_onnx(model: str | os.PathLike, out: str | os.PathLike, data: Datase
     if out.resolve() == model.resolve():
         raise ConfigError("--out must differ from the input model")
     reduce_range = default_reduce_range() if reduce_range is None else reduce_range
+    eq = None
     meta = read_metadata(model)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_name(f".{out.name}.partial")
@@ -118,8 +129,12 @@ def quantize_onnx(model: str | os.PathLike, out: str | os.PathLike, data: Datase
                 if mode == "static":
                     import onnx
 
-                    input_name = onnx.load(str(pre), load_external_data=False).graph.input[0].name
-                    calib = calibration_inputs(data, calibration_samples)
+                    pre_model = onnx.load(str(pre))
+                    input_name = pre_model.graph.input[0].name
+                    calib = calibration_batches(data, calibration_samples)
+                    if equalize:
+                        eq = equalize_residual_streams(pre_model, calib)
+                        onnx.save(pre_model, str(pre))
                     method, extra = _CALIBRATORS[calibration]
                     quantize_static(str(pre), str(tmp_out), _Calibration(input_name, calib),
                                     quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
@@ -137,13 +152,14 @@ def quantize_onnx(model: str | os.PathLike, out: str | os.PathLike, data: Datase
         set_metadata(tmp_out, {**meta, "quantization": {"mode": mode, "reduce_range": reduce_range,
                                                         "calibration": calibration if mode == "static" else None,
                                                         "calibration_samples": calibration_samples
-                                                        if mode == "static" else 0}})
+                                                        if mode == "static" else 0,
+                                                        "equalization": eq.to_dict() if eq else None}})
         acc32 = onnx_accuracy(model, data, threads)
         acc8 = onnx_accuracy(tmp_out, data, threads)
         drop = (acc32 - acc8) * 100
         res = QuantResult(str(out), mode, tmp_out.stat().st_size, model.stat().st_size, acc32, acc8, drop,
                           calibration_samples if mode == "static" else 0, calibration if mode == "static" else None,
-                          reduce_range, drop <= max_accuracy_drop)
+                          reduce_range, drop <= max_accuracy_drop, eq.to_dict() if eq else None)
         if not res.good:
             hint = ("; another --calibration (" + ", ".join(c for c in CALIBRATIONS if c != calibration)
                     + ") may do better" if mode == "static" else "")

@@ -90,6 +90,8 @@ def to_markdown(report: dict) -> str:
     q = report["models"].get("student_int8", {}).get("quantization")
     if q:
         cal = f", {q['calibration']} calibration" if q.get("calibration") else ""
+        if (q.get("equalization") or {}).get("streams"):
+            cal += f", {q['equalization']['streams']} residual streams equalized"
         lines += ["", f"INT8 ({q['mode']}{cal}): accuracy {q['accuracy_int8'] * 100:.2f}% vs FP32 "
                   f"{q['accuracy_fp32'] * 100:.2f}% (drop {q['accuracy_drop_points']:.2f} points), size "
                   f"{q['size_ratio_vs_fp32'] * 100:.0f}% of FP32, "
