@@ -82,20 +82,20 @@ def train_subset(full, n: int | None):
     return dataclasses.replace(full, x_train=full.x_train[idx], y_train=full.y_train[idx])
 
 
-def recipe(epochs: int) -> TrainConfig:
+def recipe(epochs: int, seed: int = 0) -> TrainConfig:
     """How every CIFAR-stem benchmark model is trained: SGD 0.05 one-cycle, batch 128, crop-flip."""
     return TrainConfig(epochs=epochs, batch_size=128, optimizer="sgd", lr=0.05, weight_decay=5e-4,
-                       scheduler="onecycle", augment="crop-flip")
+                       scheduler="onecycle", augment="crop-flip", seed=seed)
 
 
-def train_cifar_stem(arch: str, data, epochs: int) -> tuple[torch.nn.Module, ModelSpec, list[dict], float]:
-    """A CIFAR-stem ``arch`` trained from seed 0 with ``recipe``: (model in eval mode, spec, history, seconds)."""
+def train_cifar_stem(arch: str, data, epochs: int, seed: int = 0) -> tuple[torch.nn.Module, ModelSpec, list, float]:
+    """A CIFAR-stem ``arch`` trained from ``seed`` with ``recipe``: (model in eval mode, spec, history, seconds)."""
     spec = ModelSpec(arch, 10, (3, 32, 32), cifar_stem=True)
-    print(f"{arch} (CIFAR stem): training {epochs} epoch(s) on {len(data.y_train)} images", flush=True)
-    torch.manual_seed(0)
+    print(f"{arch} (CIFAR stem): training {epochs} epoch(s) on {len(data.y_train)} images, seed {seed}", flush=True)
+    torch.manual_seed(seed)
     model = build_model(spec)
     t0 = time.perf_counter()
-    history = fit(model, data, recipe(epochs))
+    history = fit(model, data, recipe(epochs, seed))
     return model.eval(), spec, history, time.perf_counter() - t0
 
 

@@ -5,11 +5,11 @@ bench_deploy.py trains its CIFAR-stem models on a subset for one epoch so that t
 under an hour. This script trains one model the same way (``bench_deploy.train_cifar_stem``) on the
 full training set, saves it as a kdexport checkpoint in ``--workdir`` (reused by a later run with the
 same settings), then measures FP32 vs static INT8 exactly as bench_deploy does (accuracy on the
-10,000 test images under every calibration method, size, latency at batch 1 and 32, 2 threads), plus
-the FP32 logit margins and the per-tensor SQNR of the INT8 activations: where quantization error
-arises and how it grows through the network.
+10,000 test images under every calibration method and with ``--equalize``, size, latency at batch 1
+and 32, 2 threads), plus the FP32 logit margins and the per-tensor SQNR of the INT8 activations:
+where quantization error arises and how it grows through the network.
 
-    python benchmarks/bench_int8_trained.py [--arch resnet50] [--epochs 1] [--data-dir ../shared/datasets]
+    python benchmarks/bench_int8_trained.py [--arch resnet50] [--epochs 1] [--seed 0] [--data-dir ../shared/datasets]
 
 Writes benchmarks/results/bench_int8_trained.json and .md (``--out`` for another name).
 """
@@ -84,6 +84,7 @@ def main() -> None:
     ap.add_argument("--data-dir", default=str(HERE.parent.parent / "shared" / "datasets"))
     ap.add_argument("--arch", default="resnet50")
     ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the model's initialization and data order")
     ap.add_argument("--train-images", type=int, default=None, help="a random subset (default: all 50,000)")
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--workdir", default="runs/bench-int8-trained")
@@ -95,15 +96,15 @@ def main() -> None:
     torch.set_num_threads(THREADS)
     data = train_subset(load_dataset("cifar10", args.data_dir, download=False), args.train_images)
     spec = ModelSpec(args.arch, 10, (3, 32, 32), cifar_stem=True)
-    config = {"spec": spec.to_dict(), "train": dataclasses.asdict(recipe(args.epochs)),
-              "train_images": len(data.y_train), "seed": 0}
-    ckpt = Path(args.workdir) / f"{args.arch}-cifar-stem-{args.epochs}ep.pt"
+    config = {"spec": spec.to_dict(), "train": dataclasses.asdict(recipe(args.epochs, args.seed)),
+              "train_images": len(data.y_train), "seed": args.seed}
+    ckpt = Path(args.workdir) / f"{args.arch}-cifar-stem-{args.epochs}ep{f'-s{args.seed}' if args.seed else ''}.pt"
     reused = load_model(ckpt) if ckpt.exists() else None
     if reused and reused[2]["config"] == config:
         print(f"reusing {ckpt}", flush=True)
         model, train_s = reused[0].eval(), reused[2]["metrics"].get("train_seconds")
     else:
-        model, spec, history, train_s = train_cifar_stem(args.arch, data, args.epochs)
+        model, spec, history, train_s = train_cifar_stem(args.arch, data, args.epochs, args.seed)
         save_checkpoint(ckpt, model, spec, role="bench", config=config, history=history,
                         metrics={"train_seconds": train_s})
     logits = predict_logits(model, data)
@@ -113,6 +114,7 @@ def main() -> None:
         "arch": args.arch,
         "cifar_stem": True,
         "epochs": args.epochs,
+        "seed": args.seed,
         "train_images": len(data.y_train),
         "train_seconds": train_s,
         "checkpoint": str(ckpt),
