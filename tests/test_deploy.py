@@ -176,11 +176,12 @@ def test_distill_export_quantize_static_records_calibration(tmp_path):
     out = tmp_path / "run"
     res = runner.invoke(app, ["distill-export", "--out", str(out), "--epochs", "3", "--bench-iters", "3",
                               "--bench-batch", "4", "--quantize", "static", "--calibration", "percentile",
-                              "--calibration-samples", "64", "--max-accuracy-drop", "100"])
+                              "--calibration-samples", "64", "--max-accuracy-drop", "100", "--equalize"])
     assert res.exit_code == 0, res.output
     report = json.loads((out / "report.json").read_text())
     q = report["models"]["student_int8"]["quantization"]
     assert q["mode"] == "static" and q["calibration"] == "percentile" and q["calibration_samples"] == 64
+    assert q["equalization"]["streams"] == 0 and report["config"]["equalize"]  # reached; an MLP has no streams
     assert report["config"]["calibration"] == "percentile"
     from kdexport.export import read_metadata
 
