@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -46,8 +46,7 @@ class EqualizeResult:
     range_ratio_after: float
 
     def to_dict(self) -> dict:
-        return {"streams": self.streams, "tensors": self.tensors,
-                "range_ratio_before": self.range_ratio_before, "range_ratio_after": self.range_ratio_after}
+        return asdict(self)
 
 
 class _UnionFind:
@@ -78,8 +77,7 @@ def _attr(node, name: str, default):
 
 def find_streams(graph) -> list[_Stream]:
     """The residual streams of ``graph`` whose every producer and consumer can be rescaled exactly."""
-    init_arrays = {i.name: i for i in graph.initializer}
-    inits = set(init_arrays)
+    inits = {i.name: i for i in graph.initializer}
     init_uses: dict[str, int] = defaultdict(int)
     producer, consumers = {}, defaultdict(list)
     for n in graph.node:
@@ -122,7 +120,7 @@ def find_streams(graph) -> list[_Stream]:
                 if c.op_type == "Conv" and c.input[0] == t and _attr(c, "group", 1) == 1 and own_weights(c, 1):
                     s.consumers.append((c, 1, 1))
                     continue
-                dense = _dense_after_pool(c, consumers, own_weights, init_arrays)
+                dense = _dense_after_pool(c, consumers, own_weights, inits)
                 if dense is None:
                     ok = False
                 else:
@@ -182,16 +180,15 @@ def _dense_after_pool(node, consumers, own_weights, inits):
 def channel_ranges(model, tensors: Iterable[str], batches: Iterable[np.ndarray]) -> dict[str, np.ndarray]:
     """Per-channel (axis 1) largest magnitude of each tensor over ``batches``, via onnxruntime."""
     import onnx
-    import onnxruntime as ort
+
+    from .export import ort_session
 
     tensors = sorted(tensors)
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     known = {o.name for o in probe.graph.output}
     probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in tensors if t not in known)
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
-    sess = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = ort_session(probe.SerializeToString(), graph_opt="none")  # no fusion: keep every tensor
     name = probe.graph.input[0].name
     out: dict[str, np.ndarray] = {}
     for x in batches:
@@ -233,8 +230,8 @@ def equalize_residual_streams(model, batches: list[np.ndarray], alpha: float = 0
         scale[live] /= np.exp(np.mean(np.log(scale[live])))  # geometric mean 1: overall scale is free
         scale = np.clip(scale, 1 / max_scale, max_scale)
         for p in s.producers:
-            shape = (-1,) + (1,) * (weight(p.input[1]).ndim - 1)
-            put(p.input[1], weight(p.input[1]) / scale.reshape(shape))
+            wt = weight(p.input[1])
+            put(p.input[1], wt / scale.reshape((-1,) + (1,) * (wt.ndim - 1)))
             if len(p.input) > 2 and p.input[2]:
                 put(p.input[2], weight(p.input[2]) / scale)
         for node, idx, axis in s.consumers:

@@ -42,8 +42,9 @@ class ExportResult:
         return asdict(self)
 
 
-def ort_session(path: str | os.PathLike, threads: int | None = None, graph_opt: str = "all",
+def ort_session(path: str | os.PathLike | bytes, threads: int | None = None, graph_opt: str = "all",
                 providers: list[str] | None = None):
+    """An onnxruntime session for a model file (or serialized model bytes)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -57,7 +58,8 @@ def ort_session(path: str | os.PathLike, threads: int | None = None, graph_opt: 
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[graph_opt]
     so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, so, providers=providers or ["CPUExecutionProvider"])
 
 
 def ort_logits(session, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
