@@ -110,6 +110,7 @@ def int8_vs_fp32(
     quant = functools.partial(quantize_onnx, fp32, data=data, mode="static", calibration_samples=300,
                               max_accuracy_drop=100.0)
     q = quant(f"{tmp}/{name}.int8.onnx", calibration=calibration)
+    quant = functools.partial(quant, accuracy_fp32=q.accuracy_fp32)  # measured once
     by_cal = {calibration: {"accuracy": q.accuracy_int8, "drop_points": q.accuracy_drop_points}}
     for other in CALIBRATIONS if compare else ():
         if other != calibration:

@@ -14,12 +14,13 @@ SCHEDULERS = ("cosine", "onecycle", "none")
 DEVICES = ("auto", "cpu", "cuda")
 # Static INT8 activation ranges (onnxruntime calibrators), name -> what it does
 CALIBRATIONS = {
-    "moving-average": "mean of each 32-image batch's min and max (robust to rare outliers)",
+    "median": "median of each 32-image batch's min and max (ignores rare outlier images)",
+    "moving-average": "mean of each 32-image batch's min and max (dampens rare outliers)",
     "minmax": "min and max over all calibration images",
     "percentile": "99.999th percentile of a histogram",
     "entropy": "KL-divergence-optimal threshold of a histogram",
 }
-DEFAULT_CALIBRATION = "moving-average"
+DEFAULT_CALIBRATION = "median"
 CALIBRATION_HELP = "; ".join(f"{k}: {v}" for k, v in CALIBRATIONS.items())
 EQUALIZE_HELP = ("INT8 static: first rescale the channels of residual streams so that one outlier channel does "
                  "not take the whole 8-bit range (exact in FP32; skips graphs without them). Try it when a "

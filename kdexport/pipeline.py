@@ -335,7 +335,8 @@ def quantize_and_bench(ctx: Context, fp32: dict, out: Path, log: Log = _quiet) -
     path = out / "onnx" / "student.int8.onnx"
     q = quantize_onnx(out / fp32["onnx_path"], path, ctx.data, mode=cfg.quantize,
                       calibration_samples=cfg.calibration_samples, max_accuracy_drop=cfg.max_accuracy_drop,
-                      threads=ctx.threads, calibration=cfg.calibration, equalize=cfg.equalize)
+                      threads=ctx.threads, calibration=cfg.calibration, equalize=cfg.equalize,
+                      accuracy_fp32=fp32["accuracy_onnx"])
     batches = sorted({1, cfg.bench_batch})
     bench = bench_onnx(path, ctx.data, batches, threads=ctx.threads, warmup=cfg.bench_warmup,
                        iters=cfg.bench_iters, max_seconds=20.0)

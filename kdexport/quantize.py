@@ -64,8 +64,10 @@ class _Calibration:
 
 # CALIBRATIONS name -> onnxruntime CalibrationMethod and extra_options. With CalibMovingAverage the
 # MinMax calibrator averages the per-batch (``_Calibration``: 32 images) minima and maxima, since
-# quantize_static collects every batch before computing ranges.
+# quantize_static collects every batch before computing ranges. ``median`` runs MinMax but overrides
+# every activation range with the median of the per-batch ranges (``median_ranges``).
 _CALIBRATORS = {
+    "median": ("MinMax", {}),
     "moving-average": ("MinMax", {"CalibMovingAverage": True}),
     "minmax": ("MinMax", {}),
     "percentile": ("Percentile", {}),
@@ -88,6 +90,41 @@ def calibration_batches(data: Dataset, n: int, batch: int = 32) -> list[np.ndarr
     return [x[i:i + batch] for i in range(0, len(x) - len(x) % batch, batch)]
 
 
+def batch_ranges(model, batches: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Each float activation tensor's (min, max) in every batch: ``{tensor: array [len(batches), 2]}``.
+
+    The reductions run inside onnxruntime (a ReduceMin and a ReduceMax per tensor, appended to a copy
+    of ``model``), so only two numbers per tensor and batch leave it."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from .export import ort_session
+
+    probe = onnx.shape_inference.infer_shapes(model)
+    g = probe.graph
+    inits = {i.name for i in g.initializer}
+    floats = {v.name for v in (*g.input, *g.value_info, *g.output)
+              if v.type.tensor_type.elem_type == TensorProto.FLOAT and v.name not in inits}
+    tensors = list(dict.fromkeys(t for t in (g.input[0].name, *(o for n in g.node for o in n.output)) if t in floats))
+    for t in tensors:
+        for op in ("ReduceMin", "ReduceMax"):
+            out = f"{t}/kdexport_{op}"
+            g.node.append(helper.make_node(op, [t], [out], keepdims=0))
+            g.output.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, []))
+    sess = ort_session(probe.SerializeToString(), graph_opt="none")
+    names = [f"{t}/kdexport_{op}" for t in tensors for op in ("ReduceMin", "ReduceMax")]
+    per_batch = np.array([sess.run(names, {g.input[0].name: x}) for x in batches], dtype=np.float32)
+    return {t: per_batch[:, 2 * i:2 * i + 2] for i, t in enumerate(tensors)}
+
+
+def median_ranges(model, batches: list[np.ndarray]) -> dict[str, list[dict]]:
+    """onnxruntime ``TensorQuantOverrides`` giving each activation the median over ``batches`` of its
+    per-batch min and max: an outlier image moves only its own batch's range, and unless such batches
+    are the majority the median ignores them (``moving-average`` takes their share of the mean)."""
+    return {t: [{"rmin": np.float32(np.median(r[:, 0])), "rmax": np.float32(np.median(r[:, 1]))}]
+            for t, r in batch_ranges(model, batches).items()}
+
+
 def default_reduce_range() -> bool:
     flags = set(cpu_flags())
     return not ({"avx512_vnni", "avx_vnni"} & flags)
@@ -97,8 +134,12 @@ def default_reduce_range() -> bool:
 def quantize_onnx(model: str | os.PathLike, out: str | os.PathLike, data: Dataset, *, mode: str = "static",
                   calibration_samples: int = 300, max_accuracy_drop: float = 1.0,
                   reduce_range: bool | None = None, threads: int | None = None,
-                  calibration: str = DEFAULT_CALIBRATION, equalize: bool = False) -> QuantResult:
+                  calibration: str = DEFAULT_CALIBRATION, equalize: bool = False,
+                  accuracy_fp32: float | None = None) -> QuantResult:
     """Quantize ``model`` to ``out``; measure accuracy on ``data``'s test split.
+
+    ``accuracy_fp32``: ``model``'s accuracy on that split when the caller has already measured it
+    (``onnx_accuracy``), so that it is not measured again.
 
     ``equalize`` (static only): rescale residual-stream channels first (``kdexport.equalize``; exact in
     FP32, a no-op on graphs without residual streams).
@@ -136,6 +177,8 @@ def quantize_onnx(model: str | os.PathLike, out: str | os.PathLike, data: Datase
                         eq = equalize_residual_streams(pre_model, calib)
                         onnx.save(pre_model, str(pre))
                     method, extra = _CALIBRATORS[calibration]
+                    if calibration == "median":
+                        extra = {**extra, "TensorQuantOverrides": median_ranges(pre_model, calib)}
                     quantize_static(str(pre), str(tmp_out), _Calibration(input_name, calib),
                                     quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
                                     weight_type=QuantType.QInt8, per_channel=True, reduce_range=reduce_range,
@@ -154,7 +197,7 @@ def quantize_onnx(model: str | os.PathLike, out: str | os.PathLike, data: Datase
                                                         "calibration_samples": calibration_samples
                                                         if mode == "static" else 0,
                                                         "equalization": eq.to_dict() if eq else None}})
-        acc32 = onnx_accuracy(model, data, threads)
+        acc32 = onnx_accuracy(model, data, threads) if accuracy_fp32 is None else accuracy_fp32
         acc8 = onnx_accuracy(tmp_out, data, threads)
         drop = (acc32 - acc8) * 100
         res = QuantResult(str(out), mode, tmp_out.stat().st_size, model.stat().st_size, acc32, acc8, drop,

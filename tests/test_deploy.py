@@ -55,7 +55,7 @@ def test_quantize_accuracy_gate_rejects_and_keeps_no_file(student, tmp_path, mon
     text = " ".join(res.output.split())
     assert res.exit_code == 1 and "loses 2.00 accuracy points" in text
     # static: the one line names the other calibrations to try (dynamic has none)
-    assert ("another --calibration (minmax, percentile, entropy)" in text) == (mode == "static")
+    assert ("another --calibration (moving-average, minmax, percentile, entropy)" in text) == (mode == "static")
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
@@ -189,9 +189,10 @@ def test_distill_export_quantize_static_records_calibration(tmp_path):
     assert "static, percentile calibration" in (out / "report.md").read_text()
 
 
-def test_moving_average_calibration_discounts_a_rare_outlier(tmp_path):
-    """One extreme image in one of two calibration batches: MinMax stretches the input's INT8 range
-    to cover it, moving-average halves its pull (the mean of the two batches' maxima)."""
+def test_calibrations_discount_a_rare_outlier(tmp_path):
+    """One extreme image in one of three calibration batches: MinMax stretches the input's INT8 range
+    to cover it, moving-average takes a third of its pull (the mean of the batches' maxima), median
+    ignores it (the middle batch maximum)."""
     import onnx
     from onnx import numpy_helper
 
@@ -200,9 +201,9 @@ def test_moving_average_calibration_discounts_a_rare_outlier(tmp_path):
 
     assert set(_CALIBRATORS) == set(CALIBRATIONS)
     g = torch.Generator().manual_seed(0)
-    x = torch.randint(100, 151, (64, 3, 8, 8), dtype=torch.uint8, generator=g)
+    x = torch.randint(100, 151, (96, 3, 8, 8), dtype=torch.uint8, generator=g)
     x[5] = 255
-    y = torch.arange(64) % 4
+    y = torch.arange(96) % 4
     data = Dataset("imagefolder", x, y, x[:16], y[:16], list("abcd"), (0.5,) * 3, (0.25,) * 3)
     torch.manual_seed(0)
     m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
@@ -211,7 +212,7 @@ def test_moving_average_calibration_discounts_a_rare_outlier(tmp_path):
 
     def input_scale(calibration):
         out = tmp_path / f"{calibration}.onnx"
-        r = quantize_onnx(tmp_path / "m.onnx", out, data, mode="static", calibration_samples=64,
+        r = quantize_onnx(tmp_path / "m.onnx", out, data, mode="static", calibration_samples=96,
                           max_accuracy_drop=100, calibration=calibration)
         assert r.calibration == calibration
         model = onnx.load(str(out))
@@ -221,4 +222,26 @@ def test_moving_average_calibration_discounts_a_rare_outlier(tmp_path):
 
     lo, hi, mid = (100 / 255 - 0.5) / 0.25, (255 / 255 - 0.5) / 0.25, (150 / 255 - 0.5) / 0.25
     assert input_scale("minmax") == pytest.approx((hi - lo) / 255, rel=1e-3)
-    assert input_scale("moving-average") == pytest.approx(((hi + mid) / 2 - lo) / 255, rel=1e-3)
+    assert input_scale("moving-average") == pytest.approx(((hi + 2 * mid) / 3 - lo) / 255, rel=1e-3)
+    assert input_scale("median") == pytest.approx((mid - lo) / 255, rel=1e-3)
+
+
+def test_batch_ranges_match_numpy_per_batch(tmp_path):
+    """batch_ranges reduces every float activation per batch inside onnxruntime: the values must be
+    each batch's true min and max, the ReLU's minimum never below 0."""
+    import onnx
+
+    from kdexport.quantize import batch_ranges
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                            torch.nn.Linear(4 * 6 * 6, 5)).eval()
+    x = torch.randn(12, 3, 8, 8)
+    export_onnx(m, tmp_path / "m.onnx", x[:4])
+    batches = [x[i:i + 4].numpy() for i in range(0, 12, 4)]
+    r = batch_ranges(onnx.load(str(tmp_path / "m.onnx")), batches)
+    with torch.no_grad():
+        for t, f in (("input", lambda b: b), ("logits", m), ("relu", lambda b: m[1](m[0](b)))):
+            want = np.array([[f(torch.from_numpy(b)).min(), f(torch.from_numpy(b)).max()] for b in batches])
+            np.testing.assert_allclose(r[t], want, rtol=1e-5, atol=1e-6)
+    assert (r["relu"][:, 0] == 0).all() and r["relu"].shape == (3, 2)
