@@ -7,7 +7,9 @@ full training set, saves it as a kdexport checkpoint in ``--workdir`` (reused by
 same settings), then measures FP32 vs static INT8 exactly as bench_deploy does (accuracy on the
 10,000 test images under every calibration method and with ``--equalize``, size, latency at batch 1
 and 32, 2 threads), plus the FP32 logit margins and the per-tensor SQNR of the INT8 activations:
-where quantization error arises and how it grows through the network.
+where quantization error arises and how it grows through the network. ``--calibration-draws N``
+repeats the default and moving-average calibrations on N-1 other random sets of 300 training images:
+how much the drop depends on which images calibrate.
 
     python benchmarks/bench_int8_trained.py [--arch resnet50] [--epochs 1] [--seed 0] [--data-dir ../shared/datasets]
 
@@ -31,7 +33,7 @@ from kdexport.data import load_dataset
 from kdexport.envinfo import git_commit, result_stamp
 from kdexport.io import atomic_write_json, atomic_write_text
 from kdexport.models import ModelSpec
-from kdexport.quantize import CALIBRATIONS, DEFAULT_CALIBRATION
+from kdexport.quantize import CALIBRATIONS, DEFAULT_CALIBRATION, quantize_onnx
 from kdexport.train import predict_logits
 
 HERE = Path(__file__).resolve().parent
@@ -79,6 +81,23 @@ def activation_sqnr(fp32: str, int8: str, x: np.ndarray, tmp: str) -> list[dict]
     return out
 
 
+def calibration_draws(fp32: str, data, accuracy_fp32: float, draws: int, calibrations: list[str],
+                      tmp: str) -> list[dict]:
+    """INT8 drop under ``calibrations`` for calibration sets 1..draws-1: quantize_onnx calibrates on
+    the first images of a fixed shuffle of the training split, so shuffling that split once more with
+    seed k draws another set (draw 0 is the standard set, measured by int8_vs_fp32)."""
+    rows = []
+    for k in range(1, draws):
+        perm = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(k))
+        drawn = dataclasses.replace(data, x_train=data.x_train[perm], y_train=data.y_train[perm])
+        for cal in calibrations:
+            print(f"  calibration draw {k}: {cal}", flush=True)
+            q = quantize_onnx(fp32, f"{tmp}/draw.int8.onnx", drawn, mode="static", calibration_samples=300,
+                              max_accuracy_drop=100.0, calibration=cal, accuracy_fp32=accuracy_fp32)
+            rows.append({"draw": k, "calibration": cal, "drop_points": q.accuracy_drop_points})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=str(HERE.parent.parent / "shared" / "datasets"))
@@ -91,6 +110,8 @@ def main() -> None:
     ap.add_argument("--out", default="bench_int8_trained", help="results file name in benchmarks/results (no suffix)")
     ap.add_argument("--sqnr-images", type=int, default=64, help="test images for the per-tensor SQNR (0: skip)")
     ap.add_argument("--calibration", choices=CALIBRATIONS, default=DEFAULT_CALIBRATION)
+    ap.add_argument("--calibration-draws", type=int, default=3,
+                    help="calibration image sets for the default and moving-average calibrations (1: the standard one)")
     args = ap.parse_args()
     git_commit()  # stamp the results with the code this run starts from, even if the checkout moves on
     torch.set_num_threads(THREADS)
@@ -125,6 +146,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         res.update(int8_vs_fp32(model, data, data, parity, tmp, args.arch, args.iters, args.calibration,
                                 compare=True))
+        res["calibration_draws"] = [
+            {"draw": 0, "calibration": c, "drop_points": res["int8_by_calibration"][c]["drop_points"]}
+            for c in dict.fromkeys([args.calibration, "moving-average"])] + calibration_draws(
+            f"{tmp}/{args.arch}.onnx", data, res["fp32"]["accuracy"], args.calibration_draws,
+            list(dict.fromkeys([args.calibration, "moving-average"])), tmp)
         if args.sqnr_images:
             print("per-tensor SQNR", flush=True)
             x = data.normalize(data.x_test[data.test_sample(args.sqnr_images)]).numpy().astype(np.float32)
@@ -157,6 +183,7 @@ def to_markdown(r: dict) -> str:
         "",
         "Targets: INT8 >= 1.8x FP32 speed, <= 0.5 points accuracy loss, <= 26% of FP32 size.",
         *equalization_lines(r),
+        *draw_lines(r.get("calibration_draws") or []),
         *sqnr_lines(r.get("activation_sqnr_db") or []),
     ]) + "\n"
 
@@ -170,6 +197,16 @@ def equalization_lines(r: dict) -> list[str]:
             f"largest over median per-channel range {eq['range_ratio_before']:.1f} -> {eq['range_ratio_after']:.1f}) "
             f"INT8 ({r['calibration']}) loses {on['drop_points']:.2f} points, without it "
             f"{r['int8_accuracy_drop_points']:.2f}."]
+
+
+def draw_lines(rows: list[dict]) -> list[str]:
+    by_cal: dict[str, list[float]] = {}
+    for row in rows:
+        by_cal.setdefault(row["calibration"], []).append(row["drop_points"])
+    if not rows or len(next(iter(by_cal.values()))) < 2:
+        return []
+    return ["", f"Drop (points) on {len(next(iter(by_cal.values())))} random sets of calibration images: " + "; ".join(
+        f"{c} {', '.join(f'{d:.2f}' for d in ds)} (worst {max(ds):.2f})" for c, ds in by_cal.items()) + "."]
 
 
 def sqnr_lines(rows: list[dict]) -> list[str]:
