@@ -146,11 +146,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         res.update(int8_vs_fp32(model, data, data, parity, tmp, args.arch, args.iters, args.calibration,
                                 compare=True))
+        cals = list(dict.fromkeys([args.calibration, "moving-average"]))
         res["calibration_draws"] = [
-            {"draw": 0, "calibration": c, "drop_points": res["int8_by_calibration"][c]["drop_points"]}
-            for c in dict.fromkeys([args.calibration, "moving-average"])] + calibration_draws(
-            f"{tmp}/{args.arch}.onnx", data, res["fp32"]["accuracy"], args.calibration_draws,
-            list(dict.fromkeys([args.calibration, "moving-average"])), tmp)
+            {"draw": 0, "calibration": c, "drop_points": res["int8_by_calibration"][c]["drop_points"]} for c in cals
+        ] + calibration_draws(f"{tmp}/{args.arch}.onnx", data, res["fp32"]["accuracy"], args.calibration_draws,
+                              cals, tmp)
         if args.sqnr_images:
             print("per-tensor SQNR", flush=True)
             x = data.normalize(data.x_test[data.test_sample(args.sqnr_images)]).numpy().astype(np.float32)

@@ -70,14 +70,16 @@ def main() -> None:
     res: dict = {**result_stamp("benchmarks/calibration_ranges.py", THREADS), "threads": THREADS,
                  "checkpoint": args.checkpoint}
     with tempfile.TemporaryDirectory() as tmp:
-        export_onnx(model, f"{tmp}/fp32.onnx", data.normalize(data.x_test[data.test_sample(64)]))
+        test_x = data.normalize(data.x_test[data.test_sample(64)])
+        export_onnx(model, f"{tmp}/fp32.onnx", test_x)
         pre = f"{tmp}/pre.onnx"
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             quant_pre_process(f"{tmp}/fp32.onnx", pre, skip_symbolic_shape=False)
         batches = calibration_batches(data, 300)
         print(f"per-batch ranges on {len(batches)} calibration batches", flush=True)
-        ranges = batch_ranges(onnx.load(pre), batches)
-        test = batch_ranges(onnx.load(pre), [data.normalize(data.x_test[data.test_sample(64)]).numpy()])
+        graph = onnx.load(pre)
+        ranges = batch_ranges(graph, batches)
+        test = batch_ranges(graph, [test_x.numpy()])
         rows = []
         for t, r in ranges.items():
             hi = r[:, 1]

@@ -62,19 +62,6 @@ class _Calibration:
         pass
 
 
-# CALIBRATIONS name -> onnxruntime CalibrationMethod and extra_options. With CalibMovingAverage the
-# MinMax calibrator averages the per-batch (``_Calibration``: 32 images) minima and maxima, since
-# quantize_static collects every batch before computing ranges. ``median`` runs MinMax but overrides
-# every activation range with the median of the per-batch ranges (``median_ranges``).
-_CALIBRATORS = {
-    "median": ("MinMax", {}),
-    "moving-average": ("MinMax", {"CalibMovingAverage": True}),
-    "minmax": ("MinMax", {}),
-    "percentile": ("Percentile", {}),
-    "entropy": ("Entropy", {}),
-}
-
-
 def calibration_inputs(data: Dataset, n: int, seed: int = 0) -> np.ndarray:
     import torch
 
@@ -123,6 +110,20 @@ def median_ranges(model, batches: list[np.ndarray]) -> dict[str, list[dict]]:
     are the majority the median ignores them (``moving-average`` takes their share of the mean)."""
     return {t: [{"rmin": np.float32(np.median(r[:, 0])), "rmax": np.float32(np.median(r[:, 1]))}]
             for t, r in batch_ranges(model, batches).items()}
+
+
+# CALIBRATIONS name -> (onnxruntime CalibrationMethod, extra_options, range overrides or None). With
+# CalibMovingAverage the MinMax calibrator averages the per-batch (``_Calibration``: 32 images) minima
+# and maxima, since quantize_static collects every batch before computing ranges. ``median`` replaces
+# every activation range computed by MinMax with ``median_ranges`` (TensorQuantOverrides); onnxruntime's
+# own MinMax pass still runs, since quantize_static always calibrates.
+_CALIBRATORS = {
+    "median": ("MinMax", {}, median_ranges),
+    "moving-average": ("MinMax", {"CalibMovingAverage": True}, None),
+    "minmax": ("MinMax", {}, None),
+    "percentile": ("Percentile", {}, None),
+    "entropy": ("Entropy", {}, None),
+}
 
 
 def default_reduce_range() -> bool:
@@ -176,9 +177,9 @@ def quantize_onnx(model: str | os.PathLike, out: str | os.PathLike, data: Datase
                     if equalize:
                         eq = equalize_residual_streams(pre_model, calib)
                         onnx.save(pre_model, str(pre))
-                    method, extra = _CALIBRATORS[calibration]
-                    if calibration == "median":
-                        extra = {**extra, "TensorQuantOverrides": median_ranges(pre_model, calib)}
+                    method, extra, overrides = _CALIBRATORS[calibration]
+                    if overrides:
+                        extra = {**extra, "TensorQuantOverrides": overrides(pre_model, calib)}
                     quantize_static(str(pre), str(tmp_out), _Calibration(input_name, calib),
                                     quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
                                     weight_type=QuantType.QInt8, per_channel=True, reduce_range=reduce_range,
