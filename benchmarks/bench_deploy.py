@@ -19,22 +19,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from kdexport.bench import bench_onnx, bench_torch, time_fn, torch_threads
-from kdexport.config import TrainConfig
-from kdexport.data import load_dataset
+from kdexport.bench.timing import bench_onnx, bench_torch, p50, time_fn, torch_threads
+from kdexport.config import QuantConfig, TrainConfig
+from kdexport.data.datasets import load_dataset
+from kdexport.distill.teacher import weights_hash
+from kdexport.distill.train import evaluate, fit
 from kdexport.envinfo import result_stamp
-from kdexport.export import export_onnx
-from kdexport.io import atomic_write_json, atomic_write_text
-from kdexport.models import ModelSpec, build_model, count_flops
-from kdexport.quantize import CALIBRATIONS, DEFAULT_CALIBRATION, quantize_onnx
-from kdexport.train import evaluate, fit, weights_hash
+from kdexport.export.calibration import CALIBRATIONS
+from kdexport.export.onnx import export_onnx
+from kdexport.export.quantize import quantize_onnx
+from kdexport.files import atomic_write_json, atomic_write_text
+from kdexport.models.builders import ModelSpec, build_model, count_flops
 
 HERE = Path(__file__).resolve().parent
 THREADS = 2
@@ -47,7 +48,7 @@ def matmul_peak(n: int = 2048, reps: int = 20) -> dict:
     import onnx
     from onnx import TensorProto, helper
 
-    from kdexport.export import ort_session
+    from kdexport.export.onnx import ort_session
 
     a, b = torch.randn(n, n), torch.randn(n, n)
     an, bn = a.numpy(), b.numpy()
@@ -107,19 +108,20 @@ def int8_vs_fp32(
     residual-stream equalization (neither changes the graph, hence size and latency)."""
     fp32 = f"{tmp}/{name}.onnx"
     export_onnx(model.eval(), fp32, parity)
-    quant = functools.partial(quantize_onnx, fp32, data=data, mode="static", calibration_samples=300,
-                              max_accuracy_drop=100.0)
+    def quant(path: str, accuracy_fp32: float | None = None, **kw):
+        return quantize_onnx(fp32, path, data, mode="static", quant=QuantConfig(max_accuracy_drop=100.0, **kw),
+                             accuracy_fp32=accuracy_fp32)
+
     q = quant(f"{tmp}/{name}.int8.onnx", calibration=calibration)
-    quant = functools.partial(quant, accuracy_fp32=q.accuracy_fp32)  # measured once
     by_cal = {calibration: {"accuracy": q.accuracy_int8, "drop_points": q.accuracy_drop_points}}
-    for other in CALIBRATIONS if compare else ():
+    for other in CALIBRATIONS.names(sort=False) if compare else ():
         if other != calibration:
             print(f"  {name}: INT8 accuracy with {other} calibration", flush=True)
-            o = quant(f"{tmp}/{name}.{other}.int8.onnx", calibration=other)
+            o = quant(f"{tmp}/{name}.{other}.int8.onnx", q.accuracy_fp32, calibration=other)
             by_cal[other] = {"accuracy": o.accuracy_int8, "drop_points": o.accuracy_drop_points}
     if compare:
         print(f"  {name}: INT8 accuracy with residual-stream equalization", flush=True)
-        o = quant(f"{tmp}/{name}.eq.int8.onnx", calibration=calibration, equalize=True)
+        o = quant(f"{tmp}/{name}.eq.int8.onnx", q.accuracy_fp32, calibration=calibration, equalize=True)
         equalized = {"accuracy": o.accuracy_int8, "drop_points": o.accuracy_drop_points,
                      "equalization": o.equalization}
     b32 = bench_onnx(fp32, full, [1, 32], threads=THREADS, iters=iters, max_seconds=20.0)
@@ -127,8 +129,8 @@ def int8_vs_fp32(
     return {
         "fp32": {"bytes": q.fp32_bytes, "accuracy": q.accuracy_fp32, **b32},
         "int8": {"bytes": q.onnx_bytes, "accuracy": q.accuracy_int8, "reduce_range": q.reduce_range, **b8},
-        "int8_speedup_batch_1": b32["latency_ms"]["batch_1"]["p50"] / b8["latency_ms"]["batch_1"]["p50"],
-        "int8_speedup_batch_32": b32["latency_ms"]["batch_32"]["p50"] / b8["latency_ms"]["batch_32"]["p50"],
+        "int8_speedup_batch_1": p50(b32, 1) / p50(b8, 1),
+        "int8_speedup_batch_32": p50(b32, 32) / p50(b8, 32),
         "int8_size_fraction": q.onnx_bytes / q.fp32_bytes,
         "int8_accuracy_drop_points": q.accuracy_drop_points,
         "calibration": calibration,
@@ -149,7 +151,7 @@ def main() -> None:
         default=[],
         help="CIFAR run folders (recipe workdirs with teacher.pt and cells/baseline-s0.pt): INT8 on trained models",
     )
-    ap.add_argument("--calibration", choices=CALIBRATIONS, default=DEFAULT_CALIBRATION,
+    ap.add_argument("--calibration", choices=CALIBRATIONS.names(sort=False), default=QuantConfig.calibration,
                     help="static INT8 calibration for the headline numbers (trained checkpoints also get the others)")
     args = ap.parse_args()
     torch.set_num_threads(THREADS)
@@ -173,7 +175,7 @@ def main() -> None:
         res["resnet18_imagenet_stem_32x32"] = {
             "ort_fp32": o,
             "torch_eager": e,
-            "ort_vs_eager_batch_1": e["latency_ms"]["batch_1"]["p50"] / o["latency_ms"]["batch_1"]["p50"],
+            "ort_vs_eager_batch_1": p50(e, 1) / p50(o, 1),
             "target": 1.8,
         }
         # 3./4. INT8 vs FP32 on trained CIFAR-stem models
@@ -190,13 +192,13 @@ def main() -> None:
             }
             b32 = entry["fp32"]
             for b in (1, 32):
-                gf = flops * b / (b32["latency_ms"][f"batch_{b}"]["p50"] / 1e3) / 1e9
+                gf = flops * b / (p50(b32, b) / 1e3) / 1e9
                 entry[f"fp32_gflops_batch_{b}"] = gf
                 entry[f"fp32_fraction_of_peak_batch_{b}"] = gf / res["matmul_peak"]["gflops"]
             res[f"{arch}_cifar_stem"] = entry
         # INT8 accuracy on properly trained models: the checkpoints of a CIFAR recipe run
         if args.trained_dir:
-            from kdexport.checkpoint import load_model
+            from kdexport.models.checkpoint import load_model
 
             res["trained_checkpoints"] = {}
             ckpts = [Path(d) / f for d in args.trained_dir for f in ("teacher.pt", "cells/baseline-s0.pt")]

@@ -28,13 +28,15 @@ import onnx
 import torch
 from bench_deploy import THREADS, int8_vs_fp32, recipe, train_cifar_stem, train_subset
 
-from kdexport.checkpoint import load_model, save_checkpoint
-from kdexport.data import load_dataset
+from kdexport.config import QuantConfig
+from kdexport.data.datasets import load_dataset
+from kdexport.distill.train import predict_logits
 from kdexport.envinfo import git_commit, result_stamp
-from kdexport.io import atomic_write_json, atomic_write_text
-from kdexport.models import ModelSpec
-from kdexport.quantize import CALIBRATIONS, DEFAULT_CALIBRATION, quantize_onnx
-from kdexport.train import predict_logits
+from kdexport.export.calibration import CALIBRATIONS
+from kdexport.export.quantize import quantize_onnx
+from kdexport.files import atomic_write_json, atomic_write_text
+from kdexport.models.builders import ModelSpec
+from kdexport.models.checkpoint import load_model, save_checkpoint
 
 HERE = Path(__file__).resolve().parent
 
@@ -92,8 +94,8 @@ def calibration_draws(fp32: str, data, accuracy_fp32: float, draws: int, calibra
         drawn = dataclasses.replace(data, x_train=data.x_train[perm], y_train=data.y_train[perm])
         for cal in calibrations:
             print(f"  calibration draw {k}: {cal}", flush=True)
-            q = quantize_onnx(fp32, f"{tmp}/draw.int8.onnx", drawn, mode="static", calibration_samples=300,
-                              max_accuracy_drop=100.0, calibration=cal, accuracy_fp32=accuracy_fp32)
+            q = quantize_onnx(fp32, f"{tmp}/draw.int8.onnx", drawn, mode="static",
+                              quant=QuantConfig(calibration=cal, max_accuracy_drop=100.0), accuracy_fp32=accuracy_fp32)
             rows.append({"draw": k, "calibration": cal, "drop_points": q.accuracy_drop_points})
     return rows
 
@@ -109,7 +111,7 @@ def main() -> None:
     ap.add_argument("--workdir", default="runs/bench-int8-trained")
     ap.add_argument("--out", default="bench_int8_trained", help="results file name in benchmarks/results (no suffix)")
     ap.add_argument("--sqnr-images", type=int, default=64, help="test images for the per-tensor SQNR (0: skip)")
-    ap.add_argument("--calibration", choices=CALIBRATIONS, default=DEFAULT_CALIBRATION)
+    ap.add_argument("--calibration", choices=CALIBRATIONS.names(sort=False), default=QuantConfig.calibration)
     ap.add_argument("--calibration-draws", type=int, default=3,
                     help="calibration image sets for the default and moving-average calibrations (1: the standard one)")
     args = ap.parse_args()

@@ -30,11 +30,12 @@ import torch
 import torch.nn.functional as F
 
 from kdexport.config import KDConfig, TrainConfig
-from kdexport.data import Dataset, load_dataset
+from kdexport.data.datasets import Dataset, load_dataset
+from kdexport.distill.teacher import CachedLogits, Distillation, LiveLogits, TeacherLogits, TorchTeacher
+from kdexport.distill.train import evaluate, fit
 from kdexport.envinfo import result_stamp
-from kdexport.io import atomic_write_json, atomic_write_text
-from kdexport.models import ModelSpec, build_model
-from kdexport.train import TeacherTargets, evaluate, fit
+from kdexport.files import atomic_write_json, atomic_write_text
+from kdexport.models.builders import ModelSpec, build_model
 
 HERE = Path(__file__).resolve().parent
 KD = KDConfig(temperature=4.0, soft_weight=0.5)
@@ -53,13 +54,11 @@ def subset(data: Dataset, n_train: int, n_test: int) -> Dataset:
     )
 
 
-def kdexport_epoch(data: Dataset, spec: ModelSpec, cfg: TrainConfig, targets: TeacherTargets | None) -> dict:
+def kdexport_epoch(data: Dataset, spec: ModelSpec, cfg: TrainConfig, targets: TeacherLogits | None) -> dict:
     torch.manual_seed(0)
     model = build_model(spec)
     t0 = time.perf_counter()
-    hist = fit(
-        model, data, cfg, **({"teacher": targets.teacher, "kd": KD, "teacher_targets": targets} if targets else {})
-    )
+    hist = fit(model, data, cfg, distill=Distillation(targets, KD) if targets else None)
     secs = time.perf_counter() - t0
     train_secs = sum(h["seconds"] for h in hist)
     return {
@@ -120,11 +119,11 @@ def run_pair(
     out["a_student_alone"] = kdexport_epoch(data, s_spec, cfg, None)
     print(f"[{name}] (b) KD, live teacher", flush=True)
     out["b_kd_live_teacher"] = kdexport_epoch(
-        data, s_spec, cfg, TeacherTargets(teacher, data, torch.device("cpu"), cached=False)
+        data, s_spec, cfg, LiveLogits(TorchTeacher.for_data(teacher, data))
     )
     print(f"[{name}] (c) KD, cached teacher", flush=True)
     t0 = time.perf_counter()
-    cached = TeacherTargets(teacher, data, torch.device("cpu"), cached=True)
+    cached = CachedLogits(TorchTeacher.for_data(teacher, data), data)
     out["cache_build_seconds"] = time.perf_counter() - t0
     out["c_kd_cached_teacher"] = kdexport_epoch(data, s_spec, cfg, cached)
     print(f"[{name}] (d) plain PyTorch loop", flush=True)

@@ -1,7 +1,7 @@
 """Why static INT8 calibration needs robust activation ranges, on one trained checkpoint.
 
 1. The per-batch activation ranges on the calibration images that ``kdexport quantize`` uses (9
-   batches of 32, ``kdexport.quantize.batch_ranges``): for the tensors whose largest batch maximum is
+   batches of 32, ``kdexport.export.calibration.batch_ranges``): for the tensors whose largest batch maximum is
    furthest above their median batch maximum, every batch's maximum, their mean (what
    ``moving-average`` uses) and median (what ``median`` uses), and the maximum on 64 test images.
 2. Where the INT8 error comes from: test accuracy of ``moving-average`` static quantization with 8-bit
@@ -27,13 +27,14 @@ import numpy as np
 import onnx
 import torch
 
-from kdexport.bench import onnx_accuracy
-from kdexport.checkpoint import load_model
-from kdexport.data import load_dataset
+from kdexport.bench.timing import onnx_accuracy
+from kdexport.data.datasets import load_dataset
 from kdexport.envinfo import git_commit, result_stamp
-from kdexport.export import export_onnx
-from kdexport.io import atomic_write_json, atomic_write_text
-from kdexport.quantize import _Calibration, batch_ranges, calibration_batches, default_reduce_range
+from kdexport.export.calibration import batch_ranges
+from kdexport.export.onnx import export_onnx
+from kdexport.export.quantize import CalibrationReader, calibration_batches, default_reduce_range
+from kdexport.files import atomic_write_json, atomic_write_text
+from kdexport.models.checkpoint import load_model
 
 HERE = Path(__file__).resolve().parent
 THREADS = 2
@@ -45,7 +46,7 @@ def quantize(pre: str, out: str, batches: list[np.ndarray], activation_bits: int
 
     wide = 16 in (activation_bits, weight_bits)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        quantize_static(pre, out, _Calibration(onnx.load(pre).graph.input[0].name, batches),
+        quantize_static(pre, out, CalibrationReader(onnx.load(pre).graph.input[0].name, batches),
                         quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QUInt16 if activation_bits == 16 else QuantType.QUInt8,
                         weight_type=QuantType.QInt16 if weight_bits == 16 else QuantType.QInt8,

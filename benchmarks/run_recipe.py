@@ -18,11 +18,11 @@ import json
 import tempfile
 from pathlib import Path
 
-from kdexport.cli import RichReporter, make_progress
+from kdexport.cli import progress_reporter
 from kdexport.config import RunConfig
-from kdexport.io import atomic_write_json, atomic_write_text
+from kdexport.files import atomic_write_json, atomic_write_text
 from kdexport.pipeline import distill_export
-from kdexport.report import to_markdown
+from kdexport.report.write import to_markdown
 from kdexport.sweep import Grid, run_sweep, sweep_markdown
 
 HERE = Path(__file__).resolve().parent
@@ -54,12 +54,11 @@ def main() -> None:
     args = ap.parse_args()
     recipe = load_recipe(args.recipe)
     results = HERE / "results"
-    progress = make_progress()
-    with progress, tempfile.TemporaryDirectory() as tmp:
+    with progress_reporter() as reporter, tempfile.TemporaryDirectory() as tmp:
         if recipe["kind"] == "sweep":
             cfg = recipe_config(recipe, args.data_dir, str(ROOT / recipe["workdir"]))
             grid = Grid(**{k: tuple(v) for k, v in recipe["grid"].items()})
-            report = run_sweep(cfg, grid, reporter=RichReporter(progress), log=print)
+            report = run_sweep(cfg, grid, reporter=reporter, log=print)
             best = json.loads((Path(cfg.out) / "best" / "report.json").read_text())
             for m in best["models"].values():
                 m.pop("history", None)
@@ -69,7 +68,7 @@ def main() -> None:
         else:
             cfg = recipe_config(recipe, args.data_dir, str(Path(tmp) / "run"))
             cfg = dataclasses.replace(cfg, overwrite=True)
-            report = distill_export(cfg, reporter=RichReporter(progress), log=print)
+            report = distill_export(cfg, reporter=reporter, log=print)
             md = to_markdown(report)
     report["recipe"] = {"name": args.recipe, "doc": recipe.get("doc", ""),
                         "command": f"python benchmarks/run_recipe.py {args.recipe}"}

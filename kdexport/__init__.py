@@ -6,19 +6,18 @@ Public Python API (the CLI is a thin layer over these)::
     report = distill_export(RunConfig(dataset="digits", out="runs/demo"))
 """
 
-__version__ = "0.1.0"
-
-from .config import KDConfig, RunConfig, TrainConfig  # noqa: E402
-from .data import DATASETS, Dataset, load_dataset  # noqa: E402
-from .errors import KdexportError  # noqa: E402
-from .export import export_onnx, read_metadata  # noqa: E402
-from .losses import kd_loss  # noqa: E402
-from .models import MODELS, ModelSpec, build_model  # noqa: E402
-from .pipeline import distill_export  # noqa: E402
-from .train import evaluate, fit  # noqa: E402
+from .config import KDConfig, QuantConfig, RunConfig, TrainConfig
+from .data.datasets import DATASETS, Dataset, load_dataset
+from .distill.losses import kd_loss
+from .distill.train import evaluate, fit
+from .errors import KdexportError
+from .export.onnx import export_onnx, read_metadata
+from .models.builders import MODELS, ModelSpec, build_model
+from .pipeline import distill_export
+from .version import __version__
 
 __all__ = [
-    "__version__", "DATASETS", "MODELS", "Dataset", "KDConfig", "KdexportError", "ModelSpec",
+    "__version__", "DATASETS", "MODELS", "Dataset", "KDConfig", "KdexportError", "ModelSpec", "QuantConfig",
     "RunConfig", "TrainConfig", "build_model", "distill_export", "evaluate", "export_onnx",
     "fit", "kd_loss", "load_dataset", "read_metadata",
 ]

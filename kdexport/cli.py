@@ -1,14 +1,19 @@
-"""Typer CLI: commands are adapters. They build a config, call the library, and turn a
-KdexportError into one line on stderr and a non-zero exit code."""
+"""Typer CLI: commands are adapters. Each command's options are generated from its config dataclass
+(``kdexport.config``: default, help and validation live there and nowhere else); a command builds
+the config, calls the library, and turns a KdexportError into one line on stderr and an exit code."""
 
 import contextlib
+import dataclasses
 import inspect
 import sys
+import time
+import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+import typer.rich_utils
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -20,9 +25,25 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from . import __version__
-from .config import CALIBRATION_HELP, DEFAULT_CALIBRATION, EQUALIZE_HELP
+from .config import (
+    REQUIRED,
+    SWEEP_REPLACES,
+    BenchOptions,
+    CheckOptions,
+    CliField,
+    Grid,
+    PredictOptions,
+    QuantizeOptions,
+    RunConfig,
+    cli_fields,
+    format_default,
+    from_flat,
+)
 from .errors import KdexportError
+from .version import __version__
+
+if not sys.stdout.isatty():  # --help piped to a file or a log: never cut option names at 80 columns
+    typer.rich_utils.MAX_WIDTH = typer.rich_utils.MAX_WIDTH or 160
 
 app = typer.Typer(name="kdexport", add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
                   pretty_exceptions_enable=False,
@@ -45,7 +66,7 @@ def errors_to_exit() -> Iterator[None]:
 
 
 class RichReporter:
-    """Training progress: one bar per model with live loss and accuracy."""
+    """Training progress on a terminal: one bar per model with live loss and accuracy."""
 
     def __init__(self, progress: Progress):
         self.progress = progress
@@ -69,10 +90,39 @@ class RichReporter:
         pass
 
 
-def make_progress() -> Progress:
-    return Progress(TextColumn("[bold]{task.description:<16}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[metrics]}"),
-                    console=console, transient=False)
+class LineReporter:
+    """Training progress in a log (stderr is not a terminal): one line per epoch, written as it ends,
+    instead of a progress bar that a non-terminal only shows when the run is over."""
+
+    def __init__(self, write: Callable[[str], None]):
+        self.write = write
+        self.label, self.epochs, self.t0 = "", 0, 0.0
+
+    def start(self, label: str, total_steps: int) -> None:
+        self.label, self.t0 = label, time.perf_counter()
+
+    def step_n(self, n: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def epoch(self, record: dict[str, float]) -> None:
+        self.write(f"{self.label} epoch {record['epoch']:.0f}: loss {record['train_loss']:.4f}, train acc "
+                   f"{record['train_accuracy']:.4f}, test acc {record['test_accuracy']:.4f} "
+                   f"({record['seconds']:.1f} s, {time.perf_counter() - self.t0:.0f} s so far)")
+
+    def finish(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def progress_reporter() -> Iterator[RichReporter | LineReporter]:
+    """Bars on a terminal, lines in a log."""
+    if not console.is_terminal:
+        yield LineReporter(_log)
+        return
+    with Progress(TextColumn("[bold]{task.description:<16}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[metrics]}"),
+                  console=console, transient=False) as progress:
+        yield RichReporter(progress)
 
 
 def _log(msg: str) -> None:
@@ -91,145 +141,107 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=version_ca
     pass
 
 
-# Options shared by distill-export and sweep, declared once: (name, type, default, typer.Option).
-RUN_OPTIONS: list[tuple[str, Any, Any, Any]] = [
-    ("teacher", str, "mlp:1200,1200", typer.Option(help="Teacher model: mlp:SIZES (e.g. mlp:1200,1200) or a torchvision name.")),
-    ("student", str, "mlp:14", typer.Option(help="Student model: mlp:SIZES (e.g. mlp:1200,1200) or a torchvision name.")),
-    ("dataset", str, "digits", typer.Option(help="digits (bundled), mnist, cifar10 or imagefolder.")),
-    ("data_dir", Optional[Path], None, typer.Option(help="Local dataset folder (default: $KDEXPORT_DATA_DIR or ~/.cache/kdexport/data).")),
-    ("download", bool, True, typer.Option(help="Download mnist/cifar10 when not found locally.")),
-    ("image_size", Optional[int], None, typer.Option(help="imagefolder: resize images to this square size.")),
-    ("augment", str, "auto", typer.Option(help="Training augmentation: auto (crop-flip for RGB data, else none), none, crop-flip, shift2.")),
-    ("teacher_augment", Optional[str], None, typer.Option(help="The teacher's augmentation, if different.")),
-    ("soft_loss", str, "kl", typer.Option(help="Soft loss: kl (Hinton) or mse (logit matching).")),
-    ("epochs", int, 30, typer.Option(help="Epochs for every model (baseline and student always match).")),
-    ("teacher_epochs", Optional[int], None, typer.Option(help="Override the teacher's epochs.")),
-    ("teacher_cache", bool, True, typer.Option(help="Without augmentation, keep the teacher's logits on disk ($KDEXPORT_CACHE_DIR or ~/.cache/kdexport) and reuse them across runs, seeds and sweep cells.")),
-    ("batch_size", int, 64, typer.Option(help="Training batch size.")),
-    ("optimizer", str, "adam", typer.Option(help="adam or sgd (momentum, Nesterov).")),
-    ("lr", float, 3e-3, typer.Option(help="Peak learning rate.")),
-    ("weight_decay", float, 0.0, typer.Option(help="Weight decay.")),
-    ("momentum", float, 0.9, typer.Option(help="SGD momentum.")),
-    ("scheduler", str, "cosine", typer.Option(help="Learning-rate schedule: cosine, onecycle or none.")),
-    ("device", str, "auto", typer.Option(help="auto, cpu or cuda (training only; benchmarks run on CPU).")),
-    ("teacher_dropout", float, 0.5, typer.Option(help="Dropout between MLP hidden layers of the teacher.")),
-    ("student_dropout", float, 0.0, typer.Option(help="Dropout between MLP hidden layers of the student.")),
-    ("cifar_stem", bool, False, typer.Option(help="torchvision CNNs: 3x3 stride-1 stem, no max-pool (for 32x32 inputs).")),
-    ("pretrained", bool, False, typer.Option(help="Start the teacher from torchvision's pretrained weights (needs network once).")),
-    ("teacher_checkpoint", Optional[Path], None, typer.Option(help="Use this trained teacher (a kdexport checkpoint) instead of training one.")),
-    ("bench_batch", int, 32, typer.Option(help="The larger batch size to benchmark, beside batch 1.")),
-    ("bench_iters", int, 100, typer.Option(help="Timed runs per latency measurement.")),
-    ("threads", Optional[int], None, typer.Option(help="CPU threads for training and inference (default: all usable cores).")),
-    ("parity_atol", float, 1e-3, typer.Option(help="Max abs logit difference allowed between onnxruntime and PyTorch.")),
-    ("quantize", str, "none", typer.Option(help="Also make an INT8 student with onnxruntime: none, static (QDQ, calibrated; CNNs) or dynamic (MLPs).")),
-    ("max_accuracy_drop", float, 1.0, typer.Option(help="INT8: reject the quantized model if it loses more accuracy points than this.")),
-    ("calibration_samples", int, 300, typer.Option(help="INT8 static: training images used for calibration.")),
-    ("calibration", str, DEFAULT_CALIBRATION, typer.Option(help=f"INT8 static activation ranges. {CALIBRATION_HELP}.")),
-    ("equalize", bool, False, typer.Option(help=EQUALIZE_HELP)),
-    ("out", Optional[Path], None, typer.Option(help="Output folder (default: runs/<command>-<timestamp>).")),
-    ("overwrite", bool, False, typer.Option(help="Replace an existing --out folder.")),
-    ("resume", bool, False, typer.Option(help="Continue an interrupted run with the same --out and options (per-epoch state).")),
-]
+# -- options generated from the config dataclasses ----------------------------------------------------
+
+def _cli_type(t: Any) -> Any:
+    """``X | None`` -> ``Optional[X]`` (the form typer reads)."""
+    args = typing.get_args(t)
+    if type(None) in args and len(args) == 2:
+        return Optional[next(a for a in args if a is not type(None))]
+    return t
 
 
-def with_run_options(fn: Callable) -> Callable:
-    """Append RUN_OPTIONS to a command's signature; the command receives them in ``**opts``."""
-    sig = inspect.signature(fn)
-    own = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                               annotation=Annotated[typ, opt]) for name, typ, default, opt in RUN_OPTIONS]
-    fn.__signature__ = sig.replace(parameters=own + extra)
-    return fn
+def _parameter(f: CliField) -> inspect.Parameter:
+    help_text = f.meta["help"]() if callable(f.meta["help"]) else f.meta["help"]
+    cli_type = f.meta["cli_type"]
+    default = f.default
+    if default is REQUIRED:
+        default = inspect.Parameter.empty
+    elif isinstance(default, tuple):
+        default = format_default(default) if cli_type is str else (list(default) or None)
+    info = typer.Argument(help=help_text) if f.meta["argument"] else typer.Option(*f.meta["flags"], help=help_text)
+    return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                             annotation=Annotated[_cli_type(cli_type or f.type), info])
 
 
-def build_config(opts: dict, *, temperature: float = 4.0, soft_weight: float = 0.5, scale_t2: bool = True,
-                 seed: int = 0):
-    from .config import KDConfig, RunConfig, TrainConfig
+def config_command(name: str, cls: type, *, exclude: tuple[str, ...] = (), extra: type | None = None):
+    """Register ``fn(config[, extra_config])`` as command ``name`` with one option per config field."""
 
-    o = {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.items()}
-    train = TrainConfig(**{k: o.pop(k) for k in ("epochs", "batch_size", "optimizer", "lr", "weight_decay",
-                                                  "momentum", "scheduler", "device")}, seed=seed)
-    kd = KDConfig(temperature=temperature, soft_weight=soft_weight, scale_t2=scale_t2, soft_loss=o.pop("soft_loss"))
-    return RunConfig(kd=kd, train=train, **o)
+    def deco(fn: Callable) -> Callable:
+        fields = [*cli_fields(cls, exclude), *(cli_fields(extra) if extra else ())]
+        names = [f.name for f in fields]
+        assert len(names) == len(set(names)), f"{name}: option names repeat across nested configs"
+
+        def command(**values: Any) -> None:
+            with errors_to_exit():
+                cfg = from_flat(cls, values, exclude)
+                fn(cfg, from_flat(extra, values)) if extra else fn(cfg)
+
+        command.__signature__ = inspect.Signature([_parameter(f) for f in fields])
+        command.__doc__ = fn.__doc__
+        command.__name__ = fn.__name__
+        app.command(name)(command)
+        return fn
+
+    return deco
+
+
+# -- commands ---------------------------------------------------------------------------------------
+
+SUMMARY_COLUMNS = ("model", "acc (ONNX)", "params", "ONNX size", "p50 ms @1", "speed-up", "compression")
 
 
 def print_summary(report: dict) -> None:
-    from .report import summary_header, summary_rows
+    from .report.write import summary_table
 
     cfg = report["config"]
     table = Table(title=f"{report['dataset']['name']}: {cfg['teacher']} -> {cfg['student']}")
-    keep = [0, 2, 4, 6, 7, 10, 11]  # model, acc, params, size, p50@1, speed-up, compression
-    header = summary_header(report)
-    for i in keep:
-        table.add_column(header[i], no_wrap=True)
-    for row in summary_rows(report):
-        table.add_row(*[row[i] for i in keep])
+    for col in SUMMARY_COLUMNS:
+        table.add_column(col, no_wrap=True)
+    for row in summary_table(report):
+        table.add_row(*[row[col] for col in SUMMARY_COLUMNS])
     out_console.print(table)
 
 
-@app.command("distill-export")
-@with_run_options
-def distill_export_cmd(
-    temperature: Annotated[float, typer.Option("--temperature", "-T", help="Distillation temperature T > 0.")] = 4.0,
-    soft_weight: Annotated[float, typer.Option(help="beta: weight of the soft (KD) loss; the hard CE weight is 1 - beta.")] = 0.5,
-    scale_t2: Annotated[bool, typer.Option("--scale-t2/--no-scale-t2", help="Multiply the soft loss by T^2 (Hinton et al.).")] = True,
-    seed: Annotated[int, typer.Option(help="Seed for initialization, data order and augmentation.")] = 0,
-    **opts: Any,
-) -> None:
+@config_command("distill-export", RunConfig)
+def distill_export_cmd(cfg: RunConfig) -> None:
     """Train a teacher, a baseline student and a distilled student; export all three to ONNX
     (with a parity check); benchmark them with onnxruntime; write report.json and report.md."""
+    from .distributed import shutdown
     from .pipeline import distill_export
 
-    with errors_to_exit():
-        cfg = build_config(opts, temperature=temperature, soft_weight=soft_weight, scale_t2=scale_t2, seed=seed)
-        from .distributed import shutdown
-
-        try:
-            with make_progress() as progress:
-                report = distill_export(cfg, reporter=RichReporter(progress), log=_log)
-        finally:
-            shutdown()  # leave the torchrun process group cleanly (no-op otherwise)
-        if report is None:  # a non-zero torchrun rank: rank 0 reports
-            return
-        print_summary(report)
-        out_console.print(f"KD gain: {report['kd_gain_points']:+.2f} points; report: "
-                          f"{Path(report['config']['out']) / 'report.md'}")
+    try:
+        with progress_reporter() as reporter:
+            report = distill_export(cfg, reporter=reporter, log=_log)
+    finally:
+        shutdown()  # leave the torchrun process group cleanly (no-op otherwise)
+    if report is None:  # a non-zero torchrun rank: rank 0 reports
+        return
+    print_summary(report)
+    out_console.print(f"KD gain: {report['kd_gain_points']:+.2f} points; report: "
+                      f"{Path(report['config']['out']) / 'report.md'}")
 
 
-@app.command("sweep")
-@with_run_options
-def sweep_cmd(
-    temperature: Annotated[str, typer.Option("--temperature", "-T", help="Temperatures, comma-separated.")] = "2,4,8",
-    soft_weight: Annotated[str, typer.Option(help="Soft-loss weights beta, comma-separated.")] = "0.5,0.9",
-    seeds: Annotated[str, typer.Option(help="Seeds, comma-separated; each cell is mean +/- std over them.")] = "0,1,2",
-    scale_t2: Annotated[str, typer.Option(help="T^2 scaling of the soft loss: on, off, or on,off for both.")] = "on",
-    **opts: Any,
-) -> None:
+@config_command("sweep", RunConfig, exclude=SWEEP_REPLACES, extra=Grid)
+def sweep_cmd(cfg: RunConfig, grid: Grid) -> None:
     """Grid over T x beta (x T^2 scaling) x seeds with a fair baseline per seed. The teacher is
     trained once; a rerun with the same --out skips finished cells. Writes sweep.json, sweep.md,
     heatmap.png, and best/ (the best cell exported and benchmarked like distill-export)."""
-    from .sweep import Grid, parse_floats, parse_ints, parse_switches, run_sweep
+    from .sweep import run_sweep
 
-    with errors_to_exit():
-        grid = Grid(parse_floats(temperature, "--temperature"), parse_floats(soft_weight, "--soft-weight"),
-                    parse_ints(seeds, "--seeds"), parse_switches(scale_t2, "--scale-t2"))
-        cfg = build_config(opts, seed=grid.seeds[0])
-        with make_progress() as progress:
-            result = run_sweep(cfg, grid, reporter=RichReporter(progress), log=_log)
-        b = result["best"]
-        out_console.print(f"best cell {b['cell']}: {b['mean'] * 100:.2f} ± {b['std'] * 100:.2f}% vs baseline "
-                          f"{result['baseline']['mean'] * 100:.2f} ± {result['baseline']['std'] * 100:.2f}% "
-                          f"(KD gain {b['kd_gain_points']:+.2f} points); table: {result['config']['out']}/sweep.md")
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=grid.seeds[0]))
+    with progress_reporter() as reporter:
+        result = run_sweep(cfg, grid, reporter=reporter, log=_log)
+    b = result["best"]
+    out_console.print(f"best cell {b['cell']}: {b['mean'] * 100:.2f} ± {b['std'] * 100:.2f}% vs baseline "
+                      f"{result['baseline']['mean'] * 100:.2f} ± {result['baseline']['std'] * 100:.2f}% "
+                      f"(KD gain {b['kd_gain_points']:+.2f} points); table: {result['config']['out']}/sweep.md")
 
 
-DatasetOpt = Annotated[Optional[str], typer.Option(help="Dataset for accuracy/calibration (default: the one named in the model's metadata).")]
-DataDirOpt = Annotated[Optional[Path], typer.Option(help="Local dataset folder.")]
-
-
-def _dataset_for(model: Path, dataset: Optional[str], data_dir: Optional[Path], required: bool):
-    from .data import load_dataset
+def _dataset_for(model: Path, dataset: str | None, data_dir: str | None, required: bool):
+    from .data.datasets import load_dataset
     from .errors import DataError
-    from .export import read_metadata
+    from .export.onnx import read_metadata
 
     if dataset is None:
         try:
@@ -243,134 +255,68 @@ def _dataset_for(model: Path, dataset: Optional[str], data_dir: Optional[Path], 
     return load_dataset(dataset, data_dir, download=False)
 
 
-@app.command("quantize")
-def quantize_cmd(
-    model: Annotated[Path, typer.Argument(help="FP32 ONNX classifier to quantize.")],
-    out: Annotated[Path, typer.Option(help="Where to write the INT8 model.")],
-    mode: Annotated[str, typer.Option(help="static (QDQ, calibrated; for CNNs) or dynamic (for MLPs).")] = "static",
-    dataset: DatasetOpt = None,
-    data_dir: DataDirOpt = None,
-    calibration_samples: Annotated[int, typer.Option(help="Training images used for static calibration.")] = 300,
-    max_accuracy_drop: Annotated[float, typer.Option(help="Reject (exit 1, no file) if accuracy drops more than this many points.")] = 1.0,
-    reduce_range: Annotated[Optional[bool], typer.Option("--reduce-range/--no-reduce-range", help="7-bit weights; default: on for CPUs without VNNI.")] = None,
-    calibration: Annotated[str, typer.Option(help=f"Static activation ranges. {CALIBRATION_HELP}.")] = DEFAULT_CALIBRATION,
-    equalize: Annotated[bool, typer.Option(help=EQUALIZE_HELP)] = False,
-) -> None:
+@config_command("quantize", QuantizeOptions)
+def quantize_cmd(o: QuantizeOptions) -> None:
     """INT8-quantize an ONNX classifier with onnxruntime and check its accuracy against FP32."""
-    from .quantize import quantize_onnx
+    from .export.onnx import inspect_classifier
+    from .export.quantize import quantize_onnx
 
-    with errors_to_exit():
-        from .benchcmd import inspect_classifier
-
-        inspect_classifier(model)
-        data = _dataset_for(model, dataset, data_dir, required=True)
-        r = quantize_onnx(model, out, data, mode=mode, calibration_samples=calibration_samples,
-                          max_accuracy_drop=max_accuracy_drop, reduce_range=reduce_range, calibration=calibration,
-                          equalize=equalize)
-        out_console.print(f"{r.mode} INT8: accuracy {r.accuracy_int8 * 100:.2f}% (FP32 {r.accuracy_fp32 * 100:.2f}%, "
-                          f"drop {r.accuracy_drop_points:.2f} points), {r.onnx_bytes:,} bytes "
-                          f"({r.onnx_bytes / r.fp32_bytes * 100:.0f}% of FP32) -> {out}")
+    inspect_classifier(o.model)
+    data = _dataset_for(Path(o.model), o.dataset, o.data_dir, required=True)
+    r = quantize_onnx(o.model, o.out, data, mode=o.mode, quant=o.quant)
+    out_console.print(f"{r.mode} INT8: accuracy {r.accuracy_int8 * 100:.2f}% (FP32 {r.accuracy_fp32 * 100:.2f}%, "
+                      f"drop {r.accuracy_drop_points:.2f} points), {r.onnx_bytes:,} bytes "
+                      f"({r.onnx_bytes / r.fp32_bytes * 100:.0f}% of FP32) -> {o.out}")
 
 
-@app.command("bench")
-def bench_cmd(
-    models: Annotated[list[Path], typer.Argument(help="One or more ONNX image classifiers.")],
-    out: Annotated[Path, typer.Option(help="Folder for bench.json, bench.md and pareto.png.")] = Path("runs/bench"),
-    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,32",
-    threads: Annotated[str, typer.Option(help="Comma-separated intra-op thread counts (default: usable cores).")] = "",
-    iters: Annotated[int, typer.Option(help="Timed runs per measurement (after warm-up).")] = 100,
-    warmup: Annotated[int, typer.Option(help="Untimed warm-up runs.")] = 10,
-    max_seconds: Annotated[Optional[float], typer.Option(help="Time budget per measurement; stops early once spent.")] = None,
-    graph_opt: Annotated[str, typer.Option(help="onnxruntime graph optimization: none, basic, extended, all.")] = "all",
-    dataset: Annotated[Optional[str], typer.Option(help="Measure accuracy on this dataset's test split too.")] = None,
-    data_dir: DataDirOpt = None,
-    checkpoint: Annotated[Optional[Path], typer.Option(help="A kdexport checkpoint to time under PyTorch eager for comparison.")] = None,
-    input_shape: Annotated[Optional[str], typer.Option(help="C,H,W for models whose input size is dynamic.")] = None,
-) -> None:
+@config_command("bench", BenchOptions)
+def bench_cmd(o: BenchOptions) -> None:
     """Latency (p50/p90/p99, throughput) of any ONNX image classifier under onnxruntime, and accuracy given data."""
-    from .benchcmd import bench_models, write_bench
-    from .envinfo import usable_cores
-    from .sweep import parse_ints
+    from .bench.command import bench_models, to_markdown, write_bench
 
-    with errors_to_exit():
-        from .errors import ConfigError
-
-        if graph_opt not in ("none", "basic", "extended", "all"):
-            raise ConfigError(f"graph optimization must be none, basic, extended or all, got {graph_opt!r}")
-        data = None
-        if dataset:
-            from .data import load_dataset
-
-            data = load_dataset(dataset, data_dir, download=False)
-        r = bench_models(models, batches=sorted(set(parse_ints(batch_sizes, "--batch-sizes"))),
-                         threads=list(parse_ints(threads, "--threads")) or [usable_cores()], iters=iters,
-                         warmup=warmup, max_seconds=max_seconds, graph_opt=graph_opt, data=data, checkpoint=checkpoint,
-                         input_shape=list(parse_ints(input_shape, "--input-shape")) if input_shape else None)
-        write_bench(r, out)
-        from .benchcmd import to_markdown
-
-        out_console.print(to_markdown(r))
-        out_console.print(f"wrote {out}/bench.json, bench.md, pareto.png")
+    r = bench_models(o)
+    write_bench(r, Path(o.out))
+    out_console.print(to_markdown(r))
+    out_console.print(f"wrote {o.out}/bench.json, bench.md, pareto.png")
 
 
-@app.command("predict")
-def predict_cmd(
-    model: Annotated[Path, typer.Argument(help="An ONNX classifier exported by kdexport (labels and normalization in its metadata).")],
-    images: Annotated[list[Path], typer.Argument(help="Image files.")],
-    top_k: Annotated[int, typer.Option(help="How many labels to show per image.")] = 5,
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-) -> None:
+@config_command("predict", PredictOptions)
+def predict_cmd(o: PredictOptions) -> None:
     """Top-k labels for images, using only the ONNX file and its metadata."""
-    import json as _json
+    import json
 
-    from .predict import predict
+    from .export.predict import predict
 
-    with errors_to_exit():
-        results = predict(model, images, top_k)
-        if json_out:
-            out_console.print_json(_json.dumps(results))
-            return
-        for r in results:
-            out_console.print(f"{r['image']}: " + ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top"]))
+    results = predict(o.model, list(o.images), o.top_k)
+    if o.json_out:
+        out_console.print_json(json.dumps(results))
+        return
+    for r in results:
+        out_console.print(f"{r['image']}: " + ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top"]))
 
 
-@app.command("check")
-def check_cmd(
-    report: Annotated[Path, typer.Argument(help="The report.json to gate.")],
-    baseline: Annotated[Path, typer.Option(help="The baseline report.json to compare against.")],
-    max_accuracy_drop: Annotated[float, typer.Option(help="Largest allowed accuracy drop, in points.")] = 0.5,
-    min_accuracy: Annotated[Optional[float], typer.Option(help="Smallest allowed accuracy, a fraction in [0, 1].")] = None,
-    max_latency_ratio: Annotated[float, typer.Option(help="Largest allowed current/baseline p50 latency at batch 1.")] = 1.2,
-    max_size_ratio: Annotated[float, typer.Option(help="Largest allowed current/baseline ONNX file size.")] = 1.05,
-    models: Annotated[str, typer.Option(help="Comma-separated report entries to gate (teacher, baseline, student).")] = "student",
-    skip: Annotated[Optional[list[str]], typer.Option(help="Skip a metric: accuracy, latency or size (repeatable). Skip latency when the two reports come from different machines.")] = None,
-    junit: Annotated[Optional[Path], typer.Option(help="Also write a JUnit XML file.")] = None,
-    markdown: Annotated[Optional[Path], typer.Option(help="Also write a Markdown summary (for a pull-request comment).")] = None,
-) -> None:
+@config_command("check", CheckOptions)
+def check_cmd(o: CheckOptions) -> None:
     """Regression gate: exit 0 when every gate passes, 1 on a regression, 2 on unusable input."""
-    from .check import HEADER, check_reports, load_report, rows, to_junit, to_markdown
-    from .io import atomic_write_text
+    from .files import atomic_write_text
+    from .report.check import HEADER, check_reports, load_report, rows, to_junit, to_markdown
 
-    with errors_to_exit():
-        gates = check_reports(load_report(report), load_report(baseline), max_accuracy_drop=max_accuracy_drop,
-                              min_accuracy=min_accuracy, max_latency_ratio=max_latency_ratio,
-                              max_size_ratio=max_size_ratio, models=[m.strip() for m in models.split(",") if m.strip()],
-                              skip=tuple(s for item in (skip or []) for s in item.split(",")))
-        table = Table(title=f"kdexport check: {report} vs {baseline}")
-        for h in HEADER:
-            table.add_column(h, no_wrap=True)
-        for r in rows(gates):
-            table.add_row(*r[:-1], "[green]PASS[/]" if r[-1] == "PASS" else "[bold red]FAIL[/]")
-        out_console.print(table)
-        if junit:
-            atomic_write_text(junit, to_junit(gates))
-        if markdown:
-            atomic_write_text(markdown, to_markdown(gates, str(report), str(baseline)))
-        failed = [g for g in gates if not g.passed]
-        if failed:
-            out_console.print("FAIL: " + "; ".join(f"{g.model} {g.metric} ({g.detail}, limit {g.limit})" for g in failed))
-            raise typer.Exit(1)
-        out_console.print(f"PASS: {len(gates)} gate(s)")
+    gates = check_reports(load_report(o.report), load_report(o.baseline), o.gates)
+    table = Table(title=f"kdexport check: {o.report} vs {o.baseline}")
+    for h in HEADER:
+        table.add_column(h, no_wrap=True)
+    for r in rows(gates):
+        table.add_row(*r[:-1], "[green]PASS[/]" if r[-1] == "PASS" else "[bold red]FAIL[/]")
+    out_console.print(table)
+    if o.junit:
+        atomic_write_text(o.junit, to_junit(gates))
+    if o.markdown:
+        atomic_write_text(o.markdown, to_markdown(gates, o.report, o.baseline))
+    failed = [g for g in gates if not g.passed]
+    if failed:
+        out_console.print("FAIL: " + "; ".join(f"{g.model} {g.metric} ({g.detail}, limit {g.limit})" for g in failed))
+        raise typer.Exit(1)
+    out_console.print(f"PASS: {len(gates)} gate(s)")
 
 
 def main() -> None:

@@ -1,55 +1,119 @@
-"""Frozen run configuration. Every CLI option lands here; validation lives here too."""
+"""Every option of every command, once: a field of a frozen dataclass with its default, its help
+text and (in ``__post_init__``) its validation.
+
+The CLI is generated from these fields (``kdexport.cli`` walks them with :func:`cli_fields`) and
+holds no defaults of its own, so ``RunConfig()`` through the Python API and ``kdexport
+distill-export`` with no flags are the same run. Nested configs (``kd``, ``train``, ``quant``,
+``gates``) flatten into one set of flags; every flag name is unique across the nesting.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import MISSING, dataclass, field
 from typing import Any
 
 from .errors import ConfigError
 
+REQUIRED = MISSING
+
+
+def option(default: Any = REQUIRED, help: str | Callable[[], str] = "", *, flags: tuple[str, ...] = (),
+           parse: Callable[[Any], Any] | None = None, argument: bool = False, cli: bool = True,
+           cli_type: Any = None) -> Any:
+    """A config field with what the CLI needs to offer it.
+
+    ``help`` may be a function (help built from a registry when the CLI is built); ``flags`` the
+    option's names (default ``--field-name``); ``parse`` turns the CLI's raw value (of ``cli_type``,
+    e.g. a comma-separated string) into the field's value; ``argument`` makes it positional;
+    ``cli=False`` keeps a field out of the CLI (set by the library)."""
+    meta = {"help": help, "flags": flags, "parse": parse, "argument": argument, "cli": cli, "cli_type": cli_type}
+    return field(default=default, metadata=meta)
+
+
+def nested(cls: type) -> Any:
+    return field(default_factory=cls, metadata={"nested": True})
+
+
+# -- parsers for list options given as comma-separated text ------------------------------------------
+
+def _split(text: str) -> list[str]:
+    return [v.strip() for v in str(text).split(",") if v.strip()]
+
+
+def parse_floats(text: str, name: str = "value") -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in _split(text))
+    except ValueError:
+        raise ConfigError(f"{name}: expected comma-separated numbers, got {text!r}") from None
+
+
+def parse_ints(text: str, name: str = "value") -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in _split(text))
+    except ValueError:
+        raise ConfigError(f"{name}: expected comma-separated integers, got {text!r}") from None
+
+
+def parse_switches(text: str, name: str = "value") -> tuple[bool, ...]:
+    table = {"on": True, "off": False, "true": True, "false": False}
+    try:
+        return tuple(table[v.lower()] for v in _split(text))
+    except KeyError:
+        raise ConfigError(f"{name}: expected on, off or on,off; got {text!r}") from None
+
+
+def parse_names(values: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Comma-separated names, from one string or a repeated option."""
+    items = [values] if isinstance(values, str) else list(values or ())
+    return tuple(n for item in items for n in _split(item))
+
+
+def format_default(value: Any) -> str:
+    """A tuple default as the CLI writes it: ``(2.0, 4.0)`` -> ``2,4``; ``(True,)`` -> ``on``."""
+    if isinstance(value, tuple):
+        return ",".join(("on" if v else "off") if isinstance(v, bool) else f"{v:g}" if isinstance(v, float)
+                        else str(v) for v in value)
+    return value
+
+
+# -- the configs --------------------------------------------------------------------------------------
+
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULERS = ("cosine", "onecycle", "none")
 DEVICES = ("auto", "cpu", "cuda")
-# Static INT8 activation ranges (onnxruntime calibrators), name -> what it does
-CALIBRATIONS = {
-    "median": "median of each 32-image batch's min and max (ignores rare outlier images)",
-    "moving-average": "mean of each 32-image batch's min and max (dampens rare outliers)",
-    "minmax": "min and max over all calibration images",
-    "percentile": "99.999th percentile of a histogram",
-    "entropy": "KL-divergence-optimal threshold of a histogram",
-}
-DEFAULT_CALIBRATION = "median"
-CALIBRATION_HELP = "; ".join(f"{k}: {v}" for k, v in CALIBRATIONS.items())
-EQUALIZE_HELP = ("INT8 static: first rescale the channels of residual streams so that one outlier channel does "
-                 "not take the whole 8-bit range (exact in FP32; skips graphs without them). Try it when a "
-                 "ResNet-like model fails the accuracy gate.")
+QUANTIZE_MODES = ("none", "static", "dynamic")
+GRAPH_OPTS = ("none", "basic", "extended", "all")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """What one call of :func:`kdexport.train.fit` needs. Identical for baseline and student."""
+    """What one call of :func:`kdexport.distill.train.fit` needs. Identical for baseline and student."""
 
-    epochs: int = 30
-    batch_size: int = 64
-    optimizer: str = "adam"
-    lr: float = 3e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    scheduler: str = "cosine"
-    seed: int = 0
-    device: str = "cpu"
-    augment: str = "none"  # a name in kdexport.data.AUGMENTATIONS
+    epochs: int = option(30, "Epochs for every model (baseline and student always match).")
+    batch_size: int = option(64, "Training batch size.")
+    optimizer: str = option("adam", "adam or sgd (momentum, Nesterov).")
+    lr: float = option(3e-3, "Peak learning rate.")
+    weight_decay: float = option(0.0, "Weight decay.")
+    momentum: float = option(0.9, "SGD momentum.")
+    scheduler: str = option("cosine", "Learning-rate schedule: cosine, onecycle or none.")
+    seed: int = option(0, "Seed for initialization, data order, augmentation and dropout.")
+    device: str = option("auto", "auto, cpu or cuda (training only; benchmarks run on CPU).")
+    augment: str = option("none", "Resolved augmentation (set from RunConfig.augment).", cli=False)
 
     def __post_init__(self) -> None:
+        from .data.augment import AUGMENTATIONS
+
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         _check(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
-        from .data import AUGMENTATIONS
-
         AUGMENTATIONS.get(self.augment)
         _check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         _check(self.scheduler in SCHEDULERS, f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
+        _check(self.device in DEVICES or self.device.startswith("cuda:"),
+               f"device must be one of {DEVICES}, got {self.device!r}")
         _check(_finite(self.lr) and self.lr > 0, f"learning rate must be > 0, got {self.lr}")
         _check(_finite(self.weight_decay) and self.weight_decay >= 0, "weight decay must be >= 0")
         _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
@@ -59,13 +123,14 @@ class TrainConfig:
 class KDConfig:
     """The distillation loss: (1-beta)*CE + beta*[T^2]*KL(teacher_T || student_T)."""
 
-    temperature: float = 4.0
-    soft_weight: float = 0.5
-    scale_t2: bool = True
-    soft_loss: str = "kl"
+    temperature: float = option(4.0, "Distillation temperature T > 0.", flags=("--temperature", "-T"))
+    soft_weight: float = option(0.5, "beta: weight of the soft (KD) loss; the hard CE weight is 1 - beta.")
+    scale_t2: bool = option(True, "Multiply the soft loss by T^2 (Hinton et al.).",
+                            flags=("--scale-t2/--no-scale-t2",))
+    soft_loss: str = option("kl", "Soft loss: kl (Hinton) or mse (logit matching).")
 
     def __post_init__(self) -> None:
-        from .losses import SOFT_LOSSES
+        from .distill.losses import SOFT_LOSSES
 
         SOFT_LOSSES.get(self.soft_loss)
         _check(_finite(self.temperature) and self.temperature > 0,
@@ -74,49 +139,82 @@ class KDConfig:
                f"soft weight (beta) must be in [0, 1], got {self.soft_weight}")
 
 
-@dataclass(frozen=True)
-class RunConfig:
-    """Every option of ``kdexport distill-export``. Recorded verbatim in report.json."""
+def _calibration_help() -> str:
+    from .export.calibration import calibration_help
 
-    # data
-    dataset: str = "digits"
-    data_dir: str | None = None
-    download: bool = True
-    image_size: int | None = None
-    augment: str = "auto"
-    teacher_augment: str | None = None  # None: same as augment
-    # models
-    teacher: str = "mlp:1200,1200"
-    student: str = "mlp:14"
-    teacher_dropout: float = 0.5
-    student_dropout: float = 0.0
-    cifar_stem: bool = False
-    pretrained: bool = False
-    teacher_checkpoint: str | None = None
-    # distillation
-    kd: KDConfig = field(default_factory=KDConfig)
-    # training (baseline and student share it; the teacher may override epochs)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    teacher_epochs: int | None = None
-    teacher_cache: bool = True  # keep teacher logits on disk (only without augmentation)
-    # export + quantization + benchmark
-    parity_atol: float = 1e-3
-    quantize: str = "none"  # none | static | dynamic (the student)
-    max_accuracy_drop: float = 1.0  # points an INT8 model may lose before it is rejected
-    calibration_samples: int = 300
-    calibration: str = DEFAULT_CALIBRATION  # static INT8 activation ranges: a key of CALIBRATIONS
-    equalize: bool = False  # static INT8: rescale residual-stream channels first (kdexport.equalize)
-    bench_batch: int = 32
-    bench_iters: int = 100
-    bench_warmup: int = 10
-    threads: int | None = None
-    # output
-    out: str | None = None
-    overwrite: bool = False
-    resume: bool = False
+    return f"INT8 static activation ranges. {calibration_help()}."
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How an INT8 copy is made and when it is refused (``kdexport quantize``, ``distill-export --quantize``)."""
+
+    calibration: str = option("median", _calibration_help)
+    calibration_samples: int = option(300, "INT8 static: training images used for calibration.")
+    equalize: bool = option(False, "INT8 static: first rescale the channels of residual streams so that one outlier "
+                                   "channel does not take the whole 8-bit range (exact in FP32; skips graphs "
+                                   "without them). Try it when a ResNet-like model fails the accuracy gate.")
+    reduce_range: bool | None = option(None, "7-bit weights; default: on for CPUs without VNNI.",
+                                       flags=("--reduce-range/--no-reduce-range",))
+    max_accuracy_drop: float = option(1.0, "INT8: reject the quantized model (exit 1, no file) if it loses more "
+                                           "accuracy points than this.")
 
     def __post_init__(self) -> None:
-        from .data import AUGMENTATIONS
+        from .export.calibration import CALIBRATIONS
+
+        CALIBRATIONS.get(self.calibration)
+        _check(_finite(self.max_accuracy_drop) and self.max_accuracy_drop >= 0, "max accuracy drop must be >= 0")
+        _check(self.calibration_samples >= 1, "calibration samples must be >= 1")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every option of ``kdexport distill-export`` (and of ``sweep``, whose grid replaces T, beta,
+    T^2 scaling and the seed). Recorded verbatim in report.json."""
+
+    # data
+    dataset: str = option("digits", "digits (bundled), mnist, cifar10 or imagefolder.")
+    data_dir: str | None = option(None, "Local dataset folder (default: $KDEXPORT_DATA_DIR or "
+                                        "~/.cache/kdexport/data).")
+    download: bool = option(True, "Download mnist/cifar10 when not found locally.")
+    image_size: int | None = option(None, "imagefolder: resize images to this square size.")
+    augment: str = option("auto", "Training augmentation: auto (crop-flip for RGB data, else none), none, "
+                                  "crop-flip, shift2.")
+    teacher_augment: str | None = option(None, "The teacher's augmentation, if different (default: --augment).")
+    # models
+    teacher: str = option("mlp:1200,1200", "Teacher model: mlp:SIZES (e.g. mlp:1200,1200) or a torchvision name.")
+    student: str = option("mlp:14", "Student model: mlp:SIZES (e.g. mlp:14) or a torchvision name.")
+    teacher_dropout: float = option(0.5, "Dropout between MLP hidden layers of the teacher.")
+    student_dropout: float = option(0.0, "Dropout between MLP hidden layers of the student.")
+    cifar_stem: bool = option(False, "torchvision CNNs: 3x3 stride-1 stem, no max-pool (for 32x32 inputs).")
+    pretrained: bool = option(False, "Start the teacher from torchvision's pretrained weights (needs network once).")
+    teacher_checkpoint: str | None = option(None, "Use this trained teacher (a kdexport checkpoint) instead of "
+                                                  "training one.")
+    # distillation
+    kd: KDConfig = nested(KDConfig)
+    # training (baseline and student share it; the teacher may override epochs)
+    train: TrainConfig = nested(TrainConfig)
+    teacher_epochs: int | None = option(None, "Override the teacher's epochs.")
+    teacher_cache: bool = option(True, "Without augmentation, keep the teacher's logits on disk ($KDEXPORT_CACHE_DIR "
+                                       "or ~/.cache/kdexport) and reuse them across runs, seeds and sweep cells.")
+    # export + quantization + benchmark
+    parity_atol: float = option(1e-3, "Max abs logit difference allowed between onnxruntime and PyTorch.")
+    quantize: str = option("none", "Also make an INT8 student with onnxruntime: none, static (QDQ, calibrated; "
+                                   "CNNs) or dynamic (MLPs).")
+    quant: QuantConfig = nested(QuantConfig)
+    bench_batch: int = option(32, "The larger batch size to benchmark, beside batch 1.")
+    bench_iters: int = option(100, "Timed runs per latency measurement.")
+    bench_warmup: int = option(10, "Untimed warm-up runs before each latency measurement.")
+    bench_max_seconds: float = option(20.0, "Time budget per latency measurement; stops early once spent "
+                                            "(after at least 5 runs).")
+    threads: int | None = option(None, "CPU threads for training and inference (default: all usable cores).")
+    # output
+    out: str | None = option(None, "Output folder (default: runs/<command>-<timestamp>).")
+    overwrite: bool = option(False, "Replace an existing --out folder.")
+    resume: bool = option(False, "Continue an interrupted run with the same --out and options (per-epoch state).")
+
+    def __post_init__(self) -> None:
+        from .data.augment import AUGMENTATIONS
 
         for a in (self.augment, self.teacher_augment):
             if a is not None and a != "auto":
@@ -127,16 +225,13 @@ class RunConfig:
         _check(self.teacher_epochs is None or self.teacher_epochs >= 1,
                f"teacher epochs must be >= 1, got {self.teacher_epochs}")
         _check(self.image_size is None or self.image_size >= 8, "image size must be >= 8")
-        _check(self.parity_atol > 0, "parity tolerance must be > 0")
-        _check(self.quantize in ("none", "static", "dynamic"),
+        _check(_finite(self.parity_atol) and self.parity_atol > 0, "parity tolerance must be > 0")
+        _check(self.quantize in QUANTIZE_MODES,
                f"quantize must be none, static or dynamic, got {self.quantize!r}")
-        _check(self.max_accuracy_drop >= 0, "max accuracy drop must be >= 0")
-        _check(self.calibration_samples >= 1, "calibration samples must be >= 1")
-        _check(self.calibration in CALIBRATIONS,
-               f"calibration must be one of {', '.join(CALIBRATIONS)}, got {self.calibration!r}")
         _check(self.bench_batch >= 1, "benchmark batch must be >= 1")
         _check(self.bench_iters >= 1, "benchmark iterations must be >= 1")
         _check(self.bench_warmup >= 0, "benchmark warm-up must be >= 0")
+        _check(_finite(self.bench_max_seconds) and self.bench_max_seconds > 0, "benchmark time budget must be > 0")
         _check(self.threads is None or self.threads >= 1, "threads must be >= 1")
 
     def teacher_train(self) -> TrainConfig:
@@ -149,14 +244,208 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        d = dict(d)
-        kd = KDConfig(**d.pop("kd", {}))
-        train = TrainConfig(**d.pop("train", {}))
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
-        return cls(kd=kd, train=train, **d)
+        return from_dict(cls, d)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """``kdexport sweep``'s grid: every T x beta (x T^2 scaling) cell, each over every seed."""
+
+    temperatures: tuple[float, ...] = option((2.0, 4.0, 8.0), "Temperatures, comma-separated.",
+                                              flags=("--temperature", "-T"), cli_type=str,
+                                              parse=lambda v: parse_floats(v, "--temperature"))
+    soft_weights: tuple[float, ...] = option((0.5, 0.9), "Soft-loss weights beta, comma-separated.",
+                                             flags=("--soft-weight",), cli_type=str,
+                                             parse=lambda v: parse_floats(v, "--soft-weight"))
+    seeds: tuple[int, ...] = option((0, 1, 2), "Seeds, comma-separated; each cell is mean +/- std over them.",
+                                    cli_type=str, parse=lambda v: parse_ints(v, "--seeds"))
+    scale_t2: tuple[bool, ...] = option((True,), "T^2 scaling of the soft loss: on, off, or on,off for both.",
+                                        cli_type=str, parse=lambda v: parse_switches(v, "--scale-t2"))
+
+    def __post_init__(self) -> None:
+        for name in ("temperatures", "soft_weights", "seeds", "scale_t2"):
+            values = getattr(self, name)
+            if not values:
+                raise ConfigError(f"sweep grid: {name.replace('_', ' ')} is empty")
+            if len(set(values)) != len(values):
+                raise ConfigError(f"sweep grid: {name.replace('_', ' ')} has duplicates: {list(values)}")
+        for T in self.temperatures:
+            for b in self.soft_weights:
+                KDConfig(temperature=T, soft_weight=b)  # validates every value
+
+    def kd_configs(self, soft_loss: str = KDConfig.soft_loss) -> list[KDConfig]:
+        return [KDConfig(temperature=T, soft_weight=b, scale_t2=s, soft_loss=soft_loss)
+                for s in self.scale_t2 for b in self.soft_weights for T in self.temperatures]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Options of a sweep that its grid replaces (not offered as single values on `kdexport sweep`).
+SWEEP_REPLACES = ("temperature", "soft_weight", "scale_t2", "seed")
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """``kdexport quantize MODEL --out Q``."""
+
+    model: str = option(REQUIRED, "FP32 ONNX classifier to quantize.", argument=True)
+    out: str = option(REQUIRED, "Where to write the INT8 model.")
+    mode: str = option("static", "static (QDQ, calibrated; for CNNs) or dynamic (for MLPs).")
+    dataset: str | None = option(None, "Dataset for accuracy/calibration (default: the one named in the model's "
+                                       "metadata).")
+    data_dir: str | None = option(None, "Local dataset folder.")
+    quant: QuantConfig = nested(QuantConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.mode in ("static", "dynamic"), f"quantization mode must be static or dynamic, got {self.mode!r}")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """``kdexport bench A.onnx [B.onnx ...]``."""
+
+    models: tuple[str, ...] = option(REQUIRED, "One or more ONNX image classifiers.", argument=True,
+                                     cli_type=list[str], parse=tuple)
+    out: str = option("runs/bench", "Folder for bench.json, bench.md and pareto.png.")
+    batch_sizes: tuple[int, ...] = option((1, 32), "Comma-separated batch sizes.", cli_type=str,
+                                          parse=lambda v: tuple(sorted(set(parse_ints(v, "--batch-sizes")))))
+    threads: tuple[int, ...] = option((), "Comma-separated intra-op thread counts (default: usable cores).",
+                                      cli_type=str, parse=lambda v: parse_ints(v, "--threads"))
+    iters: int = option(RunConfig.bench_iters, "Timed runs per measurement (after warm-up).")
+    warmup: int = option(RunConfig.bench_warmup, "Untimed warm-up runs.")
+    max_seconds: float | None = option(None, "Time budget per measurement; stops early once spent.")
+    graph_opt: str = option("all", "onnxruntime graph optimization: none, basic, extended, all.")
+    dataset: str | None = option(None, "Measure accuracy on this dataset's test split too.")
+    data_dir: str | None = option(None, "Local dataset folder.")
+    checkpoint: str | None = option(None, "A kdexport checkpoint to time under PyTorch eager for comparison.")
+    input_shape: tuple[int, ...] | None = option(None, "C,H,W for models whose input size is dynamic.",
+                                                 cli_type=str, parse=lambda v: parse_ints(v, "--input-shape"))
+
+    def __post_init__(self) -> None:
+        _check(bool(self.models), "bench needs at least one model")
+        _check(bool(self.batch_sizes) and min(self.batch_sizes) >= 1, "batch sizes must be >= 1")
+        _check(all(t >= 1 for t in self.threads), "threads must be >= 1")
+        _check(self.iters >= 1, "iterations must be >= 1")
+        _check(self.warmup >= 0, "warm-up must be >= 0")
+        _check(self.max_seconds is None or (_finite(self.max_seconds) and self.max_seconds > 0),
+               "max seconds must be > 0")
+        _check(self.graph_opt in GRAPH_OPTS,
+               f"graph optimization must be none, basic, extended or all, got {self.graph_opt!r}")
+        _check(self.input_shape is None or len(self.input_shape) == 3, "input shape must be C,H,W")
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """``kdexport predict MODEL.onnx IMAGE...``."""
+
+    model: str = option(REQUIRED, "An ONNX classifier exported by kdexport (labels and normalization in its "
+                                  "metadata).", argument=True)
+    images: tuple[str, ...] = option(REQUIRED, "Image files.", argument=True, cli_type=list[str], parse=tuple)
+    top_k: int = option(5, "How many labels to show per image.")
+    json_out: bool = option(False, "Print JSON instead of a table.", flags=("--json",))
+
+    def __post_init__(self) -> None:
+        _check(self.top_k >= 1, f"top-k must be >= 1, got {self.top_k}")
+
+
+CHECK_METRICS = ("accuracy", "latency", "size")
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """The limits of ``kdexport check`` (and the entries they apply to)."""
+
+    max_accuracy_drop: float = option(0.5, "Largest allowed accuracy drop, in points.")
+    min_accuracy: float | None = option(None, "Smallest allowed accuracy, a fraction in [0, 1].")
+    max_latency_ratio: float = option(1.2, "Largest allowed current/baseline p50 latency at batch 1.")
+    max_size_ratio: float = option(1.05, "Largest allowed current/baseline ONNX file size.")
+    models: tuple[str, ...] = option(("student",), "Comma-separated report entries to gate (teacher, baseline, "
+                                                   "student).", cli_type=str, parse=parse_names)
+    skip: tuple[str, ...] = option((), "Skip a metric: accuracy, latency or size (repeatable). Skip latency when "
+                                       "the two reports come from different machines.",
+                                   cli_type=list[str] | None, parse=parse_names)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.skip) - set(CHECK_METRICS)
+        _check(not unknown, f"--skip takes {', '.join(CHECK_METRICS)}; got {', '.join(sorted(unknown))}")
+        _check(self.min_accuracy is None or (_finite(self.min_accuracy) and 0 <= self.min_accuracy <= 1),
+               f"min accuracy must be a fraction in [0, 1], got {self.min_accuracy}")
+        for name in ("max_accuracy_drop", "max_latency_ratio", "max_size_ratio"):
+            v = getattr(self, name)
+            _check(_finite(v) and v >= 0, f"{name.replace('_', ' ')} must be a number >= 0, got {v}")
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    """``kdexport check REPORT --baseline BASE``."""
+
+    report: str = option(REQUIRED, "The report.json to gate.", argument=True)
+    baseline: str = option(REQUIRED, "The baseline report.json to compare against.")
+    gates: GateConfig = nested(GateConfig)
+    junit: str | None = option(None, "Also write a JUnit XML file.")
+    markdown: str | None = option(None, "Also write a Markdown summary (for a pull-request comment).")
+
+
+# -- generic helpers ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CliField:
+    name: str  # the field's name, unique over the nesting
+    path: tuple[str, ...]  # e.g. ("kd", "temperature")
+    type: Any  # the field's resolved type
+    default: Any  # REQUIRED when the option must be given
+    meta: dict
+
+
+def cli_fields(cls: type, exclude: tuple[str, ...] = (), prefix: tuple[str, ...] = ()) -> Iterator[CliField]:
+    """The CLI options of a config class, nested configs flattened, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("nested"):
+            yield from cli_fields(hints[f.name], exclude, (*prefix, f.name))
+        elif f.metadata.get("cli", True) and f.name not in exclude:
+            default = f.default if f.default is not MISSING else REQUIRED
+            yield CliField(f.name, (*prefix, f.name), hints[f.name], default, dict(f.metadata))
+
+
+def from_flat(cls: type, values: dict[str, Any], exclude: tuple[str, ...] = ()) -> Any:
+    """Build ``cls`` from flat CLI values (``{"temperature": 2.0, ...}``), parsing list options."""
+    tree: dict[str, Any] = {}
+    for f in cli_fields(cls, exclude):
+        if f.name not in values:
+            continue
+        v = values[f.name]
+        if v is None and isinstance(f.default, tuple):
+            v = f.default  # a repeatable option given no times
+        elif f.meta.get("parse") is not None and v is not None and not isinstance(v, tuple):
+            v = f.meta["parse"](v)
+        node = tree
+        for k in f.path[:-1]:
+            node = node.setdefault(k, {})
+        node[f.path[-1]] = v
+    return from_dict(cls, tree)
+
+
+def from_dict(cls: type, d: dict[str, Any]) -> Any:
+    """Build a (nested) config from a dict such as ``to_dict()`` wrote; unknown keys are an error."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{cls.__name__}: expected a mapping, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(d) - set(fields)
+    if unknown:
+        raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
+    kw = {}
+    for k, v in d.items():
+        if fields[k].metadata.get("nested"):
+            kw[k] = from_dict(hints[k], v)
+        else:
+            kw[k] = tuple(v) if isinstance(v, list) else v
+    try:
+        return cls(**kw)
+    except TypeError as e:  # a required field is missing
+        raise ConfigError(f"{cls.__name__}: {e}") from None
 
 
 def _finite(x: float) -> bool:

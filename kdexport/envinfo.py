@@ -73,7 +73,7 @@ def git_commit() -> str | None:
 def environment(threads: int | None = None) -> dict:
     import torch
 
-    from . import __version__
+    from .version import __version__
 
     return {
         "kdexport": __version__,

@@ -67,3 +67,10 @@ class ReportError(KdexportError):
     """A report cannot be used: missing key, or reports for different datasets or architectures."""
 
     exit_code = 2
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of an exception's message (at most ``limit`` characters), or its type
+    name when it has no message: what a one-line error shows of a library's exception."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

@@ -8,28 +8,29 @@ so a failed run leaves no half-written output folder behind. The pieces (``prepa
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import torch
 
-from . import __version__
-from .bench import bench_onnx, bench_torch, onnx_accuracy
-from .checkpoint import load_model, read_checkpoint, save_checkpoint
+from .bench.timing import bench_onnx, bench_torch, onnx_accuracy, p50
 from .config import KDConfig, RunConfig, TrainConfig
-from .data import DATASETS, Dataset, load_dataset, resolve_augment
+from .data.augment import resolve_augment
+from .data.datasets import DATASETS, Dataset, load_dataset
+from .distill.teacher import Distillation, TeacherLogits, TorchTeacher, teacher_logits
+from .distill.train import Reporter, evaluate, fit, resolve_device
 from .envinfo import environment, git_commit, now_iso, usable_cores
-from .errors import GateError, OutputError
-from .export import export_onnx
-from .io import cache_root
-from .models import ModelSpec, build_model, check_arch, count_flops, count_params
-from .report import write_report
-from .train import Reporter, TeacherTargets, evaluate, fit, resolve_device
+from .errors import GateError
+from .export.onnx import export_onnx
+from .files import cache_root
+from .models.builders import ModelSpec, build_model, check_arch, count_flops, count_params
+from .models.checkpoint import load_model, read_checkpoint, save_checkpoint
+from .report.entry import ModelEntry, entry_dicts
+from .report.write import write_report
+from .runs import commit_run_dir, open_run_dir, staging_dir
+from .version import __version__
 
 ROLES = ("teacher", "baseline", "student")
 PARITY_SAMPLES = 256
@@ -38,63 +39,6 @@ Log = Callable[[str], None]
 
 def _quiet(msg: str) -> None:
     pass
-
-
-def default_out_dir(prefix: str = "distill") -> Path:
-    return Path("runs") / datetime.now().strftime(f"{prefix}-%Y%m%d-%H%M%S")
-
-
-def staging_dir(final: Path) -> Path:
-    return final.parent / f".{final.name}.partial"
-
-
-def prepare_out_dir(out: str | os.PathLike | None, overwrite: bool, resume: bool = False) -> tuple[Path, Path]:
-    """Check the output folder can be created; return (final, staging) paths.
-
-    Work happens in the staging folder; with ``resume`` an interrupted run's staging folder is reused."""
-    final = Path(out) if out else default_out_dir()
-    if final.exists() and not final.is_dir():
-        raise OutputError(f"output path {str(final)!r} exists and is not a folder")
-    if final.exists() and not overwrite:
-        raise OutputError(f"output folder {str(final)!r} exists; pass --overwrite to replace it")
-    staging = staging_dir(final)
-    if resume and not staging.is_dir():
-        raise OutputError(f"nothing to resume: no interrupted run at {str(staging)!r}")
-    try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if staging.exists() and not resume:
-            shutil.rmtree(staging)
-        staging.mkdir(exist_ok=resume)
-    except OSError as e:
-        raise OutputError(f"cannot write output folder {str(final)!r}: {e.strerror or e}") from None
-    return final, staging
-
-
-RESUME_IGNORES = ("out", "overwrite", "resume", "teacher_cache", "bench_iters", "bench_warmup", "bench_batch",
-                  "threads", "parity_atol", "quantize", "max_accuracy_drop", "calibration_samples", "calibration",
-                  "equalize")
-
-
-def check_resume_config(cfg: RunConfig, staging: Path) -> None:
-    """Record the run's config in the staging folder; on resume, refuse a changed config."""
-    from .io import atomic_write_json
-    from .train import _config_diff
-
-    want = {k: v for k, v in cfg.to_dict().items() if k not in RESUME_IGNORES}
-    path = staging / "run-config.json"
-    if cfg.resume and path.exists():
-        import json
-
-        diff = _config_diff(json.loads(path.read_text()), want)
-        if diff:
-            raise OutputError(f"cannot resume: options differ from the interrupted run: {', '.join(diff)}")
-    atomic_write_json(path, want)
-
-
-def commit_out_dir(staging: Path, final: Path) -> None:
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(staging, final)
 
 
 @dataclass
@@ -156,20 +100,22 @@ def train_teacher(ctx: Context, teacher: torch.nn.Module, reporter: Reporter | N
                state_path=state_path, resume=ctx.cfg.resume if resume is None else resume)
 
 
-def teacher_targets(ctx: Context, teacher: torch.nn.Module) -> TeacherTargets:
-    return TeacherTargets(teacher, ctx.data, ctx.device, cached=ctx.train_config("student").augment == "none",
+def teacher_source(ctx: Context, teacher: torch.nn.Module) -> TeacherLogits:
+    """How the students get the teacher's logits: cached (and kept on disk with ``--teacher-cache``)
+    when their inputs are not augmented, else live."""
+    return teacher_logits(TorchTeacher.for_data(teacher, ctx.data, ctx.device), ctx.data,
+                          augment=ctx.train_config("student").augment, device=ctx.device,
                           cache_dir=cache_root() / "teacher-logits" if ctx.cfg.teacher_cache else None)
 
 
-def train_student(ctx: Context, *, seed: int, kd: KDConfig | None, targets: TeacherTargets | None,
-                  label: str, reporter: Reporter | None, state_path: Path | None = None,
+def train_student(ctx: Context, *, seed: int, distill: Distillation | None, label: str,
+                  reporter: Reporter | None, state_path: Path | None = None,
                   resume: bool | None = None) -> tuple[torch.nn.Module, list[dict]]:
-    """Baseline (``kd=None``) or distilled student. Same seed -> same init, data order, schedule."""
+    """Baseline (``distill=None``) or distilled student. Same seed -> same init, data order, schedule."""
     torch.manual_seed(seed)
     model = build_model(ctx.student_spec)
-    history = fit(model, ctx.data, ctx.train_config("student", seed), label=label, reporter=reporter,
-                  state_path=state_path, resume=ctx.cfg.resume if resume is None else resume,
-                  **({"teacher": targets.teacher, "kd": kd, "teacher_targets": targets} if kd else {}))
+    history = fit(model, ctx.data, ctx.train_config("student", seed), distill=distill, label=label,
+                  reporter=reporter, state_path=state_path, resume=ctx.cfg.resume if resume is None else resume)
     return model.eval(), history
 
 
@@ -192,9 +138,15 @@ def onnx_metadata(cfg: RunConfig, data: Dataset, role: str, spec: ModelSpec, acc
     }
 
 
+def _bench(ctx: Context, path: Path) -> dict:
+    cfg = ctx.cfg
+    return bench_onnx(path, ctx.data, sorted({1, cfg.bench_batch}), threads=ctx.threads, warmup=cfg.bench_warmup,
+                      iters=cfg.bench_iters, max_seconds=cfg.bench_max_seconds)
+
+
 def export_and_bench(ctx: Context, model: torch.nn.Module, spec: ModelSpec, role: str, out: Path, *,
                      history: list[dict], kd: KDConfig | None = None, eager: bool = False,
-                     log: Log = _quiet, extra: dict | None = None) -> dict:
+                     log: Log = _quiet, train_seconds: float | None = None) -> ModelEntry:
     """Checkpoint, export (with parity), benchmark one model; return its report entry.
 
     Paths in the entry are relative to ``out`` (the report's folder)."""
@@ -209,30 +161,17 @@ def export_and_bench(ctx: Context, model: torch.nn.Module, spec: ModelSpec, role
     res = export_onnx(model, onnx_path, parity_x, atol=cfg.parity_atol,
                       metadata=onnx_metadata(cfg, data, role, spec, acc_torch, kd))
     log(f"{role}: benchmarking with onnxruntime ({ctx.threads} threads)")
-    batches = sorted({1, cfg.bench_batch})
-    bench = bench_onnx(onnx_path, data, batches, threads=ctx.threads, warmup=cfg.bench_warmup,
-                       iters=cfg.bench_iters, max_seconds=20.0)
-    entry = {
-        "arch": spec.arch,
-        "spec": spec.to_dict(),
-        "params": count_params(model),
-        "flops": count_flops(model, data.input_shape),
-        "checkpoint": f"checkpoints/{role}.pt",
-        "onnx_path": f"onnx/{role}.onnx",
-        "onnx_bytes": res.onnx_bytes,
-        "accuracy_torch": acc_torch,
-        "accuracy_onnx": onnx_accuracy(onnx_path, data, ctx.threads),
-        "parity": res.parity(),
-        "latency_ms": bench["latency_ms"],
-        "throughput_per_s": bench["throughput_per_s"],
-        "epochs": len(history),
-        "history": history,
-        **(extra or {}),
-    }
+    bench = _bench(ctx, onnx_path)
+    entry = ModelEntry(
+        arch=spec.arch, spec=spec.to_dict(), params=count_params(model), flops=count_flops(model, data.input_shape),
+        checkpoint=f"checkpoints/{role}.pt", onnx_path=f"onnx/{role}.onnx", onnx_bytes=res.onnx_bytes,
+        accuracy_torch=acc_torch, accuracy_onnx=onnx_accuracy(onnx_path, data, ctx.threads), parity=res.parity(),
+        latency_ms=bench["latency_ms"], throughput_per_s=bench["throughput_per_s"], epochs=len(history),
+        history=history, train_seconds=train_seconds)
     if eager:
-        e = bench_torch(model, data, batches, threads=ctx.threads, warmup=cfg.bench_warmup,
-                        iters=cfg.bench_iters, max_seconds=20.0)
-        entry["torch_eager"] = {"latency_ms": e["latency_ms"], "throughput_per_s": e["throughput_per_s"]}
+        e = bench_torch(model, data, sorted({1, cfg.bench_batch}), threads=ctx.threads, warmup=cfg.bench_warmup,
+                        iters=cfg.bench_iters, max_seconds=cfg.bench_max_seconds)
+        entry.torch_eager = {"latency_ms": e["latency_ms"], "throughput_per_s": e["throughput_per_s"]}
     return entry
 
 
@@ -243,18 +182,24 @@ def report_header(ctx: Context, final: Path) -> dict:
             "environment": environment(ctx.threads), "dataset": ctx.data.info()}
 
 
-def comparison(models: dict[str, dict]) -> dict:
+def comparison(models: dict[str, ModelEntry]) -> dict:
     t, s, b = models["teacher"], models["student"], models["baseline"]
     return {
-        "kd_gain_points": (s["accuracy_onnx"] - b["accuracy_onnx"]) * 100.0,
-        "kd_gain_points_torch": (s["accuracy_torch"] - b["accuracy_torch"]) * 100.0,
+        "kd_gain_points": (s.accuracy_onnx - b.accuracy_onnx) * 100.0,
+        "kd_gain_points_torch": (s.accuracy_torch - b.accuracy_torch) * 100.0,
         "student_vs_teacher": {
-            "speedup_batch_1": t["latency_ms"]["batch_1"]["p50"] / s["latency_ms"]["batch_1"]["p50"],
-            "compression_params": t["params"] / s["params"],
-            "compression_bytes": t["onnx_bytes"] / s["onnx_bytes"],
-            "accuracy_gap_points": (t["accuracy_onnx"] - s["accuracy_onnx"]) * 100.0,
+            "speedup_batch_1": t.p50(1) / s.p50(1),
+            "compression_params": t.params / s.params,
+            "compression_bytes": t.onnx_bytes / s.onnx_bytes,
+            "accuracy_gap_points": (t.accuracy_onnx - s.accuracy_onnx) * 100.0,
         },
     }
+
+
+def models_report(ctx: Context, final: Path, models: dict[str, ModelEntry | dict], **extra) -> dict:
+    """report.json's content: header, the model entries, and the KD / compression comparison."""
+    entries = {k: v for k, v in models.items() if isinstance(v, ModelEntry)}
+    return {**report_header(ctx, final), "models": entry_dicts(models), **comparison(entries), **extra}
 
 
 def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log = _quiet) -> dict | None:
@@ -275,8 +220,7 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
     teacher = build_teacher(ctx)  # validates a teacher checkpoint before anything is written
     final = staging = None
     if main:
-        final, staging = prepare_out_dir(cfg.out, cfg.overwrite, cfg.resume)
-        check_resume_config(cfg, staging)
+        final, staging = open_run_dir(cfg)
     barrier()
     # Every rank reads the per-epoch state on --resume (same folder, shared filesystem); rank 0 writes it.
     state_root = staging if main else (staging_dir(Path(cfg.out)) if cfg.resume and cfg.out else None)
@@ -288,21 +232,21 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
         t0 = time.perf_counter()
         t_hist = train_teacher(ctx, teacher, reporter, log, state("teacher"))
         t_secs = time.perf_counter() - t0
-        targets = teacher_targets(ctx, teacher)
+        source = teacher_source(ctx, teacher)
         trained = {}
         for role, kd in (("baseline", None), ("student", cfg.kd)):
             t0 = time.perf_counter()
-            model, hist = train_student(ctx, seed=cfg.train.seed, kd=kd, targets=targets, label=role,
-                                        reporter=reporter, state_path=state(role))
+            model, hist = train_student(ctx, seed=cfg.train.seed, distill=Distillation(source, kd) if kd else None,
+                                        label=role, reporter=reporter, state_path=state(role))
             trained[role] = (model, hist, time.perf_counter() - t0, kd)
         if not main:
             return None
-        models: dict[str, dict] = {}
+        models: dict[str, ModelEntry | dict] = {}
         models["teacher"] = export_and_bench(ctx, teacher, ctx.teacher_spec, "teacher", staging,
-                                             history=t_hist, log=log, extra={"train_seconds": t_secs})
+                                             history=t_hist, log=log, train_seconds=t_secs)
         for role, (model, hist, secs, kd) in trained.items():
             models[role] = export_and_bench(ctx, model, ctx.student_spec, role, staging, history=hist, kd=kd,
-                                            eager=role == "student", log=log, extra={"train_seconds": secs})
+                                            eager=role == "student", log=log, train_seconds=secs)
         gate_error = None
         if cfg.quantize != "none":
             try:
@@ -310,12 +254,10 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
             except GateError as e:  # keep the run and its report; fail the command afterwards
                 gate_error = e
                 models["student_int8_rejected"] = {"error": str(e)}
-        report = {**report_header(ctx, final), "models": models, **comparison(models),
-                  "world_size": world()[1], "wall_seconds": time.perf_counter() - t_start}
-        shutil.rmtree(staging / "train-state", ignore_errors=True)
-        (staging / "run-config.json").unlink(missing_ok=True)
+        report = models_report(ctx, final, models, world_size=world()[1],
+                               wall_seconds=time.perf_counter() - t_start)
         write_report(report, staging)
-        commit_out_dir(staging, final)
+        commit_run_dir(staging, final)
     except BaseException:
         if main and staging is not None and staging.exists():
             log(f"run interrupted; its partial state is kept in {staging} (rerun with --resume to continue)")
@@ -326,27 +268,19 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
     return report
 
 
-def quantize_and_bench(ctx: Context, fp32: dict, out: Path, log: Log = _quiet) -> dict:
+def quantize_and_bench(ctx: Context, fp32: ModelEntry, out: Path, log: Log = _quiet) -> ModelEntry:
     """INT8 copy of the exported student, accuracy-gated, benchmarked like the FP32 file."""
-    from .quantize import quantize_onnx
+    from .export.quantize import quantize_onnx
 
     cfg = ctx.cfg
     log(f"student: {cfg.quantize} INT8 quantization with onnxruntime")
-    path = out / "onnx" / "student.int8.onnx"
-    q = quantize_onnx(out / fp32["onnx_path"], path, ctx.data, mode=cfg.quantize,
-                      calibration_samples=cfg.calibration_samples, max_accuracy_drop=cfg.max_accuracy_drop,
-                      threads=ctx.threads, calibration=cfg.calibration, equalize=cfg.equalize,
-                      accuracy_fp32=fp32["accuracy_onnx"])
-    batches = sorted({1, cfg.bench_batch})
-    bench = bench_onnx(path, ctx.data, batches, threads=ctx.threads, warmup=cfg.bench_warmup,
-                       iters=cfg.bench_iters, max_seconds=20.0)
-    return {
-        "arch": fp32["arch"], "spec": fp32["spec"], "params": fp32["params"], "flops": fp32["flops"],
-        "onnx_path": "onnx/student.int8.onnx", "onnx_bytes": q.onnx_bytes,
-        "accuracy_torch": None, "accuracy_onnx": q.accuracy_int8,
-        "latency_ms": bench["latency_ms"], "throughput_per_s": bench["throughput_per_s"],
-        "quantization": {**q.to_dict(), "path": "onnx/student.int8.onnx",
-                         "size_ratio_vs_fp32": q.onnx_bytes / q.fp32_bytes,
-                         "speedup_vs_fp32_batch_1": fp32["latency_ms"]["batch_1"]["p50"]
-                         / bench["latency_ms"]["batch_1"]["p50"]},
-    }
+    rel = "onnx/student.int8.onnx"
+    q = quantize_onnx(out / fp32.onnx_path, out / rel, ctx.data, mode=cfg.quantize, quant=cfg.quant,
+                      threads=ctx.threads, accuracy_fp32=fp32.accuracy_onnx)
+    bench = _bench(ctx, out / rel)
+    return ModelEntry(
+        arch=fp32.arch, spec=fp32.spec, params=fp32.params, flops=fp32.flops, onnx_path=rel,
+        onnx_bytes=q.onnx_bytes, accuracy_torch=None, accuracy_onnx=q.accuracy_int8,
+        latency_ms=bench["latency_ms"], throughput_per_s=bench["throughput_per_s"],
+        quantization={**q.to_dict(), "path": rel, "size_ratio_vs_fp32": q.onnx_bytes / q.fp32_bytes,
+                      "speedup_vs_fp32_batch_1": fp32.p50(1) / p50(bench, 1)})

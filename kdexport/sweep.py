@@ -15,57 +15,30 @@ import json
 import math
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import load_model, save_checkpoint
-from .config import KDConfig, RunConfig
-from .errors import ConfigError, OutputError
-from .io import atomic_write, atomic_write_json, atomic_write_text
+from .config import Grid, KDConfig, RunConfig
+from .distill.teacher import Distillation, TeacherLogits
+from .distill.train import Reporter, evaluate
+from .files import atomic_write, atomic_write_json, atomic_write_text
+from .models.checkpoint import load_model, save_checkpoint
 from .pipeline import (
-    RESUME_IGNORES,
     Context,
     Log,
     _quiet,
     build_teacher,
-    commit_out_dir,
-    comparison,
-    default_out_dir,
     export_and_bench,
+    models_report,
     prepare,
-    prepare_out_dir,
     report_header,
-    teacher_targets,
+    teacher_source,
     train_student,
     train_teacher,
 )
-from .report import write_report
-from .train import Reporter, evaluate
+from .report.write import write_report
+from .runs import commit_run_dir, open_sweep_dir, prepare_out_dir
 
-
-@dataclass(frozen=True)
-class Grid:
-    temperatures: tuple[float, ...]
-    soft_weights: tuple[float, ...]
-    seeds: tuple[int, ...] = (0,)
-    scale_t2: tuple[bool, ...] = (True,)
-
-    def __post_init__(self) -> None:
-        for name in ("temperatures", "soft_weights", "seeds", "scale_t2"):
-            values = getattr(self, name)
-            if not values:
-                raise ConfigError(f"sweep grid: {name.replace('_', ' ')} is empty")
-            if len(set(values)) != len(values):
-                raise ConfigError(f"sweep grid: {name.replace('_', ' ')} has duplicates: {list(values)}")
-        for T, b in itertools.product(self.temperatures, self.soft_weights):
-            KDConfig(temperature=T, soft_weight=b)  # validates every value
-
-    def kd_configs(self, soft_loss: str = "kl") -> list[KDConfig]:
-        return [KDConfig(temperature=T, soft_weight=b, scale_t2=s, soft_loss=soft_loss)
-                for s, b, T in itertools.product(self.scale_t2, self.soft_weights, self.temperatures)]
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+__all__ = ["Grid", "cell_key", "mean_std", "run_sweep", "sweep_markdown"]
 
 
 def cell_key(kd: KDConfig) -> str:
@@ -80,60 +53,16 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return mean, std
 
 
-def _config_for_resume(cfg: RunConfig) -> dict:
-    d = cfg.to_dict()
-    # Options that do not change what a cell trains may differ between runs of one sweep.
-    for k in RESUME_IGNORES:
-        d.pop(k, None)
-    d["kd"] = {"soft_loss": cfg.kd.soft_loss}  # T, beta, scaling live in the grid
-    d["train"].pop("seed", None)  # seeds live in the grid
-    return d
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _open_sweep_dir(cfg: RunConfig, log: Log) -> Path:
-    out = Path(cfg.out) if cfg.out else default_out_dir("sweep")
-    state = out / "sweep-config.json"
-    want = _config_for_resume(cfg)
-    if out.exists() and cfg.overwrite:
-        shutil.rmtree(out)
-    if out.exists():
-        if not state.exists():
-            raise OutputError(f"{str(out)!r} exists and is not a kdexport sweep; pass --overwrite to replace it")
-        have = json.loads(state.read_text())
-        if have != want:
-            a, b = _flatten(have), _flatten(want)
-            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-            raise OutputError(f"{str(out)!r} holds a sweep with other options ({', '.join(diff)}); "
-                              "use another --out or --overwrite")
-        log(f"resuming the sweep in {out}")
-    try:
-        (out / "cells").mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"cannot write output folder {str(out)!r}: {e.strerror or e}") from None
-    atomic_write_json(state, want)
-    return out
-
-
-def _unit(out: Path, ctx: Context, name: str, seed: int, kd: KDConfig | None, targets, reporter,
-          save: bool) -> dict:
+def _unit(out: Path, ctx: Context, name: str, seed: int, kd: KDConfig | None, source: TeacherLogits | None,
+          reporter: Reporter | None, save: bool) -> dict:
     """Train one student (baseline when kd is None) unless its result file already exists."""
     path = out / "cells" / f"{name}-s{seed}.json"
     if path.exists():
         return json.loads(path.read_text())
     t0 = time.perf_counter()
     state = out / "cells" / f"{name}-s{seed}.state.pt"  # per-epoch state: an interrupted unit continues
-    model, hist = train_student(ctx, seed=seed, kd=kd, targets=targets, label=f"{name} s{seed}",
-                                reporter=reporter, state_path=state, resume=True)
+    model, hist = train_student(ctx, seed=seed, distill=Distillation(source, kd) if kd else None,
+                                label=f"{name} s{seed}", reporter=reporter, state_path=state, resume=True)
     acc = evaluate(model, ctx.data, "test")["accuracy"]
     if save:  # checkpoint first: a result file implies its checkpoint exists
         save_checkpoint(out / "cells" / f"{name}-s{seed}.pt", model, ctx.student_spec, role=name,
@@ -149,7 +78,7 @@ def run_sweep(cfg: RunConfig, grid: Grid, *, reporter: Reporter | None = None, l
     t_start = time.perf_counter()
     ctx = prepare(cfg, log)
     teacher = build_teacher(ctx)
-    out = _open_sweep_dir(cfg, log)
+    out = open_sweep_dir(cfg, log)
     tpath = out / "teacher.pt"
     if tpath.exists():
         teacher, _, blob = load_model(tpath, expect=ctx.teacher_spec)
@@ -163,7 +92,7 @@ def run_sweep(cfg: RunConfig, grid: Grid, *, reporter: Reporter | None = None, l
         t_state.unlink(missing_ok=True)
     teacher = teacher.to(ctx.device).eval()
     teacher_acc = evaluate(teacher, ctx.data, "test", device=ctx.device)["accuracy"]
-    targets = teacher_targets(ctx, teacher)
+    source = teacher_source(ctx, teacher)
     kds = grid.kd_configs(cfg.kd.soft_loss)
     first = grid.seeds[0]
     baselines = {s: _unit(out, ctx, "baseline", s, None, None, reporter, s == first) for s in grid.seeds}
@@ -177,7 +106,7 @@ def run_sweep(cfg: RunConfig, grid: Grid, *, reporter: Reporter | None = None, l
             done += 1
             log(f"cell {done}/{total}: T={kd.temperature:g} beta={kd.soft_weight:g} "
                 f"{'T^2-scaled' if kd.scale_t2 else 'unscaled'} seed={s}")
-            runs.append(_unit(out, ctx, key, s, kd, targets, reporter, s == first))
+            runs.append(_unit(out, ctx, key, s, kd, source, reporter, s == first))
         accs = [r["accuracy"] for r in runs]
         m, sd = mean_std(accs)
         cells[key] = {"kd": dataclasses.asdict(kd), "accuracies": accs, "mean": m, "std": sd,
@@ -221,9 +150,8 @@ def _export_best(ctx: Context, out: Path, teacher, t_hist, kd_dict: dict, seed: 
                                         history=s_blob["history"], eager=True, log=log),
         }
         cfg = dataclasses.replace(ctx.cfg, kd=kd, train=dataclasses.replace(ctx.cfg.train, seed=seed))
-        header = report_header(dataclasses.replace(ctx, cfg=cfg), final)
-        write_report({**header, "models": models, **comparison(models)}, staging)
-        commit_out_dir(staging, final)
+        write_report(models_report(dataclasses.replace(ctx, cfg=cfg), final, models), staging)
+        commit_run_dir(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -290,26 +218,3 @@ def plot_heatmap(r: dict, path: Path) -> None:
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
-
-
-def parse_floats(text: str, name: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise ConfigError(f"{name}: expected comma-separated numbers, got {text!r}") from None
-
-
-def parse_ints(text: str, name: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise ConfigError(f"{name}: expected comma-separated integers, got {text!r}") from None
-
-
-def parse_switches(text: str, name: str) -> tuple[bool, ...]:
-    table = {"on": True, "off": False, "true": True, "false": False}
-    try:
-        return tuple(table[v.strip().lower()] for v in text.split(",") if v.strip())
-    except KeyError:
-        raise ConfigError(f"{name}: expected on, off or on,off; got {text!r}") from None
-

@@ -18,7 +18,7 @@ def _threads():
 
 @pytest.fixture(scope="session")
 def digits():
-    from kdexport.data import load_dataset
+    from kdexport.data.datasets import load_dataset
 
     return load_dataset("digits")
 

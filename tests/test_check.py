@@ -6,11 +6,11 @@ from xml.etree import ElementTree as ET
 import pytest
 from typer.testing import CliRunner
 
-from kdexport.bench import onnx_accuracy
-from kdexport.check import check_reports
+from kdexport.bench.timing import onnx_accuracy
 from kdexport.cli import app
-from kdexport.errors import ReportError
-from kdexport.export import read_metadata
+from kdexport.config import GateConfig
+from kdexport.errors import ConfigError
+from kdexport.export.onnx import read_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "models" / "digits"
@@ -85,8 +85,10 @@ def test_unusable_input_exits_2(tmp_path, base):
     assert res.exit_code == 2 and "current report has no key models.student.onnx_bytes" in " ".join(res.output.split())
     res = runner.invoke(app, ["check", str(tmp_path / "missing.json"), "--baseline", _write(tmp_path, "b.json", base)])
     assert res.exit_code == 2 and "does not exist" in res.output
-    with pytest.raises(ReportError, match="--skip takes"):
-        check_reports(base, base, skip=("speed",))
+    with pytest.raises(ConfigError, match="--skip takes"):
+        GateConfig(skip=("speed",))
+    res = _check(tmp_path, base, base, "--skip", "speed")
+    assert res.exit_code == 2 and "--skip takes accuracy, latency, size; got speed" in res.output
 
 
 def test_shipped_onnx_reproduces_stored_accuracy_exactly(base, digits):

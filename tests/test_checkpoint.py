@@ -3,9 +3,9 @@ import pickle
 import pytest
 import torch
 
-from kdexport.checkpoint import load_model, read_checkpoint, save_checkpoint
 from kdexport.errors import CheckpointError
-from kdexport.models import ModelSpec, build_model
+from kdexport.models.builders import ModelSpec, build_model
+from kdexport.models.checkpoint import load_model, read_checkpoint, save_checkpoint
 
 SPEC = ModelSpec("mlp:16", 10, (1, 8, 8))
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from kdexport.checkpoint import save_checkpoint
 from kdexport.cli import app
-from kdexport.models import ModelSpec, build_model
+from kdexport.models.builders import ModelSpec, build_model
+from kdexport.models.checkpoint import save_checkpoint
 
 runner = CliRunner()
 FAST = ["--epochs", "4", "--bench-iters", "5", "--bench-batch", "8"]

@@ -2,7 +2,8 @@ import pytest
 import torch
 from PIL import Image
 
-from kdexport.data import augment_batch, load_dataset
+from kdexport.data.augment import augment_batch
+from kdexport.data.datasets import load_dataset
 from kdexport.errors import DataError, UnknownNameError
 
 
@@ -73,7 +74,7 @@ def test_augment_batch_is_seeded_and_keeps_shape():
 
 
 def test_auto_augmentation_by_data(digits):
-    from kdexport.data import resolve_augment
+    from kdexport.data.augment import resolve_augment
 
     assert resolve_augment("auto", digits) == "none"
     with pytest.raises(UnknownNameError, match="crop-flip, none, shift2"):

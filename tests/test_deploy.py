@@ -9,12 +9,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from kdexport.cli import app
-from kdexport.config import RunConfig, TrainConfig
-from kdexport.data import Dataset
-from kdexport.export import export_onnx, ort_logits, ort_session
-from kdexport.models import ModelSpec, build_model
+from kdexport.config import QuantConfig, RunConfig, TrainConfig
+from kdexport.data.datasets import Dataset
+from kdexport.distill.train import fit
+from kdexport.export.onnx import export_onnx, ort_logits, ort_session
+from kdexport.models.builders import ModelSpec, build_model
 from kdexport.pipeline import onnx_metadata
-from kdexport.train import fit
 
 runner = CliRunner()
 
@@ -37,7 +37,7 @@ def test_quantize_dynamic_keeps_accuracy_and_shrinks(student, tmp_path):
     assert res.exit_code == 0, res.output
     assert out.stat().st_size < student.stat().st_size
     assert "dynamic INT8: accuracy" in res.output
-    from kdexport.export import read_metadata
+    from kdexport.export.onnx import read_metadata
 
     meta = read_metadata(out)
     assert meta["quantization"]["mode"] == "dynamic" and meta["class_names"][0] == "0"
@@ -45,7 +45,7 @@ def test_quantize_dynamic_keeps_accuracy_and_shrinks(student, tmp_path):
 
 @pytest.mark.parametrize("mode", ["dynamic", "static"])
 def test_quantize_accuracy_gate_rejects_and_keeps_no_file(student, tmp_path, monkeypatch, mode):
-    import kdexport.quantize as q
+    import kdexport.export.quantize as q
 
     real = q.onnx_accuracy
     monkeypatch.setattr(q, "onnx_accuracy", lambda p, d, t=None: real(p, d, t) - (0.02 if "partial" in str(p) else 0))
@@ -67,10 +67,10 @@ def test_static_quantization_of_a_cnn(tmp_path):
     torch.manual_seed(0)
     m = build_model(ModelSpec("resnet18", 10, (3, 32, 32), cifar_stem=True)).eval()
     export_onnx(m, tmp_path / "r.onnx", data.normalize(x[:8]))
-    from kdexport.quantize import quantize_onnx
+    from kdexport.export.quantize import quantize_onnx
 
-    r = quantize_onnx(tmp_path / "r.onnx", tmp_path / "r8.onnx", data, mode="static", calibration_samples=32,
-                      max_accuracy_drop=100)
+    r = quantize_onnx(tmp_path / "r.onnx", tmp_path / "r8.onnx", data, mode="static",
+                      quant=QuantConfig(calibration_samples=32, max_accuracy_drop=100))
     assert r.onnx_bytes < 0.3 * r.fp32_bytes
     import onnx
 
@@ -145,7 +145,7 @@ def test_readme_snippet_matches_predict(student, digits, tmp_path):
     """The app snippet in README.md runs as printed and agrees with `kdexport predict`."""
     from pathlib import Path
 
-    import kdexport.predict as kp
+    import kdexport.export.predict as kp
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     snippet = next(b.split("\n", 1)[1] for b in readme.split("```")[1::2]
@@ -165,11 +165,11 @@ def test_percentile_calibration_and_bad_calibration_name(student, tmp_path):
     res = runner.invoke(app, ["quantize", str(student), "--out", str(out), "--mode", "static",
                               "--calibration", "percentile", "--calibration-samples", "100"])
     assert res.exit_code == 0, res.output
-    from kdexport.export import read_metadata
+    from kdexport.export.onnx import read_metadata
 
     assert read_metadata(out)["quantization"]["calibration"] == "percentile"
     res = runner.invoke(app, ["quantize", str(student), "--out", str(out), "--calibration", "magic"])
-    assert res.exit_code == 2 and "calibration must be one of" in res.output
+    assert res.exit_code == 2 and "unknown calibration 'magic'; choose one of:" in res.output
 
 
 def test_distill_export_quantize_static_records_calibration(tmp_path):
@@ -181,9 +181,9 @@ def test_distill_export_quantize_static_records_calibration(tmp_path):
     report = json.loads((out / "report.json").read_text())
     q = report["models"]["student_int8"]["quantization"]
     assert q["mode"] == "static" and q["calibration"] == "percentile" and q["calibration_samples"] == 64
-    assert q["equalization"]["streams"] == 0 and report["config"]["equalize"]  # reached; an MLP has no streams
-    assert report["config"]["calibration"] == "percentile"
-    from kdexport.export import read_metadata
+    assert q["equalization"]["streams"] == 0 and report["config"]["quant"]["equalize"]  # reached; an MLP has no streams
+    assert report["config"]["quant"]["calibration"] == "percentile"
+    from kdexport.export.onnx import read_metadata
 
     assert read_metadata(out / "onnx" / "student.int8.onnx")["quantization"]["calibration"] == "percentile"
     assert "static, percentile calibration" in (out / "report.md").read_text()
@@ -196,10 +196,7 @@ def test_calibrations_discount_a_rare_outlier(tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    from kdexport.config import CALIBRATIONS
-    from kdexport.quantize import _CALIBRATORS, quantize_onnx
-
-    assert set(_CALIBRATORS) == set(CALIBRATIONS)
+    from kdexport.export.quantize import quantize_onnx
     g = torch.Generator().manual_seed(0)
     x = torch.randint(100, 151, (96, 3, 8, 8), dtype=torch.uint8, generator=g)
     x[5] = 255
@@ -212,8 +209,8 @@ def test_calibrations_discount_a_rare_outlier(tmp_path):
 
     def input_scale(calibration):
         out = tmp_path / f"{calibration}.onnx"
-        r = quantize_onnx(tmp_path / "m.onnx", out, data, mode="static", calibration_samples=96,
-                          max_accuracy_drop=100, calibration=calibration)
+        r = quantize_onnx(tmp_path / "m.onnx", out, data, mode="static",
+                          quant=QuantConfig(calibration_samples=96, max_accuracy_drop=100, calibration=calibration))
         assert r.calibration == calibration
         model = onnx.load(str(out))
         inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
@@ -231,7 +228,7 @@ def test_batch_ranges_match_numpy_per_batch(tmp_path):
     each batch's true min and max, the ReLU's minimum never below 0."""
     import onnx
 
-    from kdexport.quantize import batch_ranges
+    from kdexport.export.calibration import batch_ranges
 
     torch.manual_seed(0)
     m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),

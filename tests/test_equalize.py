@@ -1,4 +1,4 @@
-"""Residual-stream equalization before static INT8 (kdexport.equalize)."""
+"""Residual-stream equalization before static INT8 (kdexport.export.equalize)."""
 
 import numpy as np
 import onnx
@@ -6,10 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from kdexport.data import Dataset
-from kdexport.equalize import equalize_residual_streams, find_streams
-from kdexport.export import export_onnx, ort_logits, ort_session, read_metadata
-from kdexport.models import ModelSpec, build_model
+from kdexport.config import QuantConfig
+from kdexport.data.datasets import Dataset
+from kdexport.export.equalize import equalize_residual_streams, find_streams
+from kdexport.export.onnx import export_onnx, ort_logits, ort_session, read_metadata
+from kdexport.models.builders import ModelSpec, build_model
 
 
 def _data(n: int = 64, seed: int = 0) -> Dataset:
@@ -53,7 +54,7 @@ def test_equalization_is_exact_and_flattens_the_outlier_channel(tmp_path):
 
 def test_equalized_int8_tracks_fp32_better(tmp_path):
     """Same calibration, same quantizer: equalizing the stream first brings the INT8 logits closer to FP32."""
-    from kdexport.quantize import quantize_onnx
+    from kdexport.export.quantize import quantize_onnx
 
     data = _data()
     x = data.normalize(data.x_test).numpy()
@@ -62,8 +63,8 @@ def test_equalized_int8_tracks_fp32_better(tmp_path):
     err = {}
     for eq in (False, True):
         out = tmp_path / f"r8-{eq}.onnx"
-        r = quantize_onnx(tmp_path / "r.onnx", out, data, mode="static", calibration_samples=64,
-                          max_accuracy_drop=100, equalize=eq)
+        r = quantize_onnx(tmp_path / "r.onnx", out, data, mode="static",
+                          quant=QuantConfig(calibration_samples=64, max_accuracy_drop=100, equalize=eq))
         assert (r.equalization is not None) == eq
         recorded = read_metadata(out)["quantization"]["equalization"]
         assert (recorded["streams"] if eq else recorded) == (4 if eq else None)

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from kdexport.errors import ParityError
-from kdexport.export import check_parity, export_onnx, ort_logits, ort_session, read_metadata
-from kdexport.models import ModelSpec, build_model
+from kdexport.export.onnx import check_parity, export_onnx, ort_logits, ort_session, read_metadata
+from kdexport.models.builders import ModelSpec, build_model
 
 
 @pytest.fixture()
@@ -28,7 +28,7 @@ def test_export_parity_dynamic_batch_and_metadata(tiny, digits, tmp_path):
 
 
 def test_parity_failure_keeps_no_file(tiny, digits, tmp_path, monkeypatch):
-    import kdexport.export as ex
+    import kdexport.export.onnx as ex
 
     monkeypatch.setattr(ex, "check_parity", lambda *a, **k: (0.5, 0.9))
     with pytest.raises(ParityError, match="not kept"):

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kdexport.distill.losses import kd_loss, soft_kl
 from kdexport.errors import UnknownNameError
-from kdexport.losses import kd_loss, soft_kl
 
 
 def test_kd_hand_computed_value():

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from kdexport.errors import ConfigError, ModelError, UnknownNameError
-from kdexport.models import MODELS, ModelSpec, build_model, count_flops, count_params
+from kdexport.models.builders import MODELS, ModelSpec, build_model, count_flops, count_params
 
 
 @pytest.mark.parametrize("name", MODELS.names())

@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kdexport.cli import app
-from kdexport.data import load_dataset
+from kdexport.data.datasets import load_dataset
 
 from .conftest import shared_data
 

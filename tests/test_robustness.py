@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 
 from kdexport.cli import app
 from kdexport.config import RunConfig, TrainConfig
+from kdexport.distill.train import fit
 from kdexport.errors import TrainingError
-from kdexport.models import ModelSpec, build_model
+from kdexport.models.builders import ModelSpec, build_model
 from kdexport.pipeline import distill_export
-from kdexport.train import fit
 
 runner = CliRunner()
 SMALL = dict(teacher="mlp:128", student="mlp:16", bench_iters=3, bench_batch=4)
@@ -38,7 +38,7 @@ def test_same_seed_same_report_accuracies(tmp_path):
 
 
 def test_nan_stops_and_keeps_last_good_state(tmp_path, digits, monkeypatch):
-    import kdexport.train as tr
+    import kdexport.distill.train as tr
 
     torch.manual_seed(0)
     model = build_model(ModelSpec("mlp:16", 10, (1, 8, 8)))

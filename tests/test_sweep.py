@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from kdexport.config import KDConfig, RunConfig, TrainConfig
+from kdexport.config import KDConfig, RunConfig, TrainConfig, parse_floats, parse_switches
 from kdexport.errors import ConfigError, OutputError
-from kdexport.sweep import Grid, cell_key, mean_std, parse_floats, parse_switches, run_sweep
+from kdexport.sweep import Grid, cell_key, mean_std, run_sweep
 
 GRID = Grid(temperatures=(2.0, 4.0), soft_weights=(0.5,), seeds=(0, 1), scale_t2=(True, False))
 

@@ -1,8 +1,9 @@
 import torch
 
 from kdexport.config import KDConfig, TrainConfig
-from kdexport.models import ModelSpec, build_model
-from kdexport.train import TeacherTargets, evaluate, fit
+from kdexport.distill.teacher import CachedLogits, Distillation, LiveLogits, TorchTeacher, teacher_logits
+from kdexport.distill.train import evaluate, fit
+from kdexport.models.builders import ModelSpec, build_model
 
 SPEC = ModelSpec("mlp:32", 10, (1, 8, 8))
 
@@ -34,8 +35,10 @@ def test_kd_with_beta_zero_equals_baseline(digits):
     torch.manual_seed(5)
     teacher = build_model(ModelSpec("mlp:64", 10, (1, 8, 8)))
     base, _ = _train(digits)
-    kd0, _ = _train(digits, teacher=teacher, kd=KDConfig(soft_weight=0.0))
-    kd5, h = _train(digits, teacher=teacher, kd=KDConfig(soft_weight=0.5))
+    live = teacher_logits(TorchTeacher.for_data(teacher, digits), digits, augment="none")
+    assert isinstance(live, CachedLogits)  # fixed inputs: the teacher runs once over the training set
+    kd0, _ = _train(digits, distill=Distillation(live, KDConfig(soft_weight=0.0)))
+    kd5, h = _train(digits, distill=Distillation(live, KDConfig(soft_weight=0.5)))
     assert all(torch.equal(p, q) for p, q in zip(base.parameters(), kd0.parameters()))
     assert not all(torch.equal(p, q) for p, q in zip(base.parameters(), kd5.parameters()))
     assert h[0]["train_kd"] > 0
@@ -46,10 +49,10 @@ def test_cached_and_live_teacher_give_the_same_student(digits):
     torch.manual_seed(5)
     teacher = build_model(ModelSpec("mlp:64", 10, (1, 8, 8), dropout=0.5))
     fit(teacher, digits, TrainConfig(epochs=1))
-    live = TeacherTargets(teacher, digits, torch.device("cpu"), cached=False)
-    cached = TeacherTargets(teacher, digits, torch.device("cpu"), cached=True)
-    a, _ = _train(digits, teacher=teacher, kd=KDConfig(), teacher_targets=live)
-    b, _ = _train(digits, teacher=teacher, kd=KDConfig(), teacher_targets=cached)
+    t = TorchTeacher.for_data(teacher, digits)
+    assert isinstance(teacher_logits(t, digits, augment="crop-flip"), LiveLogits)
+    a, _ = _train(digits, distill=Distillation(LiveLogits(t), KDConfig()))
+    b, _ = _train(digits, distill=Distillation(CachedLogits(t, digits), KDConfig()))
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
 
@@ -70,26 +73,31 @@ def test_nan_loss_stops_with_clear_error(digits):
 def test_teacher_cache_hit_and_invalidation(digits, tmp_path, monkeypatch):
     import dataclasses
 
-    import kdexport.train as tr
-    from kdexport.data import Dataset
-    from kdexport.train import cached_teacher_logits, teacher_cache_key
+    import kdexport.distill.teacher as tt
+    from kdexport.data.datasets import Dataset
+    from kdexport.distill.teacher import cached_teacher_logits, teacher_cache_key
 
     torch.manual_seed(1)
-    teacher = build_model(ModelSpec("mlp:32", 10, (1, 8, 8)))
+    module = build_model(ModelSpec("mlp:32", 10, (1, 8, 8)))
     calls = []
-    real = tr.predict_logits
-    monkeypatch.setattr(tr, "predict_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
-    first = cached_teacher_logits(teacher, digits, torch.device("cpu"), tmp_path)
-    again = cached_teacher_logits(teacher, digits, torch.device("cpu"), tmp_path)
+    real = tt.logits_over
+    monkeypatch.setattr(tt, "logits_over", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def teacher_for(data):  # a fresh wrapper: the fingerprint is hashed once per teacher
+        return TorchTeacher.for_data(module, data)
+
+    teacher = teacher_for(digits)
+    first = cached_teacher_logits(teacher, digits, tmp_path)
+    again = cached_teacher_logits(teacher, digits, tmp_path)
     assert len(calls) == 1 and torch.equal(first, again)  # second call read the disk cache
     key = teacher_cache_key(teacher, digits)
     # weights change -> new key
     with torch.no_grad():
-        teacher.net[1].bias[0] += 1e-3
-    assert teacher_cache_key(teacher, digits) != key
+        module.net[1].bias[0] += 1e-3
+    assert teacher_cache_key(teacher_for(digits), digits) != key
     with torch.no_grad():
-        teacher.net[1].bias[0] -= 1e-3
-    assert teacher_cache_key(teacher, digits) == key
+        module.net[1].bias[0] -= 1e-3
+    assert teacher_cache_key(teacher_for(digits), digits) == key
 
     def variant(**kw):
         return Dataset(**{f.name: getattr(digits, f.name) for f in dataclasses.fields(Dataset) if f.init} | kw)
@@ -103,15 +111,15 @@ def test_teacher_cache_hit_and_invalidation(digits, tmp_path, monkeypatch):
     # a stale entry (wrong key inside / unreadable) is never used
     path = tmp_path / f"{key}.pt"
     torch.save({"key": "other", "logits": torch.zeros_like(first)}, path)
-    assert torch.equal(cached_teacher_logits(teacher, digits, torch.device("cpu"), tmp_path), first)
+    assert torch.equal(cached_teacher_logits(teacher, digits, tmp_path), first)
     path.write_bytes(b"garbage")
-    assert torch.equal(cached_teacher_logits(teacher, digits, torch.device("cpu"), tmp_path), first)
+    assert torch.equal(cached_teacher_logits(teacher, digits, tmp_path), first)
     assert len(calls) == 3
 
 
 def test_weights_hash_covers_batchnorm_models():
-    from kdexport.models import ModelSpec, build_model
-    from kdexport.train import weights_hash
+    from kdexport.distill.teacher import weights_hash
+    from kdexport.models.builders import ModelSpec, build_model
 
     torch.manual_seed(0)
     m = build_model(ModelSpec("resnet18", 10, (3, 32, 32), cifar_stem=True))  # has 0-dim BN counters

@@ -12,9 +12,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import Dataset
-from .envinfo import usable_cores
-from .export import ort_logits, ort_session
+from ..config import RunConfig
+from ..data.datasets import Dataset
+from ..envinfo import usable_cores
+from ..export.onnx import ort_logits, ort_session
 
 
 def percentiles(samples_ms: list[float]) -> dict[str, float]:
@@ -23,7 +24,7 @@ def percentiles(samples_ms: list[float]) -> dict[str, float]:
             "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "runs": int(a.size)}
 
 
-def time_fn(fn: Callable[[], object], warmup: int = 10, iters: int = 100,
+def time_fn(fn: Callable[[], object], warmup: int = RunConfig.bench_warmup, iters: int = RunConfig.bench_iters,
             max_seconds: float | None = None) -> dict[str, float]:
     """Latency of ``fn()`` in ms: ``warmup`` untimed calls, then up to ``iters`` timed calls
     (stopping early once ``max_seconds`` is spent, after at least 5 runs)."""
@@ -58,6 +59,11 @@ def real_inputs(data: Dataset, batch: int) -> torch.Tensor:
     return data.normalize(x).contiguous()
 
 
+def p50(result: dict, batch: int = 1) -> float:
+    """Median latency in ms at ``batch`` of a :func:`latency_table` / :func:`bench_onnx` result."""
+    return result["latency_ms"][f"batch_{batch}"]["p50"]
+
+
 InputsFor = Callable[[int], torch.Tensor]
 
 
@@ -81,8 +87,8 @@ def latency_table(run: Callable[[torch.Tensor], object], data: Dataset | InputsF
 
 
 def bench_onnx(path: str | os.PathLike, data: Dataset | InputsFor, batches: list[int], *, threads: int | None = None,
-               warmup: int = 10, iters: int = 100, max_seconds: float | None = None,
-               graph_opt: str = "all") -> dict:
+               warmup: int = RunConfig.bench_warmup, iters: int = RunConfig.bench_iters,
+               max_seconds: float | None = None, graph_opt: str = "all") -> dict:
     threads = threads or usable_cores()
     sess = ort_session(path, threads=threads, graph_opt=graph_opt)
     name = sess.get_inputs()[0].name
@@ -93,7 +99,8 @@ def bench_onnx(path: str | os.PathLike, data: Dataset | InputsFor, batches: list
 
 
 def bench_torch(model: nn.Module, data: Dataset | InputsFor, batches: list[int], *, threads: int | None = None,
-                warmup: int = 10, iters: int = 100, max_seconds: float | None = None) -> dict:
+                warmup: int = RunConfig.bench_warmup, iters: int = RunConfig.bench_iters,
+                max_seconds: float | None = None) -> dict:
     threads = threads or usable_cores()
     model = model.eval().cpu()
 

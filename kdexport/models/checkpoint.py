@@ -13,10 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .envinfo import environment, now_iso
-from .errors import CheckpointError
-from .io import atomic_torch_save
-from .models import ModelSpec, build_model
+from ..envinfo import environment, now_iso
+from ..errors import CheckpointError, first_line
+from ..files import atomic_torch_save
+from .builders import ModelSpec, build_model
 
 FORMAT = "kdexport-checkpoint/1"
 
@@ -45,7 +45,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        first = first_line(e, 160)
         raise CheckpointError(f"cannot load checkpoint {str(path)!r} safely (weights_only=True): "
                               f"{first}") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT or "model" not in blob:
@@ -73,5 +73,5 @@ def load_model(path: str | os.PathLike, expect: ModelSpec | None = None) -> tupl
         model.load_state_dict(blob["state_dict"])
     except RuntimeError as e:
         raise CheckpointError(f"weights in {str(path)!r} do not fit {spec.arch}: "
-                              f"{str(e).splitlines()[0][:160]}") from None
+                              f"{first_line(e, 160)}") from None
     return model.eval(), spec, blob

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .io import atomic_write, atomic_write_json, atomic_write_text
+from ..files import atomic_write, atomic_write_json, atomic_write_text
+from .entry import ModelEntry, model_entries
 
 REPORT_VERSION = 1
 ROLE_TITLES = {"teacher": "teacher", "baseline": "baseline (no KD)", "student": "distilled student",
@@ -29,51 +30,53 @@ def _fmt_count(n: int) -> str:
     return str(n)
 
 
-def summary_rows(report: dict) -> list[list[str]]:
-    """Rows of the headline table, shared by report.md and the CLI's console table."""
-    models = report["models"]
-    teacher = models.get("teacher")
-    big = max(int(k.split("_")[1]) for k in next(iter(models.values()))["latency_ms"])
-    rows = []
-    for role, m in models.items():
-        if "latency_ms" not in m:  # a rejected INT8 model: only its error is recorded
-            continue
-        lat1 = m["latency_ms"]["batch_1"]["p50"]
-        speed = f"{teacher['latency_ms']['batch_1']['p50'] / lat1:.1f}x" if teacher else "-"
-        comp = f"{teacher['onnx_bytes'] / m['onnx_bytes']:.1f}x" if teacher else "-"
-        acc_t = f"{m['accuracy_torch'] * 100:.2f}%" if m.get("accuracy_torch") is not None else "-"
-        rows.append([ROLE_TITLES.get(role, role), m["arch"], f"{m['accuracy_onnx'] * 100:.2f}%",
-                     acc_t, _fmt_count(m["params"]), _fmt_count(m["flops"]),
-                     _fmt_bytes(m["onnx_bytes"]), f"{lat1:.3f}",
-                     f"{m['latency_ms'][f'batch_{big}']['p50']:.3f}", f"{m['throughput_per_s']:.0f}",
-                     speed, comp])
-    return rows
+def _big_batch(entries: dict[str, ModelEntry]) -> int:
+    return max(b for e in entries.values() for b in e.batch_sizes())
 
 
-def summary_header(report: dict) -> list[str]:
-    big = max(int(k.split("_")[1]) for k in next(iter(report["models"].values()))["latency_ms"])
+def summary_columns(report: dict) -> list[str]:
+    big = _big_batch(model_entries(report))
     return ["model", "arch", "acc (ONNX)", "acc (torch)", "params", "FLOPs", "ONNX size",
             "p50 ms @1", f"p50 ms @{big}", f"img/s @{big}", "speed-up", "compression"]
 
 
+def summary_table(report: dict) -> list[dict[str, str]]:
+    """The headline table, one row per benchmarked model keyed by :func:`summary_columns`; shared by
+    report.md and the CLI's console table."""
+    entries = {k: e for k, e in model_entries(report).items() if e.benchmarked}
+    teacher = entries.get("teacher")
+    big = _big_batch(entries)
+    rows = []
+    for role, m in entries.items():
+        lat1 = m.p50(1)
+        row = [ROLE_TITLES.get(role, role), m.arch, f"{m.accuracy_onnx * 100:.2f}%",
+               f"{m.accuracy_torch * 100:.2f}%" if m.accuracy_torch is not None else "-",
+               _fmt_count(m.params), _fmt_count(m.flops), _fmt_bytes(m.onnx_bytes), f"{lat1:.3f}",
+               f"{m.p50(big):.3f}", f"{m.throughput_per_s:.0f}",
+               f"{teacher.p50(1) / lat1:.1f}x" if teacher else "-",
+               f"{teacher.onnx_bytes / m.onnx_bytes:.1f}x" if teacher else "-"]
+        rows.append(dict(zip(summary_columns(report), row)))
+    return rows
+
+
 def to_markdown(report: dict) -> str:
     env, ds, cfg = report["environment"], report["dataset"], report["config"]
-    head = summary_header(report)
+    head = summary_columns(report)
     lines = [f"# kdexport report: {cfg['teacher']} -> {cfg['student']} on {ds['name']}", "",
              f"Created {report['created']} by kdexport {report['kdexport_version']} in "
              f"{report.get('wall_seconds', 0):.0f} s. Dataset: {ds['train_size']} train / "
              f"{ds['test_size']} test images, input {ds['input_shape']}, {ds['num_classes']} classes.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(r) + " |" for r in summary_rows(report)]
+    lines += ["| " + " | ".join(r.values()) + " |" for r in summary_table(report)]
+    entries = model_entries(report)
     kd = cfg["kd"]
     lines += ["", f"**KD gain: {report['kd_gain_points']:+.2f} points** (distilled student minus "
               f"baseline, ONNX accuracy; same seed, data order and {cfg['train']['epochs']} epochs each). "
               f"T = {kd['temperature']}, beta = {kd['soft_weight']}, T^2 scaling "
               f"{'on' if kd['scale_t2'] else 'off'}, soft loss {kd['soft_loss']}.", ""]
-    st = report["models"].get("student", {})
-    if "torch_eager" in st:
-        e1 = st["torch_eager"]["latency_ms"]["batch_1"]["p50"]
-        o1 = st["latency_ms"]["batch_1"]["p50"]
+    st = entries.get("student")
+    if st is not None and st.eager_p50(1) is not None:
+        e1, o1 = st.eager_p50(1), st.p50(1)
         lines += [f"Student at batch 1: onnxruntime p50 {o1:.3f} ms vs PyTorch eager {e1:.3f} ms "
                   f"({e1 / o1:.2f}x).", ""]
     lines += ["Latency: median (p50) of timed runs after warm-up, onnxruntime CPU execution provider, "
@@ -81,13 +84,14 @@ def to_markdown(report: dict) -> str:
               "Accuracy is top-1 on the test split.", "",
               "| model | parity max abs diff | top-1 agreement | p90 ms @1 | p99 ms @1 | train s |",
               "|---|---|---|---|---|---|"]
-    for role, m in report["models"].items():
-        if "parity" not in m:
+    for role, m in entries.items():
+        if m.parity is None:
             continue
-        lat = m["latency_ms"]["batch_1"]
-        lines.append(f"| {role} | {m['parity']['max_abs_diff']:.2e} | {m['parity']['top1_agreement']:.4f} "
-                     f"| {lat['p90']:.3f} | {lat['p99']:.3f} | {m.get('train_seconds', 0):.1f} |")
-    q = report["models"].get("student_int8", {}).get("quantization")
+        lat = m.latency(1)
+        lines.append(f"| {role} | {m.parity['max_abs_diff']:.2e} | {m.parity['top1_agreement']:.4f} "
+                     f"| {lat['p90']:.3f} | {lat['p99']:.3f} | {m.train_seconds or 0:.1f} |")
+    int8 = entries.get("student_int8")
+    q = int8.quantization if int8 else None
     if q:
         cal = f", {q['calibration']} calibration" if q.get("calibration") else ""
         if (q.get("equalization") or {}).get("streams"):
@@ -112,14 +116,16 @@ def plot_curves(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
-    for role, m in report["models"].items():
-        h = m.get("history") or []
+    colors = plt.get_cmap("tab10").colors
+    for i, (role, m) in enumerate(model_entries(report).items()):
+        h = m.history or []
         if not h:
             continue
+        color = colors[i % len(colors)]  # one colour per model, the same in both panels
         ep = [r["epoch"] for r in h]
-        ax_acc.plot(ep, [r["test_accuracy"] for r in h], marker="o", label=f"{role} test")
-        ax_acc.plot(ep, [r["train_accuracy"] for r in h], ls="--", alpha=0.6, label=f"{role} train")
-        ax_loss.plot(ep, [r["test_loss"] for r in h], marker="o", label=f"{role} test CE")
+        ax_acc.plot(ep, [r["test_accuracy"] for r in h], marker="o", color=color, label=f"{role} test")
+        ax_acc.plot(ep, [r["train_accuracy"] for r in h], ls="--", alpha=0.6, color=color, label=f"{role} train")
+        ax_loss.plot(ep, [r["test_loss"] for r in h], marker="o", color=color, label=f"{role} test CE")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="test loss")
     for ax in (ax_acc, ax_loss):

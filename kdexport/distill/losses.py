@@ -13,7 +13,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .registry import Registry
+from ..config import KDConfig
+from ..registry import Registry
 
 SoftLoss = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 SOFT_LOSSES: Registry[SoftLoss] = Registry("soft loss")
@@ -34,8 +35,8 @@ def soft_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempera
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, targets: torch.Tensor,
-            temperature: float = 4.0, soft_weight: float = 0.5,
-            scale_t2: bool = True, soft_loss: str = "kl") -> dict[str, torch.Tensor]:
+            temperature: float = KDConfig.temperature, soft_weight: float = KDConfig.soft_weight,
+            scale_t2: bool = KDConfig.scale_t2, soft_loss: str = KDConfig.soft_loss) -> dict[str, torch.Tensor]:
     """Return ``{"loss", "ce", "kd"}``. With ``teacher_logits=None`` this is plain cross-entropy."""
     ce = F.cross_entropy(student_logits, targets)
     if teacher_logits is None or soft_weight == 0.0:

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from .errors import ReportError
-
-METRICS = ("accuracy", "latency", "size")
+from ..config import GateConfig
+from ..errors import ReportError
+from .entry import ModelEntry, model_entries
 
 
 @dataclass
@@ -50,47 +50,56 @@ def _get(report: dict, keys: list[str], which: str) -> Any:
     return cur
 
 
-def check_reports(current: dict, baseline: dict, *, max_accuracy_drop: float = 0.5,
-                  min_accuracy: float | None = None, max_latency_ratio: float = 1.2,
-                  max_size_ratio: float = 1.05, models: list[str] | None = None,
-                  skip: tuple[str, ...] = ()) -> list[Gate]:
+def _need(value: Any, which: str, key: str) -> Any:
+    if value is None:
+        raise ReportError(f"{which} report has no key {key}")
+    return value
+
+
+def _entry(report: dict, role: str, which: str) -> ModelEntry:
+    entries = model_entries(report, which)
+    if role not in entries:
+        raise ReportError(f"{which} report has no key models.{role}")
+    return entries[role]
+
+
+def check_reports(current: dict, baseline: dict, gates: GateConfig = GateConfig()) -> list[Gate]:
     """Compare two reports; return one Gate per model and metric. Raises ReportError (exit 2)."""
-    unknown = set(skip) - set(METRICS)
-    if unknown:
-        raise ReportError(f"--skip takes {', '.join(METRICS)}; got {', '.join(sorted(unknown))}")
+    skip = gates.skip
     base_ds = _get(baseline, ["dataset", "name"], "baseline")
     cur_ds = _get(current, ["dataset", "name"], "current")
     if base_ds != cur_ds:
         raise ReportError(f"reports are for different datasets: baseline {base_ds!r}, current {cur_ds!r}")
-    models = models or ["student"]
-    gates: list[Gate] = []
-    for m in models:
-        b_arch = _get(baseline, ["models", m, "arch"], "baseline")
-        c_arch = _get(current, ["models", m, "arch"], "current")
-        if b_arch != c_arch:
-            raise ReportError(f"models.{m} is a {c_arch} in the current report but a {b_arch} in the baseline")
+    out: list[Gate] = []
+    for m in gates.models or ("student",):
+        b, c = _entry(baseline, m, "baseline"), _entry(current, m, "current")
+        if b.arch != c.arch:
+            raise ReportError(f"models.{m} is a {c.arch} in the current report but a {b.arch} in the baseline")
         if "accuracy" not in skip:
-            b_acc = float(_get(baseline, ["models", m, "accuracy_onnx"], "baseline"))
-            c_acc = float(_get(current, ["models", m, "accuracy_onnx"], "current"))
+            key = f"models.{m}.accuracy_onnx"
+            b_acc = float(_need(b.accuracy_onnx, "baseline", key))
+            c_acc = float(_need(c.accuracy_onnx, "current", key))
             drop = (b_acc - c_acc) * 100
-            gates.append(Gate(m, "accuracy", b_acc, c_acc, f"drop <= {max_accuracy_drop:g} pt",
-                              drop <= max_accuracy_drop + 1e-9, f"{0.0 - drop:+.2f} points"))
-            if min_accuracy is not None:
-                gates.append(Gate(m, "min accuracy", None, c_acc, f">= {min_accuracy:g}", c_acc >= min_accuracy,
-                                  f"{c_acc:.4f}"))
+            out.append(Gate(m, "accuracy", b_acc, c_acc, f"drop <= {gates.max_accuracy_drop:g} pt",
+                            drop <= gates.max_accuracy_drop + 1e-9, f"{0.0 - drop:+.2f} points"))
+            if gates.min_accuracy is not None:
+                out.append(Gate(m, "min accuracy", None, c_acc, f">= {gates.min_accuracy:g}",
+                                c_acc >= gates.min_accuracy, f"{c_acc:.4f}"))
         if "latency" not in skip:
-            b_lat = float(_get(baseline, ["models", m, "latency_ms", "batch_1", "p50"], "baseline"))
-            c_lat = float(_get(current, ["models", m, "latency_ms", "batch_1", "p50"], "current"))
+            key = f"models.{m}.latency_ms.batch_1.p50"
+            b_lat = float(_need(b.p50(1), "baseline", key))
+            c_lat = float(_need(c.p50(1), "current", key))
             ratio = c_lat / b_lat if b_lat > 0 else float("inf")
-            gates.append(Gate(m, "latency p50 @1 (ms)", b_lat, c_lat, f"ratio <= {max_latency_ratio:g}",
-                              ratio <= max_latency_ratio, f"{ratio:.2f}x"))
+            out.append(Gate(m, "latency p50 @1 (ms)", b_lat, c_lat, f"ratio <= {gates.max_latency_ratio:g}",
+                            ratio <= gates.max_latency_ratio, f"{ratio:.2f}x"))
         if "size" not in skip:
-            b_sz = int(_get(baseline, ["models", m, "onnx_bytes"], "baseline"))
-            c_sz = int(_get(current, ["models", m, "onnx_bytes"], "current"))
+            key = f"models.{m}.onnx_bytes"
+            b_sz = int(_need(b.onnx_bytes, "baseline", key))
+            c_sz = int(_need(c.onnx_bytes, "current", key))
             ratio = c_sz / b_sz if b_sz > 0 else float("inf")
-            gates.append(Gate(m, "ONNX bytes", b_sz, c_sz, f"ratio <= {max_size_ratio:g}",
-                              ratio <= max_size_ratio, f"{ratio:.3f}x"))
-    return gates
+            out.append(Gate(m, "ONNX bytes", b_sz, c_sz, f"ratio <= {gates.max_size_ratio:g}",
+                            ratio <= gates.max_size_ratio, f"{ratio:.3f}x"))
+    return out
 
 
 def _fmt(v: float | None, metric: str) -> str:

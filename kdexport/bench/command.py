@@ -2,76 +2,30 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
-from .bench import bench_onnx, bench_torch, onnx_accuracy, real_inputs
-from .data import Dataset
-from .envinfo import environment, now_iso
-from .errors import DataError, ExportError
-from .export import read_metadata
-from .io import atomic_write, atomic_write_json, atomic_write_text
+from ..config import BenchOptions
+from ..data.datasets import Dataset, load_dataset
+from ..envinfo import environment, now_iso, usable_cores
+from ..errors import DataError, ExportError
+from ..export.onnx import inspect_classifier, ort_session
+from ..files import atomic_write, atomic_write_json, atomic_write_text
+from ..models.checkpoint import load_model
+from .timing import InputsFor, bench_onnx, bench_torch, onnx_accuracy, p50, real_inputs
 
 
-def inspect_classifier(path: str | os.PathLike) -> dict:
-    """Input name/shape and class count of an ONNX image classifier; clear errors otherwise."""
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"{str(path)!r} does not exist")
-    try:
-        m = onnx.load(str(path), load_external_data=False)
-        onnx.checker.check_model(m)
-    except Exception as e:
-        why = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise ExportError(f"{str(path)!r} is not a valid ONNX model: {why}") from None
-    inits = {i.name for i in m.graph.initializer}
-    inputs = [i for i in m.graph.input if i.name not in inits]
-    if len(inputs) != 1 or len(m.graph.output) < 1:
-        raise ExportError(f"{path.name}: expected one image input and a logits output, found {len(inputs)} inputs")
-
-    def dims(vi) -> list[int | None]:
-        return [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
-
-    ishape, oshape = dims(inputs[0]), dims(m.graph.output[0])
-    if len(ishape) != 4 or len(oshape) != 2:
-        raise ExportError(
-            f"{path.name} is not an image classifier: input shape {ishape}, output shape "
-            f"{oshape} (expected N x C x H x W -> N x classes)"
-        )
-    meta = read_metadata(path)
-    chw = ishape[1:]
-    if any(d is None for d in chw) and "input_shape" in meta:
-        chw = list(meta["input_shape"])
-    return {
-        "input_name": inputs[0].name,
-        "input_shape": chw,
-        "num_classes": oshape[1],
-        "metadata": meta,
-        "bytes": path.stat().st_size,
-    }
-
-
-def bench_models(
-    paths: list[Path],
-    *,
-    batches: list[int],
-    threads: list[int],
-    iters: int,
-    warmup: int,
-    max_seconds: float | None,
-    graph_opt: str,
-    data: Dataset | None = None,
-    checkpoint: Path | None = None,
-    input_shape: list[int] | None = None,
-) -> dict:
+def bench_models(o: BenchOptions) -> dict:
+    """Time every model of ``o`` (and its accuracy, given a dataset); return bench.json's content."""
+    data = load_dataset(o.dataset, o.data_dir, download=False) if o.dataset else None
+    threads = list(o.threads) or [usable_cores()]
+    batches = list(o.batch_sizes)
+    timing = {"warmup": o.warmup, "iters": o.iters, "max_seconds": o.max_seconds}
     models = {}
-    for path in paths:
+    for path in map(Path, o.models):
         info = inspect_classifier(path)
-        chw = input_shape or info["input_shape"]
+        chw = list(o.input_shape) if o.input_shape else info["input_shape"]
         if any(d is None for d in chw):
             raise ExportError(f"{path.name} has a dynamic input size {chw}; pass --input-shape C,H,W")
         if data is not None:
@@ -80,15 +34,6 @@ def bench_models(
             n_out = info["num_classes"] or _run_once(path, real_inputs(data, 1))
             if n_out != data.num_classes:
                 raise DataError(f"{path.name} has {n_out} classes; dataset {data.name} has {data.num_classes}")
-
-            def inputs_for(b: int) -> torch.Tensor:
-                return real_inputs(data, b)
-        else:
-            gen = torch.Generator().manual_seed(0)
-
-            def inputs_for(b: int, chw=chw, gen=gen) -> torch.Tensor:
-                return torch.randn(b, *chw, generator=gen)
-
         entry = {
             "path": str(path),
             "onnx_bytes": info["bytes"],
@@ -99,19 +44,8 @@ def bench_models(
             "runs": [],
         }
         for t in threads:
-            r = bench_onnx(
-                path,
-                inputs_for,
-                batches,
-                threads=t,
-                warmup=warmup,
-                iters=iters,
-                max_seconds=max_seconds,
-                graph_opt=graph_opt,
-            )
-            entry["runs"].append(
-                {"threads": t, "latency_ms": r["latency_ms"], "throughput_per_s": r["throughput_per_s"]}
-            )
+            entry["runs"].append(_run(t, bench_onnx(path, _inputs(data, chw), batches, threads=t,
+                                                    graph_opt=o.graph_opt, **timing)))
         if data is not None:
             entry["accuracy_onnx"] = onnx_accuracy(path, data, max(threads))
         models[path.stem if path.stem not in models else str(path)] = entry
@@ -120,50 +54,36 @@ def bench_models(
         "environment": environment(max(threads)),
         "session": {
             "provider": "CPUExecutionProvider",
-            "graph_optimization": graph_opt,
+            "graph_optimization": o.graph_opt,
             "intra_op_threads": threads,
             "inter_op_threads": 1,
-            "warmup": warmup,
-            "iters": iters,
-            "max_seconds": max_seconds,
+            **timing,
             "batches": batches,
         },
         "dataset": data.info() if data is not None else None,
         "models": models,
     }
-    if checkpoint is not None:
-        from .checkpoint import load_model
-
-        model, spec, _ = load_model(checkpoint)
-        gen = torch.Generator().manual_seed(0)
-        inputs_for = (
-            (lambda b: real_inputs(data, b))
-            if data is not None
-            else (lambda b: torch.randn(b, *spec.input_shape, generator=gen))
-        )
-        result["torch_eager"] = {
-            "checkpoint": str(checkpoint),
-            "arch": spec.arch,
-            "runs": [
-                {
-                    "threads": t,
-                    **{
-                        k: v
-                        for k, v in bench_torch(
-                            model, inputs_for, batches, threads=t, warmup=warmup, iters=iters, max_seconds=max_seconds
-                        ).items()
-                        if k != "threads"
-                    },
-                }
-                for t in threads
-            ],
-        }
+    if o.checkpoint is not None:
+        model, spec, _ = load_model(o.checkpoint)
+        runs = [_run(t, bench_torch(model, _inputs(data, spec.input_shape), batches, threads=t, **timing))
+                for t in threads]
+        result["torch_eager"] = {"checkpoint": str(o.checkpoint), "arch": spec.arch, "runs": runs}
     return result
 
 
-def _run_once(path: Path, x: torch.Tensor) -> int:
-    from .export import ort_session
+def _run(threads: int, r: dict) -> dict:
+    return {"threads": threads, "latency_ms": r["latency_ms"], "throughput_per_s": r["throughput_per_s"]}
 
+
+def _inputs(data: Dataset | None, chw) -> InputsFor:
+    """Real test images when there is data, else seeded random inputs of the model's shape."""
+    if data is not None:
+        return lambda b: real_inputs(data, b)
+    gen = torch.Generator().manual_seed(0)
+    return lambda b: torch.randn(b, *chw, generator=gen)
+
+
+def _run_once(path: Path, x: torch.Tensor) -> int:
     s = ort_session(path)
     return int(s.run(None, {s.get_inputs()[0].name: x.numpy()})[0].shape[1])
 
@@ -230,7 +150,7 @@ def plot_pareto(r: dict, path: Path) -> None:
     pts = []
     for name, m in r["models"].items():
         run = max(m["runs"], key=lambda x: x["threads"])
-        lat = run["latency_ms"][f"batch_{b0}"]["p50"]
+        lat = p50(run, b0)
         y = m.get("accuracy_onnx", m["onnx_bytes"] / 1e6)
         pts.append((name, lat, y))
         ax.scatter([lat], [y * 100 if "accuracy_onnx" in m else y])
@@ -244,7 +164,7 @@ def plot_pareto(r: dict, path: Path) -> None:
         xscale="log",
         xlabel=f"p50 latency at batch {b0} (ms, log)",
         ylabel="test accuracy (%)" if has_acc else "ONNX size (MB)",
-        title="latency vs accuracy",
+        title="latency vs accuracy" if has_acc else "latency vs file size",
     )
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -256,7 +176,7 @@ def write_bench(r: dict, out: Path) -> None:
     pts = [
         (
             n,
-            max(m["runs"], key=lambda x: x["threads"])["latency_ms"][f"batch_{r['session']['batches'][0]}"]["p50"],
+            p50(max(m["runs"], key=lambda x: x["threads"]), r["session"]["batches"][0]),
             m["accuracy_onnx"],
         )
         for n, m in r["models"].items()

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import ConfigError, ModelError
-from .registry import Registry
+from ..errors import ConfigError, ModelError, first_line
+from ..registry import Registry
 
 
 @dataclass(frozen=True)
@@ -175,7 +175,7 @@ def build_model(spec: ModelSpec, pretrained: bool = False) -> nn.Module:
             model.train(was)
         except Exception as e:
             raise ModelError(f"{spec.arch} cannot take inputs of shape {list(spec.input_shape)}: "
-                             f"{str(e).splitlines()[0][:160]}") from None
+                             f"{first_line(e, 160)}") from None
     if tuple(out.shape) != (1, spec.num_classes):
         raise ModelError(f"{spec.arch} returns shape {tuple(out.shape)}, expected (1, {spec.num_classes})")
     return model

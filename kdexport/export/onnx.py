@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ExportError, ParityError
+from ..config import RunConfig
+from ..errors import ExportError, ParityError, first_line
 
 OPSET = 18
 INPUT_NAME = "input"
@@ -127,7 +128,7 @@ def check_parity(path: str | os.PathLike, model: nn.Module, inputs: torch.Tensor
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, parity_inputs: torch.Tensor, *,
-                metadata: dict[str, Any] | None = None, atol: float = 1e-3,
+                metadata: dict[str, Any] | None = None, atol: float = RunConfig.parity_atol,
                 min_top1_agreement: float = 0.99) -> ExportResult:
     """Export ``model`` (taking normalized NCHW float input) and prove the file with onnxruntime.
 
@@ -148,12 +149,12 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, parity_inputs: torch.
             _to_onnx(model, example, str(tmp))
         except Exception as e:
             raise ExportError(f"ONNX export failed: {type(e).__name__}: "
-                              f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}") from None
+                              f"{first_line(e)}") from None
         set_metadata(tmp, metadata or {})
         try:
             onnx.checker.check_model(str(tmp), full_check=True)
         except Exception as e:
-            raise ExportError(f"onnx.checker rejected the export: {str(e).splitlines()[0][:200]}") from None
+            raise ExportError(f"onnx.checker rejected the export: {first_line(e)}") from None
         diff, agree = check_parity(tmp, model, parity_inputs.float())
         if not (diff <= atol and agree >= min_top1_agreement):
             raise ParityError(f"{path.name}: onnxruntime differs from PyTorch (max abs logit diff "
@@ -164,3 +165,42 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, parity_inputs: torch.
         if tmp.exists():
             tmp.unlink()
     return ExportResult(str(path), path.stat().st_size, diff, agree, int(parity_inputs.shape[0]))
+
+
+def inspect_classifier(path: str | os.PathLike) -> dict:
+    """Input name/shape and class count of an ONNX image classifier; clear errors otherwise."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"{str(path)!r} does not exist")
+    try:
+        m = onnx.load(str(path), load_external_data=False)
+        onnx.checker.check_model(m)
+    except Exception as e:
+        raise ExportError(f"{str(path)!r} is not a valid ONNX model: {first_line(e, 160)}") from None
+    inits = {i.name for i in m.graph.initializer}
+    inputs = [i for i in m.graph.input if i.name not in inits]
+    if len(inputs) != 1 or len(m.graph.output) < 1:
+        raise ExportError(f"{path.name}: expected one image input and a logits output, found {len(inputs)} inputs")
+
+    def dims(vi) -> list[int | None]:
+        return [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+
+    ishape, oshape = dims(inputs[0]), dims(m.graph.output[0])
+    if len(ishape) != 4 or len(oshape) != 2:
+        raise ExportError(
+            f"{path.name} is not an image classifier: input shape {ishape}, output shape "
+            f"{oshape} (expected N x C x H x W -> N x classes)"
+        )
+    meta = read_metadata(path)
+    chw = ishape[1:]
+    if any(d is None for d in chw) and "input_shape" in meta:
+        chw = list(meta["input_shape"])
+    return {
+        "input_name": inputs[0].name,
+        "input_shape": chw,
+        "num_classes": oshape[1],
+        "metadata": meta,
+        "bytes": path.stat().st_size,
+    }

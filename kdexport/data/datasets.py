@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import DataError
-from .io import cache_root
-from .registry import Registry
+from ..errors import DataError, first_line
+from ..files import cache_root
+from ..registry import Registry
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck"]
@@ -89,37 +89,6 @@ class Dataset:
             "std": list(self.std),
             "source": self.source,
         }
-
-
-def augment_batch(xb: torch.Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True) -> torch.Tensor:
-    """Random crop (zero padding ``pad``: a shift of up to ``pad`` pixels) and optional horizontal
-    flip, vectorized over the batch."""
-    b, _, h, w = xb.shape
-    padded = torch.nn.functional.pad(xb, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-    rows = (torch.arange(h)[None, :] + dy[:, None])[:, :, None]  # b,h,1
-    cols = (torch.arange(w)[None, :] + dx[:, None])[:, None, :]  # b,1,w
-    out = padded[torch.arange(b)[:, None, None], :, rows, cols]  # b,h,w,c
-    out = out.permute(0, 3, 1, 2)
-    if flip:
-        mask = torch.rand(b, generator=generator) < 0.5
-        out[mask] = out[mask].flip(-1)
-    return out.contiguous()
-
-
-Augmentation = Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None
-AUGMENTATIONS: Registry[Augmentation] = Registry("augmentation")
-AUGMENTATIONS.register("none")(None)
-AUGMENTATIONS.register("crop-flip")(lambda xb, g: augment_batch(xb, g, pad=4, flip=True))
-AUGMENTATIONS.register("shift2")(lambda xb, g: augment_batch(xb, g, pad=2, flip=False))
-
-
-def resolve_augment(name: str, data: Dataset) -> str:
-    """``auto`` -> the dataset's default (crop-flip for RGB photos, none otherwise)."""
-    name = data.augment_default if name == "auto" else name
-    AUGMENTATIONS.get(name)
-    return name
 
 
 Loader = Callable[..., Dataset]
@@ -200,7 +169,7 @@ def _torchvision(cls_name: str, root: Path | None, download: bool):
         return cls(str(root), train=True, download=True), cls(str(root), train=False, download=True)
     except Exception as e:  # network errors come in many types
         raise DataError(f"{cls_name} not found under {str(root)!r} and the download failed "
-                        f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); "
+                        f"({type(e).__name__}: {first_line(e, 120)}); "
                         "are you offline? pass --data-dir pointing at a local copy") from None
 
 
@@ -312,7 +281,7 @@ def _imagefolder(data_dir: Path | None, *, download: bool, image_size: int | Non
             "y_test": torch.tensor([c for _, c in test_items]),
         }
         try:
-            from .io import atomic_torch_save
+            from ..files import atomic_torch_save
 
             cache.parent.mkdir(parents=True, exist_ok=True)
             atomic_torch_save(blob, cache)

@@ -10,21 +10,18 @@ import os
 
 import numpy as np
 
-from .errors import DataError, ExportError
+from ..errors import DataError, ExportError
+from .onnx import inspect_classifier, ort_session
 
 
 def load_classifier(path: str | os.PathLike):
-    import onnxruntime as ort
-
-    from .benchcmd import inspect_classifier
-
     info = inspect_classifier(path)
     meta = info["metadata"]
     missing = [k for k in ("class_names", "input_shape", "mean", "std") if k not in meta]
     if missing:
         raise ExportError(f"{os.fspath(path)!r} has no {', '.join(missing)} in its metadata "
                           "(export it with kdexport, or add them to metadata_props)")
-    sess = ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+    sess = ort_session(path)
     return sess, meta
 
 

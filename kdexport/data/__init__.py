@@ -1,0 +1,1 @@
+"""Data: the dataset registry (in-memory tensors), normalization and augmentations."""

@@ -1,0 +1,1 @@
+"""Distillation: teachers (live or cached logits), losses, and the one training loop."""

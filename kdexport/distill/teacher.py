@@ -1,0 +1,169 @@
+"""Teachers, and the one object that turns training into distillation.
+
+A :class:`Teacher` is "raw batch in, logits out", plus its class count, input shape and a
+fingerprint for the cache: whether it is a PyTorch module (:class:`TorchTeacher`) or, later, an
+onnxruntime session is the teacher's business, not the training loop's. The raw batch is the
+dataset's stored pixels (after augmentation), on the training device; a teacher applies its own
+normalization.
+
+:func:`teacher_logits` picks how the loop gets the teacher's logits for a batch: without
+augmentation the inputs never change, so the logits of the whole training set are computed once,
+kept on disk keyed by (teacher fingerprint, data, transform), and indexed by sample
+(:class:`CachedLogits`); with augmentation the teacher runs live on exactly the view the student
+sees (:class:`LiveLogits`). :class:`Distillation` pairs that with the loss (``KDConfig``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from ..config import KDConfig
+from ..data.datasets import Dataset
+from ..files import atomic_torch_save
+from .losses import kd_loss
+
+CACHE_FORMAT = "kdexport-teacher-logits/1"
+
+
+class Teacher(Protocol):
+    num_classes: int
+    input_shape: tuple[int, int, int]
+
+    def logits(self, raw: torch.Tensor) -> torch.Tensor:
+        """Float logits [N, classes] for a raw batch (stored pixels, on the training device)."""
+
+    def fingerprint(self) -> str:
+        """A digest that changes whenever the teacher's outputs may change (its weights)."""
+
+
+def weights_hash(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}".encode())
+        t = v.detach().cpu().contiguous().reshape(-1)  # 0-dim tensors (BatchNorm counters) cannot view as bytes
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+class TorchTeacher:
+    """A PyTorch module as a frozen teacher: eval mode, no gradients, inference mode."""
+
+    def __init__(self, module: nn.Module, normalize: Callable[[torch.Tensor], torch.Tensor],
+                 num_classes: int, input_shape: tuple[int, int, int], device: torch.device | str = "cpu"):
+        self.module = module.to(device).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.normalize, self.num_classes, self.input_shape = normalize, num_classes, tuple(input_shape)
+        self.device = torch.device(device)
+        self._fingerprint: str | None = None
+
+    @classmethod
+    def for_data(cls, module: nn.Module, data: Dataset, device: torch.device | str = "cpu") -> TorchTeacher:
+        return cls(module, data.normalize, data.num_classes, data.input_shape, device)
+
+    def logits(self, raw: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.module(self.normalize(raw.to(self.device))).float()
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:  # frozen weights: hash once
+            self._fingerprint = weights_hash(self.module)
+        return self._fingerprint
+
+
+def logits_over(teacher: Teacher, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """The teacher's logits over every sample of ``x`` (raw pixels), on the CPU."""
+    out = [teacher.logits(x[i:i + batch_size]).cpu() for i in range(0, x.shape[0], batch_size)]
+    return torch.cat(out) if out else torch.empty(0, teacher.num_classes)
+
+
+def teacher_cache_key(teacher: Teacher, data: Dataset) -> str:
+    """Teacher x dataset (pixels, labels, normalization) x transform (no augmentation)."""
+    return hashlib.sha256(f"{CACHE_FORMAT}|{teacher.fingerprint()}|{data.fingerprint()}|augment=none"
+                          .encode()).hexdigest()[:32]
+
+
+def cached_teacher_logits(teacher: Teacher, data: Dataset, cache_dir: str | os.PathLike | None) -> torch.Tensor:
+    """Teacher logits over the training set, from the on-disk cache when a valid entry exists."""
+    if cache_dir is None:
+        return logits_over(teacher, data.x_train)
+    key = teacher_cache_key(teacher, data)
+    path = os.path.join(cache_dir, f"{key}.pt")
+    if os.path.exists(path):
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            logits = blob["logits"]
+            if blob.get("key") == key and tuple(logits.shape) == (len(data.y_train), data.num_classes):
+                return logits
+        except Exception:
+            pass  # unreadable or stale: recompute and replace
+    logits = logits_over(teacher, data.x_train)
+    try:
+        atomic_torch_save({"format": CACHE_FORMAT, "key": key, "logits": logits, "dataset": data.name}, path)
+    except OSError:
+        pass  # a read-only cache only costs time
+    return logits
+
+
+class LiveLogits:
+    """The teacher run on every batch, on exactly the (augmented) view the student sees."""
+
+    cached = False
+
+    def __init__(self, teacher: Teacher):
+        self.teacher = teacher
+
+    def __call__(self, idx: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
+        return self.teacher.logits(raw)
+
+
+class CachedLogits:
+    """The teacher's logits over the whole (un-augmented) training set, computed once and indexed by sample."""
+
+    cached = True
+
+    def __init__(self, teacher: Teacher, data: Dataset, device: torch.device | str = "cpu",
+                 cache_dir: str | os.PathLike | None = None):
+        self.teacher = teacher
+        self.table = cached_teacher_logits(teacher, data, cache_dir).to(device)
+
+    def __call__(self, idx: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
+        return self.table[idx.to(self.table.device)]
+
+
+TeacherLogits = LiveLogits | CachedLogits
+
+
+def teacher_logits(teacher: Teacher, data: Dataset, *, augment: str, device: torch.device | str = "cpu",
+                   cache_dir: str | os.PathLike | None = None) -> TeacherLogits:
+    """Cached when the student's training inputs never change (``augment == "none"``), else live."""
+    if augment == "none":
+        return CachedLogits(teacher, data, device, cache_dir)
+    return LiveLogits(teacher)
+
+
+@dataclass
+class Distillation:
+    """Everything that makes :func:`kdexport.distill.train.fit` distil: the teacher's logits for a
+    batch and the loss that compares the student's with them."""
+
+    logits: TeacherLogits
+    kd: KDConfig
+
+    def loss(self, student_logits: torch.Tensor, idx: torch.Tensor, raw: torch.Tensor,
+             targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        kd = self.kd
+        return kd_loss(student_logits, self.logits(idx, raw), targets, kd.temperature, kd.soft_weight,
+                       kd.scale_t2, kd.soft_loss)
+
+    def settings(self) -> dict:
+        """What a resumed run must match (the loss's settings)."""
+        return dataclasses.asdict(self.kd)

@@ -1,0 +1,177 @@
+"""INT8 quantization with onnxruntime, gated on accuracy.
+
+``static``: QDQ format, uint8 activations calibrated on training images, per-channel int8 weights;
+``reduce_range`` (7-bit weights) on x86 CPUs without VNNI, where onnxruntime's U8S8 kernels can
+saturate (its documented advice). ``dynamic``: int8 weights, activations quantized at run time
+(best for MLPs / Gemm-heavy models). A result whose accuracy drops more than the limit is not kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..bench.timing import onnx_accuracy
+from ..config import QuantConfig
+from ..data.datasets import Dataset
+from ..envinfo import cpu_flags
+from ..errors import ConfigError, ExportError, GateError, first_line
+from .calibration import CALIBRATIONS
+from .equalize import equalize_residual_streams
+from .onnx import read_metadata, set_metadata
+
+
+@dataclass
+class QuantResult:
+    path: str
+    mode: str
+    onnx_bytes: int
+    fp32_bytes: int
+    accuracy_fp32: float
+    accuracy_int8: float
+    accuracy_drop_points: float
+    calibration_samples: int
+    calibration: str | None
+    reduce_range: bool
+    good: bool
+    equalization: dict | None = None  # EqualizeResult.to_dict() when residual streams were equalized
+
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CalibrationReader:
+    """onnxruntime CalibrationDataReader over batches of normalized training images."""
+
+    def __init__(self, input_name: str, batches: list[np.ndarray]):
+        self.batches = iter([{input_name: b} for b in batches])
+
+    def get_next(self):
+        return next(self.batches, None)
+
+    def rewind(self):  # pragma: no cover - not used by the MinMax calibrator
+        pass
+
+
+def calibration_inputs(data: Dataset, n: int, seed: int = 0) -> np.ndarray:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(data.y_train), generator=g)[:n]
+    return data.normalize(data.x_train[idx]).numpy().astype(np.float32)
+
+
+def calibration_batches(data: Dataset, n: int, batch: int = 32) -> list[np.ndarray]:
+    """``calibration_inputs`` in equal batches (the histogram calibrators need them)."""
+    x = calibration_inputs(data, n)
+    batch = min(batch, len(x))
+    return [x[i:i + batch] for i in range(0, len(x) - len(x) % batch, batch)]
+
+
+def default_reduce_range() -> bool:
+    flags = set(cpu_flags())
+    return not ({"avx512_vnni", "avx_vnni"} & flags)
+
+
+@contextlib.contextmanager
+def _quiet_quantizer():
+    """Silence onnxruntime's quantizer (it prints and logs to the root logger) for the duration of
+    the call only: the caller's logging configuration is restored afterwards."""
+    root = logging.getLogger()
+    level = root.level
+    sink = io.StringIO()
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def quantize_onnx(model: str | os.PathLike, out: str | os.PathLike, data: Dataset, *, mode: str,
+                  quant: QuantConfig, threads: int | None = None, accuracy_fp32: float | None = None) -> QuantResult:
+    """Quantize ``model`` to ``out`` (``mode`` static or dynamic, settings in ``quant``); measure accuracy on
+    ``data``'s test split.
+
+    ``accuracy_fp32``: ``model``'s accuracy on that split when the caller has already measured it
+    (``onnx_accuracy``), so that it is not measured again.
+
+    ``quant.equalize`` (static only): rescale residual-stream channels first (``kdexport.export.equalize``;
+    exact in FP32, a no-op on graphs without residual streams).
+
+    Raises GateError (the file is not kept) when the drop exceeds ``quant.max_accuracy_drop`` points."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if mode not in ("static", "dynamic"):
+        raise ConfigError(f"quantization mode must be static or dynamic, got {mode!r}")
+    static = mode == "static"
+    calibration = CALIBRATIONS.get(quant.calibration)
+    model, out = Path(model), Path(out)
+    if out.resolve() == model.resolve():
+        raise ConfigError("--out must differ from the input model")
+    reduce_range = default_reduce_range() if quant.reduce_range is None else quant.reduce_range
+    eq = None
+    meta = read_metadata(model)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_name(f".{out.name}.partial")
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        try:
+            with _quiet_quantizer():
+                quant_pre_process(str(model), str(pre), skip_symbolic_shape=False)
+                if static:
+                    import onnx
+
+                    pre_model = onnx.load(str(pre))
+                    input_name = pre_model.graph.input[0].name
+                    calib = calibration_batches(data, quant.calibration_samples)
+                    if quant.equalize:
+                        eq = equalize_residual_streams(pre_model, calib)
+                        onnx.save(pre_model, str(pre))
+                    extra = dict(calibration.extra_options)
+                    if calibration.overrides:
+                        extra["TensorQuantOverrides"] = calibration.overrides(pre_model, calib)
+                    quantize_static(str(pre), str(tmp_out), CalibrationReader(input_name, calib),
+                                    quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                                    weight_type=QuantType.QInt8, per_channel=True, reduce_range=reduce_range,
+                                    calibrate_method=getattr(CalibrationMethod, calibration.method),
+                                    extra_options=extra)
+                else:
+                    quantize_dynamic(str(pre), str(tmp_out), weight_type=QuantType.QInt8, per_channel=True,
+                                     reduce_range=reduce_range)
+        except Exception as e:
+            if tmp_out.exists():
+                tmp_out.unlink()
+            raise ExportError(f"onnxruntime quantization failed: {type(e).__name__}: {first_line(e)}") from None
+    samples = quant.calibration_samples if static else 0
+    cal_name = quant.calibration if static else None
+    try:
+        set_metadata(tmp_out, {**meta, "quantization": {"mode": mode, "reduce_range": reduce_range,
+                                                        "calibration": cal_name, "calibration_samples": samples,
+                                                        "equalization": eq.to_dict() if eq else None}})
+        acc32 = onnx_accuracy(model, data, threads) if accuracy_fp32 is None else accuracy_fp32
+        acc8 = onnx_accuracy(tmp_out, data, threads)
+        drop = (acc32 - acc8) * 100
+        res = QuantResult(str(out), mode, tmp_out.stat().st_size, model.stat().st_size, acc32, acc8, drop,
+                          samples, cal_name, reduce_range, drop <= quant.max_accuracy_drop,
+                          eq.to_dict() if eq else None)
+        if not res.good:
+            others = [c for c in CALIBRATIONS.names(sort=False) if c != quant.calibration]
+            hint = f"; another --calibration ({', '.join(others)}) may do better" if static else ""
+            raise GateError(f"{mode} INT8 model loses {drop:.2f} accuracy points ({acc32 * 100:.2f}% -> "
+                            f"{acc8 * 100:.2f}%), more than --max-accuracy-drop {quant.max_accuracy_drop:g}; "
+                            f"not kept{hint}")
+        os.replace(tmp_out, out)
+    finally:
+        if tmp_out.exists():
+            tmp_out.unlink()
+    return res

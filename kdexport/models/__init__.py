@@ -1,0 +1,1 @@
+"""Models: the architecture registry (ModelSpec -> nn.Module) and checkpoints."""
