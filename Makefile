@@ -1,7 +1,8 @@
 # Two entry points for a newcomer: `make demo` and `make test`. Both create .venv on first use.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# torch/torchvision pair installed first (override for your platform, e.g. TORCH_PKGS="torch torchvision").
+# torch/torchvision pair installed first; pip gets it as written, so it may carry pip options, e.g. the
+# CPU-only wheels: TORCH_PKGS="torch==2.14.1 torchvision==0.29.1 --index-url https://download.pytorch.org/whl/cpu".
 TORCH_PKGS ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: install demo test test-slow gate shipped-baseline clean

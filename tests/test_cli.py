@@ -9,6 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from kdexport.cli import app
+from kdexport.config import RunConfig, TrainConfig
 from kdexport.models.builders import ModelSpec, build_model
 from kdexport.models.checkpoint import save_checkpoint
 
@@ -51,6 +52,11 @@ def test_end_to_end_report_contract(run):
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert not [p for p in out.parent.iterdir() if "partial" in p.name]
     assert "KD gain" in res.output
+    # the CLI's report records exactly the config the Python API builds from the same options
+    want = RunConfig(train=TrainConfig(epochs=4), bench_iters=5, bench_batch=8, out=str(out)).to_dict()
+    assert report["config"] == want
+    # not a terminal (a log): one progress line per epoch, written as it ends
+    assert "teacher epoch 1:" in res.output and "student epoch 4:" in res.output
 
 
 def test_existing_out_is_refused_without_overwrite(run):

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..config import RunConfig
 from ..errors import ExportError, ParityError, first_line
+from ..files import staged_file
 
 OPSET = 18
 INPUT_NAME = "input"
@@ -138,18 +139,15 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, parity_inputs: torch.
     import onnx
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
     model = model.eval().cpu()
     example = parity_inputs[:2].float().contiguous()
     if example.shape[0] < 2:
         example = torch.cat([example, example])[:2]
-    try:
+    with staged_file(path) as tmp:
         try:
             _to_onnx(model, example, str(tmp))
         except Exception as e:
-            raise ExportError(f"ONNX export failed: {type(e).__name__}: "
-                              f"{first_line(e)}") from None
+            raise ExportError(f"ONNX export failed: {type(e).__name__}: {first_line(e)}") from None
         set_metadata(tmp, metadata or {})
         try:
             onnx.checker.check_model(str(tmp), full_check=True)
@@ -160,10 +158,6 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, parity_inputs: torch.
             raise ParityError(f"{path.name}: onnxruntime differs from PyTorch (max abs logit diff "
                               f"{diff:.3g} > {atol:g} or top-1 agreement {agree:.4f} < "
                               f"{min_top1_agreement}); the file was not kept")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return ExportResult(str(path), path.stat().st_size, diff, agree, int(parity_inputs.shape[0]))
 
 

@@ -23,8 +23,9 @@ from ..config import QuantConfig
 from ..data.datasets import Dataset
 from ..envinfo import cpu_flags
 from ..errors import ConfigError, ExportError, GateError, first_line
+from ..files import staged_file
 from .calibration import CALIBRATIONS
-from .equalize import equalize_residual_streams
+from .equalize import EqualizeResult, equalize_residual_streams
 from .onnx import read_metadata, set_metadata
 
 
@@ -96,6 +97,38 @@ def _quiet_quantizer():
         root.setLevel(level)
 
 
+def _quantize(model: Path, dest: Path, data: Dataset, mode: str, quant: QuantConfig,
+              reduce_range: bool) -> EqualizeResult | None:
+    """onnxruntime's pre-processing and quantizer, ``model`` -> ``dest``; the equalization applied, if any."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    eq = None
+    with tempfile.TemporaryDirectory() as tmp, _quiet_quantizer():
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(model), str(pre), skip_symbolic_shape=False)
+        if mode == "dynamic":
+            quantize_dynamic(str(pre), str(dest), weight_type=QuantType.QInt8, per_channel=True,
+                             reduce_range=reduce_range)
+            return None
+        import onnx
+
+        calibration = CALIBRATIONS.get(quant.calibration)
+        pre_model = onnx.load(str(pre))
+        calib = calibration_batches(data, quant.calibration_samples)
+        if quant.equalize:
+            eq = equalize_residual_streams(pre_model, calib)
+            onnx.save(pre_model, str(pre))
+        extra = dict(calibration.extra_options)
+        if calibration.overrides:
+            extra["TensorQuantOverrides"] = calibration.overrides(pre_model, calib)
+        quantize_static(str(pre), str(dest), CalibrationReader(pre_model.graph.input[0].name, calib),
+                        quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, per_channel=True, reduce_range=reduce_range,
+                        calibrate_method=getattr(CalibrationMethod, calibration.method), extra_options=extra)
+    return eq
+
+
 def quantize_onnx(model: str | os.PathLike, out: str | os.PathLike, data: Dataset, *, mode: str,
                   quant: QuantConfig, threads: int | None = None, accuracy_fp32: float | None = None) -> QuantResult:
     """Quantize ``model`` to ``out`` (``mode`` static or dynamic, settings in ``quant``); measure accuracy on
@@ -108,53 +141,22 @@ def quantize_onnx(model: str | os.PathLike, out: str | os.PathLike, data: Datase
     exact in FP32, a no-op on graphs without residual streams).
 
     Raises GateError (the file is not kept) when the drop exceeds ``quant.max_accuracy_drop`` points."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     if mode not in ("static", "dynamic"):
         raise ConfigError(f"quantization mode must be static or dynamic, got {mode!r}")
     static = mode == "static"
-    calibration = CALIBRATIONS.get(quant.calibration)
+    CALIBRATIONS.get(quant.calibration)
     model, out = Path(model), Path(out)
     if out.resolve() == model.resolve():
         raise ConfigError("--out must differ from the input model")
     reduce_range = default_reduce_range() if quant.reduce_range is None else quant.reduce_range
-    eq = None
     meta = read_metadata(model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_name(f".{out.name}.partial")
-    with tempfile.TemporaryDirectory() as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        try:
-            with _quiet_quantizer():
-                quant_pre_process(str(model), str(pre), skip_symbolic_shape=False)
-                if static:
-                    import onnx
-
-                    pre_model = onnx.load(str(pre))
-                    input_name = pre_model.graph.input[0].name
-                    calib = calibration_batches(data, quant.calibration_samples)
-                    if quant.equalize:
-                        eq = equalize_residual_streams(pre_model, calib)
-                        onnx.save(pre_model, str(pre))
-                    extra = dict(calibration.extra_options)
-                    if calibration.overrides:
-                        extra["TensorQuantOverrides"] = calibration.overrides(pre_model, calib)
-                    quantize_static(str(pre), str(tmp_out), CalibrationReader(input_name, calib),
-                                    quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-                                    weight_type=QuantType.QInt8, per_channel=True, reduce_range=reduce_range,
-                                    calibrate_method=getattr(CalibrationMethod, calibration.method),
-                                    extra_options=extra)
-                else:
-                    quantize_dynamic(str(pre), str(tmp_out), weight_type=QuantType.QInt8, per_channel=True,
-                                     reduce_range=reduce_range)
-        except Exception as e:
-            if tmp_out.exists():
-                tmp_out.unlink()
-            raise ExportError(f"onnxruntime quantization failed: {type(e).__name__}: {first_line(e)}") from None
     samples = quant.calibration_samples if static else 0
     cal_name = quant.calibration if static else None
-    try:
+    with staged_file(out) as tmp_out:
+        try:
+            eq = _quantize(model, tmp_out, data, mode, quant, reduce_range)
+        except Exception as e:
+            raise ExportError(f"onnxruntime quantization failed: {type(e).__name__}: {first_line(e)}") from None
         set_metadata(tmp_out, {**meta, "quantization": {"mode": mode, "reduce_range": reduce_range,
                                                         "calibration": cal_name, "calibration_samples": samples,
                                                         "equalization": eq.to_dict() if eq else None}})
@@ -170,8 +172,4 @@ def quantize_onnx(model: str | os.PathLike, out: str | os.PathLike, data: Datase
             raise GateError(f"{mode} INT8 model loses {drop:.2f} accuracy points ({acc32 * 100:.2f}% -> "
                             f"{acc8 * 100:.2f}%), more than --max-accuracy-drop {quant.max_accuracy_drop:g}; "
                             f"not kept{hint}")
-        os.replace(tmp_out, out)
-    finally:
-        if tmp_out.exists():
-            tmp_out.unlink()
     return res
