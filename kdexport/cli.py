@@ -126,7 +126,7 @@ def progress_reporter() -> Iterator[RichReporter | LineReporter]:
 
 
 def _log(msg: str) -> None:
-    console.print(f"[dim]>[/] {msg}", highlight=False, markup=True)
+    console.print(f"[dim]>[/] {msg}", highlight=False, markup=True, soft_wrap=True)  # a log line is never cut
 
 
 def version_callback(value: bool) -> None:
