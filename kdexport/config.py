@@ -182,14 +182,32 @@ class RunConfig:
                                   "crop-flip, shift2.")
     teacher_augment: str | None = option(None, "The teacher's augmentation, if different (default: --augment).")
     # models
-    teacher: str = option("mlp:1200,1200", "Teacher model: mlp:SIZES (e.g. mlp:1200,1200) or a torchvision name.")
-    student: str = option("mlp:14", "Student model: mlp:SIZES (e.g. mlp:14) or a torchvision name.")
+    teacher: str = option("mlp:1200,1200", "Teacher: mlp:SIZES (e.g. mlp:1200,1200), any torchvision classifier "
+                                           "name, timm:NAME, or a trained model as an ONNX file (PATH.onnx).")
+    student: str = option("mlp:14", "Student: mlp:SIZES (e.g. mlp:14), any torchvision classifier name or "
+                                    "timm:NAME.")
     teacher_dropout: float = option(0.5, "Dropout between MLP hidden layers of the teacher.")
     student_dropout: float = option(0.0, "Dropout between MLP hidden layers of the student.")
-    cifar_stem: bool = option(False, "torchvision CNNs: 3x3 stride-1 stem, no max-pool (for 32x32 inputs).")
-    pretrained: bool = option(False, "Start the teacher from torchvision's pretrained weights (needs network once).")
+    cifar_stem: bool = option(False, "CNNs: stride-1 stem for 32x32 inputs (ResNets: 3x3 conv, no max-pool; others: "
+                                     "first conv at stride 1).")
+    pretrained: bool = option(False, "Start the teacher from torchvision's (or timm's) pretrained weights (needs "
+                                     "network once).")
     teacher_checkpoint: str | None = option(None, "Use this trained teacher (a kdexport checkpoint) instead of "
                                                   "training one.")
+    teacher_weights: str | None = option(None, "Use the teacher --teacher ARCH with these trained weights (a "
+                                               "state_dict saved with torch.save, or .safetensors) instead of "
+                                               "training one.")
+    teacher_mean: tuple[float, ...] | None = option(None, "ONNX teacher: per-channel mean it expects, comma-separated "
+                                                          "(default: its metadata, else the dataset's).",
+                                                    cli_type=str, parse=lambda v: parse_floats(v, "--teacher-mean"))
+    teacher_std: tuple[float, ...] | None = option(None, "ONNX teacher: per-channel std it expects (default: its "
+                                                         "metadata, else the dataset's).",
+                                                   cli_type=str, parse=lambda v: parse_floats(v, "--teacher-std"))
+    student_weights: str | None = option(None, "Start baseline and distilled student from these weights "
+                                               "(state_dict or .safetensors).")
+    student_pretrained: bool = option(False, "Start baseline and distilled student from torchvision's (or timm's) "
+                                             "pretrained weights (needs network once).")
+    force: bool = option(False, "Distil even from a teacher no better than chance on this data.")
     # distillation
     kd: KDConfig = nested(KDConfig)
     # training (baseline and student share it; the teacher may override epochs)
@@ -222,6 +240,18 @@ class RunConfig:
         for name in ("teacher_dropout", "student_dropout"):
             v = getattr(self, name)
             _check(0.0 <= v < 1.0, f"{name.replace('_', ' ')} must be in [0, 1), got {v}")
+        teacher_sources = [n for n, on in (("an ONNX teacher", self.teacher_is_onnx),
+                                           ("--teacher-checkpoint", bool(self.teacher_checkpoint)),
+                                           ("--teacher-weights", bool(self.teacher_weights)),
+                                           ("--pretrained", self.pretrained)) if on]
+        _check(len(teacher_sources) <= 1, f"choose one teacher source, not {' and '.join(teacher_sources)}")
+        _check(not (self.student_weights and self.student_pretrained),
+               "choose --student-weights or --student-pretrained, not both")
+        for name in ("teacher_mean", "teacher_std"):
+            v = getattr(self, name)
+            _check(v is None or self.teacher_is_onnx, f"--{name.replace('_', '-')} applies to an ONNX teacher only")
+            _check(v is None or (len(v) > 0 and all(_finite(x) for x in v)), f"{name.replace('_', ' ')}: numbers")
+        _check(self.teacher_std is None or all(x > 0 for x in self.teacher_std), "teacher std must be > 0")
         _check(self.teacher_epochs is None or self.teacher_epochs >= 1,
                f"teacher epochs must be >= 1, got {self.teacher_epochs}")
         _check(self.image_size is None or self.image_size >= 8, "image size must be >= 8")
@@ -233,6 +263,11 @@ class RunConfig:
         _check(self.bench_warmup >= 0, "benchmark warm-up must be >= 0")
         _check(_finite(self.bench_max_seconds) and self.bench_max_seconds > 0, "benchmark time budget must be > 0")
         _check(self.threads is None or self.threads >= 1, "threads must be >= 1")
+
+    @property
+    def teacher_is_onnx(self) -> bool:
+        """``--teacher PATH.onnx``: a trained black-box teacher run by onnxruntime."""
+        return self.teacher.lower().endswith(".onnx")
 
     def teacher_train(self) -> TrainConfig:
         if self.teacher_epochs is None:

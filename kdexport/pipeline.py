@@ -13,20 +13,30 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from .bench.timing import bench_onnx, bench_torch, onnx_accuracy, p50
+from .bench.timing import bench_onnx, bench_torch, onnx_accuracy, p50, real_images
 from .config import KDConfig, RunConfig, TrainConfig
 from .data.augment import resolve_augment
 from .data.datasets import DATASETS, Dataset, load_dataset
-from .distill.teacher import Distillation, TeacherLogits, TorchTeacher, teacher_logits
+from .distill.teacher import (
+    Distillation,
+    OnnxTeacher,
+    Teacher,
+    TeacherLogits,
+    TorchTeacher,
+    teacher_accuracy,
+    teacher_logits,
+)
 from .distill.train import Reporter, evaluate, fit, resolve_device
 from .envinfo import environment, git_commit, now_iso, usable_cores
-from .errors import GateError
-from .export.onnx import export_onnx
-from .files import cache_root
+from .errors import GateError, ModelError
+from .export.onnx import export_onnx, save_self_contained
+from .files import cache_root, staged_file
 from .models.builders import ModelSpec, build_model, check_arch, count_flops, count_params
 from .models.checkpoint import load_model, read_checkpoint, save_checkpoint
+from .models.weights import load_weights, read_state_dict
 from .report.entry import ModelEntry, entry_dicts
 from .report.write import write_report
 from .runs import commit_run_dir, open_run_dir, staging_dir
@@ -47,7 +57,7 @@ class Context:
 
     cfg: RunConfig
     data: Dataset
-    teacher_spec: ModelSpec
+    teacher_spec: ModelSpec | None  # None for an ONNX teacher
     student_spec: ModelSpec
     threads: int
     device: torch.device
@@ -64,47 +74,100 @@ def prepare(cfg: RunConfig, log: Log = _quiet) -> Context:
     """Validate names and files (cheap checks first), set threads, load the data, build specs."""
     git_commit()  # stamp reports with the code this run starts from, even if the checkout moves on
     DATASETS.get(cfg.dataset)
-    check_arch(cfg.teacher)
+    if cfg.teacher_is_onnx:
+        if not Path(cfg.teacher).is_file():
+            raise ModelError(f"teacher {cfg.teacher!r} does not exist")
+    else:
+        check_arch(cfg.teacher)
     check_arch(cfg.student)
     if cfg.teacher_checkpoint:
         read_checkpoint(cfg.teacher_checkpoint)
+    for path in (cfg.teacher_weights, cfg.student_weights):
+        if path:
+            read_state_dict(path)
     device = resolve_device(cfg.train.device)
     threads = cfg.threads or usable_cores()
     torch.set_num_threads(threads)
     data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, image_size=cfg.image_size)
     log(f"data: {data.name}: {len(data.y_train)} train / {len(data.y_test)} test, "
         f"input {list(data.input_shape)}, {data.num_classes} classes")
-    ts = ModelSpec(cfg.teacher, data.num_classes, data.input_shape, cfg.teacher_dropout, cfg.cifar_stem)
+    ts = None if cfg.teacher_is_onnx else ModelSpec(cfg.teacher, data.num_classes, data.input_shape,
+                                                    cfg.teacher_dropout, cfg.cifar_stem)
     ss = ModelSpec(cfg.student, data.num_classes, data.input_shape, cfg.student_dropout, cfg.cifar_stem)
     ctx = Context(cfg, data, ts, ss, threads, device)
     ctx.train_config("teacher")  # resolves augmentation names against the data
-    build_model(ss)  # fails now, before anything is written, if the student cannot take the input
+    student = build_model(ss, log=log)  # fails now, before anything is written, if it cannot take the input
+    if cfg.student_weights:
+        load_weights(student, cfg.student_weights, ss.arch, "student weights")  # fits, or one line now
     return ctx
 
 
-def build_teacher(ctx: Context) -> torch.nn.Module:
-    if ctx.cfg.teacher_checkpoint:
-        model, _, _ = load_model(ctx.cfg.teacher_checkpoint, expect=ctx.teacher_spec)
+TeacherModel = torch.nn.Module | OnnxTeacher
+
+
+def build_teacher(ctx: Context) -> TeacherModel:
+    """The teacher: an ONNX file, a kdexport checkpoint, an architecture with a weights file, or an
+    architecture to train (optionally from pretrained weights)."""
+    cfg = ctx.cfg
+    if cfg.teacher_is_onnx:
+        return OnnxTeacher(cfg.teacher, ctx.data, mean=cfg.teacher_mean, std=cfg.teacher_std, threads=ctx.threads)
+    if cfg.teacher_checkpoint:
+        model, _, _ = load_model(cfg.teacher_checkpoint, expect=ctx.teacher_spec)
         return model
-    torch.manual_seed(ctx.cfg.train.seed)
-    return build_model(ctx.teacher_spec, pretrained=ctx.cfg.pretrained)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(ctx.teacher_spec, pretrained=cfg.pretrained)
+    if cfg.teacher_weights:
+        load_weights(model, cfg.teacher_weights, ctx.teacher_spec.arch, "teacher weights")
+    return model
 
 
-def train_teacher(ctx: Context, teacher: torch.nn.Module, reporter: Reporter | None, log: Log,
+def teacher_name(cfg: RunConfig) -> str:
+    """The teacher as reports and metadata name it: its architecture, or an ONNX teacher's file name."""
+    return f"onnx:{Path(cfg.teacher).name}" if cfg.teacher_is_onnx else cfg.teacher
+
+
+def teacher_is_trained(cfg: RunConfig) -> bool:
+    """Whether the teacher comes trained (ONNX file, checkpoint, weights file) rather than trained here."""
+    return bool(cfg.teacher_is_onnx or cfg.teacher_checkpoint or cfg.teacher_weights)
+
+
+def train_teacher(ctx: Context, teacher: TeacherModel, reporter: Reporter | None, log: Log,
                   state_path: Path | None = None, resume: bool | None = None) -> list[dict]:
-    if ctx.cfg.teacher_checkpoint:
-        log(f"teacher: loaded {ctx.cfg.teacher_checkpoint} (not retrained)")
-        teacher.to(ctx.device).eval()
+    cfg = ctx.cfg
+    if teacher_is_trained(cfg):
+        log(f"teacher: {cfg.teacher_checkpoint or cfg.teacher_weights or cfg.teacher} (trained; not retrained)")
+        if isinstance(teacher, torch.nn.Module):
+            teacher.to(ctx.device).eval()
         return []
     return fit(teacher, ctx.data, ctx.train_config("teacher"), label="teacher", reporter=reporter,
-               state_path=state_path, resume=ctx.cfg.resume if resume is None else resume)
+               state_path=state_path, resume=cfg.resume if resume is None else resume)
 
 
-def teacher_source(ctx: Context, teacher: torch.nn.Module) -> TeacherLogits:
+def as_teacher(ctx: Context, teacher: TeacherModel) -> Teacher:
+    return teacher if isinstance(teacher, OnnxTeacher) else TorchTeacher.for_data(teacher, ctx.data, ctx.device)
+
+
+def check_teacher(ctx: Context, teacher: TeacherModel, log: Log) -> float:
+    """The teacher's test accuracy, before any student learns from it. A teacher no better than
+    predicting the most common class stops the run (``--force`` goes on): its classes, their order or
+    its normalization do not match this data."""
+    acc = teacher_accuracy(as_teacher(ctx, teacher), ctx.data)
+    counts = torch.bincount(ctx.data.y_test, minlength=ctx.data.num_classes)
+    chance = float(counts.max()) / max(len(ctx.data.y_test), 1)
+    log(f"teacher: {acc * 100:.2f}% on the test split (chance: {chance * 100:.2f}%)")
+    if acc <= chance and not ctx.cfg.force:
+        hint = (" (check its class order and normalization: --teacher-mean/--teacher-std)"
+                if ctx.cfg.teacher_is_onnx else "")
+        raise ModelError(f"the teacher is no better than chance on this data: {acc * 100:.2f}% on the test split, "
+                         f"the most common class is {chance * 100:.2f}%{hint}; pass --force to distil anyway")
+    return acc
+
+
+def teacher_source(ctx: Context, teacher: TeacherModel) -> TeacherLogits:
     """How the students get the teacher's logits: cached (and kept on disk with ``--teacher-cache``)
     when their inputs are not augmented, else live."""
-    return teacher_logits(TorchTeacher.for_data(teacher, ctx.data, ctx.device), ctx.data,
-                          augment=ctx.train_config("student").augment, device=ctx.device,
+    return teacher_logits(as_teacher(ctx, teacher), ctx.data, augment=ctx.train_config("student").augment,
+                          device=ctx.device,
                           cache_dir=cache_root() / "teacher-logits" if ctx.cfg.teacher_cache else None)
 
 
@@ -113,7 +176,9 @@ def train_student(ctx: Context, *, seed: int, distill: Distillation | None, labe
                   resume: bool | None = None) -> tuple[torch.nn.Module, list[dict]]:
     """Baseline (``distill=None``) or distilled student. Same seed -> same init, data order, schedule."""
     torch.manual_seed(seed)
-    model = build_model(ctx.student_spec)
+    model = build_model(ctx.student_spec, pretrained=ctx.cfg.student_pretrained)
+    if ctx.cfg.student_weights:  # baseline and distilled student start from the same weights
+        load_weights(model, ctx.cfg.student_weights, ctx.student_spec.arch, "student weights")
     history = fit(model, ctx.data, ctx.train_config("student", seed), distill=distill, label=label,
                   reporter=reporter, state_path=state_path, resume=ctx.cfg.resume if resume is None else resume)
     return model.eval(), history
@@ -134,7 +199,7 @@ def onnx_metadata(cfg: RunConfig, data: Dataset, role: str, spec: ModelSpec, acc
         "mean": list(data.mean),
         "std": list(data.std),
         "accuracy_torch": accuracy,
-        "distillation": ({**dataclasses.asdict(kd), "teacher": cfg.teacher} if kd else None),
+        "distillation": ({**dataclasses.asdict(kd), "teacher": teacher_name(cfg)} if kd else None),
     }
 
 
@@ -173,6 +238,36 @@ def export_and_bench(ctx: Context, model: torch.nn.Module, spec: ModelSpec, role
                         iters=cfg.bench_iters, max_seconds=cfg.bench_max_seconds)
         entry.torch_eager = {"latency_ms": e["latency_ms"], "throughput_per_s": e["throughput_per_s"]}
     return entry
+
+
+def onnx_teacher_entry(ctx: Context, teacher: OnnxTeacher, out: Path, accuracy: float) -> ModelEntry:
+    """An ONNX teacher's report entry: the file copied beside the students, benchmarked on real images
+    normalized as it expects; its accuracy measured by :func:`check_teacher`."""
+    import onnx
+
+    rel = "onnx/teacher.onnx"
+    with staged_file(out / rel) as tmp:
+        save_self_contained(teacher.path, tmp, data_name="teacher.onnx.data")
+    cfg = ctx.cfg
+    bench = bench_onnx(out / rel, lambda b: teacher.normalize(real_images(ctx.data, b)), sorted({1, cfg.bench_batch}),
+                       threads=ctx.threads, warmup=cfg.bench_warmup, iters=cfg.bench_iters,
+                       max_seconds=cfg.bench_max_seconds)
+    graph = onnx.load(str(out / rel), load_external_data=False).graph
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
+    params = sum(int(np.prod(t.dims)) for t in graph.initializer if t.data_type in floats)  # not shape constants
+    return ModelEntry(arch=teacher_name(ctx.cfg), params=params, onnx_path=rel,
+                      onnx_bytes=(out / rel).stat().st_size, accuracy_torch=None, accuracy_onnx=accuracy,
+                      latency_ms=bench["latency_ms"], throughput_per_s=bench["throughput_per_s"], epochs=0,
+                      history=[])
+
+
+def teacher_entry(ctx: Context, teacher: TeacherModel, out: Path, *, accuracy: float, history: list[dict],
+                  log: Log = _quiet, train_seconds: float | None = None) -> ModelEntry:
+    if isinstance(teacher, OnnxTeacher):
+        log(f"teacher: benchmarking {teacher.path.name} with onnxruntime ({ctx.threads} threads)")
+        return onnx_teacher_entry(ctx, teacher, out, accuracy)
+    return export_and_bench(ctx, teacher, ctx.teacher_spec, "teacher", out, history=history, log=log,
+                            train_seconds=train_seconds)
 
 
 def report_header(ctx: Context, final: Path) -> dict:
@@ -232,6 +327,7 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
         t0 = time.perf_counter()
         t_hist = train_teacher(ctx, teacher, reporter, log, state("teacher"))
         t_secs = time.perf_counter() - t0
+        t_acc = check_teacher(ctx, teacher, log)
         source = teacher_source(ctx, teacher)
         trained = {}
         for role, kd in (("baseline", None), ("student", cfg.kd)):
@@ -242,8 +338,8 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
         if not main:
             return None
         models: dict[str, ModelEntry | dict] = {}
-        models["teacher"] = export_and_bench(ctx, teacher, ctx.teacher_spec, "teacher", staging,
-                                             history=t_hist, log=log, train_seconds=t_secs)
+        models["teacher"] = teacher_entry(ctx, teacher, staging, accuracy=t_acc, history=t_hist, log=log,
+                                          train_seconds=t_secs)
         for role, (model, hist, secs, kd) in trained.items():
             models[role] = export_and_bench(ctx, model, ctx.student_spec, role, staging, history=hist, kd=kd,
                                             eager=role == "student", log=log, train_seconds=secs)

@@ -25,7 +25,7 @@ RUN_CONFIG = "run-config.json"
 SWEEP_CONFIG = "sweep-config.json"
 # Options that do not change what is trained: they may differ between an interrupted run and its resume.
 RESUME_IGNORES = ("out", "overwrite", "resume", "teacher_cache", "bench_iters", "bench_warmup", "bench_batch",
-                  "bench_max_seconds", "threads", "parity_atol", "quantize", "quant")
+                  "bench_max_seconds", "threads", "parity_atol", "quantize", "quant", "force")
 
 
 def default_out_dir(prefix: str = "distill") -> Path:

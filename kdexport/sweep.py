@@ -17,6 +17,8 @@ import shutil
 import time
 from pathlib import Path
 
+import torch
+
 from .config import Grid, KDConfig, RunConfig
 from .distill.teacher import Distillation, TeacherLogits
 from .distill.train import Reporter, evaluate
@@ -25,12 +27,16 @@ from .models.checkpoint import load_model, save_checkpoint
 from .pipeline import (
     Context,
     Log,
+    TeacherModel,
     _quiet,
     build_teacher,
+    check_teacher,
     export_and_bench,
     models_report,
     prepare,
     report_header,
+    teacher_entry,
+    teacher_is_trained,
     teacher_source,
     train_student,
     train_teacher,
@@ -80,7 +86,9 @@ def run_sweep(cfg: RunConfig, grid: Grid, *, reporter: Reporter | None = None, l
     teacher = build_teacher(ctx)
     out = open_sweep_dir(cfg, log)
     tpath = out / "teacher.pt"
-    if tpath.exists():
+    if teacher_is_trained(cfg):
+        t_hist = train_teacher(ctx, teacher, reporter, log)
+    elif tpath.exists():
         teacher, _, blob = load_model(tpath, expect=ctx.teacher_spec)
         t_hist = blob["history"]
         log("teacher: reused from an earlier run of this sweep")
@@ -90,8 +98,9 @@ def run_sweep(cfg: RunConfig, grid: Grid, *, reporter: Reporter | None = None, l
         save_checkpoint(tpath, teacher, ctx.teacher_spec, role="teacher", config=cfg.to_dict(),
                         history=t_hist)
         t_state.unlink(missing_ok=True)
-    teacher = teacher.to(ctx.device).eval()
-    teacher_acc = evaluate(teacher, ctx.data, "test", device=ctx.device)["accuracy"]
+    if isinstance(teacher, torch.nn.Module):
+        teacher = teacher.to(ctx.device).eval()
+    teacher_acc = check_teacher(ctx, teacher, log)
     source = teacher_source(ctx, teacher)
     kds = grid.kd_configs(cfg.kd.soft_loss)
     first = grid.seeds[0]
@@ -124,7 +133,7 @@ def run_sweep(cfg: RunConfig, grid: Grid, *, reporter: Reporter | None = None, l
     }
     log(f"best cell {best_key}: exporting and benchmarking its seed-{first} student")
     result["best"]["report"] = "best/report.json"
-    _export_best(ctx, out, teacher, t_hist, cells[best_key]["kd"], first, log)
+    _export_best(ctx, out, teacher, teacher_acc, t_hist, cells[best_key]["kd"], first, log)
     result["wall_seconds"] = time.perf_counter() - t_start
     # training cost of everything in the table, including units finished by earlier (resumed) runs
     units = [baselines[s] for s in grid.seeds] + [
@@ -136,14 +145,15 @@ def run_sweep(cfg: RunConfig, grid: Grid, *, reporter: Reporter | None = None, l
     return result
 
 
-def _export_best(ctx: Context, out: Path, teacher, t_hist, kd_dict: dict, seed: int, log: Log) -> None:
+def _export_best(ctx: Context, out: Path, teacher: TeacherModel, teacher_acc: float, t_hist: list[dict],
+                 kd_dict: dict, seed: int, log: Log) -> None:
     kd = KDConfig(**kd_dict)
     final, staging = prepare_out_dir(out / "best", overwrite=True)
     try:
         baseline, _, b_blob = load_model(out / "cells" / f"baseline-s{seed}.pt", expect=ctx.student_spec)
         student, _, s_blob = load_model(out / "cells" / f"{cell_key(kd)}-s{seed}.pt", expect=ctx.student_spec)
         models = {
-            "teacher": export_and_bench(ctx, teacher, ctx.teacher_spec, "teacher", staging, history=t_hist, log=log),
+            "teacher": teacher_entry(ctx, teacher, staging, accuracy=teacher_acc, history=t_hist, log=log),
             "baseline": export_and_bench(ctx, baseline, ctx.student_spec, "baseline", staging,
                                          history=b_blob["history"], log=log),
             "student": export_and_bench(ctx, student, ctx.student_spec, "student", staging, kd=kd,

@@ -51,12 +51,17 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def real_inputs(data: Dataset, batch: int) -> torch.Tensor:
-    """``batch`` normalized test images (repeated when the test set is smaller)."""
+def real_images(data: Dataset, batch: int) -> torch.Tensor:
+    """``batch`` raw test images (repeated when the test set is smaller)."""
     x = data.x_test[:batch]
     if x.shape[0] < batch:  # tiny test sets: repeat real images
         x = x.repeat((batch + x.shape[0] - 1) // x.shape[0], 1, 1, 1)[:batch]
-    return data.normalize(x).contiguous()
+    return x
+
+
+def real_inputs(data: Dataset, batch: int) -> torch.Tensor:
+    """``batch`` normalized test images (repeated when the test set is smaller)."""
+    return data.normalize(real_images(data, batch)).contiguous()
 
 
 def p50(result: dict, batch: int = 1) -> float:

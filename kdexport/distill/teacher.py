@@ -20,13 +20,16 @@ import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..config import KDConfig
 from ..data.datasets import Dataset
+from ..errors import DataError
 from ..files import atomic_torch_save
 from .losses import kd_loss
 
@@ -77,6 +80,90 @@ class TorchTeacher:
         if self._fingerprint is None:  # frozen weights: hash once
             self._fingerprint = weights_hash(self.module)
         return self._fingerprint
+
+
+class OnnxTeacher:
+    """A trained classifier in an ONNX file, run by onnxruntime as a black box.
+
+    Its input size and class count come from the graph (dynamic sizes from its ``input_shape``
+    metadata) and must match the data's; its normalization from its ``mean``/``std`` metadata when
+    present, else from ``mean``/``std`` given here (``--teacher-mean/--teacher-std``), else the
+    dataset's. A graph whose batch size is fixed is run one image at a time."""
+
+    def __init__(self, path: str | os.PathLike, data: Dataset, *, mean: tuple[float, ...] | None = None,
+                 std: tuple[float, ...] | None = None, threads: int | None = None):
+        from ..export.onnx import inspect_classifier, ort_session
+
+        self.path = Path(path)
+        info = inspect_classifier(self.path)
+        meta = info["metadata"]
+        chw = [d if d is not None else want for d, want in zip(info["input_shape"], data.input_shape)]
+        name = self.path.name
+        if tuple(chw) != tuple(data.input_shape):
+            raise DataError(f"teacher {name} takes inputs {chw}; the dataset gives {list(data.input_shape)} "
+                            "(for imagefolder data pass --image-size to match)")
+        self.session = ort_session(self.path, threads=threads)
+        self.input_name = info["input_name"]
+        self.fixed_batch = info["batch"]
+        self.num_classes = info["num_classes"] or self._run(torch.zeros(1, *data.input_shape).numpy()).shape[1]
+        if self.num_classes != data.num_classes:
+            raise DataError(f"teacher {name} has {self.num_classes} classes; the dataset has {data.num_classes}")
+        names = meta.get("class_names")
+        if isinstance(names, list) and [str(n) for n in names] != list(data.class_names):
+            raise DataError(f"teacher {name} names its classes {names[:4]}...; the dataset's are "
+                            f"{data.class_names[:4]}... (same classes, same order needed)")
+        self.input_shape = tuple(chw)
+        c = data.input_shape[0]
+        mean = tuple(meta["mean"]) if mean is None and "mean" in meta else mean or data.mean
+        std = tuple(meta["std"]) if std is None and "std" in meta else std or data.std
+        for what, v in (("mean", mean), ("std", std)):
+            if len(v) != c:
+                raise DataError(f"teacher {name}: {what} has {len(v)} values for {c} input channels")
+        self.mean, self.std, self.scale = tuple(map(float, mean)), tuple(map(float, std)), data.scale
+        self._mean_t = torch.tensor(self.mean, dtype=torch.float32).view(1, c, 1, 1)
+        self._std_t = torch.tensor(self.std, dtype=torch.float32).view(1, c, 1, 1)
+        self._fingerprint: str | None = None
+
+    def normalize(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw pixels -> the float input this teacher was trained on (on the CPU)."""
+        x = raw.detach().to("cpu", torch.float32) / self.scale
+        return (x - self._mean_t) / self._std_t
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        if self.fixed_batch is not None and x.shape[0] != self.fixed_batch:
+            return np.concatenate([self._run(x[i:i + 1]) for i in range(x.shape[0])]) if self.fixed_batch == 1 \
+                else self._run_padded(x)
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+    def _run_padded(self, x: np.ndarray) -> np.ndarray:
+        b, out = self.fixed_batch, []
+        for i in range(0, x.shape[0], b):
+            chunk = x[i:i + b]
+            pad = np.concatenate([chunk, np.repeat(chunk[-1:], b - len(chunk), axis=0)]) if len(chunk) < b else chunk
+            out.append(self.session.run(None, {self.input_name: pad})[0][:len(chunk)])
+        return np.concatenate(out)
+
+    def logits(self, raw: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self._run(self.normalize(raw).numpy())).float().to(raw.device)
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:  # the file's bytes and the normalization applied before it
+            from ..export.onnx import onnx_files
+
+            h = hashlib.sha256()
+            for file in onnx_files(self.path):  # the graph and its external weights
+                with open(file, "rb") as f:
+                    for block in iter(lambda f=f: f.read(1 << 20), b""):
+                        h.update(block)
+            h.update(repr((self.mean, self.std, self.scale)).encode())
+            self._fingerprint = f"onnx:{h.hexdigest()}"
+        return self._fingerprint
+
+
+def teacher_accuracy(teacher: Teacher, data: Dataset) -> float:
+    """Top-1 accuracy of a teacher on the test split (through the same interface the loop uses)."""
+    pred = logits_over(teacher, data.x_test).argmax(1)
+    return int((pred == data.y_test).sum()) / max(len(data.y_test), 1)
 
 
 def logits_over(teacher: Teacher, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:

@@ -170,7 +170,7 @@ def inspect_classifier(path: str | os.PathLike) -> dict:
         raise ExportError(f"{str(path)!r} does not exist")
     try:
         m = onnx.load(str(path), load_external_data=False)
-        onnx.checker.check_model(m)
+        onnx.checker.check_model(str(path))  # by path: weights in external data files (.onnx.data) are checked too
     except Exception as e:
         raise ExportError(f"{str(path)!r} is not a valid ONNX model: {first_line(e, 160)}") from None
     inits = {i.name for i in m.graph.initializer}
@@ -194,7 +194,34 @@ def inspect_classifier(path: str | os.PathLike) -> dict:
     return {
         "input_name": inputs[0].name,
         "input_shape": chw,
+        "batch": ishape[0],  # None when dynamic
         "num_classes": oshape[1],
         "metadata": meta,
         "bytes": path.stat().st_size,
     }
+
+
+def onnx_files(path: str | os.PathLike) -> list[Path]:
+    """The model file and the external data files its weights live in (torch.onnx.export writes
+    ``NAME.onnx.data`` beside ``NAME.onnx`` by default)."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    path = Path(path)
+    m = onnx.load(str(path), load_external_data=False)
+    extra = {ExternalDataInfo(t).location for t in m.graph.initializer if uses_external_data(t)}
+    return [path, *(path.parent / loc for loc in sorted(extra))]
+
+
+def save_self_contained(src: str | os.PathLike, dest: str | os.PathLike, data_name: str | None = None) -> None:
+    """Copy an ONNX model into one file (its external data inlined), unless it needs external data
+    (2 GB and over), in which case its weights go to ``data_name`` (default ``DEST.data``) beside it."""
+    import onnx
+
+    m = onnx.load(str(src))
+    dest = Path(dest)
+    if m.ByteSize() < 2_000_000_000:
+        onnx.save(m, str(dest))
+    else:
+        onnx.save(m, str(dest), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=data_name or f"{dest.name}.data")

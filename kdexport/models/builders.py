@@ -1,7 +1,7 @@
-"""Model registry: ``mlp:<hidden sizes>`` and torchvision classifiers by name.
+"""Model registry: ``mlp:<hidden sizes>``, every torchvision classifier by name, and ``timm:<name>``.
 
-A spec is ``name`` or ``name:args`` (``mlp:1200,1200``). Builders take the dataset's input shape
-and class count, so a model always fits its data.
+A spec is ``name`` or ``name:args`` (``mlp:1200,1200``, ``timm:resnet10t``). Builders take the
+dataset's input shape and class count, so a model always fits its data.
 """
 
 from __future__ import annotations
@@ -75,9 +75,9 @@ def _mlp(args: str, spec: ModelSpec, pretrained: bool) -> nn.Module:
     return MLP(math.prod(spec.input_shape), hidden, spec.num_classes, spec.dropout)
 
 
-TORCHVISION_MODELS = ["resnet18", "resnet34", "resnet50", "resnet101", "vgg11", "vgg16",
-                      "vgg16_bn", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
-                      "efficientnet_b0", "shufflenet_v2_x1_0", "regnet_y_400mf"]
+# torchvision builders that need keyword arguments beyond num_classes to train as plain classifiers
+_TV_KWARGS = {"googlenet": {"aux_logits": False, "init_weights": True},
+              "inception_v3": {"aux_logits": False, "init_weights": True}}
 
 
 def _first(model: nn.Module, kind: type) -> tuple[nn.Module, str, nn.Module] | None:
@@ -88,22 +88,12 @@ def _first(model: nn.Module, kind: type) -> tuple[nn.Module, str, nn.Module] | N
     return None
 
 
-def _last_linear(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
-    found = None
-    for _, mod in model.named_modules():
-        for child_name, child in mod.named_children():
-            if isinstance(child, nn.Linear):
-                found = (mod, child_name, child)
-    if found is None:
-        raise ModelError("model has no Linear classification head to replace")
-    return found
-
-
 def _adapt_input_channels(model: nn.Module, channels: int) -> None:
     """Make the first conv accept ``channels`` inputs (grayscale data on RGB architectures)."""
-    parent, name, conv = _first(model, nn.Conv2d)
-    if conv.in_channels == channels:
+    found = _first(model, nn.Conv2d)
+    if found is None or found[2].in_channels == channels:
         return
+    parent, name, conv = found
     new = nn.Conv2d(channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                     conv.dilation, conv.groups, conv.bias is not None)
     with torch.no_grad():  # keep pretrained filters meaningful: average over RGB
@@ -113,15 +103,38 @@ def _adapt_input_channels(model: nn.Module, channels: int) -> None:
     setattr(parent, name, new)
 
 
-def _apply_cifar_stem(model: nn.Module) -> None:
-    """3x3 stride-1 first conv and no max-pool: the usual ResNet stem for 32x32 inputs."""
+def _apply_cifar_stem(model: nn.Module, arch: str) -> str | None:
+    """A stride-1 stem for 32x32 inputs: ResNets get a 3x3 stride-1 first conv and no max-pool (the usual
+    CIFAR ResNet stem); other CNNs keep their first conv with its stride set to 1. A stem that is a
+    patch embedding (kernel = stride >= 4: ViT, Swin, ConvNeXt) cannot be made stride-1 and is refused;
+    one that already has stride 1 (VGG) is left alone. Returns a note when nothing changed."""
     if hasattr(model, "conv1") and hasattr(model, "maxpool"):  # ResNet family
         c = model.conv1
         model.conv1 = nn.Conv2d(c.in_channels, c.out_channels, 3, 1, 1, bias=False)
         model.maxpool = nn.Identity()
-        return
-    parent, name, conv = _first(model, nn.Conv2d)  # others: keep the conv, drop its stride
+        return None
+    found = _first(model, nn.Conv2d)
+    if found is None:
+        return f"--cifar-stem does not apply to {arch} (no convolutional stem); built unchanged"
+    conv = found[2]
+    if tuple(conv.stride) == (1, 1):
+        return f"--cifar-stem does not apply to {arch} (its first conv already has stride 1); built unchanged"
+    if tuple(conv.kernel_size) == tuple(conv.stride) and conv.stride[0] >= 4:
+        raise ConfigError(f"--cifar-stem does not apply to {arch}: its stem is a {conv.stride[0]}x"
+                          f"{conv.stride[1]} patch embedding; drop --cifar-stem (and pick --image-size to suit it)")
     conv.stride = (1, 1)
+    return None
+
+
+def _load_matching(model: nn.Module, state: dict, arch: str) -> None:
+    """Pretrained weights into a model whose head (and input conv) may differ: every tensor whose name
+    and shape match is loaded, the rest (the classifier sized for other classes) keep their init."""
+    own = model.state_dict()
+    keep = {k: v for k, v in state.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+    if len(keep) < len(own) // 2:
+        raise ModelError(f"pretrained weights for {arch} do not fit the model built for this data "
+                         f"({len(keep)} of {len(own)} tensors match)")
+    model.load_state_dict(keep, strict=False)
 
 
 def _torchvision_builder(tv_name: str) -> Builder:
@@ -130,28 +143,71 @@ def _torchvision_builder(tv_name: str) -> Builder:
 
         if args:
             raise ConfigError(f"{tv_name} takes no ':' arguments")
+        kwargs = {"num_classes": spec.num_classes, **_TV_KWARGS.get(tv_name, {})}
+        if tv_name.startswith("vit_"):  # a ViT's position embedding is sized for one input size: the data's
+            kwargs["image_size"] = spec.input_shape[1]
+        model = torchvision.models.get_model(tv_name, **kwargs)
         if pretrained:
             try:
-                weights = torchvision.models.get_model_weights(tv_name).DEFAULT
-                model = torchvision.models.get_model(tv_name, weights=weights)
+                state = torchvision.models.get_model_weights(tv_name).DEFAULT.get_state_dict(progress=False)
             except Exception as e:
                 raise ModelError(f"cannot get pretrained weights for {tv_name} "
                                  f"({type(e).__name__}; are you offline? torchvision downloads "
                                  "them on first use)") from None
-            parent, name, head = _last_linear(model)
-            setattr(parent, name, nn.Linear(head.in_features, spec.num_classes))
-        else:
-            model = torchvision.models.get_model(tv_name, num_classes=spec.num_classes)
+            _load_matching(model, state, tv_name)
         _adapt_input_channels(model, spec.input_shape[0])
-        if spec.cifar_stem:
-            _apply_cifar_stem(model)
         return model
 
     return build
 
 
-for _n in TORCHVISION_MODELS:
+def torchvision_classifiers() -> list[str]:
+    """Every classification model torchvision lists (``list_models(module=torchvision.models)``)."""
+    import torchvision
+
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+for _n in torchvision_classifiers():
     MODELS.register(_n)(_torchvision_builder(_n))
+
+
+@MODELS.register("timm")
+def _timm(args: str, spec: ModelSpec, pretrained: bool) -> nn.Module:
+    """``timm:<name>``: any model of timm (optional: ``pip install 'kdexport[timm]'``)."""
+    try:
+        import timm
+    except ImportError:
+        raise ModelError(f"timm:{args} needs timm, which is not installed: pip install 'kdexport[timm]'") from None
+    if not args:
+        raise ConfigError("timm models are named timm:<name>, e.g. timm:resnet18")
+    if not timm.is_model(args):
+        raise ConfigError(f"timm has no model {args!r} (timm.list_models() lists them)")
+    try:
+        model = timm.create_model(args, pretrained=pretrained, num_classes=spec.num_classes,
+                                  in_chans=spec.input_shape[0])
+    except Exception as e:
+        raise ModelError(f"cannot build timm:{args}: {type(e).__name__}: {first_line(e, 160)}") from None
+    return model
+
+
+def _size_hint(arch: str) -> str:
+    """The input size an architecture was designed for, when torchvision or timm say so."""
+    name, args = split_arch(arch)
+    try:
+        if name == "timm":
+            import timm
+
+            size = timm.create_model(args, pretrained=False).pretrained_cfg.get("input_size", (0, 0, 0))[1:]
+        else:
+            import torchvision
+
+            size = torchvision.models.get_model_weights(name).DEFAULT.meta.get("min_size")
+    except Exception:
+        return ""
+    if not size or max(size) <= 1:
+        return ""
+    return f"; it needs inputs of at least {size[0]}x{size[1]}: pass --image-size {max(size)} (imagefolder data)"
 
 
 def split_arch(arch: str) -> tuple[str, str]:
@@ -164,9 +220,15 @@ def check_arch(arch: str) -> None:
     MODELS.get(split_arch(arch)[0])
 
 
-def build_model(spec: ModelSpec, pretrained: bool = False) -> nn.Module:
+def build_model(spec: ModelSpec, pretrained: bool = False, log: Callable[[str], None] | None = None) -> nn.Module:
+    """The model ``spec`` names, sized for its data; with ``pretrained``, its published weights (all but a
+    head sized for other classes). A model that cannot take the data's input fails here, in one line."""
     name, args = split_arch(spec.arch)
     model = MODELS.get(name)(args, spec, pretrained)
+    if spec.cifar_stem:
+        note = _apply_cifar_stem(model, spec.arch)
+        if note and log:
+            log(note)
     with torch.no_grad():  # fail now, with a clear message, if the model cannot take the input
         try:
             was = model.training
@@ -175,7 +237,7 @@ def build_model(spec: ModelSpec, pretrained: bool = False) -> nn.Module:
             model.train(was)
         except Exception as e:
             raise ModelError(f"{spec.arch} cannot take inputs of shape {list(spec.input_shape)}: "
-                             f"{first_line(e, 160)}") from None
+                             f"{first_line(e, 160)}{_size_hint(spec.arch)}") from None
     if tuple(out.shape) != (1, spec.num_classes):
         raise ModelError(f"{spec.arch} returns shape {tuple(out.shape)}, expected (1, {spec.num_classes})")
     return model

@@ -10,13 +10,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..envinfo import environment, now_iso
-from ..errors import CheckpointError, first_line
+from ..errors import CheckpointError
 from ..files import atomic_torch_save
 from .builders import ModelSpec, build_model
+from .weights import load_state_dict_checked, safe_torch_load
 
 FORMAT = "kdexport-checkpoint/1"
 
@@ -39,17 +39,10 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: ModelSpec, 
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        first = first_line(e, 160)
-        raise CheckpointError(f"cannot load checkpoint {str(path)!r} safely (weights_only=True): "
-                              f"{first}") from None
+    blob = safe_torch_load(path, "checkpoint")
     if not isinstance(blob, dict) or blob.get("format") != FORMAT or "model" not in blob:
-        raise CheckpointError(f"{str(path)!r} is not a kdexport checkpoint")
+        raise CheckpointError(f"{str(path)!r} is not a kdexport checkpoint (for a plain weights file, name the "
+                              "architecture and pass it with --teacher-weights)")
     return blob
 
 
@@ -69,9 +62,5 @@ def load_model(path: str | os.PathLike, expect: ModelSpec | None = None) -> tupl
         if spec.cifar_stem != expect.cifar_stem:
             raise CheckpointError(f"checkpoint {str(path)!r} was built with cifar_stem={spec.cifar_stem}")
     model = build_model(spec)
-    try:
-        model.load_state_dict(blob["state_dict"])
-    except RuntimeError as e:
-        raise CheckpointError(f"weights in {str(path)!r} do not fit {spec.arch}: "
-                              f"{first_line(e, 160)}") from None
+    load_state_dict_checked(model, blob["state_dict"], f"checkpoint {str(path)!r}", spec.arch)
     return model.eval(), spec, blob

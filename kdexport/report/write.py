@@ -20,7 +20,9 @@ def _fmt_bytes(n: int) -> str:
     return str(n)
 
 
-def _fmt_count(n: int) -> str:
+def _fmt_count(n: int | None) -> str:
+    if n is None:  # not known (an ONNX teacher's FLOPs)
+        return "-"
     if n >= 1e9:
         return f"{n / 1e9:.2f}G"
     if n >= 1e6:
