@@ -32,9 +32,11 @@ from .config import (
     CheckOptions,
     CliField,
     Grid,
+    PackageOptions,
     PredictOptions,
     QuantizeOptions,
     RunConfig,
+    VerifyOptions,
     cli_fields,
     format_default,
     from_flat,
@@ -317,6 +319,31 @@ def check_cmd(o: CheckOptions) -> None:
         out_console.print("FAIL: " + "; ".join(f"{g.model} {g.metric} ({g.detail}, limit {g.limit})" for g in failed))
         raise typer.Exit(1)
     out_console.print(f"PASS: {len(gates)} gate(s)")
+
+
+@config_command("package", PackageOptions)
+def package_cmd(o: PackageOptions) -> None:
+    """An app-ready folder: model.onnx (+ INT8), model.ort, labels.txt, preprocess.json, test data, a model
+    card and SHA256SUMS, written atomically; `kdexport verify` checks it anywhere."""
+    from .export.package import package
+
+    path = package(o.source, o.out, dataset=o.dataset, data_dir=o.data_dir, labels=o.labels, mean=o.mean,
+                   std=o.std, samples=o.samples, overwrite=o.overwrite)
+    out_console.print(f"wrote {path}: " + ", ".join(sorted(p.name for p in path.iterdir())))
+
+
+@config_command("verify", VerifyOptions)
+def verify_cmd(o: VerifyOptions) -> None:
+    """Check a package on this machine: checksums, and every model file against its test data.
+    Exit 0 when all hold, 1 with one line per failure."""
+    from .export.package import verify
+
+    failures = verify(o.package)
+    for f in failures:
+        out_console.print(f"FAIL {f}", highlight=False)
+    if failures:
+        raise typer.Exit(1)
+    out_console.print(f"OK: {o.package}")
 
 
 def main() -> None:

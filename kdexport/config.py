@@ -226,6 +226,7 @@ class RunConfig:
     bench_max_seconds: float = option(20.0, "Time budget per latency measurement; stops early once spent "
                                             "(after at least 5 runs).")
     threads: int | None = option(None, "CPU threads for training and inference (default: all usable cores).")
+    package: bool = option(False, "Also write OUT/package/: the student as an app-ready folder (kdexport package).")
     # output
     out: str | None = option(None, "Output folder (default: runs/<command>-<timestamp>).")
     overwrite: bool = option(False, "Replace an existing --out folder.")
@@ -382,6 +383,38 @@ class PredictOptions:
 
     def __post_init__(self) -> None:
         _check(self.top_k >= 1, f"top-k must be >= 1, got {self.top_k}")
+
+
+@dataclass(frozen=True)
+class PackageOptions:
+    """``kdexport package RUN_DIR_or_MODEL.onnx --out PKG``."""
+
+    source: str = option(REQUIRED, "A kdexport run folder (its student, and INT8 copy if any) or an ONNX classifier.",
+                         argument=True)
+    out: str = option(REQUIRED, "The package folder to write.")
+    dataset: str | None = option(None, "Dataset for the test images and accuracy (default: the model's metadata, "
+                                       "or the run's).")
+    data_dir: str | None = option(None, "Local dataset folder.")
+    labels: str | None = option(None, "A text file of class names, one per line, in index order (default: the "
+                                      "model's metadata, else the dataset's).")
+    mean: tuple[float, ...] | None = option(None, "Per-channel mean the model expects (default: its metadata, else "
+                                                  "the dataset's).", cli_type=str,
+                                            parse=lambda v: parse_floats(v, "--mean"))
+    std: tuple[float, ...] | None = option(None, "Per-channel std the model expects.", cli_type=str,
+                                           parse=lambda v: parse_floats(v, "--std"))
+    samples: int = option(8, "Real test images in test_data_set_0/.")
+    overwrite: bool = option(False, "Replace an existing --out folder.")
+
+    def __post_init__(self) -> None:
+        _check(self.samples >= 1, "samples must be >= 1")
+        _check(self.std is None or all(_finite(v) and v > 0 for v in self.std), "std must be > 0")
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    """``kdexport verify PKG``."""
+
+    package: str = option(REQUIRED, "A folder written by kdexport package.", argument=True)
 
 
 CHECK_METRICS = ("accuracy", "latency", "size")

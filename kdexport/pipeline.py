@@ -353,6 +353,11 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
         report = models_report(ctx, final, models, world_size=world()[1],
                                wall_seconds=time.perf_counter() - t_start)
         write_report(report, staging)
+        if cfg.package:
+            from .export.package import package
+
+            log("student: packaging for apps (kdexport package)")
+            package(staging, staging / "package", data_dir=cfg.data_dir)
         commit_run_dir(staging, final)
     except BaseException:
         if main and staging is not None and staging.exists():

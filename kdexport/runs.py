@@ -25,7 +25,7 @@ RUN_CONFIG = "run-config.json"
 SWEEP_CONFIG = "sweep-config.json"
 # Options that do not change what is trained: they may differ between an interrupted run and its resume.
 RESUME_IGNORES = ("out", "overwrite", "resume", "teacher_cache", "bench_iters", "bench_warmup", "bench_batch",
-                  "bench_max_seconds", "threads", "parity_atol", "quantize", "quant", "force")
+                  "bench_max_seconds", "threads", "parity_atol", "quantize", "quant", "force", "package")
 
 
 def default_out_dir(prefix: str = "distill") -> Path:
@@ -102,13 +102,18 @@ def open_run_dir(cfg: RunConfig) -> tuple[Path, Path]:
     return final, staging
 
 
+def commit_out_dir(staging: Path, final: Path) -> None:
+    """Move a finished staging folder into place (replacing an older ``final``)."""
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(staging, final)
+
+
 def commit_run_dir(staging: Path, final: Path) -> None:
     """Drop the resume bookkeeping and move the finished run into place."""
     shutil.rmtree(staging / "train-state", ignore_errors=True)
     (staging / RUN_CONFIG).unlink(missing_ok=True)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(staging, final)
+    commit_out_dir(staging, final)
 
 
 def open_sweep_dir(cfg: RunConfig, log=None) -> Path:

@@ -1,0 +1,360 @@
+"""``kdexport package`` and ``kdexport verify``: a self-describing folder an app or an edge deployment
+can drop into its build and check.
+
+A package holds ``model.onnx`` (+ ``model.int8.onnx`` when the run has one), ``model.ort`` and its
+``model.required_operators.config`` (onnxruntime's mobile format, made by the converter that ships in
+the onnxruntime wheel and proven to give the ``.onnx`` file's outputs), ``labels.txt``,
+``preprocess.json``, ``test_data_set_0/`` (``input_0.pb`` / ``output_0.pb``, the ONNX model-zoo layout,
+from real test images; ``output_0.int8.pb`` for the INT8 file), a model card ``README.md`` (YAML front
+matter in the Hugging Face model-card format) and ``SHA256SUMS``. It is written in a staging folder and
+renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.datasets import Dataset, load_dataset
+from ..errors import DataError, ExportError, first_line
+from ..files import atomic_write_text
+from ..runs import commit_out_dir, prepare_out_dir
+from .onnx import inspect_classifier, ort_session, read_metadata, save_self_contained, set_metadata
+
+MODEL, MODEL_INT8, MODEL_ORT = "model.onnx", "model.int8.onnx", "model.ort"
+TEST_DIR = "test_data_set_0"
+SUMS = "SHA256SUMS"
+PIXEL_FORMATS = {1: "Gray8", 3: "Rgb8"}  # ONNX's standard image metadata (Image.BitmapPixelFormat)
+
+
+@dataclass
+class PackageSource:
+    """What goes into a package: the model file(s), labels, normalization and measured numbers."""
+
+    fp32: Path
+    int8: Path | None
+    class_names: list[str]
+    input_shape: list[int]
+    mean: list[float]
+    std: list[float]
+    dataset: str | None
+    report: dict | None = None  # the run's report.json, when packaging a run folder
+    meta: dict = field(default_factory=dict)
+
+
+def _source(src: Path, *, dataset: str | None, data_dir: str | None, labels: str | None,
+            mean: tuple[float, ...] | None, std: tuple[float, ...] | None) -> tuple[PackageSource, Dataset | None]:
+    report = None
+    if src.is_dir():
+        if not (src / "report.json").is_file():
+            raise DataError(f"{str(src)!r} is neither an ONNX file nor a kdexport run folder (no report.json)")
+        report = json.loads((src / "report.json").read_text())
+        student = report.get("models", {}).get("student", {})
+        fp32 = src / student.get("onnx_path", "onnx/student.onnx")
+        int8 = src / "onnx" / "student.int8.onnx"
+        int8 = int8 if "student_int8" in report.get("models", {}) and int8.is_file() else None
+    else:
+        fp32, int8 = src, None
+    info = inspect_classifier(fp32)
+    meta = info["metadata"]
+    dataset = dataset or meta.get("dataset")
+    data = None
+    if dataset:
+        data = load_dataset(dataset, data_dir or (report or {}).get("config", {}).get("data_dir"), download=False)
+    names = (Path(labels).read_text().splitlines() if labels else meta.get("class_names")
+             or (data.class_names if data else None))
+    chw = [d if d is not None else w for d, w in zip(info["input_shape"], meta.get("input_shape") or
+                                                     (data.input_shape if data else info["input_shape"]))]
+    mean = list(mean or meta.get("mean") or (data.mean if data else []))
+    std = list(std or meta.get("std") or (data.std if data else []))
+    missing = [what for what, v in (("class names (--labels or --dataset)", names), ("--mean", mean),
+                                    ("--std", std), ("a dataset for test images (--dataset)", data)) if not v]
+    if missing:
+        raise DataError(f"{fp32.name} has no kdexport metadata; pass {', '.join(missing)}")
+    if len(names) != info["num_classes"] and info["num_classes"]:
+        raise DataError(f"{fp32.name} has {info['num_classes']} outputs but {len(names)} class names")
+    if any(d is None for d in chw) or list(chw) != list(data.input_shape):
+        raise DataError(f"{fp32.name} takes inputs {chw}; dataset {data.name} gives {list(data.input_shape)}")
+    if len(mean) != chw[0] or len(std) != chw[0]:
+        raise DataError(f"mean/std need {chw[0]} values (one per input channel)")
+    return PackageSource(fp32, int8, [str(n) for n in names], list(chw), [float(v) for v in mean],
+                         [float(v) for v in std], data.name if data else None, report, meta), data
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _test_inputs(src: PackageSource, data: Dataset, n: int, batch: int | None) -> np.ndarray:
+    idx = data.test_sample(n if batch is None else min(n, batch))
+    x = data.x_test[idx].float() / data.scale
+    mean = np.asarray(src.mean, np.float32)[None, :, None, None]
+    std = np.asarray(src.std, np.float32)[None, :, None, None]
+    return ((x.numpy() - mean) / std).astype(np.float32)
+
+
+def _run(path: Path, x: np.ndarray) -> np.ndarray:
+    sess = ort_session(path)
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def outputs_match(got: np.ndarray, want: np.ndarray, int8: bool = False) -> str | None:
+    """None when ``got`` reproduces ``want`` (same top-1 for every input, logits within a tolerance scaled to
+    their size: 1e-3 for FP32 graphs, 10% for INT8 ones, whose kernels differ between CPUs); else why not."""
+    if got.shape != want.shape:
+        return f"output shape {list(got.shape)}, expected {list(want.shape)}"
+    tol = (0.1 if int8 else 1e-3) * max(1.0, float(np.abs(want).max()))
+    diff = float(np.abs(got - want).max())
+    agree = float((got.argmax(-1) == want.argmax(-1)).mean())
+    if diff > tol or agree < 1.0:
+        return f"max abs difference {diff:.3g} (tolerance {tol:.3g}), top-1 agreement {agree:.2f}"
+    return None
+
+
+def _convert_to_ort(model: Path, dest_dir: Path) -> list[Path]:
+    """onnxruntime's own converter (the wheel's ``onnxruntime.tools.convert_onnx_models_to_ort``)."""
+    import contextlib
+    import io
+
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+        src = Path(tmp) / MODEL
+        shutil.copyfile(model, src)
+        try:
+            convert_onnx_models_to_ort(src, output_dir=Path(tmp) / "ort", optimization_styles=[OptimizationStyle.Fixed])
+        except Exception as e:
+            raise ExportError(f"onnxruntime's ORT-format converter failed: {first_line(e)}") from None
+        made = sorted((Path(tmp) / "ort").iterdir())
+        for f in made:
+            shutil.copyfile(f, dest_dir / f.name)
+        return [dest_dir / f.name for f in made]
+
+
+def _card(src: PackageSource, name: str, accuracy: float | None, latency: dict, files: list[str]) -> str:
+    """A model card: Hugging Face YAML front matter (JSON values, which YAML reads) and sections."""
+    report = src.report or {}
+    cfg = report.get("config", {})
+    env = report.get("environment") or latency.get("environment", {})
+    ds = src.dataset or "unknown"
+    results = ([{"task": {"type": "image-classification", "name": "Image Classification"},
+                 "dataset": {"name": ds, "type": ds, "split": "test"},
+                 "metrics": [{"type": "accuracy", "value": round(accuracy, 6), "name": "Top-1 accuracy (ONNX)"}]}]
+               if accuracy is not None else [])
+    front = {"license": "other", "library_name": "onnx",
+             "tags": ["onnx", "image-classification", "knowledge-distillation", "kdexport"],
+             "datasets": [ds], "metrics": ["accuracy"], "model-index": [{"name": name, "results": results}]}
+    lines = ["---"] + [f"{k}: {json.dumps(v)}" for k, v in front.items()] + ["---", "", f"# {name}", ""]
+    arch = src.meta.get("arch") or (report.get("models", {}).get("student", {}).get("arch")) or "unknown"
+    lines += ["## Intended use", "",
+              f"Image classification into {len(src.class_names)} classes ({', '.join(src.class_names[:10])}"
+              f"{', ...' if len(src.class_names) > 10 else ''}) for images like the `{ds}` dataset's. Architecture: "
+              f"`{arch}`. Not evaluated outside that data.", "",
+              "## Preprocessing", "",
+              f"Input `{src.meta.get('input_name', 'input')}`, NCHW float32 of shape "
+              f"[N, {', '.join(map(str, src.input_shape))}]: resize the image to "
+              f"{src.input_shape[2]}x{src.input_shape[1]} (bilinear), "
+              f"{'grayscale' if src.input_shape[0] == 1 else 'RGB'}, x = (pixel / 255 - mean) / std with mean "
+              f"{src.mean} and std {src.std}. The output is logits; apply softmax for probabilities. All of it is "
+              "in `preprocess.json`; class names, one per line in index order, in `labels.txt`.", ""]
+    kd = (src.meta.get("distillation") or {})
+    if kd or cfg:
+        lines += ["## Teacher and distillation", "",
+                  f"Distilled by kdexport from teacher `{kd.get('teacher', cfg.get('teacher', '?'))}`: "
+                  + ", ".join(f"{k} {v}" for k, v in kd.items() if k != "teacher") + ".", ""]
+    lines += ["## Accuracy, size and latency", "", "| file | bytes | accuracy (test split) | p50 ms @1 |",
+              "|---|---|---|---|"]
+    for f in files:
+        row = latency.get("files", {}).get(f, {})
+        acc = row.get("accuracy")
+        lines.append(f"| {f} | {row.get('bytes', 0):,} | {acc * 100:.2f}% | "
+                     f"{row['p50']:.3f} |" if acc is not None and row.get("p50") is not None else
+                     f"| {f} | {row.get('bytes', 0):,} | - | - |")
+    lines += ["", f"Measured with onnxruntime (CPU execution provider) on {env.get('cpu', 'this machine')} "
+              f"({env.get('cpu_cores', '?')} cores), onnxruntime {env.get('onnxruntime', '?')}"
+              f"{', ' + report['created'] if report.get('created') else ''}. Latency on another device will differ:"
+              " measure it there.", "",
+              "## Limitations", "",
+              "- Accuracy is measured on one test split; images unlike the training data (other cameras, crops, "
+              "classes outside the label list) get confident wrong answers.",
+              "- The INT8 file's kernels differ between CPUs; `kdexport verify` checks it within a tolerance.",
+              "- Check the files with `kdexport verify` (checksums and the test data) on the target machine.", ""]
+    return "\n".join(lines)
+
+
+def package(source: str | os.PathLike, out: str | os.PathLike, *, dataset: str | None = None,
+            data_dir: str | None = None, labels: str | None = None, mean: tuple[float, ...] | None = None,
+            std: tuple[float, ...] | None = None, samples: int = 8, overwrite: bool = False) -> Path:
+    """Write the package for a run folder or an ONNX classifier to ``out``; return its path."""
+    from ..bench.timing import bench_onnx
+    from ..envinfo import environment
+
+    src, data = _source(Path(source), dataset=dataset, data_dir=data_dir, labels=labels, mean=mean, std=std)
+    final, staging = prepare_out_dir(out, overwrite)
+    try:
+        save_self_contained(src.fp32, staging / MODEL)
+        info = inspect_classifier(staging / MODEL)
+        _set_image_metadata(staging / MODEL, src, info["input_name"])
+        files = [MODEL]
+        if src.int8 is not None:
+            save_self_contained(src.int8, staging / MODEL_INT8)
+            _set_image_metadata(staging / MODEL_INT8, src, info["input_name"])
+            files.append(MODEL_INT8)
+        _convert_to_ort(staging / MODEL, staging)
+        files.append(MODEL_ORT)
+        (staging / TEST_DIR).mkdir()
+        x = _test_inputs(src, data, samples, info["batch"])
+        want = _run(staging / MODEL, x)
+        why = outputs_match(_run(staging / MODEL_ORT, x), want)
+        if why:
+            raise ExportError(f"{MODEL_ORT} does not reproduce {MODEL}: {why}")
+        _write_tensor(staging / TEST_DIR / "input_0.pb", x, info["input_name"])
+        _write_tensor(staging / TEST_DIR / "output_0.pb", want, "logits")
+        if src.int8 is not None:
+            _write_tensor(staging / TEST_DIR / "output_0.int8.pb", _run(staging / MODEL_INT8, x), "logits")
+        atomic_write_text(staging / "labels.txt", "\n".join(src.class_names) + "\n")
+        pre = {"input_name": info["input_name"], "layout": "NCHW", "dtype": "float32",
+               "shape": [info["batch"] or "N", *src.input_shape], "size": src.input_shape[1:],
+               "resize": "resize to size (height, width), bilinear, no crop",
+               "channel_order": "gray" if src.input_shape[0] == 1 else "RGB", "scale": 1 / 255,
+               "mean": src.mean, "std": src.std, "formula": "x = (pixel * scale - mean) / std, per channel",
+               "output": "logits (apply softmax for probabilities)", "labels": "labels.txt"}
+        atomic_write_text(staging / "preprocess.json", json.dumps(pre, indent=2) + "\n")
+        measured = {"environment": environment(), "files": {}}
+        models = (src.report or {}).get("models", {})
+        for f, role in ((MODEL, "student"), (MODEL_INT8, "student_int8"), (MODEL_ORT, None)):
+            if f not in files:
+                continue
+            entry = models.get(role, {}) if role else {}
+            acc = entry.get("accuracy_onnx")
+            p50 = (entry.get("latency_ms") or {}).get("batch_1", {}).get("p50")
+            if (acc is None or p50 is None) and data is not None:
+                acc = _accuracy(staging / f, src, data)
+                bench = bench_onnx(staging / f, lambda b: torch.from_numpy(_test_inputs(src, data, b, None)), [1],
+                                   warmup=5, iters=50, max_seconds=10.0)
+                p50 = bench["latency_ms"]["batch_1"]["p50"]
+            measured["files"][f] = {"bytes": (staging / f).stat().st_size, "accuracy": acc, "p50": p50}
+        arch = src.meta.get("arch") or models.get("student", {}).get("arch") or Path(src.fp32).stem
+        name = f"{arch}-{src.dataset}".replace(":", "-").replace(",", "-")
+        src.meta["input_name"] = info["input_name"]
+        accuracy = measured["files"][MODEL]["accuracy"]
+        atomic_write_text(staging / "README.md", _card(src, name, accuracy, measured, files))
+        write_sums(staging)
+        commit_out_dir(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
+
+
+def _accuracy(path: Path, src: PackageSource, data: Dataset) -> float:
+    sess = ort_session(path)
+    name = sess.get_inputs()[0].name
+    fixed = sess.get_inputs()[0].shape[0]
+    b = fixed if isinstance(fixed, int) else 256
+    mean = np.asarray(src.mean, np.float32)[None, :, None, None]
+    std = np.asarray(src.std, np.float32)[None, :, None, None]
+    correct = 0
+    for i in range(0, len(data.y_test), b):
+        x = ((data.x_test[i:i + b].float() / data.scale).numpy() - mean) / std
+        if isinstance(fixed, int) and len(x) < fixed:
+            x = np.concatenate([x, np.repeat(x[-1:], fixed - len(x), axis=0)])
+        pred = sess.run(None, {name: x.astype(np.float32)})[0].argmax(1)[:len(data.y_test[i:i + b])]
+        correct += int((pred == data.y_test[i:i + b].numpy()).sum())
+    return correct / max(len(data.y_test), 1)
+
+
+def _set_image_metadata(path: Path, src: PackageSource, input_name: str) -> None:
+    """kdexport's keys plus ONNX's standard image metadata (MetadataProps.md) and the IMAGE denotation."""
+    import onnx
+
+    meta = {**read_metadata(path), "class_names": src.class_names, "input_shape": src.input_shape,
+            "mean": src.mean, "std": src.std, "dataset": src.dataset,
+            "Image.BitmapPixelFormat": PIXEL_FORMATS.get(src.input_shape[0], "Rgb8"),
+            "Image.ColorSpaceGamma": "SRGB", "Image.NominalPixelRange": "Normalized_0_1"}
+    set_metadata(path, meta)
+    m = onnx.load(str(path))
+    for i in m.graph.input:
+        if i.name == input_name:
+            i.type.denotation = "IMAGE"
+    onnx.save(m, str(path))
+
+
+def _write_tensor(path: Path, array: np.ndarray, name: str) -> None:
+    from onnx import numpy_helper
+
+    path.write_bytes(numpy_helper.from_array(array, name).SerializeToString())
+
+
+def _read_tensor(path: Path) -> np.ndarray:
+    import onnx
+    from onnx import numpy_helper
+
+    t = onnx.TensorProto()
+    t.ParseFromString(path.read_bytes())
+    return numpy_helper.to_array(t)
+
+
+def _listed_files(pkg: Path) -> list[str]:
+    return sorted(str(p.relative_to(pkg)) for p in pkg.rglob("*") if p.is_file() and p.name != SUMS)
+
+
+def write_sums(pkg: Path) -> None:
+    """``SHA256SUMS`` in sha256sum's format (``sha256sum -c SHA256SUMS`` checks it too)."""
+    atomic_write_text(pkg / SUMS, "".join(f"{sha256(pkg / f)}  {f}\n" for f in _listed_files(pkg)))
+
+
+def verify(pkg: str | os.PathLike) -> list[str]:
+    """Every way the package at ``pkg`` fails to reproduce itself on this machine, one line each ([] = good)."""
+    pkg = Path(pkg)
+    if not pkg.is_dir():
+        raise DataError(f"{str(pkg)!r} is not a package folder")
+    failures: list[str] = []
+    sums = pkg / SUMS
+    listed: dict[str, str] = {}
+    if not sums.is_file():
+        failures.append(f"{SUMS}: missing")
+    else:
+        for line in sums.read_text().splitlines():
+            digest, _, name = line.partition("  ")
+            if name:
+                listed[name] = digest
+        for name, digest in listed.items():
+            path = pkg / name
+            if not path.is_file():
+                failures.append(f"{name}: missing")
+            elif sha256(path) != digest:
+                failures.append(f"{name}: checksum differs from {SUMS}")
+        failures += [f"{name}: not listed in {SUMS}" for name in _listed_files(pkg) if name not in listed]
+    x_path, y_path = pkg / TEST_DIR / "input_0.pb", pkg / TEST_DIR / "output_0.pb"
+    if not (x_path.is_file() and y_path.is_file()):
+        return failures + [f"{TEST_DIR}: input_0.pb or output_0.pb missing"]
+    x, want = _read_tensor(x_path), _read_tensor(y_path)
+    expected: dict[str, Any] = {MODEL: want, MODEL_ORT: want}
+    if (pkg / TEST_DIR / "output_0.int8.pb").is_file():
+        expected[MODEL_INT8] = _read_tensor(pkg / TEST_DIR / "output_0.int8.pb")
+    for f, y in expected.items():
+        if not (pkg / f).is_file():
+            if f != MODEL_INT8 and f"{f}: missing" not in failures:
+                failures.append(f"{f}: missing")
+            continue
+        try:
+            why = outputs_match(_run(pkg / f, x), y, int8=f == MODEL_INT8)
+        except Exception as e:
+            why = f"onnxruntime cannot run it: {first_line(e, 160)}"
+        if why:
+            failures.append(f"{f}: {why}")
+    return failures
