@@ -269,6 +269,11 @@ def quantize_cmd(o: QuantizeOptions) -> None:
     out_console.print(f"{r.mode} INT8: accuracy {r.accuracy_int8 * 100:.2f}% (FP32 {r.accuracy_fp32 * 100:.2f}%, "
                       f"drop {r.accuracy_drop_points:.2f} points), {r.onnx_bytes:,} bytes "
                       f"({r.onnx_bytes / r.fp32_bytes * 100:.0f}% of FP32) -> {o.out}")
+    if r.fallback:
+        fb = r.fallback
+        out_console.print(f"--fallback auto kept {len(fb['fp32_nodes'])} node(s) in FP32: "
+                          f"{', '.join(fb['fp32_nodes'])}; p50 at batch 1 {fb['p50_ms']:.3f} ms (all-INT8 "
+                          f"{fb['p50_ms_all_int8']:.3f} ms, FP32 {fb['p50_ms_fp32']:.3f} ms)")
 
 
 @config_command("bench", BenchOptions)

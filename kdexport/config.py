@@ -158,11 +158,15 @@ class QuantConfig:
                                        flags=("--reduce-range/--no-reduce-range",))
     max_accuracy_drop: float = option(1.0, "INT8: reject the quantized model (exit 1, no file) if it loses more "
                                            "accuracy points than this.")
+    fallback: str = option("none", "INT8 static over the accuracy budget: auto keeps the layers whose quantization "
+                                   "errs most (onnxruntime's qdq_loss_debug) in FP32, in growing groups, until it "
+                                   "fits; none refuses the model.")
 
     def __post_init__(self) -> None:
         from .export.calibration import CALIBRATIONS
 
         CALIBRATIONS.get(self.calibration)
+        _check(self.fallback in ("none", "auto"), f"fallback must be none or auto, got {self.fallback!r}")
         _check(_finite(self.max_accuracy_drop) and self.max_accuracy_drop >= 0, "max accuracy drop must be >= 0")
         _check(self.calibration_samples >= 1, "calibration samples must be >= 1")
 

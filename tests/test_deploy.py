@@ -12,7 +12,7 @@ from kdexport.cli import app
 from kdexport.config import QuantConfig, RunConfig, TrainConfig
 from kdexport.data.datasets import Dataset
 from kdexport.distill.train import fit
-from kdexport.export.onnx import export_onnx, ort_logits, ort_session
+from kdexport.export.onnx import export_onnx, ort_logits, ort_session, read_metadata
 from kdexport.models.builders import ModelSpec, build_model
 from kdexport.pipeline import onnx_metadata
 
@@ -242,3 +242,39 @@ def test_batch_ranges_match_numpy_per_batch(tmp_path):
             want = np.array([[f(torch.from_numpy(b)).min(), f(torch.from_numpy(b)).max()] for b in batches])
             np.testing.assert_allclose(r[t], want, rtol=1e-5, atol=1e-6)
     assert (r["relu"][:, 0] == 0).all() and r["relu"].shape == (3, 2)
+
+
+def test_fallback_auto_keeps_exactly_the_nodes_around_a_deliberately_bad_range(tmp_path, digits, monkeypatch):
+    """One activation ('relu', the first ReLU's output) gets a range 1000x too wide: INT8 collapses to
+    chance. --fallback auto must rank that tensor worst and keep exactly its producer and consumer in FP32."""
+    from kdexport.config import QuantConfig
+    from kdexport.errors import GateError
+    from kdexport.export.calibration import CALIBRATIONS, Calibration
+    from kdexport.export.quantize import quantize_onnx
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1),
+                            torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(512, 10))
+    fit(m, digits, TrainConfig(epochs=5))
+    export_onnx(m, tmp_path / "m.onnx", digits.normalize(digits.x_test[:16]))
+    bad = {"relu": [{"rmin": np.float32(0.0), "rmax": np.float32(2000.0)}]}
+    monkeypatch.setitem(CALIBRATIONS._items, "bad", Calibration("a deliberately bad range", "MinMax",
+                                                                 overrides=lambda model, calib: bad))
+    with pytest.raises(GateError, match="or --fallback auto may do better"):
+        quantize_onnx(tmp_path / "m.onnx", tmp_path / "q.onnx", digits, mode="static",
+                      quant=QuantConfig(calibration="bad"))
+    r = quantize_onnx(tmp_path / "m.onnx", tmp_path / "q.onnx", digits, mode="static",
+                      quant=QuantConfig(calibration="bad", fallback="auto"))
+    fb = r.fallback
+    assert fb["ranked"][0]["tensor"] == "relu"
+    assert fb["fp32_nodes"] == ["node_relu", "node_conv2d_1"]  # the ReLU producing it and the conv reading it
+    assert fb["steps"][0]["drop_points"] > 50 and r.good and r.accuracy_drop_points <= 1.0
+    assert read_metadata(tmp_path / "q.onnx")["quantization"]["fp32_nodes"] == fb["fp32_nodes"]
+    import onnx
+
+    nodes = onnx.load(str(tmp_path / "q.onnx")).graph.node
+    producer = {o: n.op_type for n in nodes for o in n.output}
+    (conv2,) = [n for n in nodes if n.name == "node_conv2d_1"]
+    (conv1,) = [n for n in nodes if n.name == "node_conv2d"]
+    assert producer[conv2.input[0]] == "Relu"  # kept in float: reads the ReLU's output directly
+    assert producer[conv1.input[0]] == "DequantizeLinear"  # the rest stays INT8

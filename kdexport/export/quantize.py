@@ -43,7 +43,7 @@ class QuantResult:
     reduce_range: bool
     good: bool
     equalization: dict | None = None  # EqualizeResult.to_dict() when residual streams were equalized
-
+    fallback: dict | None = None  # with fallback="auto": the nodes kept in FP32 and what each step cost
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,6 +57,9 @@ class CalibrationReader:
 
     def get_next(self):
         return next(self.batches, None)
+
+    def __iter__(self):  # qdq_loss_debug.collect_activations iterates its reader
+        return self.batches
 
     def rewind(self):  # pragma: no cover - not used by the MinMax calibrator
         pass
@@ -97,36 +100,56 @@ def _quiet_quantizer():
         root.setLevel(level)
 
 
-def _quantize(model: Path, dest: Path, data: Dataset, mode: str, quant: QuantConfig,
-              reduce_range: bool) -> EqualizeResult | None:
-    """onnxruntime's pre-processing and quantizer, ``model`` -> ``dest``; the equalization applied, if any."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+@dataclass
+class _Prepared:
+    """onnxruntime's pre-processed graph (and, for static INT8, its calibration batches)."""
+
+    pre: Path
+    calib: list[np.ndarray]
+    equalization: EqualizeResult | None
+
+
+def _prepare(model: Path, tmp: Path, data: Dataset, mode: str, quant: QuantConfig) -> _Prepared:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    eq = None
-    with tempfile.TemporaryDirectory() as tmp, _quiet_quantizer():
-        pre = Path(tmp) / "pre.onnx"
+    pre = tmp / "pre.onnx"
+    with _quiet_quantizer():
         quant_pre_process(str(model), str(pre), skip_symbolic_shape=False)
+    if mode == "dynamic":
+        return _Prepared(pre, [], None)
+    import onnx
+
+    calib = calibration_batches(data, quant.calibration_samples)
+    eq = None
+    if quant.equalize:
+        pre_model = onnx.load(str(pre))
+        eq = equalize_residual_streams(pre_model, calib)
+        onnx.save(pre_model, str(pre))
+    return _Prepared(pre, calib, eq)
+
+
+def _quantize(prep: _Prepared, dest: Path, mode: str, quant: QuantConfig, reduce_range: bool,
+              exclude: list[str] | None = None) -> None:
+    """onnxruntime's quantizer on the pre-processed graph, ``exclude``: nodes kept in FP32."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    with _quiet_quantizer():
         if mode == "dynamic":
-            quantize_dynamic(str(pre), str(dest), weight_type=QuantType.QInt8, per_channel=True,
-                             reduce_range=reduce_range)
-            return None
+            quantize_dynamic(str(prep.pre), str(dest), weight_type=QuantType.QInt8, per_channel=True,
+                             reduce_range=reduce_range, nodes_to_exclude=exclude or [])
+            return
         import onnx
 
         calibration = CALIBRATIONS.get(quant.calibration)
-        pre_model = onnx.load(str(pre))
-        calib = calibration_batches(data, quant.calibration_samples)
-        if quant.equalize:
-            eq = equalize_residual_streams(pre_model, calib)
-            onnx.save(pre_model, str(pre))
+        pre_model = onnx.load(str(prep.pre))
         extra = dict(calibration.extra_options)
         if calibration.overrides:
-            extra["TensorQuantOverrides"] = calibration.overrides(pre_model, calib)
-        quantize_static(str(pre), str(dest), CalibrationReader(pre_model.graph.input[0].name, calib),
+            extra["TensorQuantOverrides"] = calibration.overrides(pre_model, prep.calib)
+        quantize_static(str(prep.pre), str(dest), CalibrationReader(pre_model.graph.input[0].name, prep.calib),
                         quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, per_channel=True, reduce_range=reduce_range,
-                        calibrate_method=getattr(CalibrationMethod, calibration.method), extra_options=extra)
-    return eq
+                        calibrate_method=getattr(CalibrationMethod, calibration.method), extra_options=extra,
+                        nodes_to_exclude=exclude or [])
 
 
 def quantize_onnx(model: str | os.PathLike, out: str | os.PathLike, data: Dataset, *, mode: str,
@@ -152,23 +175,38 @@ def quantize_onnx(model: str | os.PathLike, out: str | os.PathLike, data: Datase
     meta = read_metadata(model)
     samples = quant.calibration_samples if static else 0
     cal_name = quant.calibration if static else None
-    with staged_file(out) as tmp_out:
+    with staged_file(out) as tmp_out, tempfile.TemporaryDirectory() as tmp:
         try:
-            eq = _quantize(model, tmp_out, data, mode, quant, reduce_range)
+            prep = _prepare(model, Path(tmp), data, mode, quant)
+            _quantize(prep, tmp_out, mode, quant, reduce_range)
         except Exception as e:
             raise ExportError(f"onnxruntime quantization failed: {type(e).__name__}: {first_line(e)}") from None
-        set_metadata(tmp_out, {**meta, "quantization": {"mode": mode, "reduce_range": reduce_range,
-                                                        "calibration": cal_name, "calibration_samples": samples,
-                                                        "equalization": eq.to_dict() if eq else None}})
+        eq = prep.equalization
         acc32 = onnx_accuracy(model, data, threads) if accuracy_fp32 is None else accuracy_fp32
         acc8 = onnx_accuracy(tmp_out, data, threads)
+        fallback = None
+        if (acc32 - acc8) * 100 > quant.max_accuracy_drop and static and quant.fallback == "auto":
+            from .fallback import fallback_search
+
+            fallback = fallback_search(prep, tmp_out, data, quant, acc32, acc8, threads,
+                                       quantize=lambda dest, exclude: _quantize(prep, dest, mode, quant, reduce_range,
+                                                                                exclude))
+            acc8 = fallback["accuracy_int8"]
+        set_metadata(tmp_out, {**meta, "quantization": {"mode": mode, "reduce_range": reduce_range,
+                                                        "calibration": cal_name, "calibration_samples": samples,
+                                                        "equalization": eq.to_dict() if eq else None,
+                                                        "fp32_nodes": fallback["fp32_nodes"] if fallback else []}})
         drop = (acc32 - acc8) * 100
         res = QuantResult(str(out), mode, tmp_out.stat().st_size, model.stat().st_size, acc32, acc8, drop,
                           samples, cal_name, reduce_range, drop <= quant.max_accuracy_drop,
-                          eq.to_dict() if eq else None)
+                          eq.to_dict() if eq else None, fallback)
         if not res.good:
             others = [c for c in CALIBRATIONS.names(sort=False) if c != quant.calibration]
-            hint = f"; another --calibration ({', '.join(others)}) may do better" if static else ""
+            hint = (f"; another --calibration ({', '.join(others)})" + (" or --fallback auto" if quant.fallback ==
+                                                                         "none" else "") + " may do better"
+                    if static else "")
+            if fallback:
+                hint = f"; --fallback auto kept {len(fallback['fp32_nodes'])} nodes in FP32 and {fallback['why']}"
             raise GateError(f"{mode} INT8 model loses {drop:.2f} accuracy points ({acc32 * 100:.2f}% -> "
                             f"{acc8 * 100:.2f}%), more than --max-accuracy-drop {quant.max_accuracy_drop:g}; "
                             f"not kept{hint}")

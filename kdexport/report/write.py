@@ -98,6 +98,8 @@ def to_markdown(report: dict) -> str:
         cal = f", {q['calibration']} calibration" if q.get("calibration") else ""
         if (q.get("equalization") or {}).get("streams"):
             cal += f", {q['equalization']['streams']} residual streams equalized"
+        if (q.get("fallback") or {}).get("fp32_nodes"):
+            cal += f", {len(q['fallback']['fp32_nodes'])} nodes kept in FP32 by --fallback auto"
         lines += ["", f"INT8 ({q['mode']}{cal}): accuracy {q['accuracy_int8'] * 100:.2f}% vs FP32 "
                   f"{q['accuracy_fp32'] * 100:.2f}% (drop {q['accuracy_drop_points']:.2f} points), size "
                   f"{q['size_ratio_vs_fp32'] * 100:.0f}% of FP32, "

@@ -1,0 +1,115 @@
+"""INT8 with automatic FP32 fallback (``--fallback auto``): when a static INT8 model loses more accuracy
+than the budget, keep the layers whose quantization errs most in float until it fits.
+
+1. Rank the activation tensors of the quantized graph by their local quantization error: the SQNR (dB)
+   between each tensor before and after its QuantizeLinear/DequantizeLinear pair, on a few calibration
+   batches (onnxruntime's ``qdq_loss_debug``). A tensor whose range is stretched by outliers has a low
+   SQNR; errors that only accumulate from upstream do not count against it.
+2. Keep the worst 1, 2, 4, 8, ... tensors in FP32: their producing node and every node that consumes
+   them go to ``nodes_to_exclude``. After each group, re-quantize and measure the accuracy on the whole
+   test split and the p50 latency at batch 1, until the drop is within the budget or every ranked tensor
+   is in float.
+
+The result records every step: which nodes were added, the accuracy and the latency it cost.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..bench.timing import bench_onnx, onnx_accuracy, real_inputs
+from ..config import QuantConfig
+from ..data.datasets import Dataset
+
+RANK_BATCHES = 4  # calibration batches used to rank tensors
+
+
+def rank_tensors(float_model: Path, qdq_model: Path, batches: list[np.ndarray]) -> list[tuple[str, float]]:
+    """Activation tensors of ``qdq_model``, worst local quantization error (lowest SQNR, dB) first."""
+    import onnx
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_activation_error,
+        create_activation_matching,
+        modify_model_output_intermediate_tensors,
+    )
+
+    from .quantize import CalibrationReader, _quiet_quantizer
+
+    name = onnx.load(str(float_model), load_external_data=False).graph.input[0].name
+    with tempfile.TemporaryDirectory() as tmp, _quiet_quantizer():
+        aug_f, aug_q = Path(tmp) / "float.onnx", Path(tmp) / "qdq.onnx"
+        modify_model_output_intermediate_tensors(str(float_model), str(aug_f))
+        modify_model_output_intermediate_tensors(str(qdq_model), str(aug_q))
+        acts_f = collect_activations(str(aug_f), CalibrationReader(name, batches[:RANK_BATCHES]))
+        acts_q = collect_activations(str(aug_q), CalibrationReader(name, batches[:RANK_BATCHES]))
+        errors = compute_activation_error(create_activation_matching(acts_q, acts_f))
+    ranked = [(t, float(e["qdq_err"])) for t, e in errors.items() if not math.isnan(float(e["qdq_err"]))]
+    return sorted(ranked, key=lambda te: te[1])
+
+
+def tensor_nodes(model: Path) -> Callable[[str], list[str]]:
+    """tensor -> the named nodes that produce or consume it in ``model``."""
+    import onnx
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+    users: dict[str, list[str]] = defaultdict(list)
+    for node in graph.node:
+        if node.name:
+            for t in [*node.output, *node.input]:
+                if t and node.name not in users[t]:
+                    users[t].append(node.name)
+    return lambda t: users.get(t, [])
+
+
+def _p50(path: Path, data: Dataset, threads: int | None) -> float:
+    r = bench_onnx(path, lambda b: real_inputs(data, b), [1], threads=threads, warmup=5, iters=50, max_seconds=5.0)
+    return r["latency_ms"]["batch_1"]["p50"]
+
+
+def fallback_search(prep, dest: Path, data: Dataset, quant: QuantConfig, acc32: float, acc8: float,
+                    threads: int | None, *, quantize: Callable[[Path, list[str]], None]) -> dict:
+    """Grow the set of FP32 nodes until ``dest`` (replaced in place) meets ``quant.max_accuracy_drop``.
+
+    ``prep`` is the pre-processed float graph and calibration batches; ``quantize(path, nodes)``
+    re-quantizes with ``nodes`` excluded. Returns the record of the search (``fp32_nodes`` empty and
+    ``why`` set when no group met the budget; ``dest`` is then the all-INT8 model, which the caller
+    refuses)."""
+    ranked = rank_tensors(prep.pre, dest, prep.calib)
+    nodes_of = tensor_nodes(prep.pre)
+    budget = quant.max_accuracy_drop
+    steps = [{"tensors": 0, "added_nodes": [], "accuracy_int8": acc8, "drop_points": (acc32 - acc8) * 100,
+              "p50_ms": _p50(dest, data, threads)}]
+    result = {"method": "qdq_loss_debug local SQNR, growing groups (1, 2, 4, ...)",
+              "ranked": [{"tensor": t, "sqnr_db": round(v, 3)} for t, v in ranked[:20]],
+              "p50_ms_fp32": _p50(prep.pre, data, threads), "p50_ms_all_int8": steps[0]["p50_ms"],
+              "steps": steps, "fp32_nodes": [], "accuracy_int8": acc8, "why": None}
+    k, nodes = 1, []
+    with tempfile.TemporaryDirectory() as tmp:
+        trial = Path(tmp) / "trial.onnx"
+        while ranked:
+            k = min(k, len(ranked))
+            added = [n for t, _ in ranked[:k] for n in nodes_of(t) if n not in nodes]
+            nodes += list(dict.fromkeys(added))
+            quantize(trial, nodes)
+            acc = onnx_accuracy(trial, data, threads)
+            steps.append({"tensors": k, "added_nodes": list(dict.fromkeys(added)), "accuracy_int8": acc,
+                          "drop_points": (acc32 - acc) * 100, "p50_ms": _p50(trial, data, threads)})
+            if (acc32 - acc) * 100 <= budget:
+                shutil.copyfile(trial, dest)
+                result.update(fp32_nodes=nodes, accuracy_int8=acc, p50_ms=steps[-1]["p50_ms"])
+                return result
+            if k == len(ranked):
+                break
+            k *= 2
+    best = min(steps, key=lambda s: s["drop_points"])
+    result["why"] = (f"no group met the budget: the best, {best['tensors']} tensor(s) in FP32, still lost "
+                     f"{best['drop_points']:.2f} points")
+    return result
