@@ -127,12 +127,26 @@ class KDConfig:
     soft_weight: float = option(0.5, "beta: weight of the soft (KD) loss; the hard CE weight is 1 - beta.")
     scale_t2: bool = option(True, "Multiply the soft loss by T^2 (Hinton et al.).",
                             flags=("--scale-t2/--no-scale-t2",))
-    soft_loss: str = option("kl", "Soft loss: kl (Hinton) or mse (logit matching).")
+    soft_loss: str = option("kl", "kd loss: kl (Hinton) or mse (logit matching).")
+    loss: str = option("kd", "Distillation loss: kd (Hinton et al. 2015), dkd (Decoupled KD, Zhao et al. 2022) or "
+                             "dist (DIST, Huang et al. 2022); mixed with CE by --soft-weight.",
+                       flags=("--kd-loss",))
+    logit_standardization: bool = option(False, "z-score teacher and student logits per sample before the "
+                                                "temperature (Sun et al. 2024); works with every --kd-loss.")
+    dkd_alpha: float = option(1.0, "DKD: weight of the target-class term (TCKD).")
+    dkd_beta: float = option(8.0, "DKD: weight of the non-target-class term (NCKD).")
+    dkd_warmup: float = option(20.0, "DKD: epochs over which its term ramps up linearly from 0 (0: none).")
+    dist_beta: float = option(1.0, "DIST: weight of the inter-class relation term.")
+    dist_gamma: float = option(1.0, "DIST: weight of the intra-class relation term.")
 
     def __post_init__(self) -> None:
-        from .distill.losses import SOFT_LOSSES
+        from .distill.losses import LOSSES, SOFT_LOSSES
 
         SOFT_LOSSES.get(self.soft_loss)
+        LOSSES.get(self.loss)
+        for name in ("dkd_alpha", "dkd_beta", "dkd_warmup", "dist_beta", "dist_gamma"):
+            v = getattr(self, name)
+            _check(_finite(v) and v >= 0, f"{name.replace('_', ' ')} must be a number >= 0, got {v}")
         _check(_finite(self.temperature) and self.temperature > 0,
                f"temperature must be > 0, got {self.temperature}")
         _check(_finite(self.soft_weight) and 0.0 <= self.soft_weight <= 1.0,
@@ -301,9 +315,11 @@ class Grid:
                                     cli_type=str, parse=lambda v: parse_ints(v, "--seeds"))
     scale_t2: tuple[bool, ...] = option((True,), "T^2 scaling of the soft loss: on, off, or on,off for both.",
                                         cli_type=str, parse=lambda v: parse_switches(v, "--scale-t2"))
+    losses: tuple[str, ...] = option(("kd",), "Distillation losses, comma-separated (kd, dkd, dist).",
+                                     flags=("--kd-loss",), cli_type=str, parse=parse_names)
 
     def __post_init__(self) -> None:
-        for name in ("temperatures", "soft_weights", "seeds", "scale_t2"):
+        for name in ("temperatures", "soft_weights", "seeds", "scale_t2", "losses"):
             values = getattr(self, name)
             if not values:
                 raise ConfigError(f"sweep grid: {name.replace('_', ' ')} is empty")
@@ -311,18 +327,23 @@ class Grid:
                 raise ConfigError(f"sweep grid: {name.replace('_', ' ')} has duplicates: {list(values)}")
         for T in self.temperatures:
             for b in self.soft_weights:
-                KDConfig(temperature=T, soft_weight=b)  # validates every value
+                for loss in self.losses:
+                    KDConfig(temperature=T, soft_weight=b, loss=loss)  # validates every value
 
-    def kd_configs(self, soft_loss: str = KDConfig.soft_loss) -> list[KDConfig]:
-        return [KDConfig(temperature=T, soft_weight=b, scale_t2=s, soft_loss=soft_loss)
-                for s in self.scale_t2 for b in self.soft_weights for T in self.temperatures]
+    def kd_configs(self, base: KDConfig | None = None) -> list[KDConfig]:
+        """Every cell's loss settings: ``base`` (the run's other KD options) with the grid's T, beta,
+        T^2 scaling and loss. DKD and DIST scale by T^2 themselves, so they get no unscaled variant."""
+        base = base or KDConfig()
+        return [dataclasses.replace(base, temperature=T, soft_weight=b, scale_t2=s, loss=loss)
+                for loss in self.losses for s in self.scale_t2 for b in self.soft_weights for T in self.temperatures
+                if loss == "kd" or s == self.scale_t2[0]]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
 # Options of a sweep that its grid replaces (not offered as single values on `kdexport sweep`).
-SWEEP_REPLACES = ("temperature", "soft_weight", "scale_t2", "seed")
+SWEEP_REPLACES = ("temperature", "soft_weight", "scale_t2", "seed", "loss")
 
 
 @dataclass(frozen=True)

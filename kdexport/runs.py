@@ -53,7 +53,7 @@ def resume_options(cfg: RunConfig, *, sweep: bool = False) -> dict[str, Any]:
     recorded per cell, so a sweep keeps only the soft loss of ``kd`` and no seed."""
     d = {k: v for k, v in cfg.to_dict().items() if k not in RESUME_IGNORES}
     if sweep:
-        d["kd"] = {"soft_loss": cfg.kd.soft_loss}
+        d["kd"] = {k: v for k, v in d["kd"].items() if k not in ("temperature", "soft_weight", "scale_t2", "loss")}
         d["train"].pop("seed", None)
     return d
 

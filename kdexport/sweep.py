@@ -48,7 +48,23 @@ __all__ = ["Grid", "cell_key", "mean_std", "run_sweep", "sweep_markdown"]
 
 
 def cell_key(kd: KDConfig) -> str:
-    return f"T{kd.temperature:g}-b{kd.soft_weight:g}-{'t2' if kd.scale_t2 else 'raw'}"
+    """A cell's name: T, beta, T^2 scaling, and the loss when it is not Hinton's (older sweeps keep their names)."""
+    key = f"T{kd.temperature:g}-b{kd.soft_weight:g}-{'t2' if kd.scale_t2 else 'raw'}"
+    return key if kd.loss == "kd" else f"{key}-{kd.loss}"
+
+
+def _cell(loss: str, T: float, b: float, scaled: bool) -> str:
+    return cell_key(KDConfig(temperature=T, soft_weight=b, scale_t2=scaled, loss=loss))
+
+
+def _variants(g: dict) -> list[tuple[str, bool]]:
+    """(loss, T^2 scaling) per table: DKD and DIST scale by T^2 themselves, so they get one each."""
+    return [(loss, scaled) for loss in g.get("losses", ["kd"])
+            for scaled in (g["scale_t2"] if loss == "kd" else g["scale_t2"][:1])]
+
+
+def _variant_title(loss: str, scaled: bool) -> str:
+    return f"{loss}, {'x T^2' if scaled else 'unscaled'}" if loss == "kd" else loss
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -102,7 +118,7 @@ def run_sweep(cfg: RunConfig, grid: Grid, *, reporter: Reporter | None = None, l
         teacher = teacher.to(ctx.device).eval()
     teacher_acc = check_teacher(ctx, teacher, log)
     source = teacher_source(ctx, teacher)
-    kds = grid.kd_configs(cfg.kd.soft_loss)
+    kds = grid.kd_configs(cfg.kd)
     first = grid.seeds[0]
     baselines = {s: _unit(out, ctx, "baseline", s, None, None, reporter, s == first) for s in grid.seeds}
     cells: dict[str, dict] = {}
@@ -114,7 +130,7 @@ def run_sweep(cfg: RunConfig, grid: Grid, *, reporter: Reporter | None = None, l
         for s in grid.seeds:
             done += 1
             log(f"cell {done}/{total}: T={kd.temperature:g} beta={kd.soft_weight:g} "
-                f"{'T^2-scaled' if kd.scale_t2 else 'unscaled'} seed={s}")
+                f"{'T^2-scaled' if kd.scale_t2 else 'unscaled'} loss={kd.loss} seed={s}")
             runs.append(_unit(out, ctx, key, s, kd, source, reporter, s == first))
         accs = [r["accuracy"] for r in runs]
         m, sd = mean_std(accs)
@@ -184,13 +200,13 @@ def sweep_markdown(r: dict) -> str:
              f"- Best cell: {r['best']['cell']}: {_pct(r['best']['mean'], r['best']['std'])} "
              f"(KD gain {r['best']['kd_gain_points']:+.2f} points); exported and benchmarked in "
              f"[best/report.md](best/report.md)", ""]
-    for scaled in g["scale_t2"]:
-        lines += [f"### Soft loss {'x T^2' if scaled else 'unscaled'}", "",
+    for loss, scaled in _variants(g):
+        lines += [f"### Soft loss {_variant_title(loss, scaled)}", "",
                   "| beta \\ T | " + " | ".join(f"T = {T:g}" for T in g["temperatures"]) + " |",
                   "|---|" + "---|" * len(g["temperatures"])]
         for b in g["soft_weights"]:
             row = [_pct(r["cells"][k]["mean"], r["cells"][k]["std"]) for k in
-                   (cell_key(KDConfig(T, b, scaled)) for T in g["temperatures"])]
+                   (_cell(loss, T, b, scaled) for T in g["temperatures"])]
             lines.append(f"| beta = {b:g} | " + " | ".join(row) + " |")
         lines.append("")
     env = r["environment"]
@@ -209,12 +225,12 @@ def plot_heatmap(r: dict, path: Path) -> None:
     import numpy as np
 
     g = r["grid"]
-    variants = g["scale_t2"]
+    variants = _variants(g)
     fig, axes = plt.subplots(1, len(variants), figsize=(1.6 + 1.3 * len(g["temperatures"]) * len(variants),
                                                          1.4 + 0.6 * len(g["soft_weights"])), squeeze=False)
     base = r["baseline"]["mean"]
-    for ax, scaled in zip(axes[0], variants):
-        grid = np.array([[r["cells"][cell_key(KDConfig(T, b, scaled))]["mean"] for T in g["temperatures"]]
+    for ax, (loss, scaled) in zip(axes[0], variants):
+        grid = np.array([[r["cells"][_cell(loss, T, b, scaled)]["mean"] for T in g["temperatures"]]
                          for b in g["soft_weights"]])
         gain = (grid - base) * 100
         lim = max(abs(gain).max(), 1e-6)
@@ -223,7 +239,7 @@ def plot_heatmap(r: dict, path: Path) -> None:
             ax.text(j, i, f"{grid[i, j] * 100:.2f}", ha="center", va="center", fontsize=8)
         ax.set_xticks(range(len(g["temperatures"])), [f"{T:g}" for T in g["temperatures"]])
         ax.set_yticks(range(len(g["soft_weights"])), [f"{b:g}" for b in g["soft_weights"]])
-        ax.set(xlabel="T", ylabel="beta", title=f"accuracy % ({'x T^2' if scaled else 'unscaled'})")
+        ax.set(xlabel="T", ylabel="beta", title=f"accuracy % ({_variant_title(loss, scaled)})")
         fig.colorbar(im, ax=ax, label="KD gain vs baseline (points)")
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))

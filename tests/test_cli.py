@@ -128,3 +128,18 @@ def test_checkpoints_load_weights_only(run):
     out, _ = run
     blob = torch.load(out / "checkpoints" / "student.pt", weights_only=True)
     assert blob["config"]["kd"]["soft_weight"] == 0.5 and blob["model"]["arch"] == "mlp:14"
+
+
+def test_distill_export_with_another_loss_records_it(tmp_path):
+    res = runner.invoke(app, ["distill-export", "--out", str(tmp_path / "dkd"), *FAST, "--teacher", "mlp:64",
+                              "--kd-loss", "dkd", "--logit-standardization", "--dkd-beta", "2", "--dkd-warmup", "1"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "dkd" / "report.json").read_text())
+    kd = report["config"]["kd"]
+    assert (kd["loss"], kd["logit_standardization"], kd["dkd_beta"], kd["dkd_warmup"]) == ("dkd", True, 2.0, 1.0)
+    from kdexport.export.onnx import read_metadata
+
+    meta = read_metadata(tmp_path / "dkd" / "onnx" / "student.onnx")
+    assert meta["distillation"]["loss"] == "dkd" and meta["distillation"]["logit_standardization"] is True
+    assert report["models"]["student"]["history"][0]["train_kd"] > 0
+    assert runner.invoke(app, ["distill-export", "--kd-loss", "crd"]).exit_code == 2

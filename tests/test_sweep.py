@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 
@@ -96,7 +97,11 @@ def test_sweep_cli(tmp_path):
 
 
 def test_kdconfig_roundtrip_keys():
-    assert set(KDConfig().__dict__) == {"temperature", "soft_weight", "scale_t2", "soft_loss"}
+    assert set(KDConfig().__dict__) == {"temperature", "soft_weight", "scale_t2", "soft_loss", "loss",
+                                        "logit_standardization", "dkd_alpha", "dkd_beta", "dkd_warmup", "dist_beta",
+                                        "dist_gamma"}
+    kd = KDConfig(loss="dkd", dkd_beta=2.0, logit_standardization=True)
+    assert KDConfig(**dataclasses.asdict(kd)) == kd
 
 
 class _StopAt:
@@ -135,3 +140,20 @@ def test_interrupted_teacher_and_unit_continue_from_their_last_epoch(swept, tmp_
     assert again["teacher"]["accuracy"] == first["teacher"]["accuracy"]
     assert again["cells"] == first["cells"] and again["baseline"] == first["baseline"]
     assert not list(out.rglob("*.state.pt"))
+
+
+def test_sweep_grids_over_the_loss(tmp_path):
+    grid = Grid(temperatures=(4.0,), soft_weights=(0.5,), seeds=(0,), scale_t2=(True, False),
+                losses=("kd", "dkd", "dist"))
+    keys = [cell_key(k) for k in grid.kd_configs(KDConfig(dkd_warmup=0))]
+    assert keys == ["T4-b0.5-t2", "T4-b0.5-raw", "T4-b0.5-t2-dkd", "T4-b0.5-t2-dist"]
+    assert all(k.dkd_warmup == 0 for k in grid.kd_configs(KDConfig(dkd_warmup=0)))  # the run's other KD options
+    r = run_sweep(_cfg(tmp_path / "s", kd=KDConfig(dkd_warmup=0)), dataclasses.replace(grid, scale_t2=(True,)))
+    assert set(r["cells"]) == {"T4-b0.5-t2", "T4-b0.5-t2-dkd", "T4-b0.5-t2-dist"}
+    assert r["cells"]["T4-b0.5-t2-dkd"]["kd"]["loss"] == "dkd"
+    md = (tmp_path / "s" / "sweep.md").read_text()
+    assert "### Soft loss dkd" in md and "### Soft loss dist" in md and "### Soft loss kd, x T^2" in md
+    from kdexport.errors import OutputError as OE
+
+    with pytest.raises(OE, match="kd.dkd_warmup"):  # another DKD setting is another sweep
+        run_sweep(_cfg(tmp_path / "s", kd=KDConfig(dkd_warmup=5)), grid)

@@ -246,10 +246,8 @@ class Distillation:
     kd: KDConfig
 
     def loss(self, student_logits: torch.Tensor, idx: torch.Tensor, raw: torch.Tensor,
-             targets: torch.Tensor) -> dict[str, torch.Tensor]:
-        kd = self.kd
-        return kd_loss(student_logits, self.logits(idx, raw), targets, kd.temperature, kd.soft_weight,
-                       kd.scale_t2, kd.soft_loss)
+             targets: torch.Tensor, epoch: float = 1.0) -> dict[str, torch.Tensor]:
+        return kd_loss(student_logits, self.logits(idx, raw), targets, self.kd, epoch)
 
     def settings(self) -> dict:
         """What a resumed run must match (the loss's settings)."""
