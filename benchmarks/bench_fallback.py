@@ -24,7 +24,7 @@ from kdexport.bench.timing import bench_onnx, onnx_accuracy, p50
 from kdexport.config import QuantConfig, TrainConfig
 from kdexport.data.datasets import load_dataset
 from kdexport.distill.train import fit
-from kdexport.envinfo import result_stamp
+from kdexport.envinfo import result_stamp, stamp_markdown
 from kdexport.errors import GateError
 from kdexport.export.onnx import export_onnx
 from kdexport.export.quantize import quantize_onnx
@@ -101,9 +101,7 @@ def main() -> None:
               "rows": rows, "target": target}
     atomic_write_json(HERE / "results" / "bench_fallback.json", result)
     lines = ["# INT8 with automatic FP32 fallback", "",
-             f"{stamp['created']}, {stamp['environment']['cpu']} (2 threads), onnxruntime "
-             f"{stamp['environment']['onnxruntime']}, commit {stamp['environment']['git_commit']}. "
-             f"Reproduce: `{stamp['command']}`.", "",
+             stamp_markdown(stamp), "",
              f"Model: torchvision ResNet50 (ImageNet stem) at 32x32, {RECIPE.epochs} epochs on the CIFAR-10 JPEG "
              "copy (the cpu-quick recipe's teacher). Accuracy on all 10,000 test images; latency p50, "
              "onnxruntime CPU, timed in this run.", "",

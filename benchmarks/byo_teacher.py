@@ -26,7 +26,7 @@ import torch
 import torchvision
 from torchvision.transforms import v2
 
-from kdexport.envinfo import result_stamp
+from kdexport.envinfo import result_stamp, stamp_markdown
 from kdexport.files import atomic_write_json, atomic_write_text
 
 HERE = Path(__file__).resolve().parent
@@ -111,9 +111,7 @@ def main() -> None:
               "student_epochs": args.epochs, "runs": runs}
     atomic_write_json(HERE / "results" / "byo_teacher.json", result)
     lines = ["# Bring your own teacher: CIFAR-10 JPEG copy as an ImageFolder", "",
-             f"{stamp['created']}, {stamp['environment']['cpu']} ({stamp['environment']['cpu_cores']} cores), torch "
-             f"{stamp['environment']['torch']}, onnxruntime {stamp['environment']['onnxruntime']}, commit "
-             f"{stamp['environment']['git_commit']}. Reproduce: `{stamp['command']}`.", "",
+             stamp_markdown(stamp), "",
              f"Teacher: {teacher['arch']}, trained by a plain PyTorch script for {teacher['epochs']} epoch(s) "
              f"({teacher['train_seconds']:.0f} s), then saved as {', '.join(teacher['files'])}. Student "
              f"{args.student}, {args.epochs} epoch(s) for baseline and distilled student alike.", "",

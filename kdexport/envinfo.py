@@ -101,3 +101,11 @@ def result_stamp(script: str, threads: int | None = None) -> dict:
     """The keys every benchmark result starts with: when, on what, and the full command that reran it."""
     return {"created": now_iso(), "environment": environment(threads),
             "command": shlex.join(["python", script, *sys.argv[1:]])}
+
+
+def stamp_markdown(stamp: dict) -> str:
+    """The line a benchmark's Markdown opens with: when, on what, with which versions, and how to rerun it."""
+    env = stamp["environment"]
+    return (f"{stamp['created']}, {env['cpu']} ({env['cpu_cores']} cores, {env['threads']} threads), torch "
+            f"{env['torch']}, onnxruntime {env['onnxruntime']}, commit {env['git_commit']}. "
+            f"Reproduce: `{stamp['command']}`.")
