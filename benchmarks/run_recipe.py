@@ -43,6 +43,8 @@ def recipe_config(recipe: dict, data_dir: str | None, out: str) -> RunConfig:
         d["data_dir"] = data_dir
     elif d.get("data_dir"):  # recipe paths are relative to the repository root
         d["data_dir"] = str((ROOT / d["data_dir"]).resolve())
+    if d.get("teacher_checkpoint"):
+        d["teacher_checkpoint"] = str((ROOT / d["teacher_checkpoint"]).resolve())
     d["out"] = out
     return RunConfig.from_dict(d)
 

@@ -138,13 +138,20 @@ class KDConfig:
     dkd_warmup: float = option(20.0, "DKD: epochs over which its term ramps up linearly from 0 (0: none).")
     dist_beta: float = option(1.0, "DIST: weight of the inter-class relation term.")
     dist_gamma: float = option(1.0, "DIST: weight of the intra-class relation term.")
+    hint: str | None = option(None, "Add a FitNets feature-hint term: teacher.LAYER:student.LAYER (dotted module "
+                                    "names); a trained 1x1-conv connector, dropped before export.")
+    hint_weight: float = option(1.0, "Weight of the hint term (MSE between connected student and teacher features).")
 
     def __post_init__(self) -> None:
         from .distill.losses import LOSSES, SOFT_LOSSES
 
         SOFT_LOSSES.get(self.soft_loss)
         LOSSES.get(self.loss)
-        for name in ("dkd_alpha", "dkd_beta", "dkd_warmup", "dist_beta", "dist_gamma"):
+        if self.hint is not None:
+            from .distill.hint import parse_hint
+
+            parse_hint(self.hint)
+        for name in ("dkd_alpha", "dkd_beta", "dkd_warmup", "dist_beta", "dist_gamma", "hint_weight"):
             v = getattr(self, name)
             _check(_finite(v) and v >= 0, f"{name.replace('_', ' ')} must be a number >= 0, got {v}")
         _check(_finite(self.temperature) and self.temperature > 0,
@@ -264,6 +271,8 @@ class RunConfig:
                                            ("--teacher-weights", bool(self.teacher_weights)),
                                            ("--pretrained", self.pretrained)) if on]
         _check(len(teacher_sources) <= 1, f"choose one teacher source, not {' and '.join(teacher_sources)}")
+        _check(not (self.kd.hint and self.teacher_is_onnx),
+               "--hint needs a PyTorch teacher: an ONNX teacher is a black box without named layers")
         _check(not (self.student_weights and self.student_pretrained),
                "choose --student-weights or --student-pretrained, not both")
         for name in ("teacher_mean", "teacher_std"):

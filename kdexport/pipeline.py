@@ -167,7 +167,7 @@ def teacher_source(ctx: Context, teacher: TeacherModel) -> TeacherLogits:
     """How the students get the teacher's logits: cached (and kept on disk with ``--teacher-cache``)
     when their inputs are not augmented, else live."""
     return teacher_logits(as_teacher(ctx, teacher), ctx.data, augment=ctx.train_config("student").augment,
-                          device=ctx.device,
+                          device=ctx.device, live=bool(ctx.cfg.kd.hint),
                           cache_dir=cache_root() / "teacher-logits" if ctx.cfg.teacher_cache else None)
 
 
@@ -179,6 +179,8 @@ def train_student(ctx: Context, *, seed: int, distill: Distillation | None, labe
     model = build_model(ctx.student_spec, pretrained=ctx.cfg.student_pretrained)
     if ctx.cfg.student_weights:  # baseline and distilled student start from the same weights
         load_weights(model, ctx.cfg.student_weights, ctx.student_spec.arch, "student weights")
+    if distill is not None and distill.kd.hint:  # hooks and a connector on this student (removed after fit)
+        distill = Distillation.for_student(distill.logits, distill.kd, model, ctx.data.input_shape, ctx.device)
     history = fit(model, ctx.data, ctx.train_config("student", seed), distill=distill, label=label,
                   reporter=reporter, state_path=state_path, resume=ctx.cfg.resume if resume is None else resume)
     return model.eval(), history

@@ -163,3 +163,58 @@ def test_soft_term_scales_are_measured_and_ordered():
     8 makes it several times KD's; DIST's correlations are steep around near-uniform predictions."""
     kd, dkd, dist = (soft_term_scale(KDConfig(loss=m)) for m in ("kd", "dkd", "dist"))
     assert 0.5 < kd < 3 and dkd > 4 * kd and dist > dkd
+
+
+# -- FitNets hint ------------------------------------------------------------------------------------
+
+def test_hint_connector_trains_with_the_student_and_never_reaches_the_onnx_file(tmp_path, digits):
+    import onnx
+
+    from kdexport.config import RunConfig, TrainConfig
+    from kdexport.pipeline import distill_export
+
+    common = dict(train=TrainConfig(epochs=2), teacher="mlp:64", student="mlp:32", bench_iters=3, bench_batch=4)
+    plain = distill_export(RunConfig(out=str(tmp_path / "plain"), **common))
+    hinted = distill_export(RunConfig(out=str(tmp_path / "hint"), kd=KDConfig(hint="teacher.net.1:student.net.1",
+                                                                              hint_weight=2.0), **common))
+    assert hinted["config"]["kd"]["hint"] == "teacher.net.1:student.net.1"
+    assert hinted["models"]["student"]["history"][0]["train_kd"] > plain["models"]["student"]["history"][0][
+        "train_kd"]  # the hint term is in the loss
+    assert hinted["models"]["student"]["accuracy_onnx"] != plain["models"]["student"]["accuracy_onnx"]
+    # the exported student is exactly the architecture: same nodes, same parameter count, parity held
+    g_plain = onnx.load(str(tmp_path / "plain" / "onnx" / "student.onnx")).graph
+    g_hint = onnx.load(str(tmp_path / "hint" / "onnx" / "student.onnx")).graph
+    assert [n.op_type for n in g_hint.node] == [n.op_type for n in g_plain.node]
+    assert hinted["models"]["student"]["params"] == plain["models"]["student"]["params"]
+    assert hinted["models"]["student"]["parity"]["top1_agreement"] == 1.0
+
+
+def test_hint_connector_shapes_and_clear_errors():
+    from kdexport.distill.hint import Connector, Hint, parse_hint
+
+    assert parse_hint("teacher.layer3:student.features.4") == ("layer3", "features.4")
+    with pytest.raises(ConfigError, match="teacher.LAYER:student.LAYER"):
+        KDConfig(hint="layer3:layer2")
+    c = Connector(torch.Size([2, 8, 16, 16]), torch.Size([2, 32, 8, 8]))
+    assert c(torch.randn(2, 8, 16, 16)).shape == (2, 32, 8, 8)
+    t = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
+    s = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4), torch.nn.ReLU(), torch.nn.Linear(4, 10))
+    with pytest.raises(ConfigError, match="the student has no module 'nope'"):
+        Hint("teacher.1:student.nope", t, s, (1, 8, 8), 1.0)
+    h = Hint("teacher.1:student.1", t, s, (1, 8, 8), 1.0)
+    x = torch.randn(3, 1, 8, 8)
+    with torch.inference_mode():
+        t(x)
+    s(x)
+    h.term().backward()  # the teacher's inference-mode feature is a constant target
+    assert h.connector.proj.weight.grad is not None and s[1].weight.grad is not None
+    h.close()
+    s(x)
+    assert h._s.value is None  # hooks removed
+
+
+def test_hint_needs_a_pytorch_teacher():
+    from kdexport.config import RunConfig
+
+    with pytest.raises(ConfigError, match="--hint needs a PyTorch teacher"):
+        RunConfig(teacher="their_model.onnx", kd=KDConfig(hint="teacher.layer1:student.layer1"))

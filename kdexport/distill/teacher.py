@@ -29,8 +29,9 @@ from torch import nn
 
 from ..config import KDConfig
 from ..data.datasets import Dataset
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..files import atomic_torch_save
+from .hint import Hint
 from .losses import kd_loss
 
 CACHE_FORMAT = "kdexport-teacher-logits/1"
@@ -230,9 +231,10 @@ TeacherLogits = LiveLogits | CachedLogits
 
 
 def teacher_logits(teacher: Teacher, data: Dataset, *, augment: str, device: torch.device | str = "cpu",
-                   cache_dir: str | os.PathLike | None = None) -> TeacherLogits:
-    """Cached when the student's training inputs never change (``augment == "none"``), else live."""
-    if augment == "none":
+                   cache_dir: str | os.PathLike | None = None, live: bool = False) -> TeacherLogits:
+    """Cached when the student's training inputs never change (``augment == "none"``), else live; ``live``
+    forces it (a hint loss needs the teacher's features on every batch)."""
+    if augment == "none" and not live:
         return CachedLogits(teacher, data, device, cache_dir)
     return LiveLogits(teacher)
 
@@ -244,10 +246,42 @@ class Distillation:
 
     logits: TeacherLogits
     kd: KDConfig
+    hint: Hint | None = None  # a FitNets hint on one student layer (kdexport.distill.hint)
+
+    @classmethod
+    def for_student(cls, logits: TeacherLogits, kd: KDConfig, student: nn.Module,
+                    input_shape: tuple[int, ...], device: torch.device | str = "cpu") -> Distillation:
+        """The distillation of one student; with ``kd.hint``, its hooks and connector (a live PyTorch teacher)."""
+        hint = None
+        if kd.hint:
+            teacher = getattr(logits.teacher, "module", None)
+            if not isinstance(logits, LiveLogits) or teacher is None:
+                raise ConfigError("--hint needs a PyTorch teacher run live on every batch")
+            hint = Hint(kd.hint, teacher, student, input_shape, kd.hint_weight, device)
+        return cls(logits, kd, hint)
 
     def loss(self, student_logits: torch.Tensor, idx: torch.Tensor, raw: torch.Tensor,
              targets: torch.Tensor, epoch: float = 1.0) -> dict[str, torch.Tensor]:
-        return kd_loss(student_logits, self.logits(idx, raw), targets, self.kd, epoch)
+        out = kd_loss(student_logits, self.logits(idx, raw), targets, self.kd, epoch)
+        if self.hint is not None:
+            h = self.hint.term()
+            out = {"loss": out["loss"] + h, "ce": out["ce"], "kd": out["kd"] + h.detach()}
+        return out
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Trained with the student: the hint's connector."""
+        return list(self.hint.connector.parameters()) if self.hint is not None else []
+
+    def state_dict(self) -> dict:
+        return self.hint.connector.state_dict() if self.hint is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.hint is not None:
+            self.hint.connector.load_state_dict(state)
+
+    def close(self) -> None:
+        if self.hint is not None:
+            self.hint.close()
 
     def settings(self) -> dict:
         """What a resumed run must match (the loss's settings)."""

@@ -89,11 +89,11 @@ def evaluate(model: nn.Module, data: Dataset, split: str = "test", batch_size: i
     return {"loss": loss, "accuracy": acc}
 
 
-def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def _optimizer(model: nn.Module, cfg: TrainConfig, extra: list[nn.Parameter] | None = None) -> torch.optim.Optimizer:
     """Adam or SGD, fused (one kernel for all parameters) where torch supports it: on 2 CPU cores
     the unfused Adam update of the 2.4M-parameter MNIST teacher costs as much as its forward and
     backward passes."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad] + list(extra or [])
     if cfg.optimizer == "adam":
         cls, kw = torch.optim.Adam, {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
     else:
@@ -130,10 +130,12 @@ class TrainState:
     aug_gen: torch.Generator  # augmentation draws
     history: list[dict[str, float]]
     record: dict  # the settings a resume must match
+    distill: Distillation | None = None  # its trained parts (a hint connector) are saved too
 
     def save(self, path: str | os.PathLike, epoch: int) -> None:
         atomic_torch_save({"config": self.record, "epoch": epoch, "history": self.history,
                            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                           "distill": self.distill.state_dict() if self.distill else {},
                            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                            "order_rng": self.order_gen.get_state(), "aug_rng": self.aug_gen.get_state(),
                            "torch_rng": torch.get_rng_state()}, path)
@@ -145,6 +147,8 @@ class TrainState:
         if diff:
             raise ConfigError(f"{label}: cannot resume, options differ from the interrupted run: {', '.join(diff)}")
         self.model.load_state_dict(state["model"])
+        if self.distill is not None:
+            self.distill.load_state_dict(state.get("distill") or {})
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.order_gen.set_state(state["order_rng"])
@@ -251,11 +255,11 @@ def fit(model: nn.Module, data: Dataset, cfg: TrainConfig, *, distill: Distillat
         model.to(memory_format=torch.channels_last)
     torch.manual_seed(cfg.seed + 2_000_003)  # dropout masks: a function of the seed alone
     steps_per_epoch = math.ceil(data.x_train.shape[0] / cfg.batch_size)
-    opt = _optimizer(model, cfg)
+    opt = _optimizer(model, cfg, distill.parameters() if distill else None)
     state = TrainState(model, opt, _scheduler(opt, cfg, steps_per_epoch * cfg.epochs),
                        torch.Generator().manual_seed(cfg.seed), torch.Generator().manual_seed(cfg.seed + 1_000_003),
                        [], {"train": dataclasses.asdict(cfg), "kd": distill.settings() if distill else None,
-                            "label": label, "world_size": world_size})
+                            "label": label, "world_size": world_size}, distill)
     start_epoch = 1
     if state_path is not None and resume and os.path.exists(state_path):
         start_epoch = state.load(state_path, label)
@@ -278,6 +282,8 @@ def fit(model: nn.Module, data: Dataset, cfg: TrainConfig, *, distill: Distillat
                 state.save(state_path, epoch)
     finally:
         reporter.finish()
+        if distill is not None:
+            distill.close()  # hint hooks off: the student is the plain architecture again
     if channels_last:
         model.to(memory_format=torch.contiguous_format)
     model.eval()
