@@ -36,6 +36,7 @@ from .config import (
     PredictOptions,
     QuantizeOptions,
     RunConfig,
+    SelectOptions,
     VerifyOptions,
     cli_fields,
     format_default,
@@ -197,7 +198,7 @@ def print_summary(report: dict) -> None:
     from .report.write import summary_table
 
     cfg = report["config"]
-    table = Table(title=f"{report['dataset']['name']}: {cfg['teacher']} -> {cfg['student']}")
+    table = Table(title=f"{report['dataset']['name']}: {cfg['teacher']} -> {report['models']['student']['arch']}")
     for col in SUMMARY_COLUMNS:
         table.add_column(col, no_wrap=True)
     for row in summary_table(report):
@@ -349,6 +350,27 @@ def verify_cmd(o: VerifyOptions) -> None:
     if failures:
         raise typer.Exit(1)
     out_console.print(f"OK: {o.package}")
+
+
+@config_command("select", SelectOptions)
+def select_cmd(o: SelectOptions) -> None:
+    """Measure candidate students on this machine (ONNX, onnxruntime, as bench times them) and pick the one
+    with the most FLOPs within a latency (and size) budget. Writes select.json, select.md and select.png."""
+    from .bench.select import parse_latency_budget, parse_size_budget, select_student, to_markdown, write_select
+    from .data.datasets import load_dataset
+    from .envinfo import environment
+
+    data = load_dataset(o.dataset, o.data_dir, download=False, image_size=o.image_size)
+    budget = parse_latency_budget(o.latency_budget) if o.latency_budget else None
+    size = parse_size_budget(o.size_budget) if o.size_budget else None
+    flat = data.input_shape[1] * data.input_shape[2] <= 1024 and data.input_shape[0] == 1
+    r = select_student(data, candidates=list(o.candidates) or None, budget=budget, size_budget=size, margin=o.margin,
+                       threads=o.threads, batch=o.batch, int8=("dynamic" if flat else "static") if o.int8 else None,
+                       cifar_stem=o.cifar_stem, log=_log)
+    env = environment(o.threads)
+    write_select(r, Path(o.out), env)
+    out_console.print(to_markdown(r, env))
+    out_console.print(f"wrote {o.out}/select.json, select.md, select.png")
 
 
 def main() -> None:

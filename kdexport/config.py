@@ -252,6 +252,17 @@ class RunConfig:
                                             "(after at least 5 runs).")
     threads: int | None = option(None, "CPU threads for training and inference (default: all usable cores).")
     package: bool = option(False, "Also write OUT/package/: the student as an app-ready folder (kdexport package).")
+    # a budget for the shipped student (--student auto picks the largest candidate that meets it)
+    latency_budget: str | None = option(None, "Latency budget for the shipped student, e.g. 2ms, 500us, 2ms@p90 "
+                                              "(timed at --budget-batch with --budget-threads). With --student auto "
+                                              "the candidate with the most FLOPs that fits is distilled; the shipped "
+                                              "file is timed again after training and a miss exits 1.")
+    size_budget: str | None = option(None, "Size budget for the shipped ONNX file, e.g. 500KB.")
+    budget_margin: float = option(0.1, "--student auto: keep this fraction of the latency budget as a margin.")
+    budget_threads: int = option(1, "Threads the budget is measured with.")
+    budget_batch: int = option(1, "Batch size the budget is measured at.")
+    candidates: tuple[str, ...] = option((), "--student auto: comma-separated candidate architectures (default: "
+                                             "kdexport select's).", cli_type=str, parse=parse_names)
     # output
     out: str | None = option(None, "Output folder (default: runs/<command>-<timestamp>).")
     overwrite: bool = option(False, "Replace an existing --out folder.")
@@ -291,6 +302,10 @@ class RunConfig:
         _check(self.bench_warmup >= 0, "benchmark warm-up must be >= 0")
         _check(_finite(self.bench_max_seconds) and self.bench_max_seconds > 0, "benchmark time budget must be > 0")
         _check(self.threads is None or self.threads >= 1, "threads must be >= 1")
+        _check_budgets(self.latency_budget, self.size_budget, self.budget_margin, self.budget_threads,
+                       self.budget_batch)
+        _check(self.student != "auto" or bool(self.latency_budget or self.size_budget),
+               "--student auto needs --latency-budget (or --size-budget)")
 
     @property
     def teacher_is_onnx(self) -> bool:
@@ -449,6 +464,42 @@ class VerifyOptions:
     """``kdexport verify PKG``."""
 
     package: str = option(REQUIRED, "A folder written by kdexport package.", argument=True)
+
+
+@dataclass(frozen=True)
+class SelectOptions:
+    """``kdexport select --dataset ... --latency-budget 2ms``."""
+
+    latency_budget: str | None = option(None, "Latency budget: 2ms, 500us, 1.5 ms, or 2ms@p90 for the p90.")
+    size_budget: str | None = option(None, "Size budget for the ONNX file, e.g. 500KB.")
+    dataset: str = option(RunConfig.dataset, "digits (bundled), mnist, cifar10 or imagefolder.")
+    data_dir: str | None = option(None, "Local dataset folder.")
+    image_size: int | None = option(None, "imagefolder: resize images to this square size.")
+    threads: int = option(1, "Intra-op threads the budget is measured with.")
+    batch: int = option(1, "Batch size the budget is measured at.")
+    int8: bool = option(False, "Time INT8 copies (static for CNNs, dynamic for MLPs), as --quantize would ship.")
+    candidates: tuple[str, ...] = option((), "Comma-separated architectures (default: the registered compact and "
+                                             "mobile CNNs, plus MLP sizes for small flat inputs).",
+                                         cli_type=str, parse=parse_names)
+    cifar_stem: bool = option(False, "Build CNN candidates with the stride-1 stem for 32x32 inputs.")
+    margin: float = option(RunConfig.budget_margin, "Keep this fraction of the latency budget as a margin.",
+                           flags=("--budget-margin",))
+    out: str = option("runs/select", "Folder for select.json, select.md and select.png.")
+
+    def __post_init__(self) -> None:
+        _check_budgets(self.latency_budget, self.size_budget, self.margin, self.threads, self.batch)
+        _check(bool(self.latency_budget or self.size_budget), "select needs --latency-budget or --size-budget")
+
+
+def _check_budgets(latency: str | None, size: str | None, margin: float, threads: int, batch: int) -> None:
+    from .bench.select import parse_latency_budget, parse_size_budget
+
+    if latency:
+        parse_latency_budget(latency)
+    if size:
+        parse_size_budget(size)
+    _check(_finite(margin) and 0 <= margin < 1, f"budget margin must be in [0, 1), got {margin}")
+    _check(threads >= 1 and batch >= 1, "budget threads and batch must be >= 1")
 
 
 CHECK_METRICS = ("accuracy", "latency", "size")

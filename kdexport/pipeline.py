@@ -61,6 +61,7 @@ class Context:
     student_spec: ModelSpec
     threads: int
     device: torch.device
+    selection: dict | None = None  # --student auto: every candidate measured, and the choice
 
     def train_config(self, role: str, seed: int | None = None) -> TrainConfig:
         cfg = self.cfg
@@ -79,7 +80,8 @@ def prepare(cfg: RunConfig, log: Log = _quiet) -> Context:
             raise ModelError(f"teacher {cfg.teacher!r} does not exist")
     else:
         check_arch(cfg.teacher)
-    check_arch(cfg.student)
+    if cfg.student != "auto":
+        check_arch(cfg.student)
     if cfg.teacher_checkpoint:
         read_checkpoint(cfg.teacher_checkpoint)
     for path in (cfg.teacher_weights, cfg.student_weights):
@@ -93,13 +95,58 @@ def prepare(cfg: RunConfig, log: Log = _quiet) -> Context:
         f"input {list(data.input_shape)}, {data.num_classes} classes")
     ts = None if cfg.teacher_is_onnx else ModelSpec(cfg.teacher, data.num_classes, data.input_shape,
                                                     cfg.teacher_dropout, cfg.cifar_stem)
-    ss = ModelSpec(cfg.student, data.num_classes, data.input_shape, cfg.student_dropout, cfg.cifar_stem)
-    ctx = Context(cfg, data, ts, ss, threads, device)
+    selection = None
+    student = cfg.student
+    if student == "auto":
+        selection = select_for_run(cfg, data, log)
+        student = selection["chosen"]
+        log(f"student: {student} (the most FLOPs within the budget, of {len(selection['candidates'])} measured)")
+    ss = ModelSpec(student, data.num_classes, data.input_shape, cfg.student_dropout, cfg.cifar_stem)
+    ctx = Context(cfg, data, ts, ss, threads, device, selection)
     ctx.train_config("teacher")  # resolves augmentation names against the data
     student = build_model(ss, log=log)  # fails now, before anything is written, if it cannot take the input
     if cfg.student_weights:
         load_weights(student, cfg.student_weights, ss.arch, "student weights")  # fits, or one line now
     return ctx
+
+
+def _budgets(cfg: RunConfig):
+    from .bench.select import parse_latency_budget, parse_size_budget
+
+    return (parse_latency_budget(cfg.latency_budget) if cfg.latency_budget else None,
+            parse_size_budget(cfg.size_budget) if cfg.size_budget else None)
+
+
+def select_for_run(cfg: RunConfig, data: Dataset, log: Log) -> dict:
+    """``--student auto``: measure the candidates as ``kdexport select`` does, in the form the run ships."""
+    from .bench.select import select_student
+
+    budget, size = _budgets(cfg)
+    int8 = cfg.quantize if cfg.quantize != "none" else None
+    log(f"student: measuring candidates for {budget or ''}{' and ' if budget and size else ''}"
+        f"{f'{size:,} bytes' if size else ''} ({cfg.budget_threads} thread(s), batch {cfg.budget_batch}"
+        f"{', ' + int8 + ' INT8' if int8 else ''})")
+    return select_student(data, candidates=list(cfg.candidates) or None, budget=budget, size_budget=size,
+                          margin=cfg.budget_margin,
+                          threads=cfg.budget_threads, batch=cfg.budget_batch, int8=int8, cifar_stem=cfg.cifar_stem,
+                          log=log)
+
+
+def check_budget(ctx: Context, models: dict, out: Path) -> dict | None:
+    """Time the shipped student (INT8 when kept, else FP32) again, as the budget is defined; the verdict."""
+    cfg = ctx.cfg
+    budget, size = _budgets(cfg)
+    if budget is None and size is None:
+        return None
+    entry = models.get("student_int8") if isinstance(models.get("student_int8"), ModelEntry) else models["student"]
+    r = bench_onnx(out / entry.onnx_path, ctx.data, [cfg.budget_batch], threads=cfg.budget_threads,
+                   warmup=cfg.bench_warmup, iters=cfg.bench_iters, max_seconds=cfg.bench_max_seconds)
+    lat = r["latency_ms"][f"batch_{cfg.budget_batch}"]
+    met_time = budget is None or lat[budget.stat] <= budget.ms
+    met_size = size is None or entry.onnx_bytes <= size
+    return {"file": entry.onnx_path, "p50_ms": lat["p50"], "p90_ms": lat["p90"], "onnx_bytes": entry.onnx_bytes,
+            "latency_budget_ms": budget.ms if budget else None, "stat": budget.stat if budget else None,
+            "size_budget_bytes": size, "met": met_time and met_size}
 
 
 TeacherModel = torch.nn.Module | OnnxTeacher
@@ -352,8 +399,17 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
             except GateError as e:  # keep the run and its report; fail the command afterwards
                 gate_error = e
                 models["student_int8_rejected"] = {"error": str(e)}
+        extra = {}
+        verdict = check_budget(ctx, models, staging)
+        if verdict is not None:
+            extra["budget"] = {**verdict, "selection": ctx.selection}
+            if not verdict["met"] and gate_error is None:
+                gate_error = GateError(
+                    f"the shipped student {verdict['file']} misses its budget: {verdict['p50_ms']:.3f} ms p50, "
+                    f"{verdict['p90_ms']:.3f} ms p90, {verdict['onnx_bytes']:,} bytes (budget "
+                    f"{cfg.latency_budget or '-'}, size {cfg.size_budget or '-'}); the report is kept")
         report = models_report(ctx, final, models, world_size=world()[1],
-                               wall_seconds=time.perf_counter() - t_start)
+                               wall_seconds=time.perf_counter() - t_start, **extra)
         write_report(report, staging)
         if cfg.package:
             from .export.package import package

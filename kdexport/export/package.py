@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config import PackageOptions
 from ..data.datasets import Dataset, load_dataset
 from ..errors import DataError, ExportError, first_line
 from ..files import atomic_write_text
@@ -197,7 +198,8 @@ def _card(src: PackageSource, name: str, accuracy: float | None, latency: dict, 
 
 def package(source: str | os.PathLike, out: str | os.PathLike, *, dataset: str | None = None,
             data_dir: str | None = None, labels: str | None = None, mean: tuple[float, ...] | None = None,
-            std: tuple[float, ...] | None = None, samples: int = 8, overwrite: bool = False) -> Path:
+            std: tuple[float, ...] | None = None, samples: int = PackageOptions.samples,
+            overwrite: bool = False) -> Path:
     """Write the package for a run folder or an ONNX classifier to ``out``; return its path."""
     from ..bench.timing import bench_onnx
     from ..envinfo import environment

@@ -152,6 +152,17 @@ def _quantize(prep: _Prepared, dest: Path, mode: str, quant: QuantConfig, reduce
                         nodes_to_exclude=exclude or [])
 
 
+def quantize_file(model: str | os.PathLike, dest: str | os.PathLike, data: Dataset, *, mode: str,
+                  quant: QuantConfig) -> None:
+    """onnxruntime's quantizer alone, no accuracy gate: an INT8 graph to time (``kdexport select``)."""
+    reduce_range = default_reduce_range() if quant.reduce_range is None else quant.reduce_range
+    with staged_file(dest) as tmp_out, tempfile.TemporaryDirectory() as tmp:
+        try:
+            _quantize(_prepare(Path(model), Path(tmp), data, mode, quant), tmp_out, mode, quant, reduce_range)
+        except Exception as e:
+            raise ExportError(f"onnxruntime quantization failed: {type(e).__name__}: {first_line(e)}") from None
+
+
 def quantize_onnx(model: str | os.PathLike, out: str | os.PathLike, data: Dataset, *, mode: str,
                   quant: QuantConfig, threads: int | None = None, accuracy_fp32: float | None = None) -> QuantResult:
     """Quantize ``model`` to ``out`` (``mode`` static or dynamic, settings in ``quant``); measure accuracy on

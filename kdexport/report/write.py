@@ -64,7 +64,9 @@ def summary_table(report: dict) -> list[dict[str, str]]:
 def to_markdown(report: dict) -> str:
     env, ds, cfg = report["environment"], report["dataset"], report["config"]
     head = summary_columns(report)
-    lines = [f"# kdexport report: {cfg['teacher']} -> {cfg['student']} on {ds['name']}", "",
+    student = model_entries(report).get("student")
+    lines = [f"# kdexport report: {cfg['teacher']} -> {student.arch if student else cfg['student']} on {ds['name']}",
+             "",
              f"Created {report['created']} by kdexport {report['kdexport_version']} in "
              f"{report.get('wall_seconds', 0):.0f} s. Dataset: {ds['train_size']} train / "
              f"{ds['test_size']} test images, input {ds['input_shape']}, {ds['num_classes']} classes.", "",
@@ -104,6 +106,15 @@ def to_markdown(report: dict) -> str:
                   f"{q['accuracy_fp32'] * 100:.2f}% (drop {q['accuracy_drop_points']:.2f} points), size "
                   f"{q['size_ratio_vs_fp32'] * 100:.0f}% of FP32, "
                   f"{q['speedup_vs_fp32_batch_1']:.2f}x FP32 speed at batch 1."]
+    budget = report.get("budget")
+    if budget:
+        sel = budget.get("selection")
+        chosen = (f" `--student auto` measured {len(sel['candidates'])} candidates and chose {sel['chosen']}, the "
+                  f"most FLOPs within the budget less its {sel['margin']:.0%} margin (kdexport select's table is in "
+                  "report.json)." if sel else "")
+        lines += ["", f"Budget: {budget['file']} timed again after training: {budget['p50_ms']:.3f} ms p50, "
+                  f"{budget['p90_ms']:.3f} ms p90, {budget['onnx_bytes']:,} bytes: "
+                  f"**{'met' if budget['met'] else 'MISSED'}**.{chosen}"]
     rej = report["models"].get("student_int8_rejected")
     if rej:
         lines += ["", f"INT8 model rejected: {rej['error']}"]

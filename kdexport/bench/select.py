@@ -1,0 +1,214 @@
+"""Pick the student for a budget, by measurement: ``kdexport select`` and ``distill-export --student auto``.
+
+Every candidate architecture is built for the data's input shape and class count (random weights: latency
+does not depend on them), exported to ONNX (INT8-quantized when asked) and timed with onnxruntime exactly
+as ``bench`` times a model (p50 and p90 at the given batch and threads). The chosen student is the
+candidate with the most capacity (FLOPs) whose latency (p50, or p90 with ``2ms@p90``) is within the budget
+less a margin (default 10%), and whose file fits a size budget when one is given. Candidates over budget
+are kept in the table, marked, not hidden.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ..data.datasets import Dataset
+from ..errors import ConfigError, KdexportError, first_line
+from ..files import atomic_write, atomic_write_json, atomic_write_text
+
+# Compact and mobile CNNs (width multipliers where the family has them), and MLP sizes for flat inputs.
+CNN_CANDIDATES = ("mobilenet_v3_small", "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5",
+                  "mnasnet0_5", "mnasnet1_0", "squeezenet1_1", "mobilenet_v2", "mobilenet_v3_large",
+                  "regnet_x_400mf", "efficientnet_b0", "resnet18")
+MLP_CANDIDATES = ("mlp:8", "mlp:16", "mlp:32", "mlp:64", "mlp:128", "mlp:256", "mlp:512", "mlp:1024",
+                  "mlp:256,256", "mlp:512,512", "mlp:1200,1200")
+FLAT_MAX_INPUTS = 1024  # inputs up to this many values (8x8 digits, 28x28 MNIST) also get MLP candidates
+
+_UNITS_MS = {"ms": 1.0, "us": 1e-3, "µs": 1e-3, "s": 1e3}
+_UNITS_BYTES = {"b": 1, "kb": 1024, "kib": 1024, "mb": 1024 ** 2, "mib": 1024 ** 2, "gb": 1024 ** 3}
+
+
+@dataclass(frozen=True)
+class LatencyBudget:
+    ms: float
+    stat: str = "p50"  # p50 or p90
+
+    def __str__(self) -> str:
+        return f"{self.ms:g} ms ({self.stat})"
+
+
+def parse_latency_budget(text: str) -> LatencyBudget:
+    """``2ms``, ``500us``, ``1.5 ms``, ``2ms@p90`` -> a budget in milliseconds on p50 (default) or p90."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zµ]+)\s*(?:@\s*(p50|p90))?\s*", str(text).lower())
+    if not m or m.group(2) not in _UNITS_MS or float(m.group(1)) <= 0:
+        raise ConfigError(f"latency budget {text!r}: use a positive number with ms, us or s, e.g. 2ms, 500us, "
+                          "1.5 ms, 2ms@p90")
+    return LatencyBudget(float(m.group(1)) * _UNITS_MS[m.group(2)], m.group(3) or "p50")
+
+
+def parse_size_budget(text: str) -> int:
+    """``500KB``, ``1.5 MB``, ``20000B`` -> bytes (KB = 1024 bytes, as kdexport's reports print sizes)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-z]+)\s*", str(text).lower())
+    if not m or m.group(2) not in _UNITS_BYTES or float(m.group(1)) <= 0:
+        raise ConfigError(f"size budget {text!r}: use a positive number with B, KB or MB, e.g. 500KB")
+    return int(float(m.group(1)) * _UNITS_BYTES[m.group(2)])
+
+
+@dataclass
+class Candidate:
+    arch: str
+    params: int | None = None
+    flops: int | None = None
+    onnx_bytes: int | None = None
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    fits: bool = False
+    note: str = ""  # why it does not fit, or could not be measured
+
+    def latency(self, stat: str) -> float | None:
+        return self.p90_ms if stat == "p90" else self.p50_ms
+
+
+def default_candidates(input_shape: tuple[int, ...]) -> list[str]:
+    n = 1
+    for d in input_shape:
+        n *= d
+    return [*(MLP_CANDIDATES if n <= FLAT_MAX_INPUTS else ()), *CNN_CANDIDATES]
+
+
+def choose(candidates: list[Candidate], budget: LatencyBudget | None, margin: float,
+           size_budget: int | None = None) -> Candidate:
+    """Mark which candidates fit; return the one with the most FLOPs that does (ties: the faster).
+    Raises ConfigError (exit 2) naming the fastest candidate when none fits."""
+    measured = [c for c in candidates if c.p50_ms is not None]
+    for c in measured:
+        lat = c.latency(budget.stat) if budget else None
+        over_time = budget is not None and lat > budget.ms * (1 - margin)
+        over_size = size_budget is not None and c.onnx_bytes > size_budget
+        c.fits = not (over_time or over_size)
+        c.note = ("; ".join(n for n in (
+            f"over budget ({lat:.3f} ms > {budget.ms * (1 - margin):.3f} ms with the {margin:.0%} margin)"
+            if over_time else "", f"over size ({c.onnx_bytes:,} > {size_budget:,} bytes)" if over_size else "")
+            if n)) or c.note
+    fitting = [c for c in measured if c.fits]
+    if not fitting:
+        if not measured:
+            raise ConfigError("no candidate could be measured on this data")
+        stat = budget.stat if budget else "p50"
+        fastest = min(measured, key=lambda c: c.latency(stat))
+        smallest = min(measured, key=lambda c: c.onnx_bytes)
+        what = (f"{budget}" if budget else "") + (f"{' and ' if budget else ''}{size_budget:,} bytes"
+                                                   if size_budget else "")
+        raise ConfigError(f"no candidate fits {what} (margin {margin:.0%}): the fastest, {fastest.arch}, takes "
+                          f"{fastest.latency(stat):.3f} ms {stat}; the smallest, {smallest.arch}, is "
+                          f"{smallest.onnx_bytes:,} bytes")
+    return max(fitting, key=lambda c: (c.flops or 0, -(c.latency(budget.stat if budget else "p50") or 0)))
+
+
+def measure(arch: str, data: Dataset, *, cifar_stem: bool, threads: int, batch: int, int8: str | None,
+            tmp: Path, iters: int = 100) -> Candidate:
+    """Build, export (and quantize), and time one candidate like ``bench`` does."""
+    from ..export.onnx import export_onnx
+    from ..models.builders import ModelSpec, build_model, count_flops, count_params
+    from .timing import bench_onnx
+
+    c = Candidate(arch)
+    try:
+        torch.manual_seed(0)
+        model = build_model(ModelSpec(arch, data.num_classes, data.input_shape, cifar_stem=cifar_stem)).eval()
+    except KdexportError as e:
+        c.note = f"cannot be built for this data: {first_line(e, 120)}"
+        return c
+    c.params, c.flops = count_params(model), count_flops(model, data.input_shape)
+    path = tmp / f"{arch.replace(':', '_').replace(',', '_')}.onnx"
+    export_onnx(model, path, data.normalize(data.x_test[:8]))
+    if int8:
+        from ..config import QuantConfig
+        from ..export.quantize import quantize_file
+
+        q = tmp / f"{path.stem}.int8.onnx"
+        quantize_file(path, q, data, mode=int8, quant=QuantConfig(calibration_samples=64))
+        path = q
+    c.onnx_bytes = path.stat().st_size
+    r = bench_onnx(path, data, [batch], threads=threads, warmup=10, iters=iters, max_seconds=3.0)
+    lat = r["latency_ms"][f"batch_{batch}"]
+    c.p50_ms, c.p90_ms = lat["p50"], lat["p90"]
+    return c
+
+
+def select_student(data: Dataset, *, candidates: list[str] | None = None, budget: LatencyBudget | None,
+                   size_budget: int | None = None, margin: float = 0.1, threads: int = 1, batch: int = 1,
+                   int8: str | None = None, cifar_stem: bool = False, log=None) -> dict:
+    """Measure every candidate and choose (see module doc); return the whole table and the choice."""
+    import time
+
+    t0 = time.perf_counter()
+    names = list(candidates or default_candidates(data.input_shape))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, arch in enumerate(names, 1):
+            if log:
+                log(f"select: {i}/{len(names)} {arch}")
+            rows.append(measure(arch, data, cifar_stem=cifar_stem, threads=threads, batch=batch, int8=int8,
+                                tmp=Path(tmp)))
+    chosen = choose(rows, budget, margin, size_budget)
+    return {"budget": asdict(budget) if budget else None, "size_budget_bytes": size_budget, "margin": margin,
+            "threads": threads, "batch": batch, "int8": int8, "cifar_stem": cifar_stem, "chosen": chosen.arch,
+            "candidates": [asdict(c) for c in rows], "seconds": time.perf_counter() - t0}
+
+
+def to_markdown(r: dict, env: dict | None = None) -> str:
+    b = r["budget"]
+    head = (f"Budget: {b['ms']:g} ms ({b['stat']}) less a {r['margin']:.0%} margin" if b else "No latency budget")
+    if r.get("size_budget_bytes"):
+        head += f"; size at most {r['size_budget_bytes']:,} bytes"
+    lines = ["# kdexport select", "", f"{head}; batch {r['batch']}, {r['threads']} thread(s), "
+             f"{'INT8 (' + r['int8'] + ')' if r['int8'] else 'FP32'}"
+             + (f", on {env['cpu']}" if env else "") + f". Chosen: **{r['chosen']}** (the most FLOPs that fit). "
+             f"Selection took {r['seconds']:.0f} s.", "",
+             "| candidate | params | FLOPs | ONNX bytes | p50 ms | p90 ms | fits |", "|---|---|---|---|---|---|---|"]
+    for c in sorted(r["candidates"], key=lambda c: (c["p50_ms"] is None, c["p50_ms"] or 0)):
+        mark = "**chosen**" if c["arch"] == r["chosen"] else ("yes" if c["fits"] else f"no: {c['note']}")
+        if c["p50_ms"] is None:
+            lines.append(f"| {c['arch']} | - | - | - | - | - | no: {c['note']} |")
+            continue
+        lines.append(f"| {c['arch']} | {c['params']:,} | {c['flops']:,} | {c['onnx_bytes']:,} | {c['p50_ms']:.3f} | "
+                     f"{c['p90_ms']:.3f} | {mark} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(r: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stat = (r["budget"] or {}).get("stat", "p50")
+    pts = [c for c in r["candidates"] if c["p50_ms"] is not None]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for c in pts:
+        lat = c["p90_ms"] if stat == "p90" else c["p50_ms"]
+        color = "tab:green" if c["arch"] == r["chosen"] else ("tab:blue" if c["fits"] else "tab:red")
+        ax.scatter([max(c["flops"], 1)], [lat], color=color)
+        ax.annotate(c["arch"], (max(c["flops"], 1), lat), fontsize=7)
+    if r["budget"]:
+        ax.axhline(r["budget"]["ms"], ls="--", color="k", alpha=0.6, label=f"budget {r['budget']['ms']:g} ms")
+        ax.axhline(r["budget"]["ms"] * (1 - r["margin"]), ls=":", color="k", alpha=0.4, label="budget less margin")
+        ax.legend(fontsize=8)
+    ax.set(xscale="log", xlabel="FLOPs per image (log)", ylabel=f"{stat} latency, ms (batch {r['batch']})",
+           title="candidates: latency vs capacity (green chosen, red over budget)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def write_select(r: dict, out: Path, env: dict) -> None:
+    atomic_write_json(out / "select.json", {**r, "environment": env})
+    atomic_write_text(out / "select.md", to_markdown(r, env))
+    plot(r, out / "select.png")
