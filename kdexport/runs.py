@@ -51,7 +51,7 @@ def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 def resume_options(cfg: RunConfig, *, sweep: bool = False) -> dict[str, Any]:
     """The options that decide what a run trains. A sweep's grid (T, beta, T^2 scaling, seeds) is
     recorded per cell, so a sweep keeps only the soft loss of ``kd`` and no seed."""
-    d = {k: v for k, v in cfg.to_dict().items() if k not in RESUME_IGNORES}
+    d = json.loads(json.dumps({k: v for k, v in cfg.to_dict().items() if k not in RESUME_IGNORES}))  # as recorded
     if sweep:
         d["kd"] = {k: v for k, v in d["kd"].items() if k not in ("temperature", "soft_weight", "scale_t2", "loss")}
         d["train"].pop("seed", None)

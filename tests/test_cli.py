@@ -53,7 +53,8 @@ def test_end_to_end_report_contract(run):
     assert not [p for p in out.parent.iterdir() if "partial" in p.name]
     assert "KD gain" in res.output
     # the CLI's report records exactly the config the Python API builds from the same options
-    want = RunConfig(train=TrainConfig(epochs=4), bench_iters=5, bench_batch=8, out=str(out)).to_dict()
+    want = json.loads(json.dumps(RunConfig(train=TrainConfig(epochs=4), bench_iters=5, bench_batch=8,
+                                           out=str(out)).to_dict()))  # as JSON: tuples are lists
     assert report["config"] == want
     # not a terminal (a log): one progress line per epoch, written as it ends
     assert "teacher epoch 1:" in res.output and "student epoch 4:" in res.output
