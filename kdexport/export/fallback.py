@@ -2,9 +2,10 @@
 than the budget, keep the layers whose quantization errs most in float until it fits.
 
 1. Rank the activation tensors of the quantized graph by their local quantization error: the SQNR (dB)
-   between each tensor before and after its QuantizeLinear/DequantizeLinear pair, on a few calibration
-   batches (onnxruntime's ``qdq_loss_debug``). A tensor whose range is stretched by outliers has a low
-   SQNR; errors that only accumulate from upstream do not count against it.
+   between each tensor before and after its QuantizeLinear/DequantizeLinear pair, on a few batches of
+   training images that were not used for calibration (onnxruntime's ``qdq_loss_debug``). A tensor whose
+   range is stretched by outliers has a low SQNR on typical images; errors that only accumulate from
+   upstream do not count against it.
 2. Keep the worst 1, 2, 4, 8, ... tensors in FP32: their producing node and every node that consumes
    them go to ``nodes_to_exclude``. After each group, re-quantize and measure the accuracy on the whole
    test split and the p50 latency at batch 1, until the drop is within the budget or every ranked tensor
@@ -55,6 +56,17 @@ def rank_tensors(float_model: Path, qdq_model: Path, batches: list[np.ndarray]) 
     return sorted(ranked, key=lambda te: te[1])
 
 
+def ranking_batches(data: Dataset, calib: list[np.ndarray]) -> list[np.ndarray]:
+    """Training images other than the calibration ones (another seeded draw). Ranking on the calibration
+    images would hide the fault being looked for: the rare outlier images that stretched a range are
+    represented well by it, and their large values dominate the signal power of the SQNR."""
+    from .quantize import calibration_inputs
+
+    batch = calib[0].shape[0] if calib else 32
+    x = calibration_inputs(data, RANK_BATCHES * batch, seed=1)
+    return [x[i:i + batch] for i in range(0, len(x) - len(x) % batch, batch)] or [x]
+
+
 def tensor_nodes(model: Path) -> Callable[[str], list[str]]:
     """tensor -> the named nodes that produce or consume it in ``model``."""
     import onnx
@@ -82,7 +94,7 @@ def fallback_search(prep, dest: Path, data: Dataset, quant: QuantConfig, acc32: 
     re-quantizes with ``nodes`` excluded. Returns the record of the search (``fp32_nodes`` empty and
     ``why`` set when no group met the budget; ``dest`` is then the all-INT8 model, which the caller
     refuses)."""
-    ranked = rank_tensors(prep.pre, dest, prep.calib)
+    ranked = rank_tensors(prep.pre, dest, ranking_batches(data, prep.calib))
     nodes_of = tensor_nodes(prep.pre)
     budget = quant.max_accuracy_drop
     steps = [{"tensors": 0, "added_nodes": [], "accuracy_int8": acc8, "drop_points": (acc32 - acc8) * 100,
