@@ -278,3 +278,32 @@ def test_fallback_auto_keeps_exactly_the_nodes_around_a_deliberately_bad_range(t
     (conv1,) = [n for n in nodes if n.name == "node_conv2d"]
     assert producer[conv2.input[0]] == "Relu"  # kept in float: reads the ReLU's output directly
     assert producer[conv1.input[0]] == "DequantizeLinear"  # the rest stays INT8
+
+
+def test_fallback_search_grows_then_bisects(tmp_path, monkeypatch, digits):
+    """Injected: 40 ranked tensors, the budget holds once the worst 11 are in FP32. The search doubles
+    (1, 2, 4, 8, 16) and then bisects between 8 and 16, so it keeps fewer float nodes than 16."""
+    from types import SimpleNamespace
+
+    import kdexport.export.fallback as fb
+    from kdexport.config import QuantConfig
+
+    ranked = [(f"t{i}", float(i)) for i in range(40)]
+    monkeypatch.setattr(fb, "rank_tensors", lambda *a: ranked)
+    monkeypatch.setattr(fb, "ranking_batches", lambda *a: [])
+    monkeypatch.setattr(fb, "tensor_nodes", lambda model: (lambda t: [f"n_{t}"]))
+    monkeypatch.setattr(fb, "_p50", lambda *a: 1.0)
+    excluded = {}
+
+    def quantize(path, nodes):
+        excluded[str(path)] = len(nodes)
+        path.write_bytes(str(len(nodes)).encode())
+
+    monkeypatch.setattr(fb, "onnx_accuracy", lambda path, *a: 0.9 if int(path.read_bytes()) >= 11 else 0.5)
+    dest = tmp_path / "q.onnx"
+    dest.write_bytes(b"0")
+    r = fb.fallback_search(SimpleNamespace(pre=tmp_path / "pre.onnx", calib=[]), dest, digits,
+                           QuantConfig(max_accuracy_drop=1.0), 0.9, 0.5, 2, quantize=quantize)
+    tried = [s["tensors"] for s in r["steps"][1:]]
+    assert tried[:5] == [1, 2, 4, 8, 16] and 11 <= len(r["fp32_nodes"]) <= 12 < 16
+    assert int(dest.read_bytes()) == len(r["fp32_nodes"])  # the file kept is the smallest group that passed

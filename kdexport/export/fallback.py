@@ -9,7 +9,8 @@ than the budget, keep the layers whose quantization errs most in float until it 
 2. Keep the worst 1, 2, 4, 8, ... tensors in FP32: their producing node and every node that consumes
    them go to ``nodes_to_exclude``. After each group, re-quantize and measure the accuracy on the whole
    test split and the p50 latency at batch 1, until the drop is within the budget or every ranked tensor
-   is in float.
+   is in float; then bisect between the last failing and the first passing group size, since every
+   node kept in float costs latency.
 
 The result records every step: which nodes were added, the accuracy and the latency it cost.
 """
@@ -99,28 +100,47 @@ def fallback_search(prep, dest: Path, data: Dataset, quant: QuantConfig, acc32: 
     budget = quant.max_accuracy_drop
     steps = [{"tensors": 0, "added_nodes": [], "accuracy_int8": acc8, "drop_points": (acc32 - acc8) * 100,
               "p50_ms": _p50(dest, data, threads)}]
-    result = {"method": "qdq_loss_debug local SQNR, growing groups (1, 2, 4, ...)",
+    result = {"method": "qdq_loss_debug local SQNR, growing groups (1, 2, 4, ...), then bisection",
               "ranked": [{"tensor": t, "sqnr_db": round(v, 3)} for t, v in ranked[:20]],
               "p50_ms_fp32": _p50(prep.pre, data, threads), "p50_ms_all_int8": steps[0]["p50_ms"],
               "steps": steps, "fp32_nodes": [], "accuracy_int8": acc8, "why": None}
-    k, nodes = 1, []
+    def nodes_for(k: int) -> list[str]:
+        return list(dict.fromkeys(n for t, _ in ranked[:k] for n in nodes_of(t)))
+
+    def trial(k: int, path: Path) -> bool:
+        """Quantize with the worst ``k`` tensors in FP32; record the step; whether it meets the budget."""
+        nodes = nodes_for(k)
+        before = set(nodes_for(steps[-1]["tensors"])) if steps[-1]["tensors"] else set()
+        quantize(path, nodes)
+        acc = onnx_accuracy(path, data, threads)
+        steps.append({"tensors": k, "added_nodes": [n for n in nodes if n not in before], "fp32_nodes": len(nodes),
+                      "accuracy_int8": acc, "drop_points": (acc32 - acc) * 100, "p50_ms": _p50(path, data, threads)})
+        return (acc32 - acc) * 100 <= budget
+
     with tempfile.TemporaryDirectory() as tmp:
-        trial = Path(tmp) / "trial.onnx"
-        while ranked:
+        path, best = Path(tmp) / "trial.onnx", Path(tmp) / "best.onnx"
+        lo, k, hi = 0, 1, None  # lo: most tensors known to fail; hi: fewest known to pass
+        while ranked and hi is None:
             k = min(k, len(ranked))
-            added = [n for t, _ in ranked[:k] for n in nodes_of(t) if n not in nodes]
-            nodes += list(dict.fromkeys(added))
-            quantize(trial, nodes)
-            acc = onnx_accuracy(trial, data, threads)
-            steps.append({"tensors": k, "added_nodes": list(dict.fromkeys(added)), "accuracy_int8": acc,
-                          "drop_points": (acc32 - acc) * 100, "p50_ms": _p50(trial, data, threads)})
-            if (acc32 - acc) * 100 <= budget:
-                shutil.copyfile(trial, dest)
-                result.update(fp32_nodes=nodes, accuracy_int8=acc, p50_ms=steps[-1]["p50_ms"])
-                return result
-            if k == len(ranked):
+            if trial(k, path):
+                hi = k
+                shutil.copyfile(path, best)
+            elif k == len(ranked):
                 break
-            k *= 2
+            else:
+                lo, k = k, k * 2
+        while hi is not None and hi - lo > max(1, hi // 8):  # bisect: fewer FP32 nodes cost less latency
+            mid = (lo + hi) // 2
+            if trial(mid, path):
+                hi = mid
+                shutil.copyfile(path, best)
+            else:
+                lo = mid
+        if hi is not None:
+            shutil.copyfile(best, dest)
+            kept = next(s for s in reversed(steps) if s["tensors"] == hi)
+            result.update(fp32_nodes=nodes_for(hi), accuracy_int8=kept["accuracy_int8"], p50_ms=kept["p50_ms"])
+            return result
     best = min(steps, key=lambda s: s["drop_points"])
     result["why"] = (f"no group met the budget: the best, {best['tensors']} tensor(s) in FP32, still lost "
                      f"{best['drop_points']:.2f} points")
