@@ -64,10 +64,10 @@ class Candidate:
     arch: str
     params: int | None = None
     flops: int | None = None
+    fits: bool = False  # within every budget (set by choose)
     onnx_bytes: int | None = None
     p50_ms: float | None = None
     p90_ms: float | None = None
-    fits: bool = False
     note: str = ""  # why it does not fit, or could not be measured
 
     def latency(self, stat: str) -> float | None:
