@@ -8,6 +8,7 @@ so a failed run leaves no half-written output folder behind. The pieces (``prepa
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,13 +34,13 @@ from .distill.train import Reporter, evaluate, fit, resolve_device
 from .envinfo import environment, git_commit, now_iso, usable_cores
 from .errors import GateError, ModelError
 from .export.onnx import export_onnx, save_self_contained
-from .files import cache_root, staged_file
+from .files import atomic_write_json, cache_root, staged_file
 from .models.builders import ModelSpec, build_model, check_arch, count_flops, count_params
 from .models.checkpoint import load_model, read_checkpoint, save_checkpoint
 from .models.weights import load_weights, read_state_dict
 from .report.entry import ModelEntry, entry_dicts
 from .report.write import write_report
-from .runs import commit_run_dir, open_run_dir, staging_dir
+from .runs import SELECTION, commit_run_dir, open_run_dir, staging_dir
 from .version import __version__
 
 ROLES = ("teacher", "baseline", "student")
@@ -98,7 +99,12 @@ def prepare(cfg: RunConfig, log: Log = _quiet) -> Context:
     selection = None
     student = cfg.student
     if student == "auto":
-        selection = select_for_run(cfg, data, log)
+        previous = staging_dir(Path(cfg.out)) / SELECTION if cfg.resume and cfg.out else None
+        if previous is not None and previous.is_file():  # resume trains the student it started with
+            selection = json.loads(previous.read_text())
+            log(f"student: {selection['chosen']}, as chosen by the interrupted run")
+        else:
+            selection = select_for_run(cfg, data, log)
         student = selection["chosen"]
         log(f"student: {student} (the most FLOPs within the budget, of {len(selection['candidates'])} measured)")
     ss = ModelSpec(student, data.num_classes, data.input_shape, cfg.student_dropout, cfg.cifar_stem)
@@ -365,6 +371,8 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
     final = staging = None
     if main:
         final, staging = open_run_dir(cfg)
+        if ctx.selection is not None:
+            atomic_write_json(staging / SELECTION, ctx.selection)
     barrier()
     # Every rank reads the per-epoch state on --resume (same folder, shared filesystem); rank 0 writes it.
     state_root = staging if main else (staging_dir(Path(cfg.out)) if cfg.resume and cfg.out else None)

@@ -22,6 +22,7 @@ from .errors import OutputError
 from .files import atomic_write_json
 
 RUN_CONFIG = "run-config.json"
+SELECTION = "selection.json"  # --student auto: the interrupted run's choice, reused on --resume
 SWEEP_CONFIG = "sweep-config.json"
 # Options that do not change what is trained: they may differ between an interrupted run and its resume.
 RESUME_IGNORES = ("out", "overwrite", "resume", "teacher_cache", "bench_iters", "bench_warmup", "bench_batch",
@@ -113,6 +114,7 @@ def commit_run_dir(staging: Path, final: Path) -> None:
     """Drop the resume bookkeeping and move the finished run into place."""
     shutil.rmtree(staging / "train-state", ignore_errors=True)
     (staging / RUN_CONFIG).unlink(missing_ok=True)
+    (staging / SELECTION).unlink(missing_ok=True)  # the report holds it
     commit_out_dir(staging, final)
 
 

@@ -86,6 +86,7 @@ def test_distill_export_student_auto_distils_the_choice_and_checks_the_budget(tm
     assert report["models"]["student"]["arch"] == "mlp:16" and report["config"]["student"] == "auto"
     b = report["budget"]
     assert b["met"] and b["selection"]["chosen"] == "mlp:16" and len(b["selection"]["candidates"]) == 2
+    assert not (tmp_path / "a" / "selection.json").exists()  # resume bookkeeping: the report holds it
     assert "Budget: onnx/student.onnx timed again after training" in (tmp_path / "a" / "report.md").read_text()
     # a named student that misses its budget: the run and its report are kept, the command exits 1
     res = runner.invoke(app, ["distill-export", "--out", str(tmp_path / "m"), *FAST, "--latency-budget", "1us"])
@@ -93,3 +94,16 @@ def test_distill_export_student_auto_distils_the_choice_and_checks_the_budget(tm
     assert json.loads((tmp_path / "m" / "report.json").read_text())["budget"]["met"] is False
     res = runner.invoke(app, ["distill-export", "--out", str(tmp_path / "x"), *FAST, "--student", "auto"])
     assert res.exit_code == 2 and "--student auto needs --latency-budget" in res.output
+
+
+def test_resume_with_student_auto_reuses_the_interrupted_runs_choice(tmp_path, monkeypatch):
+    import kdexport.pipeline as pl
+    from kdexport.config import RunConfig
+
+    out = tmp_path / "run"
+    staging = tmp_path / ".run.partial"
+    staging.mkdir()
+    (staging / "selection.json").write_text(json.dumps({"chosen": "mlp:16", "candidates": []}))
+    monkeypatch.setattr(pl, "select_for_run", lambda *a: pytest.fail("measured again on resume"))
+    ctx = pl.prepare(RunConfig(student="auto", latency_budget="1s", resume=True, out=str(out)))
+    assert ctx.student_spec.arch == "mlp:16" and ctx.selection["chosen"] == "mlp:16"
