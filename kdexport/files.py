@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -21,6 +22,15 @@ def cache_root() -> Path:
 
 _UMASK = os.umask(0)  # read the process umask once (os.umask can only read it by setting it)
 os.umask(_UMASK)
+
+
+def hash_file(path: str | os.PathLike, h=None):
+    """``h`` (default a new sha256) updated with the file's bytes, read in 1 MiB blocks."""
+    h = h or hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:

@@ -43,7 +43,6 @@ from .report.write import write_report
 from .runs import SELECTION, commit_run_dir, open_run_dir, staging_dir
 from .version import __version__
 
-ROLES = ("teacher", "baseline", "student")
 PARITY_SAMPLES = 256
 Log = Callable[[str], None]
 

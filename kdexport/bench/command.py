@@ -10,7 +10,7 @@ from ..config import BenchOptions
 from ..data.datasets import Dataset, load_dataset
 from ..envinfo import environment, now_iso, usable_cores
 from ..errors import DataError, ExportError
-from ..export.onnx import inspect_classifier, ort_session
+from ..export.onnx import inspect_classifier, ort_logits, ort_session
 from ..files import atomic_write, atomic_write_json, atomic_write_text
 from ..models.checkpoint import load_model
 from .timing import InputsFor, bench_onnx, bench_torch, onnx_accuracy, p50, real_inputs
@@ -84,8 +84,7 @@ def _inputs(data: Dataset | None, chw) -> InputsFor:
 
 
 def _run_once(path: Path, x: torch.Tensor) -> int:
-    s = ort_session(path)
-    return int(s.run(None, {s.get_inputs()[0].name: x.numpy()})[0].shape[1])
+    return int(ort_logits(ort_session(path), x.numpy()).shape[1])
 
 
 def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:

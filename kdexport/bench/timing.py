@@ -120,12 +120,14 @@ def bench_torch(model: nn.Module, data: Dataset | InputsFor, batches: list[int],
 
 
 def onnx_accuracy(path: str | os.PathLike, data: Dataset, threads: int | None = None,
-                  batch_size: int = 256) -> float:
-    """Top-1 accuracy of an ONNX classifier on the dataset's test split."""
+                  batch_size: int = 256, normalize: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
+    """Top-1 accuracy of an ONNX classifier on the dataset's test split; ``normalize`` when the model
+    expects another normalization than the dataset's."""
     sess = ort_session(path, threads=threads or usable_cores())
+    normalize = normalize or data.normalize
     correct = 0
     for i in range(0, data.x_test.shape[0], batch_size):
-        x = data.normalize(data.x_test[i:i + batch_size]).numpy()
+        x = normalize(data.x_test[i:i + batch_size]).numpy()
         pred = ort_logits(sess, x, batch_size).argmax(1)
         correct += int((pred == data.y_test[i:i + batch_size].numpy()).sum())
     return correct / max(data.x_test.shape[0], 1)

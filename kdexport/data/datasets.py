@@ -25,6 +25,20 @@ CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
+class Normalization:
+    """Raw pixels -> model input: ``(x / scale - mean) / std`` per channel (``mean``/``std`` in [0, 1] units)."""
+
+    def __init__(self, scale: float, mean: tuple[float, ...], std: tuple[float, ...]):
+        c = len(mean)
+        self.scale = scale
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1)
+
+    def __call__(self, xb: torch.Tensor) -> torch.Tensor:
+        xb = xb.to(torch.float32) / self.scale  # never in place: xb may be a view of the data
+        return (xb - self.mean.to(xb.device)) / self.std.to(xb.device)
+
+
 @dataclass
 class Dataset:
     name: str
@@ -38,13 +52,10 @@ class Dataset:
     scale: float = 255.0
     source: str = ""
     augment_default: str = "none"
-    _mean_t: torch.Tensor = field(init=False, repr=False)
-    _std_t: torch.Tensor = field(init=False, repr=False)
+    _normalize: Normalization = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        c = self.x_train.shape[1]
-        self._mean_t = torch.tensor(self.mean, dtype=torch.float32).view(1, c, 1, 1)
-        self._std_t = torch.tensor(self.std, dtype=torch.float32).view(1, c, 1, 1)
+        self._normalize = Normalization(self.scale, self.mean, self.std)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -56,8 +67,7 @@ class Dataset:
 
     def normalize(self, xb: torch.Tensor) -> torch.Tensor:
         """Raw batch -> the float tensor a model (and its ONNX file) takes."""
-        xb = xb.to(torch.float32) / self.scale  # never in place: xb may be a view of the data
-        return (xb - self._mean_t.to(xb.device)) / self._std_t.to(xb.device)
+        return self._normalize(xb)
 
     def test_sample(self, n: int, seed: int = 0) -> torch.Tensor:
         """Indices of ``n`` test images drawn at random (fixed seed): folder-ordered test sets put

@@ -23,14 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..config import KDConfig
-from ..data.datasets import Dataset
+from ..data.datasets import Dataset, Normalization
 from ..errors import ConfigError, DataError
-from ..files import atomic_torch_save
+from ..export.onnx import ort_logits
+from ..files import atomic_torch_save, hash_file
 from .hint import Hint
 from .losses import kd_loss
 
@@ -106,7 +106,8 @@ class OnnxTeacher:
         self.session = ort_session(self.path, threads=threads)
         self.input_name = info["input_name"]
         self.fixed_batch = info["batch"]
-        self.num_classes = info["num_classes"] or self._run(torch.zeros(1, *data.input_shape).numpy()).shape[1]
+        self.num_classes = info["num_classes"] or ort_logits(self.session,
+                                                             torch.zeros(1, *data.input_shape).numpy()).shape[1]
         if self.num_classes != data.num_classes:
             raise DataError(f"teacher {name} has {self.num_classes} classes; the dataset has {data.num_classes}")
         names = meta.get("class_names")
@@ -121,31 +122,15 @@ class OnnxTeacher:
             if len(v) != c:
                 raise DataError(f"teacher {name}: {what} has {len(v)} values for {c} input channels")
         self.mean, self.std, self.scale = tuple(map(float, mean)), tuple(map(float, std)), data.scale
-        self._mean_t = torch.tensor(self.mean, dtype=torch.float32).view(1, c, 1, 1)
-        self._std_t = torch.tensor(self.std, dtype=torch.float32).view(1, c, 1, 1)
+        self._normalize = Normalization(self.scale, self.mean, self.std)
         self._fingerprint: str | None = None
 
     def normalize(self, raw: torch.Tensor) -> torch.Tensor:
         """Raw pixels -> the float input this teacher was trained on (on the CPU)."""
-        x = raw.detach().to("cpu", torch.float32) / self.scale
-        return (x - self._mean_t) / self._std_t
-
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        if self.fixed_batch is not None and x.shape[0] != self.fixed_batch:
-            return np.concatenate([self._run(x[i:i + 1]) for i in range(x.shape[0])]) if self.fixed_batch == 1 \
-                else self._run_padded(x)
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
-
-    def _run_padded(self, x: np.ndarray) -> np.ndarray:
-        b, out = self.fixed_batch, []
-        for i in range(0, x.shape[0], b):
-            chunk = x[i:i + b]
-            pad = np.concatenate([chunk, np.repeat(chunk[-1:], b - len(chunk), axis=0)]) if len(chunk) < b else chunk
-            out.append(self.session.run(None, {self.input_name: pad})[0][:len(chunk)])
-        return np.concatenate(out)
+        return self._normalize(raw.detach().cpu())
 
     def logits(self, raw: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self._run(self.normalize(raw).numpy())).float().to(raw.device)
+        return torch.from_numpy(ort_logits(self.session, self.normalize(raw).numpy())).float().to(raw.device)
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:  # the file's bytes and the normalization applied before it
@@ -153,9 +138,7 @@ class OnnxTeacher:
 
             h = hashlib.sha256()
             for file in onnx_files(self.path):  # the graph and its external weights
-                with open(file, "rb") as f:
-                    for block in iter(lambda f=f: f.read(1 << 20), b""):
-                        h.update(block)
+                hash_file(file, h)
             h.update(repr((self.mean, self.std, self.scale)).encode())
             self._fingerprint = f"onnx:{h.hexdigest()}"
         return self._fingerprint
@@ -204,8 +187,6 @@ def cached_teacher_logits(teacher: Teacher, data: Dataset, cache_dir: str | os.P
 class LiveLogits:
     """The teacher run on every batch, on exactly the (augmented) view the student sees."""
 
-    cached = False
-
     def __init__(self, teacher: Teacher):
         self.teacher = teacher
 
@@ -215,8 +196,6 @@ class LiveLogits:
 
 class CachedLogits:
     """The teacher's logits over the whole (un-augmented) training set, computed once and indexed by sample."""
-
-    cached = True
 
     def __init__(self, teacher: Teacher, data: Dataset, device: torch.device | str = "cpu",
                  cache_dir: str | os.PathLike | None = None):

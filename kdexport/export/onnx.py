@@ -65,8 +65,18 @@ def ort_session(path: str | os.PathLike | bytes, threads: int | None = None, gra
 
 
 def ort_logits(session, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    name = session.get_inputs()[0].name
-    outs = [session.run(None, {name: x[i:i + batch_size]})[0] for i in range(0, len(x), batch_size)]
+    """The session's first output over ``x`` in batches; a graph whose batch size is fixed (common for
+    mobile models) gets batches of exactly that size, the last one padded by repeating its last input."""
+    inp = session.get_inputs()[0]
+    fixed = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
+    b = fixed or batch_size
+    outs = []
+    for i in range(0, len(x), b):
+        chunk = np.ascontiguousarray(x[i:i + b], dtype=np.float32)
+        n = len(chunk)
+        if fixed and n < fixed:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - n, axis=0)])
+        outs.append(session.run(None, {inp.name: chunk})[0][:n])
     return np.concatenate(outs) if outs else np.empty((0,))
 
 

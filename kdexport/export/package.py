@@ -12,7 +12,6 @@ renamed into place only when complete.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,14 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..config import PackageOptions
-from ..data.datasets import Dataset, load_dataset
+from ..data.datasets import Dataset, Normalization, load_dataset
 from ..errors import DataError, ExportError, first_line
-from ..files import atomic_write_text
+from ..files import atomic_write_text, hash_file
 from ..runs import commit_out_dir, prepare_out_dir
-from .onnx import inspect_classifier, ort_session, read_metadata, save_self_contained, set_metadata
+from .onnx import inspect_classifier, ort_logits, ort_session, read_metadata, save_self_contained, set_metadata
 
 MODEL, MODEL_INT8, MODEL_ORT = "model.onnx", "model.int8.onnx", "model.ort"
 TEST_DIR = "test_data_set_0"
@@ -50,6 +48,9 @@ class PackageSource:
     dataset: str | None
     report: dict | None = None  # the run's report.json, when packaging a run folder
     meta: dict = field(default_factory=dict)
+
+    def normalize(self, scale: float) -> Normalization:
+        return Normalization(scale, tuple(self.mean), tuple(self.std))
 
 
 def _source(src: Path, *, dataset: str | None, data_dir: str | None, labels: str | None,
@@ -92,24 +93,18 @@ def _source(src: Path, *, dataset: str | None, data_dir: str | None, labels: str
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return hash_file(path).hexdigest()
 
 
 def _test_inputs(src: PackageSource, data: Dataset, n: int, batch: int | None) -> np.ndarray:
+    """``n`` real test images as the model takes them (no more than a fixed batch size: the test set must run
+    as it is in any runtime)."""
     idx = data.test_sample(n if batch is None else min(n, batch))
-    x = data.x_test[idx].float() / data.scale
-    mean = np.asarray(src.mean, np.float32)[None, :, None, None]
-    std = np.asarray(src.std, np.float32)[None, :, None, None]
-    return ((x.numpy() - mean) / std).astype(np.float32)
+    return src.normalize(data.scale)(data.x_test[idx]).numpy()
 
 
 def _run(path: Path, x: np.ndarray) -> np.ndarray:
-    sess = ort_session(path)
-    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    return ort_logits(ort_session(path), x)
 
 
 def outputs_match(got: np.ndarray, want: np.ndarray, int8: bool = False) -> str | None:
@@ -201,7 +196,7 @@ def package(source: str | os.PathLike, out: str | os.PathLike, *, dataset: str |
             std: tuple[float, ...] | None = None, samples: int = PackageOptions.samples,
             overwrite: bool = False) -> Path:
     """Write the package for a run folder or an ONNX classifier to ``out``; return its path."""
-    from ..bench.timing import bench_onnx
+    from ..bench.timing import bench_onnx, onnx_accuracy, real_images
     from ..envinfo import environment
 
     src, data = _source(Path(source), dataset=dataset, data_dir=data_dir, labels=labels, mean=mean, std=std)
@@ -237,6 +232,7 @@ def package(source: str | os.PathLike, out: str | os.PathLike, *, dataset: str |
         atomic_write_text(staging / "preprocess.json", json.dumps(pre, indent=2) + "\n")
         measured = {"environment": environment(), "files": {}}
         models = (src.report or {}).get("models", {})
+        norm = src.normalize(data.scale)
         for f, role in ((MODEL, "student"), (MODEL_INT8, "student_int8"), (MODEL_ORT, None)):
             if f not in files:
                 continue
@@ -244,9 +240,9 @@ def package(source: str | os.PathLike, out: str | os.PathLike, *, dataset: str |
             acc = entry.get("accuracy_onnx")
             p50 = (entry.get("latency_ms") or {}).get("batch_1", {}).get("p50")
             if (acc is None or p50 is None) and data is not None:
-                acc = _accuracy(staging / f, src, data)
-                bench = bench_onnx(staging / f, lambda b: torch.from_numpy(_test_inputs(src, data, b, None)), [1],
-                                   warmup=5, iters=50, max_seconds=10.0)
+                acc = onnx_accuracy(staging / f, data, normalize=norm)
+                bench = bench_onnx(staging / f, lambda b: norm(real_images(data, b)), [1], warmup=5, iters=50,
+                                   max_seconds=10.0)
                 p50 = bench["latency_ms"]["batch_1"]["p50"]
             measured["files"][f] = {"bytes": (staging / f).stat().st_size, "accuracy": acc, "p50": p50}
         arch = src.meta.get("arch") or models.get("student", {}).get("arch") or Path(src.fp32).stem
@@ -260,23 +256,6 @@ def package(source: str | os.PathLike, out: str | os.PathLike, *, dataset: str |
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final
-
-
-def _accuracy(path: Path, src: PackageSource, data: Dataset) -> float:
-    sess = ort_session(path)
-    name = sess.get_inputs()[0].name
-    fixed = sess.get_inputs()[0].shape[0]
-    b = fixed if isinstance(fixed, int) else 256
-    mean = np.asarray(src.mean, np.float32)[None, :, None, None]
-    std = np.asarray(src.std, np.float32)[None, :, None, None]
-    correct = 0
-    for i in range(0, len(data.y_test), b):
-        x = ((data.x_test[i:i + b].float() / data.scale).numpy() - mean) / std
-        if isinstance(fixed, int) and len(x) < fixed:
-            x = np.concatenate([x, np.repeat(x[-1:], fixed - len(x), axis=0)])
-        pred = sess.run(None, {name: x.astype(np.float32)})[0].argmax(1)[:len(data.y_test[i:i + b])]
-        correct += int((pred == data.y_test[i:i + b].numpy()).sum())
-    return correct / max(len(data.y_test), 1)
 
 
 def _set_image_metadata(path: Path, src: PackageSource, input_name: str) -> None:
