@@ -21,6 +21,7 @@ from .bench.timing import bench_onnx, bench_torch, onnx_accuracy, p50, real_imag
 from .config import KDConfig, RunConfig, TrainConfig
 from .data.augment import resolve_augment
 from .data.datasets import DATASETS, Dataset, load_dataset
+from .distill.hint import Hint
 from .distill.teacher import (
     Distillation,
     OnnxTeacher,
@@ -171,6 +172,13 @@ def build_teacher(ctx: Context) -> TeacherModel:
     if cfg.teacher_weights:
         load_weights(model, cfg.teacher_weights, ctx.teacher_spec.arch, "teacher weights")
     return model
+
+
+def check_hint(ctx: Context, teacher: TeacherModel) -> None:
+    """``--hint``: both named layers exist and their features connect, checked before anything is written."""
+    if ctx.cfg.kd.hint and isinstance(teacher, torch.nn.Module):
+        Hint(ctx.cfg.kd.hint, teacher, build_model(ctx.student_spec), ctx.data.input_shape, ctx.cfg.kd.hint_weight
+             ).close()
 
 
 def teacher_name(cfg: RunConfig) -> str:
@@ -367,6 +375,7 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
         ctx.threads = max(1, ctx.threads // world()[1])
         torch.set_num_threads(ctx.threads)
     teacher = build_teacher(ctx)  # validates a teacher checkpoint before anything is written
+    check_hint(ctx, teacher)
     final = staging = None
     if main:
         final, staging = open_run_dir(cfg)

@@ -30,6 +30,7 @@ from .pipeline import (
     TeacherModel,
     _quiet,
     build_teacher,
+    check_hint,
     check_teacher,
     export_and_bench,
     models_report,
@@ -100,6 +101,7 @@ def run_sweep(cfg: RunConfig, grid: Grid, *, reporter: Reporter | None = None, l
     t_start = time.perf_counter()
     ctx = prepare(cfg, log)
     teacher = build_teacher(ctx)
+    check_hint(ctx, teacher)
     out = open_sweep_dir(cfg, log)
     tpath = out / "teacher.pt"
     if teacher_is_trained(cfg):

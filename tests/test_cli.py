@@ -87,6 +87,17 @@ def _bad(tmp_path, *args):
     (["--optimizer", "lbfgs"], "optimizer must be one of"),
     (["--dataset", "mnist", "--data-dir", "/nonexistent/kd"], "does not exist"),
     (["--teacher-checkpoint", "/nonexistent/t.pt"], "does not exist"),
+    (["--kd-loss", "crd"], "unknown distillation loss 'crd'"),
+    (["--dkd-beta", "-1"], "dkd beta must be a number >= 0"),
+    (["--hint", "layer1:layer2"], "--hint takes teacher.LAYER:student.LAYER"),
+    (["--hint", "teacher.nope:student.net.1"], "the teacher has no module 'nope'"),
+    (["--fallback", "sometimes"], "fallback must be none or auto"),
+    (["--latency-budget", "2 parsecs"], "latency budget '2 parsecs'"),
+    (["--size-budget", "big"], "size budget 'big'"),
+    (["--budget-margin", "1.5"], "budget margin must be in [0, 1)"),
+    (["--teacher-std", "0.5"], "applies to an ONNX teacher only"),
+    (["--student", "auto"], "--student auto needs --latency-budget"),
+    (["--student-weights", "/nonexistent/s.pt"], "does not exist"),
 ])
 def test_bad_input_one_clear_line(tmp_path, args, msg):
     output = _bad(tmp_path, *args)
@@ -144,3 +155,20 @@ def test_distill_export_with_another_loss_records_it(tmp_path):
     assert meta["distillation"]["loss"] == "dkd" and meta["distillation"]["logit_standardization"] is True
     assert report["models"]["student"]["history"][0]["train_kd"] > 0
     assert runner.invoke(app, ["distill-export", "--kd-loss", "crd"]).exit_code == 2
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["quantize", "m.onnx", "--out", "q.onnx", "--fallback", "sometimes"], "fallback must be none or auto"),
+    (["package", "run", "--out", "pkg", "--samples", "0"], "samples must be >= 1"),
+    (["select", "--latency-budget", "1ms", "--budget-margin", "2"], "budget margin must be in [0, 1)"),
+    (["select", "--latency-budget", "1ms", "--batch", "0"], "budget threads and batch must be >= 1"),
+    (["bench", "m.onnx", "--batch-sizes", "0"], "batch sizes must be >= 1"),
+    (["predict", "m.onnx", "x.png", "--top-k", "0"], "top-k must be >= 1"),
+    (["check", "r.json", "--baseline", "b.json", "--min-accuracy", "1.5"], "min accuracy must be a fraction"),
+])
+def test_bad_options_of_other_commands_one_line_exit_2(tmp_path, monkeypatch, args, msg):
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert msg in " ".join(res.output.split()), res.output
+    assert list(tmp_path.iterdir()) == []  # nothing written
