@@ -356,16 +356,22 @@ def verify_cmd(o: VerifyOptions) -> None:
 def select_cmd(o: SelectOptions) -> None:
     """Measure candidate students on this machine (ONNX, onnxruntime, as bench times them) and pick the one
     with the most FLOPs within a latency (and size) budget. Writes select.json, select.md and select.png."""
-    from .bench.select import parse_latency_budget, parse_size_budget, select_student, to_markdown, write_select
+    from .bench.select import (
+        int8_mode,
+        parse_latency_budget,
+        parse_size_budget,
+        select_student,
+        to_markdown,
+        write_select,
+    )
     from .data.datasets import load_dataset
     from .envinfo import environment
 
     data = load_dataset(o.dataset, o.data_dir, download=False, image_size=o.image_size)
     budget = parse_latency_budget(o.latency_budget) if o.latency_budget else None
     size = parse_size_budget(o.size_budget) if o.size_budget else None
-    flat = data.input_shape[1] * data.input_shape[2] <= 1024 and data.input_shape[0] == 1
     r = select_student(data, candidates=list(o.candidates) or None, budget=budget, size_budget=size, margin=o.margin,
-                       threads=o.threads, batch=o.batch, int8=("dynamic" if flat else "static") if o.int8 else None,
+                       threads=o.threads, batch=o.batch, int8=int8_mode(data.input_shape) if o.int8 else None,
                        cifar_stem=o.cifar_stem, log=_log)
     env = environment(o.threads)
     write_select(r, Path(o.out), env)

@@ -10,6 +10,7 @@ are kept in the table, marked, not hidden.
 
 from __future__ import annotations
 
+import math
 import re
 import tempfile
 from dataclasses import asdict, dataclass
@@ -74,11 +75,18 @@ class Candidate:
         return self.p90_ms if stat == "p90" else self.p50_ms
 
 
+def is_flat(input_shape: tuple[int, ...]) -> bool:
+    """Small inputs that MLPs suit (8x8 digits, 28x28 MNIST)."""
+    return math.prod(input_shape) <= FLAT_MAX_INPUTS
+
+
 def default_candidates(input_shape: tuple[int, ...]) -> list[str]:
-    n = 1
-    for d in input_shape:
-        n *= d
-    return [*(MLP_CANDIDATES if n <= FLAT_MAX_INPUTS else ()), *CNN_CANDIDATES]
+    return [*(MLP_CANDIDATES if is_flat(input_shape) else ()), *CNN_CANDIDATES]
+
+
+def int8_mode(input_shape: tuple[int, ...]) -> str:
+    """How ``--int8`` quantizes candidates: dynamic (MLP-friendly) for small flat inputs, else static."""
+    return "dynamic" if is_flat(input_shape) else "static"
 
 
 def choose(candidates: list[Candidate], budget: LatencyBudget | None, margin: float,
