@@ -146,3 +146,84 @@ def test_pretrained_weights_load_all_but_the_head(monkeypatch, name, head):
     assert sd[head].shape[0] == 5  # sized for this data's classes
     loaded = [k for k, v in fake.state.items() if k in sd and sd[k].shape == v.shape]
     assert loaded and all(torch.equal(sd[k], fake.state[k]) for k in loaded)
+
+
+# -- kdexport's own small-image models (CIFAR ResNets, fastcifar) --------------------------------------------
+def test_cifar_resnet20_has_the_hand_counted_parameters():
+    from kdexport.models.builders import count_params
+
+    # stem 3*16*9 + BN 32 = 464; stage 1: 3 blocks of 2 x (16*16*9 + BN 32) = 14,016; stage 2: 16*32*9 + 32*32*9
+    # + 2 BN 128 + 1x1 shortcut 16*32 + BN 64 = 14,528, then 2 x (2 x 32*32*9 + 128) = 37,120; stage 3 likewise
+    # 57,728 + 147,968; head 64*10 + 10 = 650. Total 272,474 (He et al.: "0.27M").
+    m = build_model(ModelSpec("resnet20", 10, (3, 32, 32)))
+    assert count_params(m) == 464 + 14_016 + 14_528 + 37_120 + 57_728 + 147_968 + 650 == 272_474
+    assert count_params(build_model(ModelSpec("resnet8x4", 100, (3, 32, 32)))) > 1_200_000  # CRD: 1.23M
+
+
+def test_fastcifar_width_and_input_channels():
+    m = build_model(ModelSpec("fastcifar:0.5", 10, (3, 32, 32)))
+    assert m.group1.conv1.out_channels == 32 and m.group3.conv2.out_channels == 128
+    assert m.whiten.out_channels == 24 and not m.whiten.weight.requires_grad  # 2 x 3 x 2 x 2, frozen
+    g = build_model(ModelSpec("fastcifar", 10, (1, 28, 28)))
+    assert g.whiten.out_channels == 8 and g(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ConfigError, match="width multiplier"):
+        build_model(ModelSpec("fastcifar:wide", 10, (3, 32, 32)))
+    with pytest.raises(ModelError, match="no pretrained weights"):
+        build_model(ModelSpec("resnet20", 10, (3, 32, 32)), pretrained=True)
+    with pytest.raises(ConfigError, match="takes no ':' arguments"):
+        build_model(ModelSpec("resnet20:2", 10, (3, 32, 32)))
+
+
+def test_fastcifar_whitening_init_decorrelates_patches():
+    torch.manual_seed(0)
+    base = torch.randn(200, 1, 16, 16)
+    x = torch.cat([base, 0.9 * base + 0.1 * torch.randn_like(base), torch.randn(200, 1, 16, 16) * 3], 1)
+    m = build_model(ModelSpec("fastcifar", 10, (3, 16, 16)))
+    m.data_init(x, eps=1e-9)  # (the default eps damps the tiniest eigen-directions a little, as airbench does)
+    with torch.no_grad():
+        y = torch.nn.functional.conv2d(x, m.whiten.weight[:12])  # the first half: eigenvectors / sqrt(lambda)
+    f = y.permute(1, 0, 2, 3).reshape(12, -1)
+    cov = (f @ f.T) / f.shape[1]
+    assert torch.allclose(cov, torch.eye(12), atol=1e-3)  # whitened: unit variance, no correlation
+    assert torch.equal(m.whiten.weight[12:], -m.whiten.weight[:12])
+
+
+def test_fit_initializes_from_data_unless_told_not_to(digits):
+    from kdexport.config import TrainConfig
+    from kdexport.distill.train import fit
+
+    spec = ModelSpec("fastcifar:0.25", 10, (1, 8, 8))
+    with pytest.raises(ModelError):  # 8x8 is too small for three pooling stages: one clear line
+        build_model(spec)
+    import dataclasses
+
+    data = dataclasses.replace(digits, x_train=torch.nn.functional.interpolate(
+        digits.x_train[:64].float(), size=32).to(digits.x_train.dtype), y_train=digits.y_train[:64],
+        x_test=torch.nn.functional.interpolate(digits.x_test[:16].float(), size=32).to(digits.x_test.dtype),
+        y_test=digits.y_test[:16])
+    spec = ModelSpec("fastcifar:0.25", 10, (1, 32, 32))
+    for data_init in (True, False):
+        torch.manual_seed(0)
+        m = build_model(spec)
+        w0 = m.whiten.weight.clone()
+        fit(m, data, TrainConfig(epochs=1, batch_size=32), data_init=data_init)
+        assert torch.equal(w0, m.whiten.weight) != data_init  # frozen: only data_init changes it
+
+
+@pytest.mark.parametrize("arch", ["resnet8", "fastcifar:0.25"])
+def test_small_image_models_export_with_parity(arch, tmp_path):
+    from kdexport.export.onnx import export_onnx
+
+    torch.manual_seed(0)
+    m = build_model(ModelSpec(arch, 10, (3, 32, 32))).eval()
+    if hasattr(m, "data_init"):
+        m.data_init(torch.randn(64, 3, 32, 32))
+    res = export_onnx(m, tmp_path / "m.onnx", torch.randn(16, 3, 32, 32))
+    assert res.top1_agreement == 1.0
+
+
+def test_select_offers_small_image_models_for_small_images_only():
+    from kdexport.bench.select import SMALL_IMAGE_CANDIDATES, default_candidates
+
+    assert set(SMALL_IMAGE_CANDIDATES) <= set(default_candidates((3, 32, 32)))
+    assert not set(SMALL_IMAGE_CANDIDATES) & set(default_candidates((3, 224, 224)))

@@ -26,6 +26,9 @@ from ..files import atomic_write, atomic_write_json, atomic_write_text
 CNN_CANDIDATES = ("mobilenet_v3_small", "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5",
                   "mnasnet0_5", "mnasnet1_0", "squeezenet1_1", "mobilenet_v2", "mobilenet_v3_large",
                   "regnet_x_400mf", "efficientnet_b0", "resnet18")
+SMALL_IMAGE_CANDIDATES = ("resnet8", "resnet14", "resnet20", "resnet32", "resnet56", "resnet8x4", "fastcifar:0.25",
+                          "fastcifar:0.5", "fastcifar")
+SMALL_IMAGE_MAX_SIDE = 64  # images up to this size (CIFAR, MNIST) also get kdexport's own small-image models
 MLP_CANDIDATES = ("mlp:8", "mlp:16", "mlp:32", "mlp:64", "mlp:128", "mlp:256", "mlp:512", "mlp:1024",
                   "mlp:256,256", "mlp:512,512", "mlp:1200,1200")
 FLAT_MAX_INPUTS = 1024  # inputs up to this many values (8x8 digits, 28x28 MNIST) also get MLP candidates
@@ -81,7 +84,9 @@ def is_flat(input_shape: tuple[int, ...]) -> bool:
 
 
 def default_candidates(input_shape: tuple[int, ...]) -> list[str]:
-    return [*(MLP_CANDIDATES if is_flat(input_shape) else ()), *CNN_CANDIDATES]
+    small = len(input_shape) == 3 and max(input_shape[1:]) <= SMALL_IMAGE_MAX_SIDE
+    return [*(MLP_CANDIDATES if is_flat(input_shape) else ()), *(SMALL_IMAGE_CANDIDATES if small else ()),
+            *CNN_CANDIDATES]
 
 
 def int8_mode(input_shape: tuple[int, ...]) -> str:
