@@ -5,6 +5,7 @@ the config, calls the library, and turns a KdexportError into one line on stderr
 import contextlib
 import dataclasses
 import inspect
+import os
 import sys
 import time
 import typing
@@ -15,6 +16,7 @@ from typing import Annotated, Any, Optional
 import typer
 import typer.rich_utils
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -42,7 +44,7 @@ from .config import (
     format_default,
     from_flat,
 )
-from .errors import KdexportError
+from .errors import KdexportError, first_line
 from .version import __version__
 
 if not sys.stdout.isatty():  # --help piped to a file or a log: never cut option names at 80 columns
@@ -56,16 +58,42 @@ console = Console(stderr=True)
 out_console = Console(width=None if sys.stdout.isatty() else 150)  # logs: no truncated columns
 
 
+def _error(text: str) -> None:
+    console.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True, markup=True)
+
+
 @contextlib.contextmanager
 def errors_to_exit() -> Iterator[None]:
+    """Every failure is one line and an exit code: a KdexportError's own code; a file the OS refused
+    (missing, unreadable, unwritable) 2; memory 1; anything else 1 as an internal error (set KDEXPORT_DEBUG=1
+    for its traceback). Never a traceback otherwise."""
     try:
         yield
     except KdexportError as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True, markup=True)
+        _error(str(e))
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         console.print("[bold red]interrupted[/]")
         raise typer.Exit(130) from None
+    except typer.Exit:
+        raise
+    except Exception as e:
+        if os.environ.get("KDEXPORT_DEBUG"):
+            raise
+        if isinstance(e, OSError):
+            name = f" {str(e.filename)!r}" if e.filename else ""
+            _error(f"cannot use{name}: {e.strerror or first_line(e)}")
+            raise typer.Exit(2) from None
+        if isinstance(e, MemoryError) or "DefaultCPUAllocator" in str(e):
+            _error("out of memory; try a smaller --batch-size or --image-size")
+            raise typer.Exit(1) from None
+        _error(f"internal error: {type(e).__name__}: {first_line(e)} (KDEXPORT_DEBUG=1 shows the traceback; "
+               "please report it)")
+        raise typer.Exit(1) from None
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    console.print(f"[yellow]warning:[/] {escape(first_line(message, 300))}", highlight=False, soft_wrap=True)
 
 
 class RichReporter:
@@ -242,9 +270,8 @@ def sweep_cmd(cfg: RunConfig, grid: Grid) -> None:
 
 
 def _dataset_for(model: Path, dataset: str | None, data_dir: str | None, required: bool):
-    from .data.datasets import load_dataset
     from .errors import DataError
-    from .export.onnx import read_metadata
+    from .export.onnx import data_for_model, read_metadata
 
     if dataset is None:
         try:
@@ -255,7 +282,7 @@ def _dataset_for(model: Path, dataset: str | None, data_dir: str | None, require
         if required:
             raise DataError(f"{model.name} names no dataset in its metadata; pass --dataset (and --data-dir)")
         return None
-    return load_dataset(dataset, data_dir, download=False)
+    return data_for_model(model, dataset, data_dir)
 
 
 @config_command("quantize", QuantizeOptions)
@@ -316,7 +343,7 @@ def check_cmd(o: CheckOptions) -> None:
     for r in rows(gates):
         table.add_row(*r[:-1], "[green]PASS[/]" if r[-1] == "PASS" else "[bold red]FAIL[/]")
     out_console.print(table)
-    if o.junit:
+    if o.junit:  # an unwritable path is one line (OutputError, exit 2)
         atomic_write_text(o.junit, to_junit(gates))
     if o.markdown:
         atomic_write_text(o.markdown, to_markdown(gates, o.report, o.baseline))
@@ -380,6 +407,9 @@ def select_cmd(o: SelectOptions) -> None:
 
 
 def main() -> None:
+    import warnings
+
+    warnings.showwarning = _one_line_warning  # a library warning is one line on stderr, like an error
     app(prog_name="kdexport")
 
 

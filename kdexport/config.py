@@ -108,6 +108,7 @@ class TrainConfig:
         from .data.augment import AUGMENTATIONS
 
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        _check_seed(self.seed)
         _check(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
         AUGMENTATIONS.get(self.augment)
         _check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
@@ -241,7 +242,9 @@ class RunConfig:
     teacher_cache: bool = option(True, "Without augmentation, keep the teacher's logits on disk ($KDEXPORT_CACHE_DIR "
                                        "or ~/.cache/kdexport) and reuse them across runs, seeds and sweep cells.")
     # export + quantization + benchmark
-    parity_atol: float = option(1e-3, "Max abs logit difference allowed between onnxruntime and PyTorch.")
+    parity_rtol: float = option(1e-3, "Max logit difference allowed between onnxruntime and PyTorch, relative to "
+                                      "the logits' scale (max |logit|, at least 1).")
+    parity_atol: float | None = option(None, "Override --parity-rtol with an absolute max logit difference.")
     quantize: str = option("none", "Also make an INT8 student with onnxruntime: none, static (QDQ, calibrated; "
                                    "CNNs) or dynamic (MLPs).")
     quant: QuantConfig = nested(QuantConfig)
@@ -293,8 +296,10 @@ class RunConfig:
         _check(self.teacher_std is None or all(x > 0 for x in self.teacher_std), "teacher std must be > 0")
         _check(self.teacher_epochs is None or self.teacher_epochs >= 1,
                f"teacher epochs must be >= 1, got {self.teacher_epochs}")
-        _check(self.image_size is None or self.image_size >= 8, "image size must be >= 8")
-        _check(_finite(self.parity_atol) and self.parity_atol > 0, "parity tolerance must be > 0")
+        _check_image_size(self.dataset, self.image_size)
+        _check(self.parity_atol is None or (_finite(self.parity_atol) and self.parity_atol > 0),
+               "parity tolerance must be > 0")
+        _check(_finite(self.parity_rtol) and self.parity_rtol > 0, "relative parity tolerance must be > 0")
         _check(self.quantize in QUANTIZE_MODES,
                f"quantize must be none, static or dynamic, got {self.quantize!r}")
         _check(self.bench_batch >= 1, "benchmark batch must be >= 1")
@@ -349,6 +354,8 @@ class Grid:
                 raise ConfigError(f"sweep grid: {name.replace('_', ' ')} is empty")
             if len(set(values)) != len(values):
                 raise ConfigError(f"sweep grid: {name.replace('_', ' ')} has duplicates: {list(values)}")
+        for seed in self.seeds:
+            _check_seed(seed)
         for T in self.temperatures:
             for b in self.soft_weights:
                 for loss in self.losses:
@@ -489,6 +496,7 @@ class SelectOptions:
     def __post_init__(self) -> None:
         _check_budgets(self.latency_budget, self.size_budget, self.margin, self.threads, self.batch)
         _check(bool(self.latency_budget or self.size_budget), "select needs --latency-budget or --size-budget")
+        _check_image_size(self.dataset, self.image_size)
 
 
 def _check_budgets(latency: str | None, size: str | None, margin: float, threads: int, batch: int) -> None:
@@ -522,6 +530,9 @@ class GateConfig:
     def __post_init__(self) -> None:
         unknown = set(self.skip) - set(CHECK_METRICS)
         _check(not unknown, f"--skip takes {', '.join(CHECK_METRICS)}; got {', '.join(sorted(unknown))}")
+        _check(bool(set(CHECK_METRICS) - set(self.skip)),
+               "every gate is skipped (--skip accuracy, latency and size): nothing would be checked")
+        _check(bool(self.models), "--models names no report entry to gate")
         _check(self.min_accuracy is None or (_finite(self.min_accuracy) and 0 <= self.min_accuracy <= 1),
                f"min accuracy must be a fraction in [0, 1], got {self.min_accuracy}")
         for name in ("max_accuracy_drop", "max_latency_ratio", "max_size_ratio"):
@@ -608,3 +619,19 @@ def _finite(x: float) -> bool:
 def _check(ok: bool, msg: str) -> None:
     if not ok:
         raise ConfigError(msg)
+
+
+MAX_IMAGE_SIZE = 8192
+MAX_SEED = 2**32 - 1
+
+
+def _check_image_size(dataset: str, image_size: int | None) -> None:
+    """``--image-size``: imagefolder data only (the other datasets have a fixed size), in [8, 8192]."""
+    if image_size is None:
+        return
+    _check(dataset == "imagefolder", f"--image-size applies to imagefolder data only; {dataset} has a fixed size")
+    _check(8 <= image_size <= MAX_IMAGE_SIZE, f"image size must be in [8, {MAX_IMAGE_SIZE}], got {image_size}")
+
+
+def _check_seed(seed: int) -> None:
+    _check(0 <= seed <= MAX_SEED, f"seed must be in [0, {MAX_SEED}], got {seed}")

@@ -109,3 +109,28 @@ def stamp_markdown(stamp: dict) -> str:
     return (f"{stamp['created']}, {env['cpu']} ({env['cpu_cores']} cores, {env['threads']} threads), torch "
             f"{env['torch']}, onnxruntime {env['onnxruntime']}, commit {env['git_commit']}. "
             f"Reproduce: `{stamp['command']}`.")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux MemAvailable, else physical pages); None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits_memory(nbytes: float, what: str, advice: str = "") -> None:
+    """Refuse (ConfigError, exit 2) before allocating ``nbytes`` that cannot fit in available memory."""
+    from .errors import ConfigError
+
+    avail = available_memory()
+    if avail is not None and nbytes > avail:
+        raise ConfigError(f"{what} needs about {nbytes / 2**30:,.1f} GiB, more than the {avail / 2**30:,.1f} GiB "
+                          f"of memory available{'; ' + advice if advice else ''}")

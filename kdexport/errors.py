@@ -47,8 +47,21 @@ class OutputError(KdexportError):
     exit_code = 2
 
 
+class StateError(KdexportError):
+    """A saved state kdexport reads back (resume files, sweep cells, recorded options) is unreadable or
+    inconsistent; the message says how to start that unit afresh."""
+
+    exit_code = 2
+
+
 class ExportError(KdexportError):
     """ONNX export or its checker failed."""
+
+
+class ModelFileError(ExportError):
+    """An ONNX file given as input is missing, invalid, not an image classifier, or has unusable metadata."""
+
+    exit_code = 2
 
 
 class ParityError(ExportError):

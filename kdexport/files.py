@@ -6,10 +6,14 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from .errors import KdexportError, OutputError, StateError, first_line
 
 
 def cache_root() -> Path:
@@ -33,23 +37,68 @@ def hash_file(path: str | os.PathLike, h=None):
     return h
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` then rename tmp_path to ``path``. The target is never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+def read_json(path: str | os.PathLike, what: str, remedy: str = "", *, expect: type = dict,
+              error: type[KdexportError] = StateError) -> Any:
+    """A JSON file kdexport reads back (or was given): its content, of type ``expect``, or one line naming
+    the file, what is wrong with it and ``remedy`` (``error``, exit 2)."""
     try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{what} {str(path)!r} does not exist{'; ' + remedy if remedy else ''}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise error(f"{what} {str(path)!r} is not readable JSON ({first_line(e, 80)})"
+                    f"{'; ' + remedy if remedy else ''}") from None
+    if not isinstance(value, expect):
+        raise error(f"{what} {str(path)!r} holds a {type(value).__name__}, not a JSON "
+                    f"{'object' if expect is dict else expect.__name__}{'; ' + remedy if remedy else ''}")
+    return value
+
+
+def write_failure(path: str | os.PathLike, e: BaseException) -> OutputError:
+    """One line for a failed write: the path and the OS's reason. ``torch.save`` reports a full disk or a
+    file-size limit as a RuntimeError without the reason, so the free space is looked up."""
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e, 120)
+    if not isinstance(e, OSError):
+        try:
+            free = shutil.disk_usage(Path(path).parent).free
+            reason += (" (no space left on device)" if free < (1 << 20) else
+                       " (the disk has space: a file-size limit or an I/O error?)")
+        except OSError:
+            pass
+    return OutputError(f"cannot write {str(path)!r}: {reason}")
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` then rename tmp_path to ``path``. The target is never half-written; a
+    failed write (full disk, file-size limit, permissions) raises OutputError naming the path."""
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         write(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, (OSError, RuntimeError)) and not isinstance(e, NotImplementedError):
+            raise write_failure(path, e) from None
         raise
     return path
+
+
+def optional_write(what: str, write: Callable[[], Any]) -> bool:
+    """A write the run can do without (a cache): on failure, warn once and go on."""
+    try:
+        write()
+        return True
+    except OutputError as e:
+        warnings.warn(f"{what} not saved, going on without it: {e}", RuntimeWarning, stacklevel=2)
+        return False
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -80,6 +129,8 @@ def staged_file(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as e:
+        raise write_failure(path, e) from None
     finally:
         if tmp.exists():
             tmp.unlink()

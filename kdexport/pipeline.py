@@ -8,7 +8,6 @@ so a failed run leaves no half-written output folder behind. The pieces (``prepa
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,9 +32,9 @@ from .distill.teacher import (
 )
 from .distill.train import Reporter, evaluate, fit, resolve_device
 from .envinfo import environment, git_commit, now_iso, usable_cores
-from .errors import GateError, ModelError
+from .errors import GateError, ModelError, StateError
 from .export.onnx import export_onnx, save_self_contained
-from .files import atomic_write_json, cache_root, staged_file
+from .files import atomic_write_json, cache_root, read_json, staged_file
 from .models.builders import ModelSpec, build_model, check_arch, count_flops, count_params
 from .models.checkpoint import load_model, read_checkpoint, save_checkpoint
 from .models.weights import load_weights, read_state_dict
@@ -101,7 +100,10 @@ def prepare(cfg: RunConfig, log: Log = _quiet) -> Context:
     if student == "auto":
         previous = staging_dir(Path(cfg.out)) / SELECTION if cfg.resume and cfg.out else None
         if previous is not None and previous.is_file():  # resume trains the student it started with
-            selection = json.loads(previous.read_text())
+            selection = read_json(previous, "the interrupted run's student selection",
+                                  "rerun without --resume to start afresh")
+            if not isinstance(selection.get("chosen"), str) or not isinstance(selection.get("candidates"), list):
+                raise StateError(f"{str(previous)!r} is not a student selection; rerun without --resume")
             log(f"student: {selection['chosen']}, as chosen by the interrupted run")
         else:
             selection = select_for_run(cfg, data, log)
@@ -242,7 +244,8 @@ def train_student(ctx: Context, *, seed: int, distill: Distillation | None, labe
     if distill is not None and distill.kd.hint:  # hooks and a connector on this student (removed after fit)
         distill = Distillation.for_student(distill.logits, distill.kd, model, ctx.data.input_shape, ctx.device)
     history = fit(model, ctx.data, ctx.train_config("student", seed), distill=distill, label=label,
-                  reporter=reporter, state_path=state_path, resume=ctx.cfg.resume if resume is None else resume)
+                  reporter=reporter, state_path=state_path, resume=ctx.cfg.resume if resume is None else resume,
+                  data_init=not ctx.cfg.student_weights)
     return model.eval(), history
 
 
@@ -285,7 +288,7 @@ def export_and_bench(ctx: Context, model: torch.nn.Module, spec: ModelSpec, role
     log(f"{role}: exporting to ONNX and checking parity with onnxruntime")
     onnx_path = out / "onnx" / f"{role}.onnx"
     parity_x = data.normalize(data.x_test[data.test_sample(PARITY_SAMPLES)])
-    res = export_onnx(model, onnx_path, parity_x, atol=cfg.parity_atol,
+    res = export_onnx(model, onnx_path, parity_x, rtol=cfg.parity_rtol, atol=cfg.parity_atol,
                       metadata=onnx_metadata(cfg, data, role, spec, acc_torch, kd))
     log(f"{role}: benchmarking with onnxruntime ({ctx.threads} threads)")
     bench = _bench(ctx, onnx_path)

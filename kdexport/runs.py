@@ -13,20 +13,76 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from .config import RunConfig
 from .errors import OutputError
-from .files import atomic_write_json
+from .files import atomic_write_json, read_json
 
 RUN_CONFIG = "run-config.json"
 SELECTION = "selection.json"  # --student auto: the interrupted run's choice, reused on --resume
 SWEEP_CONFIG = "sweep-config.json"
 # Options that do not change what is trained: they may differ between an interrupted run and its resume.
 RESUME_IGNORES = ("out", "overwrite", "resume", "teacher_cache", "bench_iters", "bench_warmup", "bench_batch",
-                  "bench_max_seconds", "threads", "parity_atol", "quantize", "quant", "force", "package")
+                  "bench_max_seconds", "threads", "parity_atol", "parity_rtol", "quantize", "quant", "force", "package")
+
+
+_HELD: dict[str, int] = {}  # lock file -> its open descriptor, for the locks this process holds
+
+
+def lock_path(final: Path) -> Path:
+    return final.parent / f".{final.name}.lock"
+
+
+def lock_output(final: Path) -> None:
+    """An exclusive lock on an output folder (``.NAME.lock`` beside it, holding the owner's PID), held until
+    :func:`release_output` or the process ends. A folder another process holds is refused in one line
+    naming it: two runs never write (or delete) the same output. Re-entrant within a process."""
+    if sys.platform == "win32":  # no flock; the staging-folder checks still apply
+        return
+    import fcntl
+
+    lock = lock_path(final)
+    key = str(lock.absolute())
+    if key in _HELD:
+        return
+    _mkdir(final.parent, final, exist_ok=True)
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise OutputError(f"cannot lock output folder {str(final)!r}: {e.strerror or e}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                owner = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            finally:
+                os.close(fd)
+            raise OutputError(f"output folder {str(final)!r} is in use by another kdexport process (pid {owner}); "
+                              "wait for it to finish or choose another --out") from None
+        try:  # the holder before us may have removed the file between our open and flock: lock the new one
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _HELD[key] = fd
+
+
+def release_output(final: Path) -> None:
+    """Drop this process's lock on ``final`` (and its lock file)."""
+    lock = lock_path(final)
+    fd = _HELD.pop(str(lock.absolute()), None)
+    if fd is not None:
+        lock.unlink(missing_ok=True)
+        os.close(fd)
 
 
 def default_out_dir(prefix: str = "distill") -> Path:
@@ -59,8 +115,8 @@ def resume_options(cfg: RunConfig, *, sweep: bool = False) -> dict[str, Any]:
     return d
 
 
-def _recorded_diff(path: Path, want: dict) -> list[str]:
-    return config_diff(json.loads(path.read_text()), want)
+def _recorded_diff(path: Path, want: dict, remedy: str) -> list[str]:
+    return config_diff(read_json(path, "recorded options", remedy), want)
 
 
 def _mkdir(path: Path, final: Path, exist_ok: bool) -> None:
@@ -82,7 +138,7 @@ def prepare_out_dir(out: str | os.PathLike | None, overwrite: bool, resume: bool
     staging = staging_dir(final)
     if resume and not staging.is_dir():
         raise OutputError(f"nothing to resume: no interrupted run at {str(staging)!r}")
-    _mkdir(final.parent, final, exist_ok=True)
+    lock_output(final)  # before touching the staging folder: it may be another live run's
     if staging.exists() and not resume:
         shutil.rmtree(staging, ignore_errors=True)
     _mkdir(staging, final, exist_ok=resume)
@@ -96,7 +152,7 @@ def open_run_dir(cfg: RunConfig) -> tuple[Path, Path]:
     want = resume_options(cfg)
     path = staging / RUN_CONFIG
     if cfg.resume and path.exists():
-        diff = _recorded_diff(path, want)
+        diff = _recorded_diff(path, want, "rerun without --resume to start afresh")
         if diff:
             raise OutputError(f"cannot resume: options differ from the interrupted run: {', '.join(diff)}")
     atomic_write_json(path, want)
@@ -104,10 +160,24 @@ def open_run_dir(cfg: RunConfig) -> tuple[Path, Path]:
 
 
 def commit_out_dir(staging: Path, final: Path) -> None:
-    """Move a finished staging folder into place (replacing an older ``final``)."""
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(staging, final)
+    """Move a finished staging folder into place and release the output's lock. An older ``final`` is
+    renamed aside first and deleted only once the new one is in place (put back if that fails)."""
+    old = final.parent / f".{final.name}.old"
+    try:
+        if final.exists():
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(final, old)
+        try:
+            os.replace(staging, final)
+        except OSError:
+            if old.exists() and not final.exists():
+                os.replace(old, final)
+            raise
+    except OSError as e:
+        raise OutputError(f"cannot move the finished output into {str(final)!r}: {e.strerror or e}") from None
+    shutil.rmtree(old, ignore_errors=True)
+    release_output(final)
 
 
 def commit_run_dir(staging: Path, final: Path) -> None:
@@ -118,17 +188,24 @@ def commit_run_dir(staging: Path, final: Path) -> None:
     commit_out_dir(staging, final)
 
 
-def open_sweep_dir(cfg: RunConfig, log=None) -> Path:
-    """A sweep folder, new or (same options) continued; another sweep's folder is refused."""
-    out = Path(cfg.out) if cfg.out else default_out_dir("sweep")
+def open_sweep_dir(cfg: RunConfig, log=None) -> tuple[Path, Path]:
+    """A sweep folder, new or (same options) continued, locked; another sweep's folder is refused. Returns
+    (work, final): they differ with ``--overwrite`` of an existing folder, where the new sweep is built in a
+    staging folder and replaces the old one only when it finishes (:func:`commit_out_dir`)."""
+    final = Path(cfg.out) if cfg.out else default_out_dir("sweep")
+    if final.exists() and not final.is_dir():
+        raise OutputError(f"output path {str(final)!r} exists and is not a folder")
+    lock_output(final)
+    out = final
+    if final.exists() and cfg.overwrite:
+        out = staging_dir(final)
+        shutil.rmtree(out, ignore_errors=True)
     state = out / SWEEP_CONFIG
     want = resume_options(cfg, sweep=True)
-    if out.exists() and cfg.overwrite:
-        shutil.rmtree(out)
     if out.exists():
         if not state.exists():
             raise OutputError(f"{str(out)!r} exists and is not a kdexport sweep; pass --overwrite to replace it")
-        diff = _recorded_diff(state, want)
+        diff = _recorded_diff(state, want, "pass --overwrite to start the sweep afresh")
         if diff:
             raise OutputError(f"{str(out)!r} holds a sweep with other options ({', '.join(diff)}); "
                               "use another --out or --overwrite")
@@ -136,4 +213,4 @@ def open_sweep_dir(cfg: RunConfig, log=None) -> Path:
             log(f"resuming the sweep in {out}")
     _mkdir(out / "cells", out, exist_ok=True)
     atomic_write_json(state, want)
-    return out
+    return out, final

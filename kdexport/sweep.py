@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 import shutil
 import time
@@ -22,7 +21,8 @@ import torch
 from .config import Grid, KDConfig, RunConfig
 from .distill.teacher import Distillation, TeacherLogits
 from .distill.train import Reporter, evaluate
-from .files import atomic_write, atomic_write_json, atomic_write_text
+from .errors import StateError
+from .files import atomic_write, atomic_write_json, atomic_write_text, read_json
 from .models.checkpoint import load_model, save_checkpoint
 from .pipeline import (
     Context,
@@ -43,7 +43,7 @@ from .pipeline import (
     train_teacher,
 )
 from .report.write import write_report
-from .runs import commit_run_dir, open_sweep_dir, prepare_out_dir
+from .runs import commit_out_dir, commit_run_dir, open_sweep_dir, prepare_out_dir, release_output
 
 __all__ = ["Grid", "cell_key", "mean_std", "run_sweep", "sweep_markdown"]
 
@@ -76,12 +76,23 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return mean, std
 
 
+def read_cell(path: Path) -> dict:
+    """A finished unit's result file, checked: a corrupt one is one line saying how to retrain the unit."""
+    remedy = "delete it to retrain this unit"
+    rec = read_json(path, "sweep result", remedy)
+    acc, secs = rec.get("accuracy"), rec.get("train_seconds")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (acc, secs)) \
+            or not 0 <= acc <= 1:
+        raise StateError(f"sweep result {str(path)!r} has no valid accuracy/train_seconds; {remedy}")
+    return rec
+
+
 def _unit(out: Path, ctx: Context, name: str, seed: int, kd: KDConfig | None, source: TeacherLogits | None,
           reporter: Reporter | None, save: bool) -> dict:
     """Train one student (baseline when kd is None) unless its result file already exists."""
     path = out / "cells" / f"{name}-s{seed}.json"
     if path.exists():
-        return json.loads(path.read_text())
+        return read_cell(path)
     t0 = time.perf_counter()
     state = out / "cells" / f"{name}-s{seed}.state.pt"  # per-epoch state: an interrupted unit continues
     model, hist = train_student(ctx, seed=seed, distill=Distillation(source, kd) if kd else None,
@@ -102,7 +113,7 @@ def run_sweep(cfg: RunConfig, grid: Grid, *, reporter: Reporter | None = None, l
     ctx = prepare(cfg, log)
     teacher = build_teacher(ctx)
     check_hint(ctx, teacher)
-    out = open_sweep_dir(cfg, log)
+    out, final = open_sweep_dir(cfg, log)
     tpath = out / "teacher.pt"
     if teacher_is_trained(cfg):
         t_hist = train_teacher(ctx, teacher, reporter, log)
@@ -141,7 +152,7 @@ def run_sweep(cfg: RunConfig, grid: Grid, *, reporter: Reporter | None = None, l
     base_m, base_sd = mean_std([baselines[s]["accuracy"] for s in grid.seeds])
     best_key = max(cells, key=lambda k: cells[k]["mean"])
     result = {
-        **report_header(ctx, out),
+        **report_header(ctx, final),
         "grid": grid.to_dict(),
         "teacher": {"arch": cfg.teacher, "accuracy": teacher_acc, "history": t_hist},
         "baseline": {"arch": cfg.student, "mean": base_m, "std": base_sd,
@@ -155,11 +166,15 @@ def run_sweep(cfg: RunConfig, grid: Grid, *, reporter: Reporter | None = None, l
     result["wall_seconds"] = time.perf_counter() - t_start
     # training cost of everything in the table, including units finished by earlier (resumed) runs
     units = [baselines[s] for s in grid.seeds] + [
-        json.loads((out / "cells" / f"{k}-s{s}.json").read_text()) for k in cells for s in grid.seeds]
+        read_cell(out / "cells" / f"{k}-s{s}.json") for k in cells for s in grid.seeds]
     result["train_seconds_total"] = sum(h["seconds"] for h in t_hist) + sum(u["train_seconds"] for u in units)
     atomic_write_json(out / "sweep.json", result)
     atomic_write_text(out / "sweep.md", sweep_markdown(result))
     plot_heatmap(result, out / "heatmap.png")
+    if out != final:  # --overwrite: the finished sweep replaces the old folder now
+        commit_out_dir(out, final)
+    else:
+        release_output(final)
     return result
 
 

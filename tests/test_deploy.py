@@ -112,11 +112,11 @@ def test_bench_a_plain_torchvision_export(tmp_path):
 def test_bad_models_one_clear_line(tmp_path, student):
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     res = runner.invoke(app, ["bench", str(tmp_path / "junk.onnx"), "--out", str(tmp_path / "b")])
-    assert res.exit_code == 1 and "is not a valid ONNX model" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 2 and "is not a valid ONNX model" in res.output and "Traceback" not in res.output
     lin = torch.nn.Linear(5, 3)
     torch.onnx.export(lin, (torch.randn(2, 5),), str(tmp_path / "lin.onnx"), dynamo=False)
     res = runner.invoke(app, ["bench", str(tmp_path / "lin.onnx"), "--out", str(tmp_path / "b")])
-    assert res.exit_code == 1 and "is not an image classifier" in " ".join(res.output.split())
+    assert res.exit_code == 2 and "is not an image classifier" in " ".join(res.output.split())
     m = build_model(ModelSpec("mlp:8", 4, (1, 8, 8))).eval()
     export_onnx(m, tmp_path / "four.onnx", torch.randn(4, 1, 8, 8))
     res = runner.invoke(app, ["bench", str(tmp_path / "four.onnx"), "--dataset", "digits",

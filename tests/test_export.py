@@ -30,10 +30,22 @@ def test_export_parity_dynamic_batch_and_metadata(tiny, digits, tmp_path):
 def test_parity_failure_keeps_no_file(tiny, digits, tmp_path, monkeypatch):
     import kdexport.export.onnx as ex
 
-    monkeypatch.setattr(ex, "check_parity", lambda *a, **k: (0.5, 0.9))
+    monkeypatch.setattr(ex, "check_parity", lambda *a, **k: (0.5, 0.9, 1.0))
     with pytest.raises(ParityError, match="not kept"):
         export_onnx(tiny, tmp_path / "m.onnx", digits.normalize(digits.x_test[:8]))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_parity_tolerance_scales_with_the_logits_unless_overridden(tiny, digits, tmp_path, monkeypatch):
+    import kdexport.export.onnx as ex
+
+    # a trained large-logit model: diff 0.05 at logit scale 100 is 5e-4 relative, within the default 1e-3
+    monkeypatch.setattr(ex, "check_parity", lambda *a, **k: (0.05, 1.0, 100.0))
+    res = export_onnx(tiny, tmp_path / "m.onnx", digits.normalize(digits.x_test[:8]))
+    assert res.tolerance == pytest.approx(0.1) and res.parity()["logit_scale"] == 100.0
+    with pytest.raises(ParityError, match="--parity-atol 0.001"):
+        export_onnx(tiny, tmp_path / "n.onnx", digits.normalize(digits.x_test[:8]), atol=1e-3)
+    assert ex.parity_tolerance(0.2, 1e-3, None) == pytest.approx(1e-3)  # small logits: the scale counts as 1
 
 
 def test_check_parity_detects_a_different_model(tiny, digits, tmp_path):
@@ -41,7 +53,7 @@ def test_check_parity_detects_a_different_model(tiny, digits, tmp_path):
     export_onnx(tiny, tmp_path / "m.onnx", x)
     with torch.no_grad():
         tiny.net[-1].bias += 1.0
-    diff, _ = check_parity(tmp_path / "m.onnx", tiny, x)
+    diff, _, _ = check_parity(tmp_path / "m.onnx", tiny, x)
     assert diff == pytest.approx(1.0, abs=1e-4)
 
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 
 from ..config import BenchOptions
-from ..data.datasets import Dataset, load_dataset
-from ..envinfo import environment, now_iso, usable_cores
-from ..errors import DataError, ExportError
-from ..export.onnx import inspect_classifier, ort_logits, ort_session
+from ..data.datasets import Dataset
+from ..envinfo import check_fits_memory, environment, now_iso, usable_cores
+from ..errors import DataError, ModelFileError
+from ..export.onnx import data_for_model, inspect_classifier, ort_logits, ort_session
 from ..files import atomic_write, atomic_write_json, atomic_write_text
 from ..models.checkpoint import load_model
 from .timing import InputsFor, bench_onnx, bench_torch, onnx_accuracy, p50, real_inputs
@@ -18,7 +19,7 @@ from .timing import InputsFor, bench_onnx, bench_torch, onnx_accuracy, p50, real
 
 def bench_models(o: BenchOptions) -> dict:
     """Time every model of ``o`` (and its accuracy, given a dataset); return bench.json's content."""
-    data = load_dataset(o.dataset, o.data_dir, download=False) if o.dataset else None
+    data = data_for_model(o.models[0], o.dataset, o.data_dir) if o.dataset else None
     threads = list(o.threads) or [usable_cores()]
     batches = list(o.batch_sizes)
     timing = {"warmup": o.warmup, "iters": o.iters, "max_seconds": o.max_seconds}
@@ -27,7 +28,9 @@ def bench_models(o: BenchOptions) -> dict:
         info = inspect_classifier(path)
         chw = list(o.input_shape) if o.input_shape else info["input_shape"]
         if any(d is None for d in chw):
-            raise ExportError(f"{path.name} has a dynamic input size {chw}; pass --input-shape C,H,W")
+            raise ModelFileError(f"{path.name} has a dynamic input size {chw}; pass --input-shape C,H,W")
+        if not all(isinstance(d, int) and d >= 1 for d in chw):
+            raise ModelFileError(f"{path.name}: input shape {chw} is not C x H x W of positive sizes")
         if data is not None:
             if list(data.input_shape) != list(chw):
                 raise DataError(f"{path.name} takes inputs {chw}; dataset {data.name} gives {list(data.input_shape)}")
@@ -43,6 +46,12 @@ def bench_models(o: BenchOptions) -> dict:
             "quantization": info["metadata"].get("quantization"),
             "runs": [],
         }
+        check_fits_memory(4 * max(batches) * math.prod(chw), f"{path.name}'s input {chw} at batch {max(batches)}",
+                          "pass smaller --batch-sizes or --input-shape")
+        if info["batch"]:
+            entry["fixed_batch"] = info["batch"]
+            entry["note"] = (f"the graph's batch is fixed at {info['batch']}: batch B is timed as "
+                             f"ceil(B / {info['batch']}) calls")
         for t in threads:
             entry["runs"].append(_run(t, bench_onnx(path, _inputs(data, chw), batches, threads=t,
                                                     graph_opt=o.graph_opt, **timing)))
@@ -133,6 +142,7 @@ def to_markdown(r: dict) -> str:
             )
             + " |"
         )
+    lines += [f"\nNote: {name}: {m['note']}" for name, m in r["models"].items() if m.get("note")]
     if r.get("pareto"):
         lines += ["", f"Pareto front (latency @{b[0]} vs accuracy): {', '.join(r['pareto'])}"]
     return "\n".join(lines) + "\n"

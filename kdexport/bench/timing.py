@@ -94,12 +94,23 @@ def latency_table(run: Callable[[torch.Tensor], object], data: Dataset | InputsF
 def bench_onnx(path: str | os.PathLike, data: Dataset | InputsFor, batches: list[int], *, threads: int | None = None,
                warmup: int = RunConfig.bench_warmup, iters: int = RunConfig.bench_iters,
                max_seconds: float | None = None, graph_opt: str = "all") -> dict:
+    """Latency and throughput of an ONNX file under onnxruntime. A graph whose batch size is fixed (mobile
+    exports often fix it at 1) is fed what it accepts: batch B runs as ceil(B / fixed) calls, as an app would
+    run it; ``fixed_batch`` in the result says so."""
     threads = threads or usable_cores()
     sess = ort_session(path, threads=threads, graph_opt=graph_opt)
-    name = sess.get_inputs()[0].name
-    res = latency_table(lambda x: sess.run(None, {name: x.numpy()}), data, batches, warmup, iters,
-                        max_seconds)
+    inp = sess.get_inputs()[0]
+    fixed = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
+    if fixed:
+        def run(x: torch.Tensor) -> object:
+            return ort_logits(sess, x.numpy())
+    else:
+        def run(x: torch.Tensor) -> object:
+            return sess.run(None, {inp.name: x.numpy()})
+    res = latency_table(run, data, batches, warmup, iters, max_seconds)
     res["threads"] = threads
+    if fixed:
+        res["fixed_batch"] = fixed
     return res
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..envinfo import check_fits_memory
 from ..errors import DataError, first_line
 from ..files import cache_root
 from ..registry import Registry
@@ -228,33 +229,106 @@ def _list_images(split: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     return classes, items
 
 
-def _decode(paths: list[Path], size: int, channels: int) -> torch.Tensor:
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+MAX_DEFAULT_SIZE = 224  # the default --image-size: the median shorter side of the photos, at most this
+IMAGEFOLDER_CACHE_FORMAT = 2
+
+
+def _open_image(p: Path):
+    """A fully loaded PIL image, upright (EXIF orientation applied); raises on any unreadable file (empty,
+    not an image, truncated, or a decompression bomb: more than PIL's MAX_IMAGE_PIXELS)."""
+    import warnings
+
+    from PIL import Image, ImageOps
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)  # a bomb is refused, not decoded
+        with Image.open(p) as im:
+            im.load()
+            return ImageOps.exif_transpose(im)
+
+
+def _probe(p: Path) -> tuple[str, int, int] | str:
+    """(mode, width, height) from the header alone, or why the file cannot be used."""
+    import warnings
+
     from PIL import Image
 
-    mode = "L" if channels == 1 else "RGB"
-
-    def one(p: Path) -> torch.Tensor:
-        try:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(p) as im:
-                im = im.convert(mode)
-                if im.size != (size, size):
-                    im = im.resize((size, size), Image.BILINEAR)
-                t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
+                w, h = im.size
+                if w * h > (Image.MAX_IMAGE_PIXELS or float("inf")):
+                    return f"{w}x{h} pixels (a decompression bomb?)"
+                return im.mode, w, h
+    except Exception as e:
+        return first_line(e, 80)
+
+
+def _to_mode(im, channels: int):
+    """Any PIL image as 8-bit L (channels 1) or RGB: palette, alpha, CMYK and 16-bit images are converted
+    (16-bit by scaling, not clipping)."""
+    import numpy as np
+    from PIL import Image
+
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(im, dtype=np.float64)
+        peak = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        im = Image.fromarray(np.clip(a * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8), "L")
+    elif im.mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        im = Image.fromarray(np.clip(a * (255.0 if a.max() <= 1.0 else 1.0) + 0.5, 0, 255).astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))  # transparent pixels on white, not black
+        im = Image.alpha_composite(bg, im)
+    return im.convert("L" if channels == 1 else "RGB")
+
+
+def _decode(paths: list[Path], size: int, channels: int) -> tuple[torch.Tensor, list[int], list[str]]:
+    """Decode and resize every image; returns (images, indices of the decoded ones, one note per skipped file)."""
+    from PIL import Image
+
+    def one(p: Path) -> torch.Tensor | str:
+        try:
+            im = _to_mode(_open_image(p), channels)
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.BILINEAR)
+            t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
         except Exception as e:
-            raise DataError(f"cannot read image {str(p)!r}: {e}") from None
+            return f"{p}: {first_line(e, 80)}"
         return t.view(size, size, channels).permute(2, 0, 1)
 
     out = torch.empty((len(paths), channels, size, size), dtype=torch.uint8)
+    ok, skipped = [], []
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2))) as pool:
         for i, t in enumerate(pool.map(one, paths, chunksize=256)):
-            out[i] = t
-    return out
+            if isinstance(t, str):
+                skipped.append(t)
+            else:
+                out[len(ok)] = t
+                ok.append(i)
+    return out[:len(ok)].clone() if len(ok) < len(paths) else out, ok, skipped
+
+
+def _scan(items: list[tuple[Path, int]]) -> tuple[list[tuple[Path, int]], list[tuple[str, int, int]], list[str]]:
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2))) as pool:
+        probes = list(pool.map(_probe, [p for p, _ in items], chunksize=256))
+    good = [(it, pr) for it, pr in zip(items, probes) if not isinstance(pr, str)]
+    bad = [f"{it[0]}: {pr}" for it, pr in zip(items, probes) if isinstance(pr, str)]
+    return [g[0] for g in good], [g[1] for g in good], bad
 
 
 @DATASETS.register("imagefolder")
 def _imagefolder(data_dir: Path | None, *, download: bool, image_size: int | None) -> Dataset:
-    """The user's images: DATA_DIR/train/<class>/* and DATA_DIR/test/<class>/* (or val/)."""
-    from PIL import Image
+    """The user's images: DATA_DIR/train/<class>/* and DATA_DIR/test/<class>/* (or val/).
+
+    The set decides its format, never the file that sorts first: RGB unless every image is grayscale, and
+    (without ``--image-size``) the median shorter side of the training images, at most 224. Files that
+    cannot be read (empty, not an image, truncated, decompression bombs) are skipped with a warning."""
+    import statistics
+    import warnings
 
     if data_dir is None:
         raise DataError("the imagefolder dataset needs --data-dir holding train/ and test/ (or val/)")
@@ -268,11 +342,8 @@ def _imagefolder(data_dir: Path | None, *, download: bool, image_size: int | Non
         raise DataError(f"{str(train_dir)!r} needs at least two class folders with images")
     if test_classes != classes:
         raise DataError(f"class folders differ between {train_dir.name}/ and {test_dir.name}/")
-    with Image.open(train_items[0][0]) as im0:
-        channels = 1 if im0.mode in ("L", "1", "I;16") else 3
-        size = image_size or max(im0.size)
-    # Decoding is the slow part: cache the decoded tensors, keyed by the file list and mtimes.
-    h = hashlib.sha256(f"{data_dir.resolve()}|{size}|{channels}".encode())
+    # Decoding is the slow part: cache the decoded tensors, keyed by the file list, sizes and mtimes.
+    h = hashlib.sha256(f"{IMAGEFOLDER_CACHE_FORMAT}|{data_dir.resolve()}|{image_size}".encode())
     for p, c in train_items + test_items:
         st = p.stat()
         h.update(f"{p.name}|{c}|{st.st_size}|{st.st_mtime_ns}".encode())
@@ -281,23 +352,38 @@ def _imagefolder(data_dir: Path | None, *, download: bool, image_size: int | Non
     if cache.exists():
         try:
             blob = torch.load(cache, weights_only=True)
+            _ = (blob["size"], blob["channels"])  # a cache of another format is rebuilt
         except Exception:
             blob = None
     if blob is None:
+        train_items, train_probe, bad = _scan(train_items)
+        test_items, test_probe, bad_test = _scan(test_items)
+        if len({c for _, c in train_items}) < 2 or not test_items:
+            raise DataError(f"{str(data_dir)!r}: too few readable images ({len(train_items)} train, "
+                            f"{len(test_items)} test){'; e.g. ' + bad[0] if bad else ''}")
+        channels = 1 if all(m in GRAY_MODES for m, _, _ in train_probe + test_probe) else 3
+        size = image_size or min(MAX_DEFAULT_SIZE, int(statistics.median(min(w, h) for _, w, h in train_probe)))
+        size = max(size, 8)
+        n = len(train_items) + len(test_items)
+        check_fits_memory(n * channels * size * size, f"decoding {n:,} images at {size}x{size}",
+                          "pass a smaller --image-size")
+        x_train, ok_train, skip_train = _decode([p for p, _ in train_items], size, channels)
+        x_test, ok_test, skip_test = _decode([p for p, _ in test_items], size, channels)
+        skipped = bad + bad_test + skip_train + skip_test
         blob = {
-            "x_train": _decode([p for p, _ in train_items], size, channels),
-            "y_train": torch.tensor([c for _, c in train_items]),
-            "x_test": _decode([p for p, _ in test_items], size, channels),
-            "y_test": torch.tensor([c for _, c in test_items]),
+            "x_train": x_train, "y_train": torch.tensor([train_items[i][1] for i in ok_train]),
+            "x_test": x_test, "y_test": torch.tensor([test_items[i][1] for i in ok_test]),
+            "size": size, "channels": channels, "skipped": skipped,
         }
-        try:
-            from ..files import atomic_torch_save
+        from ..files import atomic_torch_save, optional_write
 
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            atomic_torch_save(blob, cache)
-        except OSError:
-            pass  # a read-only cache only costs time
+        optional_write("decoded-image cache", lambda: atomic_torch_save(blob, cache))  # a failure costs time
+    size, channels, skipped = int(blob["size"]), int(blob["channels"]), list(blob.get("skipped", []))
+    if skipped:
+        warnings.warn(f"{len(skipped)} unreadable image(s) skipped, e.g. {skipped[0]}", RuntimeWarning, stacklevel=2)
     mean, std = _stats(blob["x_train"], 255.0)
     return Dataset("imagefolder", blob["x_train"], blob["y_train"].long(), blob["x_test"],
-                   blob["y_test"].long(), classes, mean, std, source=f"ImageFolder at {data_dir}",
+                   blob["y_test"].long(), classes, mean, std,
+                   source=f"ImageFolder at {data_dir} ({'RGB' if channels == 3 else 'grayscale'}, {size}x{size}"
+                          f"{'' if image_size else ', the median shorter side (--image-size to change it)'})",
                    augment_default="crop-flip" if channels == 3 else "none")

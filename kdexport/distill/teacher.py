@@ -28,9 +28,9 @@ from torch import nn
 
 from ..config import KDConfig
 from ..data.datasets import Dataset, Normalization
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, ModelError
 from ..export.onnx import ort_logits
-from ..files import atomic_torch_save, hash_file
+from ..files import atomic_torch_save, hash_file, optional_write
 from .hint import Hint
 from .losses import kd_loss
 
@@ -145,8 +145,14 @@ class OnnxTeacher:
 
 
 def teacher_accuracy(teacher: Teacher, data: Dataset) -> float:
-    """Top-1 accuracy of a teacher on the test split (through the same interface the loop uses)."""
-    pred = logits_over(teacher, data.x_test).argmax(1)
+    """Top-1 accuracy of a teacher on the test split (through the same interface the loop uses). A teacher
+    whose logits are NaN or infinite is refused here, before a student learns from it."""
+    logits = logits_over(teacher, data.x_test)
+    bad = int((~torch.isfinite(logits)).any(1).sum())
+    if bad:
+        raise ModelError(f"the teacher's logits are NaN or infinite on {bad} of {len(logits)} test images: its "
+                         "weights (or ONNX file) are broken, or it diverged while training; fix the teacher")
+    pred = logits.argmax(1)
     return int((pred == data.y_test).sum()) / max(len(data.y_test), 1)
 
 
@@ -177,10 +183,8 @@ def cached_teacher_logits(teacher: Teacher, data: Dataset, cache_dir: str | os.P
         except Exception:
             pass  # unreadable or stale: recompute and replace
     logits = logits_over(teacher, data.x_train)
-    try:
-        atomic_torch_save({"format": CACHE_FORMAT, "key": key, "logits": logits, "dataset": data.name}, path)
-    except OSError:
-        pass  # a read-only cache only costs time
+    optional_write("teacher-logit cache", lambda: atomic_torch_save(
+        {"format": CACHE_FORMAT, "key": key, "logits": logits, "dataset": data.name}, path))  # costs time only
     return logits
 
 

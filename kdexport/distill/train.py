@@ -23,7 +23,7 @@ from torch import nn
 from ..config import TrainConfig
 from ..data.augment import AUGMENTATIONS
 from ..data.datasets import Dataset
-from ..errors import ConfigError, TrainingError
+from ..errors import ConfigError, StateError, TrainingError, first_line
 from ..files import atomic_torch_save
 from ..runs import config_diff
 from .losses import kd_loss
@@ -113,6 +113,19 @@ def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
 
+DATA_INIT_SAMPLES = 5000
+
+
+def init_from_data(model: nn.Module, data: Dataset, seed: int, n: int = DATA_INIT_SAMPLES) -> bool:
+    """Call ``model.data_init`` (if it has one) on ``n`` normalized training images drawn with ``seed``."""
+    if not callable(getattr(model, "data_init", None)):
+        return False
+    g = torch.Generator().manual_seed(seed + 3_000_017)
+    idx = torch.randperm(data.x_train.shape[0], generator=g)[:n]
+    model.data_init(data.normalize(data.x_train[idx]))
+    return True
+
+
 def _uses_conv(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
@@ -141,21 +154,32 @@ class TrainState:
                            "torch_rng": torch.get_rng_state()}, path)
 
     def load(self, path: str | os.PathLike, label: str) -> int:
-        """Restore from ``path``; return the next epoch. A state saved with other settings is refused."""
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        """Restore from ``path``; return the next epoch. A state saved with other settings is refused; an
+        unreadable or inconsistent one is one line saying how to start this model afresh."""
+        fresh = f"delete {str(path)!r} (or rerun without --resume) to train this model afresh"
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise StateError(f"{label}: its training state is unreadable ({first_line(e, 80)}); {fresh}") from None
+        if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+            raise StateError(f"{label}: {str(path)!r} is not a kdexport training state; {fresh}")
         diff = config_diff(state["config"], self.record)
         if diff:
             raise ConfigError(f"{label}: cannot resume, options differ from the interrupted run: {', '.join(diff)}")
-        self.model.load_state_dict(state["model"])
-        if self.distill is not None:
-            self.distill.load_state_dict(state.get("distill") or {})
-        self.opt.load_state_dict(state["optimizer"])
-        self.sched.load_state_dict(state["scheduler"])
-        self.order_gen.set_state(state["order_rng"])
-        self.aug_gen.set_state(state["aug_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        self.history = list(state["history"])
-        return int(state["epoch"]) + 1
+        try:
+            self.model.load_state_dict(state["model"])
+            if self.distill is not None:
+                self.distill.load_state_dict(state.get("distill") or {})
+            self.opt.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["scheduler"])
+            self.order_gen.set_state(state["order_rng"])
+            self.aug_gen.set_state(state["aug_rng"])
+            torch.set_rng_state(state["torch_rng"])
+            self.history = list(state["history"])
+            return int(state["epoch"]) + 1
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise StateError(f"{label}: its training state is inconsistent ({type(e).__name__}: "
+                             f"{first_line(e, 80)}); {fresh}") from None
 
 
 @dataclass
@@ -173,9 +197,14 @@ class Loop:
     resumable: bool  # a per-epoch state is kept (for the NaN message)
 
 
-def _nonfinite(loop: Loop, value: float, epoch: int) -> TrainingError:
+def _nonfinite(loop: Loop, sums: list[float], epoch: int) -> TrainingError:
+    """The advice fits the cause: a non-finite distillation term with a finite CE is the teacher's."""
     hint = " (the last good epoch's state is kept; fix and --resume)" if loop.resumable else ""
-    return TrainingError(f"{loop.label}: loss became {value} at epoch {epoch}; lower the learning rate{hint}")
+    if loop.distill is not None and math.isfinite(sums[1]) and not math.isfinite(sums[2]):
+        return TrainingError(f"{loop.label}: the distillation loss became {sums[2]} at epoch {epoch} while the "
+                             f"cross-entropy stayed finite: the teacher's logits are NaN or infinite; check the "
+                             f"teacher{hint}")
+    return TrainingError(f"{loop.label}: loss became {sums[0]} at epoch {epoch}; lower the learning rate{hint}")
 
 
 def train_epoch(loop: Loop, state: TrainState, epoch: int) -> dict[str, float]:
@@ -222,12 +251,12 @@ def train_epoch(loop: Loop, state: TrainState, epoch: int) -> dict[str, float]:
         if step % 25 == 0 or step == steps_per_epoch:
             s = sums.tolist()
             if not math.isfinite(s[0]):
-                raise _nonfinite(loop, s[0], epoch)
+                raise _nonfinite(loop, s, epoch)
             loop.reporter.step_n(25 if step % 25 == 0 else step % 25,
                                  {"loss": s[0] / max(s[4], 1), "acc": s[3] / max(s[4], 1)})
     loss_sum, ce_sum, kd_sum, correct, seen = all_reduce_sum(sums).tolist()
     if not math.isfinite(loss_sum):
-        raise _nonfinite(loop, loss_sum, epoch)
+        raise _nonfinite(loop, [loss_sum, ce_sum, kd_sum], epoch)
     test = evaluate(state.model, data, "test", device=device)
     return {"epoch": epoch, "lr": lr, "train_loss": loss_sum / seen, "train_ce": ce_sum / seen,
             "train_kd": kd_sum / seen, "train_accuracy": correct / seen, "test_loss": test["loss"],
@@ -236,19 +265,23 @@ def train_epoch(loop: Loop, state: TrainState, epoch: int) -> dict[str, float]:
 
 def fit(model: nn.Module, data: Dataset, cfg: TrainConfig, *, distill: Distillation | None = None,
         label: str = "train", reporter: Reporter | None = None, state_path: str | os.PathLike | None = None,
-        resume: bool = False) -> list[dict[str, float]]:
+        resume: bool = False, data_init: bool = True) -> list[dict[str, float]]:
     """Train ``model`` in place; return the per-epoch history.
 
     Plain cross-entropy without ``distill``; otherwise ``distill``'s loss against its teacher's
     logits. With ``state_path``, the full training state (model, optimizer, scheduler, RNG states,
     history) is saved atomically after every epoch; ``resume=True`` continues from it, bit for bit on
-    the CPU. Under torchrun the model is wrapped in DDP.
+    the CPU. Under torchrun the model is wrapped in DDP. With ``data_init`` (the default; off when the
+    model starts from given weights), a model with a ``data_init(images)`` method (``fastcifar``'s
+    whitening layer) is first initialized from a seeded sample of training images.
     """
     from ..distributed import world
 
     rank, world_size = world()
     reporter = (reporter or NullReporter()) if rank == 0 else NullReporter()
     device = resolve_device(cfg.device)
+    if data_init:
+        init_from_data(model, data, cfg.seed)
     model.to(device)
     channels_last = _uses_conv(model)
     if channels_last:

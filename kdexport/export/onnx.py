@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..config import RunConfig
-from ..errors import ExportError, ParityError, first_line
+from ..errors import ExportError, ModelFileError, ParityError, first_line
 from ..files import staged_file
 
 OPSET = 18
@@ -35,10 +35,12 @@ class ExportResult:
     max_abs_diff: float
     top1_agreement: float
     parity_inputs: int
+    tolerance: float | None = None  # the max abs difference allowed (relative to logit_scale unless overridden)
+    logit_scale: float | None = None  # max |logit| of PyTorch's outputs on the parity inputs
 
     def parity(self) -> dict[str, float]:
         return {"max_abs_diff": self.max_abs_diff, "top1_agreement": self.top1_agreement,
-                "inputs": self.parity_inputs}
+                "inputs": self.parity_inputs, "tolerance": self.tolerance, "logit_scale": self.logit_scale}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -125,8 +127,9 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return out
 
 
-def check_parity(path: str | os.PathLike, model: nn.Module, inputs: torch.Tensor) -> tuple[float, float]:
-    """Max abs logit difference and top-1 agreement of onnxruntime vs PyTorch on ``inputs``."""
+def check_parity(path: str | os.PathLike, model: nn.Module, inputs: torch.Tensor) -> tuple[float, float, float]:
+    """Max abs logit difference, top-1 agreement of onnxruntime vs PyTorch on ``inputs``, and the logits'
+    scale (max |logit| of PyTorch's outputs)."""
     model.eval()
     with torch.no_grad():
         ref = torch.cat([model(inputs[i:i + 256]) for i in range(0, len(inputs), 256)]).float().numpy()
@@ -135,12 +138,19 @@ def check_parity(path: str | os.PathLike, model: nn.Module, inputs: torch.Tensor
         raise ParityError(f"onnxruntime returned shape {got.shape}, PyTorch {ref.shape}")
     diff = float(np.abs(got - ref).max()) if ref.size else 0.0
     agree = float((got.argmax(1) == ref.argmax(1)).mean()) if ref.size else 1.0
-    return diff, agree
+    scale = float(np.abs(ref).max()) if ref.size else 0.0
+    return diff, agree, scale
+
+
+def parity_tolerance(scale: float, rtol: float, atol: float | None) -> float:
+    """The largest max-abs logit difference accepted: ``atol`` when given, else ``rtol`` times the logits'
+    scale (at least 1): FP32 rounding grows with the size of the logits, a wrong graph does not stay under it."""
+    return atol if atol is not None else rtol * max(1.0, scale)
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, parity_inputs: torch.Tensor, *,
-                metadata: dict[str, Any] | None = None, atol: float = RunConfig.parity_atol,
-                min_top1_agreement: float = 0.99) -> ExportResult:
+                metadata: dict[str, Any] | None = None, rtol: float = RunConfig.parity_rtol,
+                atol: float | None = RunConfig.parity_atol, min_top1_agreement: float = 0.99) -> ExportResult:
     """Export ``model`` (taking normalized NCHW float input) and prove the file with onnxruntime.
 
     ``parity_inputs`` are real, normalized inputs (a few hundred test images); their batch
@@ -163,12 +173,14 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, parity_inputs: torch.
             onnx.checker.check_model(str(tmp), full_check=True)
         except Exception as e:
             raise ExportError(f"onnx.checker rejected the export: {first_line(e)}") from None
-        diff, agree = check_parity(tmp, model, parity_inputs.float())
-        if not (diff <= atol and agree >= min_top1_agreement):
+        diff, agree, scale = check_parity(tmp, model, parity_inputs.float())
+        tol = parity_tolerance(scale, rtol, atol)
+        if not (diff <= tol and agree >= min_top1_agreement):
+            how = f"--parity-atol {atol:g}" if atol is not None else f"{rtol:g} x logit scale {scale:.3g}"
             raise ParityError(f"{path.name}: onnxruntime differs from PyTorch (max abs logit diff "
-                              f"{diff:.3g} > {atol:g} or top-1 agreement {agree:.4f} < "
+                              f"{diff:.3g} > {tol:.3g} = {how}, or top-1 agreement {agree:.4f} < "
                               f"{min_top1_agreement}); the file was not kept")
-    return ExportResult(str(path), path.stat().st_size, diff, agree, int(parity_inputs.shape[0]))
+    return ExportResult(str(path), path.stat().st_size, diff, agree, int(parity_inputs.shape[0]), tol, scale)
 
 
 def inspect_classifier(path: str | os.PathLike) -> dict:
@@ -177,23 +189,23 @@ def inspect_classifier(path: str | os.PathLike) -> dict:
 
     path = Path(path)
     if not path.is_file():
-        raise ExportError(f"{str(path)!r} does not exist")
+        raise ModelFileError(f"{str(path)!r} does not exist")
     try:
         m = onnx.load(str(path), load_external_data=False)
         onnx.checker.check_model(str(path))  # by path: weights in external data files (.onnx.data) are checked too
     except Exception as e:
-        raise ExportError(f"{str(path)!r} is not a valid ONNX model: {first_line(e, 160)}") from None
+        raise ModelFileError(f"{str(path)!r} is not a valid ONNX model: {first_line(e, 160)}") from None
     inits = {i.name for i in m.graph.initializer}
     inputs = [i for i in m.graph.input if i.name not in inits]
     if len(inputs) != 1 or len(m.graph.output) < 1:
-        raise ExportError(f"{path.name}: expected one image input and a logits output, found {len(inputs)} inputs")
+        raise ModelFileError(f"{path.name}: expected one image input and a logits output, found {len(inputs)} inputs")
 
     def dims(vi) -> list[int | None]:
         return [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
 
     ishape, oshape = dims(inputs[0]), dims(m.graph.output[0])
     if len(ishape) != 4 or len(oshape) != 2:
-        raise ExportError(
+        raise ModelFileError(
             f"{path.name} is not an image classifier: input shape {ishape}, output shape "
             f"{oshape} (expected N x C x H x W -> N x classes)"
         )
@@ -209,6 +221,19 @@ def inspect_classifier(path: str | os.PathLike) -> dict:
         "metadata": meta,
         "bytes": path.stat().st_size,
     }
+
+
+def data_for_model(path: str | os.PathLike, dataset: str, data_dir: str | os.PathLike | None):
+    """The dataset a model is evaluated (calibrated, timed) on, decoded at the model's input size: for
+    ImageFolder data the size comes from the graph (or its metadata), never from the photos' default."""
+    from ..data.datasets import load_dataset
+
+    size = None
+    if dataset == "imagefolder":
+        chw = inspect_classifier(path)["input_shape"]
+        if len(chw) == 3 and isinstance(chw[1], int) and chw[1] == chw[2] and chw[1] >= 8:
+            size = chw[1]
+    return load_dataset(dataset, data_dir, download=False, image_size=size)
 
 
 def onnx_files(path: str | os.PathLike) -> list[Path]:

@@ -23,11 +23,19 @@ from typing import Any
 import numpy as np
 
 from ..config import PackageOptions
-from ..data.datasets import Dataset, Normalization, load_dataset
+from ..data.datasets import Dataset, Normalization
 from ..errors import DataError, ExportError, first_line
 from ..files import atomic_write_text, hash_file
 from ..runs import commit_out_dir, prepare_out_dir
-from .onnx import inspect_classifier, ort_logits, ort_session, read_metadata, save_self_contained, set_metadata
+from .onnx import (
+    data_for_model,
+    inspect_classifier,
+    ort_logits,
+    ort_session,
+    read_metadata,
+    save_self_contained,
+    set_metadata,
+)
 
 MODEL, MODEL_INT8, MODEL_ORT = "model.onnx", "model.int8.onnx", "model.ort"
 TEST_DIR = "test_data_set_0"
@@ -71,7 +79,7 @@ def _source(src: Path, *, dataset: str | None, data_dir: str | None, labels: str
     dataset = dataset or meta.get("dataset")
     data = None
     if dataset:
-        data = load_dataset(dataset, data_dir or (report or {}).get("config", {}).get("data_dir"), download=False)
+        data = data_for_model(fp32, dataset, data_dir or (report or {}).get("config", {}).get("data_dir"))
     names = (Path(labels).read_text().splitlines() if labels else meta.get("class_names")
              or (data.class_names if data else None))
     chw = [d if d is not None else w for d, w in zip(info["input_shape"], meta.get("input_shape") or

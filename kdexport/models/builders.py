@@ -1,4 +1,5 @@
-"""Model registry: ``mlp:<hidden sizes>``, every torchvision classifier by name, and ``timm:<name>``.
+"""Model registry: ``mlp:<hidden sizes>``, every torchvision classifier by name, kdexport's own small-image
+models (CIFAR ResNets ``resnet8``...``resnet110``, ``resnet8x4``, ``fastcifar[:width]``) and ``timm:<name>``.
 
 A spec is ``name`` or ``name:args`` (``mlp:1200,1200``, ``timm:resnet10t``). Builders take the
 dataset's input shape and class count, so a model always fits its data.
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..envinfo import check_fits_memory
 from ..errors import ConfigError, ModelError, first_line
 from ..registry import Registry
 
@@ -34,9 +36,26 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelSpec:
-        return cls(d["arch"], int(d["num_classes"]), tuple(d["input_shape"]),
-                   float(d.get("dropout", 0.0)), bool(d.get("cifar_stem", False)))
+        """A spec read from a file (checkpoint, report): every field checked; ConfigError names the bad one."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"model spec is a {type(d).__name__}, not an object")
+        arch, n, shape = d.get("arch"), d.get("num_classes"), d.get("input_shape")
+        dropout, stem = d.get("dropout", 0.0), d.get("cifar_stem", False)
+        if not isinstance(arch, str) or not arch:
+            raise ConfigError(f"model spec: arch must be a name, got {arch!r}")
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_CLASSES:
+            raise ConfigError(f"model spec: num_classes must be an integer in [1, {MAX_CLASSES:,}], got {n!r}")
+        if (not isinstance(shape, (list, tuple)) or len(shape) != 3
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape)):
+            raise ConfigError(f"model spec: input_shape must be [C, H, W] of positive integers, got {shape!r}")
+        if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
+            raise ConfigError(f"model spec: dropout must be in [0, 1), got {dropout!r}")
+        if not isinstance(stem, bool):
+            raise ConfigError(f"model spec: cifar_stem must be true or false, got {stem!r}")
+        return cls(arch, n, tuple(shape), float(dropout), stem)
 
+
+MAX_CLASSES = 1_000_000
 
 Builder = Callable[[str, ModelSpec, bool], nn.Module]
 MODELS: Registry[Builder] = Registry("model")
@@ -172,6 +191,32 @@ for _n in torchvision_classifiers():
     MODELS.register(_n)(_torchvision_builder(_n))
 
 
+def _small_image_builder(name: str) -> Builder:
+    def build(args: str, spec: ModelSpec, pretrained: bool) -> nn.Module:
+        from . import cifar
+
+        if pretrained:
+            cifar.no_pretrained(name)
+        if name == "fastcifar":
+            return cifar.fastcifar(args, spec.input_shape[0], spec.num_classes)
+        if args:
+            raise ConfigError(f"{name} takes no ':' arguments")
+        return cifar.cifar_resnet(name, spec.input_shape[0], spec.num_classes)
+
+    return build
+
+
+def small_image_models() -> list[str]:
+    """kdexport's own 32x32 architectures: the CIFAR ResNets and ``fastcifar`` (see :mod:`.cifar`)."""
+    from .cifar import CIFAR_RESNETS
+
+    return [*CIFAR_RESNETS, "fastcifar"]
+
+
+for _n in small_image_models():
+    MODELS.register(_n)(_small_image_builder(_n))
+
+
 @MODELS.register("timm")
 def _timm(args: str, spec: ModelSpec, pretrained: bool) -> nn.Module:
     """``timm:<name>``: any model of timm (optional: ``pip install 'kdexport[timm]'``)."""
@@ -224,7 +269,10 @@ def build_model(spec: ModelSpec, pretrained: bool = False, log: Callable[[str], 
     """The model ``spec`` names, sized for its data; with ``pretrained``, its published weights (all but a
     head sized for other classes). A model that cannot take the data's input fails here, in one line."""
     name, args = split_arch(spec.arch)
-    model = MODELS.get(name)(args, spec, pretrained)
+    builder = MODELS.get(name)
+    check_fits_memory(estimate_bytes(spec), f"{spec.arch} for inputs {list(spec.input_shape)} and "
+                                            f"{spec.num_classes:,} classes", "use smaller inputs or a smaller model")
+    model = builder(args, spec, pretrained)
     if spec.cifar_stem:
         note = _apply_cifar_stem(model, spec.arch)
         if note and log:
@@ -241,6 +289,22 @@ def build_model(spec: ModelSpec, pretrained: bool = False, log: Callable[[str], 
     if tuple(out.shape) != (1, spec.num_classes):
         raise ModelError(f"{spec.arch} returns shape {tuple(out.shape)}, expected (1, {spec.num_classes})")
     return model
+
+
+def estimate_bytes(spec: ModelSpec) -> int:
+    """A lower bound of the memory building ``spec`` and running it on one input takes (float32): an MLP's
+    weights exactly; for other models one full-resolution feature map of 16 channels and a classifier head
+    of 64 x classes. Checked against available memory before anything is allocated."""
+    inputs = math.prod(spec.input_shape)
+    name, args = split_arch(spec.arch)
+    if name == "mlp":
+        try:
+            hidden = [int(v) for v in args.split(",") if v.strip()] if args else [1200, 1200]
+        except ValueError:
+            hidden = []
+        sizes = [inputs, *hidden, spec.num_classes]
+        return 4 * (inputs + sum(a * b for a, b in zip(sizes, sizes[1:])))
+    return 4 * (inputs + 16 * spec.input_shape[1] * spec.input_shape[2] + 64 * spec.num_classes)
 
 
 def count_params(model: nn.Module) -> int:

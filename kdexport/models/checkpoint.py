@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from ..envinfo import environment, now_iso
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..files import atomic_torch_save
 from .builders import ModelSpec, build_model
 from .weights import load_state_dict_checked, safe_torch_load
@@ -43,6 +43,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(blob, dict) or blob.get("format") != FORMAT or "model" not in blob:
         raise CheckpointError(f"{str(path)!r} is not a kdexport checkpoint (for a plain weights file, name the "
                               "architecture and pass it with --teacher-weights)")
+    if not isinstance(blob.get("state_dict"), dict):
+        raise CheckpointError(f"checkpoint {str(path)!r} has no state_dict")
+    try:
+        ModelSpec.from_dict(blob["model"])
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint {str(path)!r}: {e}") from None
     return blob
 
 

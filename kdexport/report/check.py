@@ -6,6 +6,7 @@ Exit codes (set by the CLI): 0 all gates pass, 1 a regression, 2 unusable input.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,10 +51,20 @@ def _get(report: dict, keys: list[str], which: str) -> Any:
     return cur
 
 
-def _need(value: Any, which: str, key: str) -> Any:
+def _number(value: Any, which: str, key: str, *, lo: float | None = None, hi: float | None = None) -> float:
+    """A metric from a report: present, a real number (not a string, bool or NaN) and within [lo, hi];
+    anything else makes the report unusable (exit 2), never a pass or a regression."""
     if value is None:
         raise ReportError(f"{which} report has no key {key}")
-    return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ReportError(f"{which} report: {key} is not a number ({value!r})")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ReportError(f"{which} report: {key} is {v} (not a finite number)")
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        span = f"[{lo:g}, {hi:g}]" if hi is not None else f">= {lo:g}"
+        raise ReportError(f"{which} report: {key} = {v:g} is outside {span}")
+    return v
 
 
 def _entry(report: dict, role: str, which: str) -> ModelEntry:
@@ -77,8 +88,8 @@ def check_reports(current: dict, baseline: dict, gates: GateConfig = GateConfig(
             raise ReportError(f"models.{m} is a {c.arch} in the current report but a {b.arch} in the baseline")
         if "accuracy" not in skip:
             key = f"models.{m}.accuracy_onnx"
-            b_acc = float(_need(b.accuracy_onnx, "baseline", key))
-            c_acc = float(_need(c.accuracy_onnx, "current", key))
+            b_acc = _number(b.accuracy_onnx, "baseline", key, lo=0, hi=1)
+            c_acc = _number(c.accuracy_onnx, "current", key, lo=0, hi=1)
             drop = (b_acc - c_acc) * 100
             out.append(Gate(m, "accuracy", b_acc, c_acc, f"drop <= {gates.max_accuracy_drop:g} pt",
                             drop <= gates.max_accuracy_drop + 1e-9, f"{0.0 - drop:+.2f} points"))
@@ -87,15 +98,15 @@ def check_reports(current: dict, baseline: dict, gates: GateConfig = GateConfig(
                                 c_acc >= gates.min_accuracy, f"{c_acc:.4f}"))
         if "latency" not in skip:
             key = f"models.{m}.latency_ms.batch_1.p50"
-            b_lat = float(_need(b.p50(1), "baseline", key))
-            c_lat = float(_need(c.p50(1), "current", key))
+            b_lat = _number(b.p50(1), "baseline", key, lo=0)
+            c_lat = _number(c.p50(1), "current", key, lo=0)
             ratio = c_lat / b_lat if b_lat > 0 else float("inf")
             out.append(Gate(m, "latency p50 @1 (ms)", b_lat, c_lat, f"ratio <= {gates.max_latency_ratio:g}",
                             ratio <= gates.max_latency_ratio, f"{ratio:.2f}x"))
         if "size" not in skip:
             key = f"models.{m}.onnx_bytes"
-            b_sz = int(_need(b.onnx_bytes, "baseline", key))
-            c_sz = int(_need(c.onnx_bytes, "current", key))
+            b_sz = int(_number(b.onnx_bytes, "baseline", key, lo=0))
+            c_sz = int(_number(c.onnx_bytes, "current", key, lo=0))
             ratio = c_sz / b_sz if b_sz > 0 else float("inf")
             out.append(Gate(m, "ONNX bytes", b_sz, c_sz, f"ratio <= {gates.max_size_ratio:g}",
                             ratio <= gates.max_size_ratio, f"{ratio:.3f}x"))

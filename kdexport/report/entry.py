@@ -75,7 +75,18 @@ class ModelEntry:
         if not isinstance(d, dict) or "arch" not in d:
             raise ReportError(f"{where} is not a model entry (no arch)")
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        kept = {k: v for k, v in d.items() if k in known}
+        if not isinstance(kept["arch"], str):
+            raise ReportError(f"{where}.arch is not a string ({kept['arch']!r})")
+        for k in ("spec", "parity", "latency_ms", "torch_eager", "quantization"):
+            if kept.get(k) is not None and not isinstance(kept[k], dict):
+                raise ReportError(f"{where}.{k} is not an object ({kept[k]!r})")
+        for k, v in (kept.get("latency_ms") or {}).items():
+            if not isinstance(v, dict):
+                raise ReportError(f"{where}.latency_ms.{k} is not an object ({v!r})")
+        if kept.get("history") is not None and not isinstance(kept["history"], list):
+            raise ReportError(f"{where}.history is not a list")
+        return cls(**kept)
 
 
 def model_entries(report: dict, which: str = "report") -> dict[str, ModelEntry]:

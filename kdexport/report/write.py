@@ -86,13 +86,15 @@ def to_markdown(report: dict) -> str:
     lines += ["Latency: median (p50) of timed runs after warm-up, onnxruntime CPU execution provider, "
               f"{env['threads']} threads, on {env['cpu']} ({env['cpu_cores']} cores). "
               "Accuracy is top-1 on the test split.", "",
-              "| model | parity max abs diff | top-1 agreement | p90 ms @1 | p99 ms @1 | train s |",
+              "| model | parity max abs diff (allowed) | top-1 agreement | p90 ms @1 | p99 ms @1 | train s |",
               "|---|---|---|---|---|---|"]
     for role, m in entries.items():
         if m.parity is None:
             continue
         lat = m.latency(1)
-        lines.append(f"| {role} | {m.parity['max_abs_diff']:.2e} | {m.parity['top1_agreement']:.4f} "
+        tol = m.parity.get("tolerance")
+        allowed = f" ({tol:.2e})" if isinstance(tol, (int, float)) else ""
+        lines.append(f"| {role} | {m.parity['max_abs_diff']:.2e}{allowed} | {m.parity['top1_agreement']:.4f} "
                      f"| {lat['p90']:.3f} | {lat['p99']:.3f} | {m.train_seconds or 0:.1f} |")
     int8 = entries.get("student_int8")
     q = int8.quantization if int8 else None
