@@ -213,6 +213,24 @@ def test_image_size_beyond_the_limit_is_refused(tmp_path):
 
 
 # -- checkpoints and resume states kdexport did not write (or that were damaged) -------------------------
+def test_directory_as_model_file(tmp_path, image):
+    (tmp_path / "d.onnx").mkdir()
+    _one_line_error(*_cli("predict", tmp_path / "d.onnx", image), 2, "is a directory, not an ONNX file")
+    _one_line_error(*_cli("bench", tmp_path / "d.onnx", "--out", tmp_path / "b"), 2, "is a directory")
+
+
+def test_nan_teacher_is_blamed_before_training(digits):
+    from kdexport.distill.teacher import TorchTeacher, teacher_accuracy
+    from kdexport.errors import ModelError
+    from kdexport.models.builders import ModelSpec, build_model
+
+    m = build_model(ModelSpec("mlp:8", 10, digits.input_shape)).eval()
+    with torch.no_grad():
+        m.net[-1].bias[3] = float("nan")
+    with pytest.raises(ModelError, match="teacher's logits are NaN or infinite on 355 of 355"):
+        teacher_accuracy(TorchTeacher.for_data(m, digits, torch.device("cpu")), digits)
+
+
 def test_directory_as_checkpoint(tmp_path):
     _one_line_error(*_cli("distill-export", "--out", tmp_path / "o", *FAST, "--teacher-checkpoint", tmp_path),
                     2, "is a directory")

@@ -188,6 +188,8 @@ def inspect_classifier(path: str | os.PathLike) -> dict:
     import onnx
 
     path = Path(path)
+    if path.is_dir():
+        raise ModelFileError(f"{str(path)!r} is a directory, not an ONNX file")
     if not path.is_file():
         raise ModelFileError(f"{str(path)!r} does not exist")
     try:
