@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .bench.timing import bench_onnx, bench_torch, onnx_accuracy, p50, real_images
+from .bench.timing import bench_onnx, bench_torch, onnx_predictions, p50, prediction_health, real_images
 from .config import KDConfig, RunConfig, TrainConfig
 from .data.augment import resolve_augment
 from .data.datasets import DATASETS, Dataset, load_dataset
@@ -290,12 +290,17 @@ def export_and_bench(ctx: Context, model: torch.nn.Module, spec: ModelSpec, role
     parity_x = data.normalize(data.x_test[data.test_sample(PARITY_SAMPLES)])
     res = export_onnx(model, onnx_path, parity_x, rtol=cfg.parity_rtol, atol=cfg.parity_atol,
                       metadata=onnx_metadata(cfg, data, role, spec, acc_torch, kd))
+    pred = onnx_predictions(onnx_path, data, ctx.threads)
+    accuracy_onnx = float((pred == data.y_test.numpy()).sum()) / max(len(pred), 1)
+    health = prediction_health(pred, data.y_test.numpy(), data.num_classes)
+    if health["flag"]:
+        log(f"warning: {role} {health['flag']}")
     log(f"{role}: benchmarking with onnxruntime ({ctx.threads} threads)")
     bench = _bench(ctx, onnx_path)
     entry = ModelEntry(
         arch=spec.arch, spec=spec.to_dict(), params=count_params(model), flops=count_flops(model, data.input_shape),
         checkpoint=f"checkpoints/{role}.pt", onnx_path=f"onnx/{role}.onnx", onnx_bytes=res.onnx_bytes,
-        accuracy_torch=acc_torch, accuracy_onnx=onnx_accuracy(onnx_path, data, ctx.threads), parity=res.parity(),
+        accuracy_torch=acc_torch, accuracy_onnx=accuracy_onnx, parity=res.parity(), predictions=health,
         latency_ms=bench["latency_ms"], throughput_per_s=bench["throughput_per_s"], epochs=len(history),
         history=history, train_seconds=train_seconds)
     if eager:

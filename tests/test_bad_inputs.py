@@ -431,3 +431,27 @@ def test_decompression_bomb_is_skipped(odd_photos, monkeypatch, tmp_path):
 
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     assert "decompression bom" in _probe(odd_photos / "train" / "a" / "p0.jpg")
+
+
+# -- silent wrong results: a collapsed model is flagged ------------------------------------------------------
+def test_prediction_health_flags_collapse_and_below_majority():
+    from kdexport.bench.timing import prediction_health
+
+    labels = np.array([0] * 5 + [1] * 3 + [2] * 2)  # majority class rate 50%
+    h = prediction_health(np.full(10, 2), labels, 3)  # one class for everything
+    assert h["classes_predicted"] == 1 and h["top_class_share"] == 1.0 and h["majority_class_rate"] == 0.5
+    assert h["flag"].startswith("collapsed: predicts class 2 for 100%")
+    h = prediction_health(np.array([1, 1, 1, 0, 2, 2, 0, 0, 0, 0]), labels, 3)  # 1/10 right < 50%
+    assert h["flag"].startswith("below the majority-class rate: 10.00% <= 50.00%")
+    assert prediction_health(labels.copy(), labels, 3)["flag"] is None
+    skewed = np.array([0] * 95 + [1] * 5)  # a test set that skewed: all-0 is "below majority", not "collapsed"
+    assert prediction_health(np.zeros(100), skewed, 2)["flag"].startswith("below the majority-class rate")
+
+
+def test_report_flags_a_collapsed_student(run, tmp_path):
+    from kdexport.report.write import to_markdown
+
+    r = json.loads((run / "report.json").read_text())
+    assert r["models"]["student"]["predictions"]["classes_predicted"] >= 1  # recorded for every exported model
+    r["models"]["student"]["predictions"]["flag"] = "collapsed: predicts class 3 for 100% of the test images"
+    assert "**Warning: student collapsed: predicts class 3" in to_markdown(r)

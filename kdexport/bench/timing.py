@@ -130,15 +130,40 @@ def bench_torch(model: nn.Module, data: Dataset | InputsFor, batches: list[int],
     return res
 
 
+def onnx_predictions(path: str | os.PathLike, data: Dataset, threads: int | None = None, batch_size: int = 256,
+                     normalize: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
+    """Predicted class of an ONNX classifier for every image of the dataset's test split."""
+    sess = ort_session(path, threads=threads or usable_cores())
+    normalize = normalize or data.normalize
+    preds = [ort_logits(sess, normalize(data.x_test[i:i + batch_size]).numpy(), batch_size).argmax(1)
+             for i in range(0, data.x_test.shape[0], batch_size)]
+    return np.concatenate(preds) if preds else np.empty(0, dtype=np.int64)
+
+
 def onnx_accuracy(path: str | os.PathLike, data: Dataset, threads: int | None = None,
                   batch_size: int = 256, normalize: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
     """Top-1 accuracy of an ONNX classifier on the dataset's test split; ``normalize`` when the model
     expects another normalization than the dataset's."""
-    sess = ort_session(path, threads=threads or usable_cores())
-    normalize = normalize or data.normalize
-    correct = 0
-    for i in range(0, data.x_test.shape[0], batch_size):
-        x = normalize(data.x_test[i:i + batch_size]).numpy()
-        pred = ort_logits(sess, x, batch_size).argmax(1)
-        correct += int((pred == data.y_test[i:i + batch_size].numpy()).sum())
-    return correct / max(data.x_test.shape[0], 1)
+    pred = onnx_predictions(path, data, threads, batch_size, normalize)
+    return int((pred == data.y_test.numpy()).sum()) / max(data.x_test.shape[0], 1)
+
+
+COLLAPSE_SHARE = 0.9  # a model that gives one class to this share of the test images has collapsed
+
+
+def prediction_health(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
+    """How a model's test predictions spread over the classes, and a flag when they are degenerate: one
+    class for at least 90% of the images (``collapsed``, unless the test set is that skewed) or an accuracy
+    no better than always answering the most common class (``below majority-class rate``)."""
+    n = max(len(labels), 1)
+    counts = np.bincount(pred.astype(np.int64), minlength=num_classes)
+    majority = float(np.bincount(labels.astype(np.int64), minlength=num_classes).max()) / n
+    share = float(counts.max()) / n
+    acc = float((pred == labels).sum()) / n
+    flag = None
+    if num_classes > 1 and share >= COLLAPSE_SHARE and share > majority + 0.05:
+        flag = f"collapsed: predicts class {int(counts.argmax())} for {share:.0%} of the test images"
+    elif num_classes > 1 and acc <= majority:
+        flag = f"below the majority-class rate: {acc:.2%} <= {majority:.2%} (always answering the most common class)"
+    return {"classes_predicted": int((counts > 0).sum()), "top_class_share": share, "majority_class_rate": majority,
+            "flag": flag}

@@ -16,10 +16,11 @@ from typing import Any
 
 from ..errors import ReportError
 
-# JSON key order of an entry (the contract); ``quantization`` comes last, as it always has.
+# JSON key order of an entry (the contract); ``quantization`` comes after every older key, then
+# ``predictions`` (added later; absent from older reports).
 _ORDER = ("arch", "spec", "params", "flops", "checkpoint", "onnx_path", "onnx_bytes", "accuracy_torch",
           "accuracy_onnx", "parity", "latency_ms", "throughput_per_s", "epochs", "history", "train_seconds",
-          "torch_eager", "quantization")
+          "torch_eager", "quantization", "predictions")
 _ALWAYS = {"accuracy_torch"}
 
 
@@ -42,6 +43,7 @@ class ModelEntry:
     train_seconds: float | None = None
     torch_eager: dict | None = None  # {latency_ms, throughput_per_s} under PyTorch eager
     quantization: dict | None = None  # INT8 entries: QuantResult + size and speed ratios
+    predictions: dict | None = None  # prediction_health: spread over classes, flag when collapsed
 
     def __post_init__(self) -> None:
         assert set(_ORDER) == {f.name for f in dataclasses.fields(self)}, "_ORDER must list every field"
@@ -78,7 +80,7 @@ class ModelEntry:
         kept = {k: v for k, v in d.items() if k in known}
         if not isinstance(kept["arch"], str):
             raise ReportError(f"{where}.arch is not a string ({kept['arch']!r})")
-        for k in ("spec", "parity", "latency_ms", "torch_eager", "quantization"):
+        for k in ("spec", "parity", "latency_ms", "torch_eager", "quantization", "predictions"):
             if kept.get(k) is not None and not isinstance(kept[k], dict):
                 raise ReportError(f"{where}.{k} is not an object ({kept[k]!r})")
         for k, v in (kept.get("latency_ms") or {}).items():

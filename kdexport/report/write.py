@@ -73,6 +73,10 @@ def to_markdown(report: dict) -> str:
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r.values()) + " |" for r in summary_table(report)]
     entries = model_entries(report)
+    flags = [f"- **Warning: {role} {e.predictions['flag']}.**" for role, e in entries.items()
+             if e.predictions and e.predictions.get("flag")]
+    if flags:
+        lines += ["", *flags]
     kd = cfg["kd"]
     lines += ["", f"**KD gain: {report['kd_gain_points']:+.2f} points** (distilled student minus "
               f"baseline, ONNX accuracy; same seed, data order and {cfg['train']['epochs']} epochs each). "
