@@ -31,6 +31,8 @@ from .config import (
     REQUIRED,
     SWEEP_REPLACES,
     BenchOptions,
+    CacheClearOptions,
+    CacheListOptions,
     CheckOptions,
     CliField,
     Grid,
@@ -195,8 +197,15 @@ def _parameter(f: CliField) -> inspect.Parameter:
                              annotation=Annotated[_cli_type(cli_type or f.type), info])
 
 
-def config_command(name: str, cls: type, *, exclude: tuple[str, ...] = (), extra: type | None = None):
-    """Register ``fn(config[, extra_config])`` as command ``name`` with one option per config field."""
+cache_app = typer.Typer(name="cache", no_args_is_help=True, rich_markup_mode="markdown",
+                        help="kdexport's cache (decoded images, teacher logits): list it or clear it.")
+app.add_typer(cache_app)
+
+
+def config_command(name: str, cls: type, *, exclude: tuple[str, ...] = (), extra: type | None = None,
+                   group: typer.Typer | None = None):
+    """Register ``fn(config[, extra_config])`` as command ``name`` (of ``group``, default the top level) with
+    one option per config field."""
 
     def deco(fn: Callable) -> Callable:
         fields = [*cli_fields(cls, exclude), *(cli_fields(extra) if extra else ())]
@@ -211,7 +220,7 @@ def config_command(name: str, cls: type, *, exclude: tuple[str, ...] = (), extra
         command.__signature__ = inspect.Signature([_parameter(f) for f in fields])
         command.__doc__ = fn.__doc__
         command.__name__ = fn.__name__
-        app.command(name)(command)
+        (group or app).command(name)(command)
         return fn
 
     return deco
@@ -404,6 +413,29 @@ def select_cmd(o: SelectOptions) -> None:
     write_select(r, Path(o.out), env)
     out_console.print(to_markdown(r, env))
     out_console.print(f"wrote {o.out}/select.json, select.md, select.png")
+
+
+@config_command("list", CacheListOptions, group=cache_app)
+def cache_list_cmd(o: CacheListOptions) -> None:
+    """Where the cache is, and what each part holds (files, bytes)."""
+    from .files import cache_usage
+
+    root, parts = cache_usage()
+    out_console.print(f"cache: {root} (KDEXPORT_CACHE_DIR to move it)", highlight=False)
+    for name, (files, size) in parts.items():
+        out_console.print(f"  {name:<14} {files:>6} files  {size / 2**20:>10.1f} MB", highlight=False)
+    total = sum(b for _, b in parts.values())
+    out_console.print(f"  {'total':<14} {sum(f for f, _ in parts.values()):>6} files  {total / 2**20:>10.1f} MB",
+                      highlight=False)
+
+
+@config_command("clear", CacheClearOptions, group=cache_app)
+def cache_clear_cmd(o: CacheClearOptions) -> None:
+    """Delete cached decoded images and/or teacher logits (they are rebuilt when needed)."""
+    from .files import cache_clear
+
+    freed = cache_clear(o.part)
+    out_console.print(f"cleared {o.part}: {freed / 2**20:.1f} MB freed")
 
 
 def main() -> None:

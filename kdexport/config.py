@@ -466,6 +466,25 @@ class PackageOptions:
         _check(self.std is None or all(_finite(v) and v > 0 for v in self.std), "std must be > 0")
 
 
+CACHE_PARTS = ("imagefolder", "teacher-logits")
+
+
+@dataclass(frozen=True)
+class CacheListOptions:
+    """``kdexport cache list``."""
+
+
+@dataclass(frozen=True)
+class CacheClearOptions:
+    """``kdexport cache clear [--part imagefolder|teacher-logits|all]``."""
+
+    part: str = option("all", "What to clear: imagefolder (decoded images), teacher-logits, or all.")
+
+    def __post_init__(self) -> None:
+        _check(self.part in (*CACHE_PARTS, "all"), f"--part must be one of {', '.join(CACHE_PARTS)}, all; "
+                                                   f"got {self.part!r}")
+
+
 @dataclass(frozen=True)
 class VerifyOptions:
     """``kdexport verify PKG``."""

@@ -24,6 +24,35 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kdexport"
 
 
+def cache_usage() -> tuple[Path, dict[str, tuple[int, int]]]:
+    """The cache folder and, per part (decoded images, teacher logits), its number of files and bytes."""
+    from .config import CACHE_PARTS
+
+    root = cache_root()
+    parts = {}
+    for name in CACHE_PARTS:
+        files = [p for p in (root / name).rglob("*") if p.is_file()] if (root / name).is_dir() else []
+        parts[name] = (len(files), sum(p.stat().st_size for p in files))
+    return root, parts
+
+
+def cache_clear(part: str = "all") -> int:
+    """Delete one part of the cache (or all of it); return the bytes freed."""
+    from .config import CACHE_PARTS
+
+    _, usage = cache_usage()
+    freed = 0
+    for name in (CACHE_PARTS if part == "all" else (part,)):
+        folder = cache_root() / name
+        if folder.is_dir():
+            try:
+                shutil.rmtree(folder)
+            except OSError as e:
+                raise OutputError(f"cannot clear {str(folder)!r}: {e.strerror or e}") from None
+            freed += usage[name][1]
+    return freed
+
+
 _UMASK = os.umask(0)  # read the process umask once (os.umask can only read it by setting it)
 os.umask(_UMASK)
 

@@ -172,3 +172,19 @@ def test_bad_options_of_other_commands_one_line_exit_2(tmp_path, monkeypatch, ar
     assert res.exit_code == 2 and "Traceback" not in res.output, res.output
     assert msg in " ".join(res.output.split()), res.output
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_cache_list_and_clear(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDEXPORT_CACHE_DIR", str(tmp_path))
+    (tmp_path / "imagefolder").mkdir()
+    (tmp_path / "imagefolder" / "a.pt").write_bytes(b"x" * 3 * 2**20)
+    (tmp_path / "teacher-logits").mkdir()
+    (tmp_path / "teacher-logits" / "b.pt").write_bytes(b"x" * 2**20)
+    res = runner.invoke(app, ["cache", "list"])
+    assert res.exit_code == 0 and str(tmp_path) in res.output
+    assert "imagefolder 1 files 3.0 MB" in " ".join(res.output.split()), res.output
+    res = runner.invoke(app, ["cache", "clear", "--part", "teacher-logits"])
+    assert res.exit_code == 0 and "1.0 MB freed" in res.output
+    assert not (tmp_path / "teacher-logits").exists() and (tmp_path / "imagefolder" / "a.pt").exists()
+    res = runner.invoke(app, ["cache", "clear", "--part", "everything"])
+    assert res.exit_code == 2 and "--part must be one of" in res.output
