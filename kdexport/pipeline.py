@@ -92,7 +92,8 @@ def prepare(cfg: RunConfig, log: Log = _quiet) -> Context:
     torch.set_num_threads(threads)
     data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, image_size=cfg.image_size)
     log(f"data: {data.name}: {len(data.y_train)} train / {len(data.y_test)} test, "
-        f"input {list(data.input_shape)}, {data.num_classes} classes")
+        f"input {list(data.input_shape)}, {data.num_classes} classes"
+        + (f"; {data.source}" if data.name == "imagefolder" else ""))
     ts = None if cfg.teacher_is_onnx else ModelSpec(cfg.teacher, data.num_classes, data.input_shape,
                                                     cfg.teacher_dropout, cfg.cifar_stem)
     selection = None
