@@ -101,6 +101,8 @@ class TrainConfig:
     momentum: float = option(0.9, "SGD momentum.")
     scheduler: str = option("cosine", "Learning-rate schedule: cosine, onecycle or none.")
     seed: int = option(0, "Seed for initialization, data order, augmentation and dropout.")
+    label_smoothing: float = option(0.0, "Label smoothing of the cross-entropy term (baseline, student and a "
+                                         "trained teacher alike), in [0, 1).")
     device: str = option("auto", "auto, cpu or cuda (training only; benchmarks run on CPU).")
     augment: str = option("none", "Resolved augmentation (set from RunConfig.augment).", cli=False)
 
@@ -118,6 +120,8 @@ class TrainConfig:
         _check(_finite(self.lr) and self.lr > 0, f"learning rate must be > 0, got {self.lr}")
         _check(_finite(self.weight_decay) and self.weight_decay >= 0, "weight decay must be >= 0")
         _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        _check(_finite(self.label_smoothing) and 0 <= self.label_smoothing < 1,
+               f"label smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
 @dataclass(frozen=True)

@@ -218,3 +218,27 @@ def test_hint_needs_a_pytorch_teacher():
 
     with pytest.raises(ConfigError, match="--hint needs a PyTorch teacher"):
         RunConfig(teacher="their_model.onnx", kd=KDConfig(hint="teacher.layer1:student.layer1"))
+
+
+def test_label_smoothing_smooths_only_the_labels_term():
+    import math
+
+    import torch
+
+    from kdexport.config import KDConfig, TrainConfig
+    from kdexport.distill.losses import kd_loss
+    from kdexport.errors import ConfigError
+
+    s = torch.tensor([[2.0, 0.0]])
+    y = torch.tensor([0])
+    p0, p1 = math.exp(2) / (math.exp(2) + 1), 1 / (math.exp(2) + 1)
+    # eps = 0.1 over K = 2 classes: targets (0.95, 0.05)
+    out = kd_loss(s, None, y, label_smoothing=0.1)
+    assert float(out["loss"]) == pytest.approx(-(0.95 * math.log(p0) + 0.05 * math.log(p1)), rel=1e-6)
+    t = torch.tensor([[0.0, 1.0]])
+    kd = KDConfig(temperature=1.0, soft_weight=0.5, scale_t2=False)
+    plain, smoothed = kd_loss(s, t, y, kd), kd_loss(s, t, y, kd, label_smoothing=0.1)
+    assert float(smoothed["kd"]) == pytest.approx(float(plain["kd"]))  # the teacher's term is untouched
+    assert float(smoothed["loss"] - plain["loss"]) == pytest.approx(0.5 * float(smoothed["ce"] - plain["ce"]))
+    with pytest.raises(ConfigError, match="label smoothing"):
+        TrainConfig(label_smoothing=1.0)

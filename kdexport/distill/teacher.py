@@ -244,8 +244,8 @@ class Distillation:
         return cls(logits, kd, hint)
 
     def loss(self, student_logits: torch.Tensor, idx: torch.Tensor, raw: torch.Tensor,
-             targets: torch.Tensor, epoch: float = 1.0) -> dict[str, torch.Tensor]:
-        out = kd_loss(student_logits, self.logits(idx, raw), targets, self.kd, epoch)
+             targets: torch.Tensor, epoch: float = 1.0, label_smoothing: float = 0.0) -> dict[str, torch.Tensor]:
+        out = kd_loss(student_logits, self.logits(idx, raw), targets, self.kd, epoch, label_smoothing)
         if self.hint is not None:
             h = self.hint.term()
             out = {"loss": out["loss"] + h, "ce": out["ce"], "kd": out["kd"] + h.detach()}

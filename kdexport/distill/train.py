@@ -237,8 +237,9 @@ def train_epoch(loop: Loop, state: TrainState, epoch: int) -> dict[str, float]:
         yb = data.y_train[idx].to(device, non_blocking=True)
         with autocast:
             logits = loop.net(xb)
-        out = (loop.distill.loss(logits.float(), idx, raw, yb, epoch=epoch - 1 + step / steps_per_epoch)
-               if loop.distill is not None else kd_loss(logits.float(), None, yb))
+        out = (loop.distill.loss(logits.float(), idx, raw, yb, epoch=epoch - 1 + step / steps_per_epoch,
+                                 label_smoothing=cfg.label_smoothing)
+               if loop.distill is not None else kd_loss(logits.float(), None, yb, label_smoothing=cfg.label_smoothing))
         state.opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         state.opt.step()

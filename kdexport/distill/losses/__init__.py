@@ -40,11 +40,12 @@ def soft_term(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, targets: torch.Tensor,
-            kd: KDConfig | None = None, epoch: float = 1.0) -> dict[str, torch.Tensor]:
+            kd: KDConfig | None = None, epoch: float = 1.0, label_smoothing: float = 0.0) -> dict[str, torch.Tensor]:
     """``{"loss", "ce", "kd"}`` (the last two detached, for logging). Without a teacher (or with
-    beta = 0) this is plain cross-entropy."""
+    beta = 0) this is plain cross-entropy. ``label_smoothing`` (``--label-smoothing``) smooths the labels'
+    term only, for baseline and student alike; the soft term is the teacher's."""
     kd = kd or KDConfig()
-    ce = F.cross_entropy(student_logits, targets)
+    ce = F.cross_entropy(student_logits, targets, label_smoothing=label_smoothing)
     if teacher_logits is None or kd.soft_weight == 0.0:
         return {"loss": ce, "ce": ce.detach(), "kd": ce.detach() * 0}
     s = soft_term(student_logits, teacher_logits, targets, kd, epoch)
