@@ -1,4 +1,4 @@
-"""Student selection for latency budgets on CIFAR-10 at 32x32, one thread, batch 1.
+"""Student selection for latency budgets (default: CIFAR-10 at 32x32), one thread, batch 1.
 
 Measures every default candidate once (exactly as ``kdexport select`` does), then for each budget
 (0.5, 1 and 3 ms by default) records the choice and the next two candidates that fit (by FLOPs), and the
@@ -10,7 +10,7 @@ under budget was the most accurate choice.
     python benchmarks/bench_select.py --distill-epochs 5 --teacher-checkpoint runs/x/checkpoints/teacher.pt \\
         --teacher resnet50
 
-Writes benchmarks/results/bench_select.json and .md.
+Writes benchmarks/results/bench_select.json and .md (``bench_select_DATASET.*`` for another ``--dataset``).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from kdexport.data.datasets import load_dataset
 from kdexport.envinfo import result_stamp, stamp_markdown
 from kdexport.errors import ConfigError, GateError
 from kdexport.files import atomic_write_json, atomic_write_text
+from kdexport.runs import config_diff
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -47,7 +48,7 @@ def distill(arch: str, budget: str | None, args, out: Path) -> dict:
     from kdexport.config import RunConfig, TrainConfig
     from kdexport.pipeline import distill_export
 
-    cfg = RunConfig(dataset="cifar10", data_dir=args.data_dir, teacher=args.teacher,
+    cfg = RunConfig(dataset=args.dataset, data_dir=args.data_dir, teacher=args.teacher,
                     teacher_checkpoint=args.teacher_checkpoint, teacher_epochs=args.teacher_epochs,
                     student=arch, cifar_stem=args.cifar_stem, latency_budget=budget,
                     budget_margin=args.margin, train=TrainConfig(epochs=args.distill_epochs, batch_size=128,
@@ -57,7 +58,7 @@ def distill(arch: str, budget: str | None, args, out: Path) -> dict:
     report = Path(cfg.out) / "report.json"
     if report.exists():
         r = json.loads(report.read_text())
-        if r.get("config") == json.loads(json.dumps(cfg.to_dict())):
+        if not _changed(r.get("config") or {}, json.loads(json.dumps(cfg.to_dict()))):
             print(f"{arch}: reusing {report}", flush=True)
             return _summary(r)
     t0 = time.perf_counter()
@@ -66,6 +67,19 @@ def distill(arch: str, budget: str | None, args, out: Path) -> dict:
     except GateError:
         r = json.loads(report.read_text())  # a missed budget fails the command with the report kept
     return {**_summary(r), "wall_s": time.perf_counter() - t0}
+
+
+def _changed(old: dict, new: dict) -> list[str]:
+    """Options that differ from a finished run's, ignoring options newer than that run (absent from its
+    record) and the output ones."""
+    def present(d: dict, dotted: str) -> bool:
+        for k in dotted.split("."):
+            if not isinstance(d, dict) or k not in d:
+                return False
+            d = d[k]
+        return True
+
+    return [k for k in config_diff(old, new) if present(old, k) and k not in ("out", "overwrite")]
 
 
 def _summary(r: dict) -> dict:
@@ -77,7 +91,9 @@ def _summary(r: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "datasets" / "cifar10-jpeg"))
+    ap.add_argument("--dataset", default="cifar10")
+    ap.add_argument("--data-dir", default=None, help="default: ../shared/datasets/cifar10-jpeg for cifar10, "
+                                                     "../shared/datasets otherwise")
     ap.add_argument("--budgets", default="0.5ms,1ms,3ms")
     ap.add_argument("--margin", type=float, default=0.1)
     ap.add_argument("--cifar-stem", action="store_true")
@@ -90,8 +106,11 @@ def main() -> None:
     ap.add_argument("--remeasure", action="store_true", help="measure the candidates again on a rerun")
     args = ap.parse_args()
     stamp = result_stamp("benchmarks/bench_select.py", 1)
-    data = load_dataset("cifar10", args.data_dir, download=False)
-    out = ROOT / "runs" / "bench_select"
+    shared = ROOT.parent / "shared" / "datasets"
+    args.data_dir = args.data_dir or str(shared / "cifar10-jpeg" if args.dataset == "cifar10" else shared)
+    name = "bench_select" if args.dataset == "cifar10" else f"bench_select_{args.dataset}"
+    data = load_dataset(args.dataset, args.data_dir, download=False)
+    out = ROOT / "runs" / name
     saved = out / "candidates.json"  # a rerun (to finish the distillations) keeps the measured choice
     if args.distill_epochs and saved.exists() and not args.remeasure:
         kept = json.loads(saved.read_text())
@@ -116,6 +135,7 @@ def main() -> None:
     result = {**stamp, "candidates_measured": measured_stamp, "select_seconds": select_seconds,
               "margin": args.margin, "cifar_stem": args.cifar_stem,
               "candidates": [c.__dict__ for c in cands], "budgets": budgets, "distilled": None}
+    teacher_epochs = args.teacher_epochs if args.teacher_checkpoint is None else None
     if args.distill_epochs:
         done: dict[str, dict] = {}  # one distillation per architecture (a runner-up of two budgets is reused)
         result["distilled"] = {}
@@ -129,8 +149,9 @@ def main() -> None:
                         args.teacher_checkpoint = str(out / arch.replace(":", "_") / "checkpoints" / "teacher.pt")
                         args.teacher_epochs = None
                 result["distilled"][text][arch] = done[key]
-    atomic_write_json(HERE / "results" / "bench_select.json", result)
-    lines = ["# Student selection for a latency budget (CIFAR-10, 32x32, 1 thread, batch 1)", "",
+    atomic_write_json(HERE / "results" / f"{name}.json", result)
+    lines = [f"# Student selection for a latency budget ({data.name}, input {list(data.input_shape)}, 1 thread, "
+             "batch 1)", "",
              stamp_markdown(stamp), "",
              f"All {len(cands)} default candidates measured once in {select_seconds:.0f} s (export + timing, "
              "random weights), then chosen per budget: the most FLOPs whose p50 is within the budget less "
@@ -145,9 +166,10 @@ def main() -> None:
         any_run = next(iter(next(iter(result["distilled"].values())).values()))
         lines += ["", f"## Distilled: the choice and the next two, {args.distill_epochs} epochs each", "",
                   f"Teacher {args.teacher} ({any_run['teacher_accuracy'] * 100:.2f}%), trained by the first run "
-                  f"({args.teacher_epochs if args.teacher_epochs else 'given'} epochs) and reused by the others. "
+                  f"({teacher_epochs or 'given'} epochs) and reused by the others. "
                   "Every student and its baseline: SGD, lr 0.05, one-cycle, batch 128, weight decay 5e-4, "
-                  "crop-flip; T = 4, beta = 0.5. Re-timed: the shipped FP32 file timed again after training "
+                  "the data's default augmentation (crop-flip for RGB); T = 4, beta = 0.5. Re-timed: the "
+                  "shipped FP32 file timed again after training "
                   "(p50, 1 thread, batch 1) against the budget it was chosen for.", "",
                   "| budget | student | FLOPs | distilled acc | baseline acc | KD gain | re-timed p50 ms | met |",
                   "|---|---|---|---|---|---|---|---|"]
@@ -170,7 +192,7 @@ def main() -> None:
     else:
         lines += ["", "Not distilled in this run (`--distill-epochs 0`): whether the most capacity under budget "
                   "was the most accurate choice is not measured here."]
-    atomic_write_text(HERE / "results" / "bench_select.md", "\n".join(lines) + "\n")
+    atomic_write_text(HERE / "results" / f"{name}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
