@@ -27,7 +27,7 @@ from kdexport.data.datasets import load_dataset
 from kdexport.envinfo import result_stamp, stamp_markdown
 from kdexport.errors import ConfigError, GateError
 from kdexport.files import atomic_write_json, atomic_write_text
-from kdexport.runs import config_diff
+from kdexport.runs import RESUME_IGNORES, config_diff
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -71,7 +71,7 @@ def distill(arch: str, budget: str | None, args, out: Path) -> dict:
 
 def _changed(old: dict, new: dict) -> list[str]:
     """Options that differ from a finished run's, ignoring options newer than that run (absent from its
-    record) and the output ones."""
+    record) and those that do not change what is trained (``RESUME_IGNORES``: output, benchmark, parity)."""
     def present(d: dict, dotted: str) -> bool:
         for k in dotted.split("."):
             if not isinstance(d, dict) or k not in d:
@@ -79,7 +79,7 @@ def _changed(old: dict, new: dict) -> list[str]:
             d = d[k]
         return True
 
-    return [k for k in config_diff(old, new) if present(old, k) and k not in ("out", "overwrite")]
+    return [k for k in config_diff(old, new) if present(old, k) and k.split(".")[0] not in RESUME_IGNORES]
 
 
 def _summary(r: dict) -> dict:
