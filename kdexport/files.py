@@ -40,10 +40,10 @@ def cache_clear(part: str = "all") -> int:
     """Delete one part of the cache (or all of it); return the bytes freed."""
     from .config import CACHE_PARTS
 
-    _, usage = cache_usage()
+    root, usage = cache_usage()
     freed = 0
     for name in (CACHE_PARTS if part == "all" else (part,)):
-        folder = cache_root() / name
+        folder = root / name
         if folder.is_dir():
             try:
                 shutil.rmtree(folder)
@@ -70,16 +70,16 @@ def read_json(path: str | os.PathLike, what: str, remedy: str = "", *, expect: t
               error: type[KdexportError] = StateError) -> Any:
     """A JSON file kdexport reads back (or was given): its content, of type ``expect``, or one line naming
     the file, what is wrong with it and ``remedy`` (``error``, exit 2)."""
+    then = f"; {remedy}" if remedy else ""
     try:
         value = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise error(f"{what} {str(path)!r} does not exist{'; ' + remedy if remedy else ''}") from None
+        raise error(f"{what} {str(path)!r} does not exist{then}") from None
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise error(f"{what} {str(path)!r} is not readable JSON ({first_line(e, 80)})"
-                    f"{'; ' + remedy if remedy else ''}") from None
+        raise error(f"{what} {str(path)!r} is not readable JSON ({first_line(e, 80)}){then}") from None
     if not isinstance(value, expect):
         raise error(f"{what} {str(path)!r} holds a {type(value).__name__}, not a JSON "
-                    f"{'object' if expect is dict else expect.__name__}{'; ' + remedy if remedy else ''}")
+                    f"{'object' if expect is dict else expect.__name__}{then}")
     return value
 
 

@@ -96,7 +96,7 @@ def bench_onnx(path: str | os.PathLike, data: Dataset | InputsFor, batches: list
                max_seconds: float | None = None, graph_opt: str = "all") -> dict:
     """Latency and throughput of an ONNX file under onnxruntime. A graph whose batch size is fixed (mobile
     exports often fix it at 1) is fed what it accepts: batch B runs as ceil(B / fixed) calls, as an app would
-    run it; ``fixed_batch`` in the result says so."""
+    run it (``bench`` records the fixed batch from the graph)."""
     threads = threads or usable_cores()
     sess = ort_session(path, threads=threads, graph_opt=graph_opt)
     inp = sess.get_inputs()[0]
@@ -109,8 +109,6 @@ def bench_onnx(path: str | os.PathLike, data: Dataset | InputsFor, batches: list
             return sess.run(None, {inp.name: x.numpy()})
     res = latency_table(run, data, batches, warmup, iters, max_seconds)
     res["threads"] = threads
-    if fixed:
-        res["fixed_batch"] = fixed
     return res
 
 

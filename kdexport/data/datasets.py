@@ -7,6 +7,7 @@ batch to the normalized float input the models and the exported ONNX files take:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Callable
@@ -229,41 +230,53 @@ def _list_images(split: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     return classes, items
 
 
-GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
+GRAY_MODES = {"1", "L", "LA", "I", "F", *SIXTEEN_BIT_MODES}
 MAX_DEFAULT_SIZE = 224  # the default --image-size: the median shorter side of the photos, at most this
 IMAGEFOLDER_CACHE_FORMAT = 2
+
+
+@contextlib.contextmanager
+def _image(p: Path):
+    """PIL's ``Image.open`` with a decompression-bomb warning raised as an error: a bomb is refused, not decoded."""
+    import warnings
+
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(p) as im:
+            yield im
 
 
 def _open_image(p: Path):
     """A fully loaded PIL image, upright (EXIF orientation applied); raises on any unreadable file (empty,
     not an image, truncated, or a decompression bomb: more than PIL's MAX_IMAGE_PIXELS)."""
-    import warnings
+    from PIL import ImageOps
 
-    from PIL import Image, ImageOps
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)  # a bomb is refused, not decoded
-        with Image.open(p) as im:
-            im.load()
-            return ImageOps.exif_transpose(im)
+    with _image(p) as im:
+        im.load()
+        return ImageOps.exif_transpose(im)
 
 
 def _probe(p: Path) -> tuple[str, int, int] | str:
     """(mode, width, height) from the header alone, or why the file cannot be used."""
-    import warnings
-
     from PIL import Image
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(p) as im:
-                w, h = im.size
-                if w * h > (Image.MAX_IMAGE_PIXELS or float("inf")):
-                    return f"{w}x{h} pixels (a decompression bomb?)"
-                return im.mode, w, h
+        with _image(p) as im:
+            w, h = im.size
+            if w * h > (Image.MAX_IMAGE_PIXELS or float("inf")):
+                return f"{w}x{h} pixels (a decompression bomb?)"
+            return im.mode, w, h
     except Exception as e:
         return first_line(e, 80)
+
+
+def _pool_map(fn: Callable, paths: list[Path]) -> list:
+    """``fn`` over ``paths`` in a thread pool (PIL decodes outside the GIL), in order."""
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2))) as pool:
+        return list(pool.map(fn, paths, chunksize=256))
 
 
 def _to_mode(im, channels: int):
@@ -272,9 +285,9 @@ def _to_mode(im, channels: int):
     import numpy as np
     from PIL import Image
 
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+    if im.mode in SIXTEEN_BIT_MODES or im.mode == "I":
         a = np.asarray(im, dtype=np.float64)
-        peak = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        peak = 65535.0 if im.mode in SIXTEEN_BIT_MODES or a.max() > 255 else 255.0
         im = Image.fromarray(np.clip(a * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8), "L")
     elif im.mode == "F":
         a = np.asarray(im, dtype=np.float64)
@@ -302,19 +315,17 @@ def _decode(paths: list[Path], size: int, channels: int) -> tuple[torch.Tensor, 
 
     out = torch.empty((len(paths), channels, size, size), dtype=torch.uint8)
     ok, skipped = [], []
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2))) as pool:
-        for i, t in enumerate(pool.map(one, paths, chunksize=256)):
-            if isinstance(t, str):
-                skipped.append(t)
-            else:
-                out[len(ok)] = t
-                ok.append(i)
+    for i, t in enumerate(_pool_map(one, paths)):
+        if isinstance(t, str):
+            skipped.append(t)
+        else:
+            out[len(ok)] = t
+            ok.append(i)
     return out[:len(ok)].clone() if len(ok) < len(paths) else out, ok, skipped
 
 
 def _scan(items: list[tuple[Path, int]]) -> tuple[list[tuple[Path, int]], list[tuple[str, int, int]], list[str]]:
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2))) as pool:
-        probes = list(pool.map(_probe, [p for p, _ in items], chunksize=256))
+    probes = _pool_map(_probe, [p for p, _ in items])
     good = [(it, pr) for it, pr in zip(items, probes) if not isinstance(pr, str)]
     bad = [f"{it[0]}: {pr}" for it, pr in zip(items, probes) if isinstance(pr, str)]
     return [g[0] for g in good], [g[1] for g in good], bad

@@ -80,15 +80,20 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+def mlp_hidden(args: str) -> list[int]:
+    """The hidden sizes of ``mlp:ARGS`` (default 1200,1200)."""
+    try:
+        return [int(v) for v in args.split(",") if v.strip()] if args else [1200, 1200]
+    except ValueError:
+        raise ConfigError(f"bad mlp spec 'mlp:{args}': use comma-separated hidden sizes, "
+                          "e.g. mlp:1200,1200") from None
+
+
 @MODELS.register("mlp")
 def _mlp(args: str, spec: ModelSpec, pretrained: bool) -> nn.Module:
     if pretrained:
         raise ModelError("mlp models have no pretrained weights")
-    try:
-        hidden = [int(v) for v in args.split(",") if v.strip()] if args else [1200, 1200]
-    except ValueError:
-        raise ConfigError(f"bad mlp spec 'mlp:{args}': use comma-separated hidden sizes, "
-                          "e.g. mlp:1200,1200") from None
+    hidden = mlp_hidden(args)
     if any(h < 1 for h in hidden):
         raise ConfigError(f"mlp hidden sizes must be >= 1, got {hidden}")
     return MLP(math.prod(spec.input_shape), hidden, spec.num_classes, spec.dropout)
@@ -298,11 +303,7 @@ def estimate_bytes(spec: ModelSpec) -> int:
     inputs = math.prod(spec.input_shape)
     name, args = split_arch(spec.arch)
     if name == "mlp":
-        try:
-            hidden = [int(v) for v in args.split(",") if v.strip()] if args else [1200, 1200]
-        except ValueError:
-            hidden = []
-        sizes = [inputs, *hidden, spec.num_classes]
+        sizes = [inputs, *mlp_hidden(args), spec.num_classes]
         return 4 * (inputs + sum(a * b for a, b in zip(sizes, sizes[1:])))
     return 4 * (inputs + 16 * spec.input_shape[1] * spec.input_shape[2] + 64 * spec.num_classes)
 
