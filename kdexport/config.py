@@ -207,9 +207,21 @@ class RunConfig:
     data_dir: str | None = option(None, "Local dataset folder (default: $KDEXPORT_DATA_DIR or "
                                         "~/.cache/kdexport/data).")
     download: bool = option(True, "Download mnist/cifar10 when not found locally.")
-    image_size: int | None = option(None, "imagefolder: resize images to this square size.")
-    augment: str = option("auto", "Training augmentation: auto (crop-flip for RGB data, else none), none, "
-                                  "crop-flip, shift2.")
+    image_size: int | None = option(None, "imagefolder: the square input size (default: the median shorter side of "
+                                          "the training images, at most 224).")
+    crop_ratio: float | None = option(None, "imagefolder: resize the shorter side to image-size / ratio, then "
+                                            "center-crop (torchvision: 0.875 = 256 -> 224); default 0.875 for RGB "
+                                            "photos of 64 px and more, else 1 (whole image).")
+    data_mode: str = option("auto", "imagefolder: memory (decode every image once, hold them in RAM), stream (decode "
+                                    "each batch from the files in --workers processes) or auto (memory when the "
+                                    "decoded set fits --memory-budget; the log says which).")
+    memory_budget: str | None = option(None, "--data-mode auto: most decoded image data to hold in memory, e.g. 4GB "
+                                             "(default: half the available memory).")
+    workers: int | None = option(None, "Stream mode: decoding worker processes (default: usable cores; 0 decodes "
+                                       "in the training process).")
+    augment: str = option("auto", "Training augmentation: auto (rrc-flip for RGB photos of 64 px and more, crop-flip "
+                                  "for smaller RGB images, else none), none, crop-flip, shift2, rrc-flip "
+                                  "(RandomResizedCrop + flip).")
     teacher_augment: str | None = option(None, "The teacher's augmentation, if different (default: --augment).")
     # models
     teacher: str = option("mlp:1200,1200", "Teacher: mlp:SIZES (e.g. mlp:1200,1200), any torchvision classifier "
@@ -301,6 +313,7 @@ class RunConfig:
         _check(self.teacher_epochs is None or self.teacher_epochs >= 1,
                f"teacher epochs must be >= 1, got {self.teacher_epochs}")
         _check_image_size(self.dataset, self.image_size)
+        _check_data_options(self.dataset, self.crop_ratio, self.data_mode, self.memory_budget, self.workers)
         _check(self.parity_atol is None or (_finite(self.parity_atol) and self.parity_atol > 0),
                "parity tolerance must be > 0")
         _check(_finite(self.parity_rtol) and self.parity_rtol > 0, "relative parity tolerance must be > 0")
@@ -654,6 +667,20 @@ def _check_image_size(dataset: str, image_size: int | None) -> None:
         return
     _check(dataset == "imagefolder", f"--image-size applies to imagefolder data only; {dataset} has a fixed size")
     _check(8 <= image_size <= MAX_IMAGE_SIZE, f"image size must be in [8, {MAX_IMAGE_SIZE}], got {image_size}")
+
+
+def _check_data_options(dataset: str, crop_ratio: float | None, mode: str, budget: str | None,
+                        workers: int | None) -> None:
+    from .data.datasets import DATA_MODES, memory_budget
+
+    _check(crop_ratio is None or dataset in ("imagefolder", "cifar10"),
+           f"--crop-ratio applies to image files (imagefolder); {dataset} has a fixed size")
+    _check(crop_ratio is None or (_finite(crop_ratio) and 0.1 <= crop_ratio <= 1),
+           f"crop ratio must be in [0.1, 1], got {crop_ratio}")
+    _check(mode in DATA_MODES, f"data mode must be one of {', '.join(DATA_MODES)}, got {mode!r}")
+    if budget is not None:
+        memory_budget(budget)
+    _check(workers is None or 0 <= workers <= 256, f"workers must be in [0, 256], got {workers}")
 
 
 def _check_seed(seed: int) -> None:

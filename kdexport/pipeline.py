@@ -19,7 +19,7 @@ import torch
 from .bench.timing import bench_onnx, bench_torch, onnx_predictions, p50, prediction_health, real_images
 from .config import KDConfig, RunConfig, TrainConfig
 from .data.augment import resolve_augment
-from .data.datasets import DATASETS, Dataset, load_dataset
+from .data.datasets import DATASETS, Dataset, load_dataset, memory_budget
 from .distill.hint import Hint
 from .distill.teacher import (
     Distillation,
@@ -90,10 +90,14 @@ def prepare(cfg: RunConfig, log: Log = _quiet) -> Context:
     device = resolve_device(cfg.train.device)
     threads = cfg.threads or usable_cores()
     torch.set_num_threads(threads)
-    data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, image_size=cfg.image_size)
+    data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download, image_size=cfg.image_size,
+                        crop_ratio=cfg.crop_ratio, data_mode=cfg.data_mode,
+                        memory_budget=memory_budget(cfg.memory_budget) if cfg.memory_budget else None,
+                        workers=cfg.workers)
     log(f"data: {data.name}: {len(data.y_train)} train / {len(data.y_test)} test, "
         f"input {list(data.input_shape)}, {data.num_classes} classes"
-        + (f"; {data.source}" if data.name == "imagefolder" else ""))
+        + (f"; {data.source}" if data.name == "imagefolder" else "")
+        + (f"; data mode: {data.mode_note}" if data.mode_note else ""))
     ts = None if cfg.teacher_is_onnx else ModelSpec(cfg.teacher, data.num_classes, data.input_shape,
                                                     cfg.teacher_dropout, cfg.cifar_stem)
     selection = None
@@ -264,6 +268,7 @@ def onnx_metadata(cfg: RunConfig, data: Dataset, role: str, spec: ModelSpec, acc
         "input_range": "pixels scaled to [0, 1], then (x - mean) / std per channel",
         "mean": list(data.mean),
         "std": list(data.std),
+        "preprocess": data.geometry.to_dict(),
         "accuracy_torch": accuracy,
         "distillation": ({**dataclasses.asdict(kd), "teacher": teacher_name(cfg)} if kd else None),
     }

@@ -407,7 +407,8 @@ def odd_photos(tmp_path_factory) -> Path:
 
 
 def test_odd_images_load_and_the_set_decides_its_format(odd_photos, monkeypatch, tmp_path):
-    from kdexport.data.datasets import _decode, load_dataset
+    from kdexport.data.datasets import load_dataset
+    from kdexport.data.images import Geometry, decode_all
 
     monkeypatch.setenv("KDEXPORT_CACHE_DIR", str(tmp_path / "cache"))
     with pytest.warns(RuntimeWarning, match="2 unreadable image"):
@@ -416,21 +417,22 @@ def test_odd_images_load_and_the_set_decides_its_format(odd_photos, monkeypatch,
     assert len(d.y_train) == 6 + 6 and len(d.y_test) == 6  # six odd-format images load, two files are skipped
     assert "40x40, the median shorter side" in d.source
     a = odd_photos / "train" / "a"
-    x, ok, skipped = _decode([a / "deep.png", a / "rgba.png", a / "rotated.jpg", a / "0_empty.jpg"], 40, 3)
+    x, ok, skipped = decode_all([a / "deep.png", a / "rgba.png", a / "rotated.jpg", a / "0_empty.jpg"], 3,
+                                Geometry(40, 40))
     assert ok == [0, 1, 2] and len(skipped) == 1
     assert int(x[0].min()) == 255  # 16-bit white is white, not clipped from 65535
     assert int(x[1].min()) == 255  # transparent on white
     top, bottom = x[2][:, :20].float().mean(), x[2][:, 20:].float().mean()
-    assert top > 200 and bottom < 50  # upright: rotated 90 degrees clockwise, the white half is on top
+    assert top > 200 and bottom < 50  # upright (white half on top), resized to 40x80, center 40x40
 
 
 def test_decompression_bomb_is_skipped(odd_photos, monkeypatch, tmp_path):
     from PIL import Image
 
-    from kdexport.data.datasets import _probe
+    from kdexport.data.images import probe
 
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
-    assert "decompression bom" in _probe(odd_photos / "train" / "a" / "p0.jpg")
+    assert "decompression bom" in probe(odd_photos / "train" / "a" / "p0.jpg")
 
 
 # -- silent wrong results: a collapsed model is flagged ------------------------------------------------------

@@ -153,7 +153,7 @@ def test_readme_snippet_matches_predict(student, digits, tmp_path):
     img = (digits.x_test[0, 0].numpy() * 255 / 16).round().astype(np.uint8)
     Image.fromarray(img, "L").save(tmp_path / "digit.png")
     code = snippet.replace('"student.onnx"', repr(str(student))).replace(
-        '"digit.png"', repr(str(tmp_path / "digit.png"))).replace("print(", "result = (")
+        '"photo.jpg"', repr(str(tmp_path / "digit.png"))).replace("print(", "result = (")
     ns: dict = {}
     exec(compile(code, "README snippet", "exec"), ns)
     ours = kp.predict(student, [tmp_path / "digit.png"], 3)[0]["top"]

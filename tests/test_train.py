@@ -1,3 +1,4 @@
+import numpy as np
 import torch
 
 from kdexport.config import KDConfig, TrainConfig
@@ -90,6 +91,7 @@ def test_teacher_cache_hit_and_invalidation(digits, tmp_path, monkeypatch):
     first = cached_teacher_logits(teacher, digits, tmp_path)
     again = cached_teacher_logits(teacher, digits, tmp_path)
     assert len(calls) == 1 and torch.equal(first, again)  # second call read the disk cache
+    first = first.clone()  # the test rewrites the file in place below (kdexport itself only ever renames)
     key = teacher_cache_key(teacher, digits)
     # weights change -> new key
     with torch.no_grad():
@@ -108,9 +110,10 @@ def test_teacher_cache_hit_and_invalidation(digits, tmp_path, monkeypatch):
     assert teacher_cache_key(teacher, variant(x_train=x2)) != key
     assert teacher_cache_key(teacher, variant(mean=(0.5,))) != key
     assert teacher_cache_key(teacher, variant(scale=255.0)) != key
-    # a stale entry (wrong key inside / unreadable) is never used
-    path = tmp_path / f"{key}.pt"
-    torch.save({"key": "other", "logits": torch.zeros_like(first)}, path)
+    # the entry is a memory-mapped float32 array; a stale one (wrong shape) or an unreadable one is never used
+    path = tmp_path / f"{key}.npy"
+    assert isinstance(np.load(path, mmap_mode="r"), np.memmap)
+    np.save(path, np.zeros((3, 10), np.float32))
     assert torch.equal(cached_teacher_logits(teacher, digits, tmp_path), first)
     path.write_bytes(b"garbage")
     assert torch.equal(cached_teacher_logits(teacher, digits, tmp_path), first)

@@ -1,26 +1,28 @@
-"""Dataset registry. Every dataset is held in memory as tensors (no per-step decoding).
+"""Dataset registry.
 
 A :class:`Dataset` keeps raw pixels (uint8, or the source's own range) and knows how to map a
 batch to the normalized float input the models and the exported ONNX files take:
-``((x / scale) - mean) / std``, with ``mean``/``std`` given in the [0, 1] pixel range.
+``((x / scale) - mean) / std``, with ``mean``/``std`` given in the [0, 1] pixel range. Its splits
+are tensors held in memory, or, for ImageFolder data too large for the memory budget
+(``--data-mode``), :class:`~kdexport.data.images.ImageFiles` that decode on demand and index the same
+way; training streams those through a DataLoader (:mod:`kdexport.data.loader`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..envinfo import check_fits_memory
-from ..errors import DataError, first_line
+from ..errors import ConfigError, DataError, first_line
 from ..files import cache_root
 from ..registry import Registry
+from .images import GRAY_MODES, Geometry, ImageFiles, decode_all, pool_map, probe
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck"]
@@ -44,9 +46,9 @@ class Normalization:
 @dataclass
 class Dataset:
     name: str
-    x_train: torch.Tensor  # N x C x H x W, raw values in [0, scale]
+    x_train: torch.Tensor | ImageFiles  # N x C x H x W, raw values in [0, scale] (or files decoded on demand)
     y_train: torch.Tensor  # N, int64
-    x_test: torch.Tensor
+    x_test: torch.Tensor | ImageFiles
     y_test: torch.Tensor
     class_names: list[str]
     mean: tuple[float, ...]
@@ -54,10 +56,23 @@ class Dataset:
     scale: float = 255.0
     source: str = ""
     augment_default: str = "none"
+    geometry: Geometry | None = None  # how a photo becomes the input (default: the data's own square size)
+    mode_note: str = ""  # why memory or stream was chosen (imagefolder)
     _normalize: Normalization = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._normalize = Normalization(self.scale, self.mean, self.std)
+        if self.geometry is None:
+            self.geometry = Geometry(self.input_shape[-1], self.input_shape[-1])
+
+    @property
+    def streamed(self) -> bool:
+        """True when the training images are decoded from files on demand (``--data-mode stream``)."""
+        return isinstance(self.x_train, ImageFiles)
+
+    @property
+    def mode(self) -> str:
+        return "stream" if self.streamed else "memory"
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -84,7 +99,10 @@ class Dataset:
             h = hashlib.sha256()
             h.update(repr((self.name, self.scale, self.mean, self.std, tuple(self.x_train.shape),
                            str(self.x_train.dtype))).encode())
-            h.update(self.x_train.contiguous().numpy().tobytes())
+            if self.streamed:  # the files' listing (names, sizes, mtimes, labels, geometry) stands for the pixels
+                h.update(f"files:{self.x_train.key}".encode())
+            else:
+                h.update(self.x_train.contiguous().numpy().tobytes())
             h.update(self.y_train.contiguous().numpy().tobytes())
             fp = self.__dict__["_fingerprint"] = h.hexdigest()
         return fp
@@ -99,6 +117,8 @@ class Dataset:
             "class_names": list(self.class_names),
             "mean": list(self.mean),
             "std": list(self.std),
+            "preprocess": self.geometry.to_dict(),
+            "data_mode": self.mode,
             "source": self.source,
         }
 
@@ -114,24 +134,50 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kdexport" / "data"
 
 
+@dataclass(frozen=True)
+class LoadOptions:
+    """How ImageFolder files become tensors (the other datasets have one fixed form)."""
+
+    image_size: int | None = None  # the square input side (default: the median shorter side, at most 224)
+    crop_ratio: float | None = None  # center-crop this share of the resized shorter side (default: by data)
+    mode: str = "auto"  # memory, stream, or auto (memory when the decoded set fits memory_budget)
+    memory_budget: int | None = None  # bytes; None: half the available memory
+    workers: int | None = None  # stream mode: decoding processes (default: usable cores)
+
+
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = True,
-                 image_size: int | None = None) -> Dataset:
-    """Load a registered dataset into memory. Raises DataError with one clear line."""
+                 image_size: int | None = None, crop_ratio: float | None = None, data_mode: str = "auto",
+                 memory_budget: int | None = None, workers: int | None = None) -> Dataset:
+    """Load a registered dataset (into memory, or as files streamed on demand). Raises DataError with one
+    clear line."""
     loader = DATASETS.get(name)
+    if data_mode not in DATA_MODES:
+        raise ConfigError(f"data mode must be one of {', '.join(DATA_MODES)}, got {data_mode!r}")
     if data_dir is not None and not Path(data_dir).is_dir():
         raise DataError(f"data dir {str(data_dir)!r} does not exist or is not a folder")
-    return loader(Path(data_dir) if data_dir is not None else None, download=download,
-                  image_size=image_size)
+    opts = LoadOptions(image_size, crop_ratio, data_mode, memory_budget, workers)
+    data = loader(Path(data_dir) if data_dir is not None else None, download=download, opts=opts)
+    if data_mode == "stream" and not data.streamed:
+        raise ConfigError(f"--data-mode stream applies to image files (imagefolder, or cifar10 as an ImageFolder "
+                          f"copy); {name} from {data.source or 'its source'} is one array, held in memory")
+    return data
 
 
-def _stats(x: torch.Tensor, scale: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean/std in [0, 1] units, computed in chunks to bound memory."""
+STATS_SAMPLE = 50_000  # mean/std over at most this many training images (a seeded sample beyond it)
+
+
+def _stats(x: torch.Tensor | ImageFiles, scale: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std in [0, 1] units over the training images (a seeded sample of STATS_SAMPLE when
+    there are more, in memory and stream mode alike), computed in chunks to bound memory."""
     c = x.shape[1]
     s = torch.zeros(c, dtype=torch.float64)
     ss = torch.zeros(c, dtype=torch.float64)
     n = 0
-    for i in range(0, x.shape[0], 4096):
-        chunk = x[i:i + 4096].to(torch.float64) / scale
+    idx = (torch.arange(x.shape[0]) if x.shape[0] <= STATS_SAMPLE
+           else torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))[:STATS_SAMPLE].sort().values)
+    step = max(1, 2**22 // max(1, x.shape[1] * x.shape[2] * x.shape[3]))  # ~32 MB of float64 per chunk
+    for i in range(0, len(idx), step):
+        chunk = x[idx[i:i + step]].to(torch.float64) / scale
         s += chunk.sum(dim=(0, 2, 3))
         ss += (chunk ** 2).sum(dim=(0, 2, 3))
         n += chunk.numel() // c
@@ -141,7 +187,7 @@ def _stats(x: torch.Tensor, scale: float) -> tuple[tuple[float, ...], tuple[floa
 
 
 @DATASETS.register("digits")
-def _digits(data_dir: Path | None, *, download: bool, image_size: int | None) -> Dataset:
+def _digits(data_dir: Path | None, *, download: bool, opts: LoadOptions) -> Dataset:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 real images); no network needed."""
     from sklearn.datasets import load_digits
 
@@ -186,7 +232,7 @@ def _torchvision(cls_name: str, root: Path | None, download: bool):
 
 
 @DATASETS.register("mnist")
-def _mnist(data_dir: Path | None, *, download: bool, image_size: int | None) -> Dataset:
+def _mnist(data_dir: Path | None, *, download: bool, opts: LoadOptions) -> Dataset:
     tr, te = _torchvision("MNIST", data_dir, download)
     return Dataset("mnist", tr.data.unsqueeze(1).contiguous(), tr.targets.long(),
                    te.data.unsqueeze(1).contiguous(), te.targets.long(),
@@ -195,12 +241,12 @@ def _mnist(data_dir: Path | None, *, download: bool, image_size: int | None) -> 
 
 
 @DATASETS.register("cifar10")
-def _cifar10(data_dir: Path | None, *, download: bool, image_size: int | None) -> Dataset:
+def _cifar10(data_dir: Path | None, *, download: bool, opts: LoadOptions) -> Dataset:
     """CIFAR-10: torchvision's binary release, or an ImageFolder copy (train/ + test/)."""
     root = data_dir or default_data_dir()
     for cand in (root, root / "cifar10-jpeg"):
         if (cand / "train").is_dir() and _find_split(cand, ("test", "val")) is not None:
-            ds = _imagefolder(cand, download=download, image_size=image_size)
+            ds = _imagefolder(cand, download=download, opts=opts)
             if ds.class_names != CIFAR10_CLASSES:
                 raise DataError(f"{str(cand)!r} has classes {ds.class_names}, not CIFAR-10's")
             ds.name = "cifar10"
@@ -230,114 +276,47 @@ def _list_images(split: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     return classes, items
 
 
-SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
-GRAY_MODES = {"1", "L", "LA", "I", "F", *SIXTEEN_BIT_MODES}
 MAX_DEFAULT_SIZE = 224  # the default --image-size: the median shorter side of the photos, at most this
-IMAGEFOLDER_CACHE_FORMAT = 2
-
-
-@contextlib.contextmanager
-def _image(p: Path):
-    """PIL's ``Image.open`` with a decompression-bomb warning raised as an error: a bomb is refused, not decoded."""
-    import warnings
-
-    from PIL import Image
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(p) as im:
-            yield im
-
-
-def _open_image(p: Path):
-    """A fully loaded PIL image, upright (EXIF orientation applied); raises on any unreadable file (empty,
-    not an image, truncated, or a decompression bomb: more than PIL's MAX_IMAGE_PIXELS)."""
-    from PIL import ImageOps
-
-    with _image(p) as im:
-        im.load()
-        return ImageOps.exif_transpose(im)
-
-
-def _probe(p: Path) -> tuple[str, int, int] | str:
-    """(mode, width, height) from the header alone, or why the file cannot be used."""
-    from PIL import Image
-
-    try:
-        with _image(p) as im:
-            w, h = im.size
-            if w * h > (Image.MAX_IMAGE_PIXELS or float("inf")):
-                return f"{w}x{h} pixels (a decompression bomb?)"
-            return im.mode, w, h
-    except Exception as e:
-        return first_line(e, 80)
-
-
-def _pool_map(fn: Callable, paths: list[Path]) -> list:
-    """``fn`` over ``paths`` in a thread pool (PIL decodes outside the GIL), in order."""
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2))) as pool:
-        return list(pool.map(fn, paths, chunksize=256))
-
-
-def _to_mode(im, channels: int):
-    """Any PIL image as 8-bit L (channels 1) or RGB: palette, alpha, CMYK and 16-bit images are converted
-    (16-bit by scaling, not clipping)."""
-    import numpy as np
-    from PIL import Image
-
-    if im.mode in SIXTEEN_BIT_MODES or im.mode == "I":
-        a = np.asarray(im, dtype=np.float64)
-        peak = 65535.0 if im.mode in SIXTEEN_BIT_MODES or a.max() > 255 else 255.0
-        im = Image.fromarray(np.clip(a * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8), "L")
-    elif im.mode == "F":
-        a = np.asarray(im, dtype=np.float64)
-        im = Image.fromarray(np.clip(a * (255.0 if a.max() <= 1.0 else 1.0) + 0.5, 0, 255).astype(np.uint8), "L")
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        im = im.convert("RGBA")
-        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))  # transparent pixels on white, not black
-        im = Image.alpha_composite(bg, im)
-    return im.convert("L" if channels == 1 else "RGB")
-
-
-def _decode(paths: list[Path], size: int, channels: int) -> tuple[torch.Tensor, list[int], list[str]]:
-    """Decode and resize every image; returns (images, indices of the decoded ones, one note per skipped file)."""
-    from PIL import Image
-
-    def one(p: Path) -> torch.Tensor | str:
-        try:
-            im = _to_mode(_open_image(p), channels)
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
-        except Exception as e:
-            return f"{p}: {first_line(e, 80)}"
-        return t.view(size, size, channels).permute(2, 0, 1)
-
-    out = torch.empty((len(paths), channels, size, size), dtype=torch.uint8)
-    ok, skipped = [], []
-    for i, t in enumerate(_pool_map(one, paths)):
-        if isinstance(t, str):
-            skipped.append(t)
-        else:
-            out[len(ok)] = t
-            ok.append(i)
-    return out[:len(ok)].clone() if len(ok) < len(paths) else out, ok, skipped
+PHOTO_MIN_SIZE = 64  # RGB sets at least this large are photos: crop ratio 0.875 and rrc-flip by default
+PHOTO_CROP_RATIO = 0.875  # torchvision's convention: resize the shorter side to 256, center-crop 224
+IMAGEFOLDER_CACHE_FORMAT = 3
+DATA_MODES = ("auto", "memory", "stream")
+MEMORY_BUDGET_FRACTION = 0.5  # --data-mode auto: decoded data up to this share of available memory stays in RAM
 
 
 def _scan(items: list[tuple[Path, int]]) -> tuple[list[tuple[Path, int]], list[tuple[str, int, int]], list[str]]:
-    probes = _pool_map(_probe, [p for p, _ in items])
+    probes = pool_map(probe, [p for p, _ in items])
     good = [(it, pr) for it, pr in zip(items, probes) if not isinstance(pr, str)]
     bad = [f"{it[0]}: {pr}" for it, pr in zip(items, probes) if isinstance(pr, str)]
     return [g[0] for g in good], [g[1] for g in good], bad
 
 
+def memory_budget(text: str | None) -> int | None:
+    """``--memory-budget`` (e.g. 4GB, 512MB, 0 for none) in bytes; None -> half the available memory."""
+    import re
+
+    if text is None:
+        from ..envinfo import available_memory
+
+        avail = available_memory()
+        return int(avail * MEMORY_BUDGET_FRACTION) if avail is not None else None
+    units = {"b": 1, "kb": 2**10, "mb": 2**20, "gb": 2**30, "tb": 2**40}
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-z]*)\s*", str(text).lower())
+    if not m or (m.group(2) or "b") not in units:
+        raise ConfigError(f"memory budget {text!r}: use a number with B, KB, MB, GB or TB, e.g. 4GB")
+    return int(float(m.group(1)) * units[m.group(2) or "b"])
+
+
 @DATASETS.register("imagefolder")
-def _imagefolder(data_dir: Path | None, *, download: bool, image_size: int | None) -> Dataset:
+def _imagefolder(data_dir: Path | None, *, download: bool, opts: LoadOptions) -> Dataset:
     """The user's images: DATA_DIR/train/<class>/* and DATA_DIR/test/<class>/* (or val/).
 
     The set decides its format, never the file that sorts first: RGB unless every image is grayscale, and
-    (without ``--image-size``) the median shorter side of the training images, at most 224. Files that
-    cannot be read (empty, not an image, truncated, decompression bombs) are skipped with a warning."""
+    (without ``--image-size``) the median shorter side of the training images, at most 224. Each image is
+    resized on its shorter side and center-cropped (:class:`Geometry`); RGB photos of 64 px and more keep
+    the central 87.5% (torchvision's 256 -> 224), smaller images are kept whole. Files that cannot be read
+    (empty, not an image, truncated, decompression bombs) are skipped with a warning. The decoded set is held
+    in memory when it fits the memory budget (``opts.mode``), else decoded batch by batch from the files."""
     import statistics
     import warnings
 
@@ -353,48 +332,94 @@ def _imagefolder(data_dir: Path | None, *, download: bool, image_size: int | Non
         raise DataError(f"{str(train_dir)!r} needs at least two class folders with images")
     if test_classes != classes:
         raise DataError(f"class folders differ between {train_dir.name}/ and {test_dir.name}/")
-    # Decoding is the slow part: cache the decoded tensors, keyed by the file list, sizes and mtimes.
-    h = hashlib.sha256(f"{IMAGEFOLDER_CACHE_FORMAT}|{data_dir.resolve()}|{image_size}".encode())
+    # The listing (names, labels, sizes, mtimes) keys the caches: decoded tensors, and the stream mode's stats.
+    h = hashlib.sha256(f"{IMAGEFOLDER_CACHE_FORMAT}|{data_dir.resolve()}|{opts.image_size}|{opts.crop_ratio}".encode())
     for p, c in train_items + test_items:
         st = p.stat()
         h.update(f"{p.name}|{c}|{st.st_size}|{st.st_mtime_ns}".encode())
-    cache = cache_root() / "imagefolder" / f"{h.hexdigest()[:24]}.pt"
+    key = h.hexdigest()[:24]
+    cache = cache_root() / "imagefolder" / f"{key}.pt"
+    budget = opts.memory_budget if opts.memory_budget is not None else memory_budget(None)
     blob = None
-    if cache.exists():
+    if cache.exists() and opts.mode != "stream" and (opts.mode == "memory" or budget is None
+                                                     or cache.stat().st_size <= budget):
         try:
             blob = torch.load(cache, weights_only=True)
-            _ = (blob["size"], blob["channels"])  # a cache of another format is rebuilt
+            _ = (blob["size"], blob["channels"], blob["resize"])  # a cache of another format is rebuilt
         except Exception:
             blob = None
-    if blob is None:
+    if blob is not None:
+        note = "memory (decoded set cached)"
+        geometry = Geometry(int(blob["size"]), int(blob["resize"]))
+        channels, skipped = int(blob["channels"]), list(blob.get("skipped", []))
+        x_train, y_train, x_test, y_test = blob["x_train"], blob["y_train"], blob["x_test"], blob["y_test"]
+    else:
         train_items, train_probe, bad = _scan(train_items)
         test_items, test_probe, bad_test = _scan(test_items)
         if len({c for _, c in train_items}) < 2 or not test_items:
             raise DataError(f"{str(data_dir)!r}: too few readable images ({len(train_items)} train, "
                             f"{len(test_items)} test){'; e.g. ' + bad[0] if bad else ''}")
         channels = 1 if all(m in GRAY_MODES for m, _, _ in train_probe + test_probe) else 3
-        size = image_size or min(MAX_DEFAULT_SIZE, int(statistics.median(min(w, h) for _, w, h in train_probe)))
+        size = opts.image_size or min(MAX_DEFAULT_SIZE, int(statistics.median(min(w, h) for _, w, h in train_probe)))
         size = max(size, 8)
+        ratio = opts.crop_ratio or (PHOTO_CROP_RATIO if channels == 3 and size >= PHOTO_MIN_SIZE else 1.0)
+        geometry = Geometry.for_size(size, ratio)
         n = len(train_items) + len(test_items)
-        check_fits_memory(n * channels * size * size, f"decoding {n:,} images at {size}x{size}",
-                          "pass a smaller --image-size")
-        x_train, ok_train, skip_train = _decode([p for p, _ in train_items], size, channels)
-        x_test, ok_test, skip_test = _decode([p for p, _ in test_items], size, channels)
-        skipped = bad + bad_test + skip_train + skip_test
-        blob = {
-            "x_train": x_train, "y_train": torch.tensor([train_items[i][1] for i in ok_train]),
-            "x_test": x_test, "y_test": torch.tensor([test_items[i][1] for i in ok_test]),
-            "size": size, "channels": channels, "skipped": skipped,
-        }
-        from ..files import atomic_torch_save, optional_write
+        nbytes = n * channels * size * size
+        stream = opts.mode == "stream" or (opts.mode == "auto" and budget is not None and nbytes > budget)
+        gib = lambda b: f"{b / 2**30:,.2f} GiB"  # noqa: E731
+        if opts.mode != "auto":
+            note = f"{opts.mode} (--data-mode; decoded set {gib(nbytes)})"
+        else:
+            note = (f"{'stream' if stream else 'memory'} (auto: decoded set {gib(nbytes)} "
+                    f"{'>' if stream else '<='} budget {gib(budget) if budget is not None else 'unknown'})")
+        if stream:
+            from ..envinfo import usable_cores
 
-        optional_write("decoded-image cache", lambda: atomic_torch_save(blob, cache))  # a failure costs time
-    size, channels, skipped = int(blob["size"]), int(blob["channels"]), list(blob.get("skipped", []))
+            workers = usable_cores() if opts.workers is None else opts.workers
+            x_train = ImageFiles([p for p, _ in train_items], channels, geometry, f"{key}:train", workers)
+            x_test = ImageFiles([p for p, _ in test_items], channels, geometry, f"{key}:test", workers)
+            y_train = torch.tensor([c for _, c in train_items])
+            y_test = torch.tensor([c for _, c in test_items])
+            skipped = bad + bad_test
+        else:
+            check_fits_memory(nbytes, f"decoding {n:,} images at {size}x{size}",
+                              "pass --data-mode stream, or a smaller --image-size")
+            x_train, ok_train, skip_train = decode_all([p for p, _ in train_items], channels, geometry)
+            x_test, ok_test, skip_test = decode_all([p for p, _ in test_items], channels, geometry)
+            y_train = torch.tensor([train_items[i][1] for i in ok_train])
+            y_test = torch.tensor([test_items[i][1] for i in ok_test])
+            skipped = bad + bad_test + skip_train + skip_test
+            blob = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test,
+                    "size": size, "resize": geometry.resize, "channels": channels, "skipped": skipped}
+            from ..files import atomic_torch_save, optional_write
+
+            optional_write("decoded-image cache", lambda: atomic_torch_save(blob, cache))  # a failure costs time
     if skipped:
         warnings.warn(f"{len(skipped)} unreadable image(s) skipped, e.g. {skipped[0]}", RuntimeWarning, stacklevel=2)
-    mean, std = _stats(blob["x_train"], 255.0)
-    return Dataset("imagefolder", blob["x_train"], blob["y_train"].long(), blob["x_test"],
-                   blob["y_test"].long(), classes, mean, std,
-                   source=f"ImageFolder at {data_dir} ({'RGB' if channels == 3 else 'grayscale'}, {size}x{size}"
-                          f"{'' if image_size else ', the median shorter side (--image-size to change it)'})",
-                   augment_default="crop-flip" if channels == 3 else "none")
+    mean, std = _cached_stats(x_train, cache.with_suffix(".stats.json")) if isinstance(x_train, ImageFiles) \
+        else _stats(x_train, 255.0)
+    size = geometry.size
+    crop = "" if geometry.resize == size else f", shorter side {geometry.resize} then center crop"
+    return Dataset("imagefolder", x_train, y_train.long(), x_test, y_test.long(), classes, mean, std,
+                   source=f"ImageFolder at {data_dir} ({'RGB' if channels == 3 else 'grayscale'}, {size}x{size}{crop}"
+                          f"{'' if opts.image_size else ', the median shorter side (--image-size to change it)'})",
+                   augment_default=("rrc-flip" if channels == 3 and size >= PHOTO_MIN_SIZE
+                                    else "crop-flip" if channels == 3 else "none"),
+                   geometry=geometry, mode_note=note)
+
+
+def _cached_stats(x: ImageFiles, path: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Stream mode: mean/std cost a decoding pass, so they are kept beside the decoded-image cache."""
+    from ..files import atomic_write_json, optional_write
+
+    try:
+        import json
+
+        d = json.loads(path.read_text())
+        return tuple(d["mean"]), tuple(d["std"])
+    except Exception:
+        pass
+    mean, std = _stats(x, 255.0)
+    optional_write("image statistics cache", lambda: atomic_write_json(path, {"mean": mean, "std": std}))
+    return mean, std

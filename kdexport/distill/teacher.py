@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -30,11 +31,11 @@ from ..config import KDConfig
 from ..data.datasets import Dataset, Normalization
 from ..errors import ConfigError, DataError, ModelError
 from ..export.onnx import ort_logits
-from ..files import atomic_torch_save, hash_file, optional_write
+from ..files import atomic_write, hash_file, optional_write
 from .hint import Hint
 from .losses import kd_loss
 
-CACHE_FORMAT = "kdexport-teacher-logits/1"
+CACHE_FORMAT = "kdexport-teacher-logits/2"
 
 
 class Teacher(Protocol):
@@ -156,10 +157,15 @@ def teacher_accuracy(teacher: Teacher, data: Dataset) -> float:
     return int((pred == data.y_test).sum()) / max(len(data.y_test), 1)
 
 
-def logits_over(teacher: Teacher, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """The teacher's logits over every sample of ``x`` (raw pixels), on the CPU."""
-    out = [teacher.logits(x[i:i + batch_size]).cpu() for i in range(0, x.shape[0], batch_size)]
-    return torch.cat(out) if out else torch.empty(0, teacher.num_classes)
+def logits_over(teacher: Teacher, x, batch_size: int = 512, out: np.ndarray | None = None) -> torch.Tensor:
+    """The teacher's logits over every sample of ``x`` (raw pixels, a tensor or image files), on the CPU;
+    with ``out`` (an N x classes float32 array, e.g. a memory map), written into it batch by batch."""
+    if out is not None:
+        for i in range(0, x.shape[0], batch_size):
+            out[i:i + batch_size] = teacher.logits(x[i:i + batch_size]).float().cpu().numpy()
+        return torch.from_numpy(out)
+    chunks = [teacher.logits(x[i:i + batch_size]).cpu() for i in range(0, x.shape[0], batch_size)]
+    return torch.cat(chunks) if chunks else torch.empty(0, teacher.num_classes)
 
 
 def teacher_cache_key(teacher: Teacher, data: Dataset) -> str:
@@ -169,23 +175,30 @@ def teacher_cache_key(teacher: Teacher, data: Dataset) -> str:
 
 
 def cached_teacher_logits(teacher: Teacher, data: Dataset, cache_dir: str | os.PathLike | None) -> torch.Tensor:
-    """Teacher logits over the training set, from the on-disk cache when a valid entry exists."""
+    """Teacher logits over the training set. With ``cache_dir``: a memory-mapped ``KEY.npy`` (float32,
+    N x classes, indexed by sample), written batch by batch and read back lazily, so it scales with the data
+    set; an entry of the wrong shape or an unreadable one is recomputed and replaced."""
     if cache_dir is None:
         return logits_over(teacher, data.x_train)
-    key = teacher_cache_key(teacher, data)
-    path = os.path.join(cache_dir, f"{key}.pt")
-    if os.path.exists(path):
+    shape = (len(data.y_train), data.num_classes)
+    path = Path(cache_dir) / f"{teacher_cache_key(teacher, data)}.npy"
+    if path.exists():
         try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            logits = blob["logits"]
-            if blob.get("key") == key and tuple(logits.shape) == (len(data.y_train), data.num_classes):
-                return logits
+            table = np.load(path, mmap_mode="c")  # copy-on-write: a writable view, pages read on demand
+            if table.shape == shape and table.dtype == np.float32:
+                return torch.from_numpy(table)
         except Exception:
             pass  # unreadable or stale: recompute and replace
-    logits = logits_over(teacher, data.x_train)
-    optional_write("teacher-logit cache", lambda: atomic_torch_save(
-        {"format": CACHE_FORMAT, "key": key, "logits": logits, "dataset": data.name}, path))  # costs time only
-    return logits
+
+    def write(tmp: str) -> None:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+        logits_over(teacher, data.x_train, out=out)
+        out.flush()
+        del out
+
+    if optional_write("teacher-logit cache", lambda: atomic_write(path, write)):  # a failure costs time only
+        return torch.from_numpy(np.load(path, mmap_mode="c"))
+    return logits_over(teacher, data.x_train)
 
 
 class LiveLogits:
@@ -204,10 +217,11 @@ class CachedLogits:
     def __init__(self, teacher: Teacher, data: Dataset, device: torch.device | str = "cpu",
                  cache_dir: str | os.PathLike | None = None):
         self.teacher = teacher
-        self.table = cached_teacher_logits(teacher, data, cache_dir).to(device)
+        self.device = device
+        self.table = cached_teacher_logits(teacher, data, cache_dir)  # on the CPU (memory-mapped from the cache)
 
     def __call__(self, idx: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
-        return self.table[idx.to(self.table.device)]
+        return self.table[idx.cpu()].to(self.device)
 
 
 TeacherLogits = LiveLogits | CachedLogits

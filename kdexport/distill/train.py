@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig
-from ..data.augment import AUGMENTATIONS
 from ..data.datasets import Dataset
+from ..data.loader import epoch_plan, train_batches
 from ..errors import ConfigError, StateError, TrainingError, first_line
 from ..files import atomic_torch_save
 from ..runs import config_diff
@@ -59,12 +59,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for, but no CUDA device is available")
     return torch.device(name)
-
-
-def _batches(n: int, batch_size: int, generator: torch.Generator):
-    perm = torch.randperm(n, generator=generator)
-    for i in range(0, n, batch_size):
-        yield perm[i:i + batch_size]
 
 
 @torch.no_grad()
@@ -207,13 +201,25 @@ def _nonfinite(loop: Loop, sums: list[float], epoch: int) -> TrainingError:
     return TrainingError(f"{loop.label}: loss became {sums[0]} at epoch {epoch}; lower the learning rate{hint}")
 
 
+def _timed(it, waited: list[float]):
+    """``it``'s items, adding the time each ``next`` took to ``waited[0]``."""
+    it = iter(it)
+    while True:
+        t = time.perf_counter()
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        waited[0] += time.perf_counter() - t
+        yield item
+
+
 def train_epoch(loop: Loop, state: TrainState, epoch: int) -> dict[str, float]:
     """One pass over the training set; return the epoch's record (train and test metrics)."""
     from ..distributed import all_reduce_sum, world
 
     rank, world_size = world()
     data, cfg, device = loop.data, loop.cfg, loop.device
-    augment = AUGMENTATIONS.get(cfg.augment)
     n = data.x_train.shape[0]
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
@@ -222,14 +228,10 @@ def train_epoch(loop: Loop, state: TrainState, epoch: int) -> dict[str, float]:
     t0 = time.perf_counter()
     sums = torch.zeros(5, dtype=torch.float64, device=device)  # loss, ce, kd, correct, seen
     lr = state.opt.param_groups[0]["lr"]
-    for step, idx in enumerate(_batches(n, cfg.batch_size, state.order_gen), 1):
-        if world_size > 1:  # this rank's near-equal slice of the global batch
-            if len(idx) < world_size:
-                continue  # every rank sees the same idx, so all skip this tail together
-            idx = idx.tensor_split(world_size)[rank]
-        raw = data.x_train[idx]
-        if augment is not None:
-            raw = augment(raw, state.aug_gen)
+    plan = epoch_plan(n, cfg.batch_size, state.order_gen, rank, world_size)  # this rank's slice of each batch
+    batches = train_batches(data, cfg.augment, plan, state.aug_gen, pin_memory=device.type == "cuda")
+    waited = [0.0]  # seconds spent waiting for the next batch (decoding that the workers did not hide)
+    for step, (idx, raw) in enumerate(_timed(batches, waited), 1):
         raw = raw.to(device, non_blocking=True)
         xb = data.normalize(raw)
         if loop.channels_last:
@@ -258,10 +260,12 @@ def train_epoch(loop: Loop, state: TrainState, epoch: int) -> dict[str, float]:
     loss_sum, ce_sum, kd_sum, correct, seen = all_reduce_sum(sums).tolist()
     if not math.isfinite(loss_sum):
         raise _nonfinite(loop, [loss_sum, ce_sum, kd_sum], epoch)
+    train_seconds = time.perf_counter() - t0
     test = evaluate(state.model, data, "test", device=device)
     return {"epoch": epoch, "lr": lr, "train_loss": loss_sum / seen, "train_ce": ce_sum / seen,
             "train_kd": kd_sum / seen, "train_accuracy": correct / seen, "test_loss": test["loss"],
-            "test_accuracy": test["accuracy"], "seconds": time.perf_counter() - t0}
+            "test_accuracy": test["accuracy"], "seconds": time.perf_counter() - t0, "train_seconds": train_seconds,
+            "data_wait_seconds": waited[0]}
 
 
 def fit(model: nn.Module, data: Dataset, cfg: TrainConfig, *, distill: Distillation | None = None,

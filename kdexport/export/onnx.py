@@ -226,16 +226,27 @@ def inspect_classifier(path: str | os.PathLike) -> dict:
 
 
 def data_for_model(path: str | os.PathLike, dataset: str, data_dir: str | os.PathLike | None):
-    """The dataset a model is evaluated (calibrated, timed) on, decoded at the model's input size: for
-    ImageFolder data the size comes from the graph (or its metadata), never from the photos' default."""
+    """The dataset a model is evaluated (calibrated, timed) on, decoded as the model takes it: for image files
+    the size comes from the graph (or its metadata) and the crop from the metadata's ``preprocess``, never
+    from the photos' defaults."""
     from ..data.datasets import load_dataset
+    from ..data.images import Geometry
 
-    size = None
-    if dataset == "imagefolder":
-        chw = inspect_classifier(path)["input_shape"]
-        if len(chw) == 3 and isinstance(chw[1], int) and chw[1] == chw[2] and chw[1] >= 8:
+    size = crop_ratio = None
+    if dataset in ("imagefolder", "cifar10"):
+        info = inspect_classifier(path)
+        chw = info["input_shape"]
+        if (dataset == "imagefolder" and len(chw) == 3 and isinstance(chw[1], int) and chw[1] == chw[2]
+                and chw[1] >= 8):
             size = chw[1]
-    return load_dataset(dataset, data_dir, download=False, image_size=size)
+        pre = info["metadata"].get("preprocess")
+        try:
+            geometry = Geometry.from_dict(pre) if isinstance(pre, dict) else None
+        except (KeyError, TypeError, ValueError):
+            geometry = None
+        if geometry is not None and geometry.resize > geometry.size and geometry.size == (size or chw[-1]):
+            crop_ratio = geometry.crop_ratio
+    return load_dataset(dataset, data_dir, download=False, image_size=size, crop_ratio=crop_ratio)
 
 
 def onnx_files(path: str | os.PathLike) -> list[Path]:

@@ -169,8 +169,8 @@ def _card(src: PackageSource, name: str, accuracy: float | None, latency: dict, 
               f"`{arch}`. Not evaluated outside that data.", "",
               "## Preprocessing", "",
               f"Input `{src.meta.get('input_name', 'input')}`, NCHW float32 of shape "
-              f"[N, {', '.join(map(str, src.input_shape))}]: resize the image to "
-              f"{src.input_shape[2]}x{src.input_shape[1]} (bilinear), "
+              f"[N, {', '.join(map(str, src.input_shape))}]: {_geometry_text(src.meta.get('preprocess'))['resize']}"
+              f" (for {src.input_shape[2]}x{src.input_shape[1]}), "
               f"{'grayscale' if src.input_shape[0] == 1 else 'RGB'}, x = (pixel / 255 - mean) / std with mean "
               f"{src.mean} and std {src.std}. The output is logits; apply softmax for probabilities. All of it is "
               "in `preprocess.json`; class names, one per line in index order, in `labels.txt`.", ""]
@@ -233,7 +233,7 @@ def package(source: str | os.PathLike, out: str | os.PathLike, *, dataset: str |
         atomic_write_text(staging / "labels.txt", "\n".join(src.class_names) + "\n")
         pre = {"input_name": info["input_name"], "layout": "NCHW", "dtype": "float32",
                "shape": [info["batch"] or "N", *src.input_shape], "size": src.input_shape[1:],
-               "resize": "resize to size (height, width), bilinear, no crop",
+               **_geometry_text(src.meta.get("preprocess")),
                "channel_order": "gray" if src.input_shape[0] == 1 else "RGB", "scale": 1 / 255,
                "mean": src.mean, "std": src.std, "formula": "x = (pixel * scale - mean) / std, per channel",
                "output": "logits (apply softmax for probabilities)", "labels": "labels.txt"}
@@ -264,6 +264,15 @@ def package(source: str | os.PathLike, out: str | os.PathLike, *, dataset: str |
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final
+
+
+def _geometry_text(pre: dict | None) -> dict:
+    """preprocess.json's resize/crop keys, from the model's ``preprocess`` metadata (older files: no crop)."""
+    if not isinstance(pre, dict):
+        return {"resize": "resize to size (height, width), bilinear, no crop"}
+    r, c = pre.get("resize_shorter_side"), pre.get("center_crop")
+    return {"resize": f"resize the shorter side to {r} (bilinear, the longer side truncated), then center-crop "
+                      f"{c}x{c} (offsets rounded half to even)", "resize_shorter_side": r, "center_crop": c}
 
 
 def _set_image_metadata(path: Path, src: PackageSource, input_name: str) -> None:

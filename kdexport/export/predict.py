@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from ..errors import DataError, ModelFileError
+from ..errors import DataError, ModelFileError, first_line
 from .onnx import inspect_classifier, ort_logits, ort_session
 
 MAX_SIDE = 8192  # larger inputs are not a classifier's: refuse before allocating
@@ -50,6 +50,13 @@ def check_metadata(meta: dict, info: dict, where: str) -> dict:
             raise ModelFileError(f"{where}: metadata {key} must be a list of {c} numbers, got {str(v)[:80]!r}")
     if any(x <= 0 for x in meta["std"]):
         raise ModelFileError(f"{where}: metadata std must be > 0, got {meta['std']}")
+    pre = meta.get("preprocess")
+    if pre is not None:
+        ok = isinstance(pre, dict) and all(isinstance(pre.get(k), int) and not isinstance(pre.get(k), bool)
+                                           for k in ("resize_shorter_side", "center_crop"))
+        if not ok or not (shape[1] == shape[2] == pre["center_crop"] <= pre["resize_shorter_side"] <= MAX_SIDE):
+            raise ModelFileError(f"{where}: metadata preprocess must give resize_shorter_side >= center_crop = the "
+                                 f"input's side {shape[1:]}, got {str(pre)[:80]!r}")
     return meta
 
 
@@ -71,14 +78,20 @@ def probabilities(scores: np.ndarray) -> tuple[np.ndarray, bool]:
 
 
 def preprocess(image_path: str | os.PathLike, meta: dict) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    """One image file as the model takes it: decoded as in training (upright, converted to the model's
+    channels), resized on its shorter side and center-cropped as the metadata's ``preprocess`` says (files
+    without it, exported before kdexport recorded it, are resized to the input size), then normalized."""
+    from PIL import Image
+
+    from ..data.images import Geometry, open_image, to_mode
 
     c, h, w = meta["input_shape"]
     try:
-        with Image.open(image_path) as im:
-            img = im.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
-    except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"{os.fspath(image_path)!r} is not a readable image: {e}") from None
+        im = to_mode(open_image(image_path), c)
+    except Exception as e:
+        raise DataError(f"{os.fspath(image_path)!r} is not a readable image: {first_line(e, 120)}") from None
+    pre = meta.get("preprocess")
+    img = Geometry.from_dict(pre).apply(im) if pre is not None else im.resize((w, h), Image.BILINEAR)
     x = np.asarray(img, np.float32).reshape(h, w, c).transpose(2, 0, 1) / 255.0
     mean = np.asarray(meta["mean"], np.float32)[:, None, None]
     std = np.asarray(meta["std"], np.float32)[:, None, None]
