@@ -40,8 +40,11 @@ def child_epoch(args) -> None:
 
     torch.set_num_threads(args.threads or os.cpu_count() or 2)
     t0 = time.perf_counter()
-    data = load_dataset(args.dataset, args.data_dir, download=False, image_size=args.image_size,
-                        data_mode=args.mode, workers=args.workers)
+    try:
+        data = load_dataset(args.dataset, args.data_dir, download=False, image_size=args.image_size,
+                            data_mode=args.mode, workers=args.workers)
+    except TypeError:  # kdexport before data modes (--baseline-ref): everything in memory
+        data = load_dataset(args.dataset, args.data_dir, download=False, image_size=args.image_size)
     load_s = time.perf_counter() - t0
     torch.manual_seed(0)
     model = build_model(ModelSpec(args.arch, data.num_classes, data.input_shape, cifar_stem=args.cifar_stem))
@@ -71,15 +74,19 @@ def child_epoch(args) -> None:
     hist = fit(model, data, cfg, reporter=Progress())
     r = hist[0]
     n = len(data.y_train)
-    print(json.dumps({"arch": args.arch, "data_mode": data.mode, "mode_note": data.mode_note,
-                      "input_shape": list(data.input_shape), "preprocess": data.geometry.to_dict(),
+    train_s = r.get("train_seconds", r["seconds"])  # before data modes, the epoch's time included evaluation
+    wait = r.get("data_wait_seconds")
+    geometry = getattr(data, "geometry", None)
+    print(json.dumps({"arch": args.arch, "data_mode": getattr(data, "mode", "memory"),
+                      "mode_note": getattr(data, "mode_note", "") or "memory (the only mode then)",
+                      "input_shape": list(data.input_shape), "preprocess": geometry.to_dict() if geometry else None,
                       "augment": cfg.augment, "train_images": n, "test_images": len(data.y_test),
                       "batch_size": cfg.batch_size, "workers": getattr(data.x_train, "workers", None),
-                      "load_seconds": round(load_s, 1), "train_seconds": round(r["train_seconds"], 1),
+                      "load_seconds": round(load_s, 1), "train_seconds": round(train_s, 1),
                       "epoch_seconds_with_eval": round(r["seconds"], 1),
-                      "images_per_second": round(n / r["train_seconds"], 1),
-                      "data_wait_seconds": round(r["data_wait_seconds"], 1),
-                      "data_wait_share": round(r["data_wait_seconds"] / r["train_seconds"], 4),
+                      "images_per_second": round(n / train_s, 1),
+                      "data_wait_seconds": None if wait is None else round(wait, 1),
+                      "data_wait_share": None if wait is None else round(wait / train_s, 4),
                       "test_accuracy": r["test_accuracy"]}))
 
 
@@ -140,7 +147,7 @@ def run_measured(cmd: list[str], env: dict | None = None, cwd: str | None = None
                  "max_processes": peak["processes"], "wall_seconds": round(time.perf_counter() - t0, 1)}
 
 
-def epoch(dataset: str, data_dir: str, arch: str, mode: str, args, **kw) -> dict:
+def epoch(dataset: str, data_dir: str, arch: str, mode: str, args, pythonpath: str | None = None, **kw) -> dict:
     cmd = [sys.executable, __file__, "--child", "--dataset", dataset, "--data-dir", data_dir, "--arch", arch,
            "--mode", mode, "--batch-size", str(kw.get("batch_size", 128))]
     for k in ("image_size", "workers"):
@@ -149,32 +156,22 @@ def epoch(dataset: str, data_dir: str, arch: str, mode: str, args, **kw) -> dict
     if kw.get("cifar_stem"):
         cmd.append("--cifar-stem")
     print(f"== {dataset} {arch} --data-mode {mode}", file=sys.stderr, flush=True)
-    out, mem = run_measured(cmd)
+    env = {**os.environ, "PYTHONPATH": pythonpath} if pythonpath else None
+    out, mem = run_measured(cmd, env=env)
     row = {**json.loads(out.strip().splitlines()[-1]), **mem, "requested_mode": mode}
     print(f"   {row}", file=sys.stderr, flush=True)
     return row
 
 
-def noflag_rss(ref: str | None) -> dict:
-    """Peak memory of ``kdexport distill-export`` with no flags (digits), at this checkout and at ``ref``."""
+def noflag_rss(trees: dict[str, str], tmp: str) -> dict:
+    """Peak memory of ``kdexport distill-export`` with no flags (digits), with each checkout's code."""
     rows = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        trees = {"this commit": str(ROOT)}
-        if ref:
-            old = Path(tmp) / "old"
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), ref], check=True,
-                           capture_output=True)
-            trees[f"before ({ref})"] = str(old)
-        try:
-            for name, tree in trees.items():
-                env = {**os.environ, "PYTHONPATH": tree, "KDEXPORT_CACHE_DIR": str(Path(tmp) / f"cache-{len(rows)}")}
-                _, mem = run_measured([sys.executable, "-m", "kdexport", "distill-export", "--out",
-                                       str(Path(tmp) / f"run-{len(rows)}")], env=env, cwd=tmp)
-                rows[name] = mem
-                print(f"== no-flag run, {name}: {mem}", file=sys.stderr, flush=True)
-        finally:
-            if ref:
-                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], check=False)
+    for name, tree in trees.items():
+        env = {**os.environ, "PYTHONPATH": tree, "KDEXPORT_CACHE_DIR": str(Path(tmp) / f"cache-{len(rows)}")}
+        _, mem = run_measured([sys.executable, "-m", "kdexport", "distill-export", "--out",
+                               str(Path(tmp) / f"run-{len(rows)}")], env=env, cwd=tmp)
+        rows[name] = mem
+        print(f"== no-flag run, {name}: {mem}", file=sys.stderr, flush=True)
     return rows
 
 
@@ -185,10 +182,11 @@ def markdown(result: dict) -> str:
     lines += ["| data | model | asked | chosen | images | train s | images/s | waiting for data | peak PSS MiB | "
               "peak RSS MiB | processes | test acc |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["epochs"]:
+        wait = "-" if r["data_wait_share"] is None else f"{100 * r['data_wait_share']:.1f}%"
         lines.append(f"| {r['name']} | {r['arch']} {r['input_shape'][1]}px | {r['requested_mode']} | "
                      f"{r['mode_note']} | "
                      f"{r['train_images']:,} | {r['train_seconds']:.0f} | {r['images_per_second']:.1f} | "
-                     f"{100 * r['data_wait_share']:.1f}% | {r['peak_pss_mib']:,} | {r['peak_rss_mib']:,} | "
+                     f"{wait} | {r['peak_pss_mib']:,} | {r['peak_rss_mib']:,} | "
                      f"{r['max_processes']} | {100 * r['test_accuracy']:.2f}% |")
     if result.get("noflag"):
         lines += ["", "No-flag run (`kdexport distill-export`, digits), whole process tree:", "",
@@ -230,12 +228,23 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {**result_stamp("benchmarks/bench_stream.py"), "epochs": [], "noflag": None, "notes": []}
     out = Path(args.out)
-    if args.cifar:
-        for mode in ("auto", "stream"):
-            row = epoch("cifar10", args.cifar, args.cifar_arch, mode, args)
-            result["epochs"].append({"name": "CIFAR-10 JPEG copy", **row})
-    if args.baseline_ref:
-        result["noflag"] = noflag_rss(args.baseline_ref)
+    with tempfile.TemporaryDirectory() as tmp:
+        old = None
+        if args.baseline_ref:
+            old = str(Path(tmp) / "old")
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", old, args.baseline_ref],
+                           check=True, capture_output=True)
+        try:
+            if args.cifar:
+                for mode, path in (("auto", None), ("stream", None), *((("memory", old),) if old else ())):
+                    row = epoch("cifar10", args.cifar, args.cifar_arch, mode, args, pythonpath=path)
+                    name = f"CIFAR-10 JPEG copy{f', code before data modes ({args.baseline_ref})' if path else ''}"
+                    result["epochs"].append({"name": name, **row})
+            if old:
+                result["noflag"] = noflag_rss({"this commit": str(ROOT), f"before ({args.baseline_ref})": old}, tmp)
+        finally:
+            if old:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", old], check=False)
     if args.photos:
         n = sum(1 for _ in Path(args.photos, "train").rglob("*.jpg"))
         row = epoch("imagefolder", args.photos, args.photos_arch, args.photos_mode, args, image_size=args.photos_size,
