@@ -74,7 +74,7 @@ def child_epoch(args) -> None:
     hist = fit(model, data, cfg, reporter=Progress())
     r = hist[0]
     n = len(data.y_train)
-    train_s = r.get("train_seconds", r["seconds"])  # before data modes, the epoch's time included evaluation
+    train_s = r.get("train_seconds")  # before data modes, only the epoch's time with evaluation was recorded
     wait = r.get("data_wait_seconds")
     geometry = getattr(data, "geometry", None)
     print(json.dumps({"arch": args.arch, "data_mode": getattr(data, "mode", "memory"),
@@ -82,9 +82,9 @@ def child_epoch(args) -> None:
                       "input_shape": list(data.input_shape), "preprocess": geometry.to_dict() if geometry else None,
                       "augment": cfg.augment, "train_images": n, "test_images": len(data.y_test),
                       "batch_size": cfg.batch_size, "workers": getattr(data.x_train, "workers", None),
-                      "load_seconds": round(load_s, 1), "train_seconds": round(train_s, 1),
+                      "load_seconds": round(load_s, 1), "train_seconds": None if train_s is None else round(train_s, 1),
                       "epoch_seconds_with_eval": round(r["seconds"], 1),
-                      "images_per_second": round(n / train_s, 1),
+                      "images_per_second": None if train_s is None else round(n / train_s, 1),
                       "data_wait_seconds": None if wait is None else round(wait, 1),
                       "data_wait_share": None if wait is None else round(wait / train_s, 4),
                       "test_accuracy": r["test_accuracy"]}))
@@ -179,15 +179,18 @@ def markdown(result: dict) -> str:
     from kdexport.envinfo import stamp_markdown
 
     lines = ["# Data modes: memory vs stream", "", stamp_markdown(result), ""]
-    lines += ["| data | model | asked | chosen | images | train s | images/s | waiting for data | peak PSS MiB | "
-              "peak RSS MiB | processes | test acc |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += ["| data | model | asked | chosen | images | load s | train s | epoch s (with eval) | images/s | "
+              "waiting for data | peak PSS MiB | peak RSS MiB | processes | test acc |",
+              "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["epochs"]:
-        wait = "-" if r["data_wait_share"] is None else f"{100 * r['data_wait_share']:.1f}%"
+        has_train = r["data_wait_share"] is not None  # rows from code before data modes time the epoch only
+        wait = f"{100 * r['data_wait_share']:.1f}%" if has_train else "-"
+        train = f"{r['train_seconds']:.1f}" if has_train else "-"
+        rate = f"{r['images_per_second']:.1f}" if has_train else "-"
         lines.append(f"| {r['name']} | {r['arch']} {r['input_shape'][1]}px | {r['requested_mode']} | "
-                     f"{r['mode_note']} | "
-                     f"{r['train_images']:,} | {r['train_seconds']:.0f} | {r['images_per_second']:.1f} | "
-                     f"{wait} | {r['peak_pss_mib']:,} | {r['peak_rss_mib']:,} | "
-                     f"{r['max_processes']} | {100 * r['test_accuracy']:.2f}% |")
+                     f"{r['mode_note']} | {r['train_images']:,} | {r['load_seconds']:.1f} | {train} | "
+                     f"{r['epoch_seconds_with_eval']:.1f} | {rate} | {wait} | {r['peak_pss_mib']:,} | "
+                     f"{r['peak_rss_mib']:,} | {r['max_processes']} | {100 * r['test_accuracy']:.2f}% |")
     if result.get("noflag"):
         lines += ["", "No-flag run (`kdexport distill-export`, digits), whole process tree:", "",
                   "| code | peak PSS MiB | peak RSS MiB | wall s |", "|---|---:|---:|---:|"]
@@ -218,7 +221,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=128, help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--cifar-stem", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--render", action="store_true", help="rewrite OUT.md from OUT.json and stop")
     args = ap.parse_args(argv)
+    if args.render:
+        from kdexport.files import atomic_write_text
+
+        out = Path(args.out)
+        result = json.loads(out.with_suffix(".json").read_text())
+        atomic_write_text(out.with_suffix(".md"), markdown(result))
+        return 0
     if args.child:
         child_epoch(args)
         return 0

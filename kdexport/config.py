@@ -87,6 +87,7 @@ SCHEDULERS = ("cosine", "onecycle", "none")
 DEVICES = ("auto", "cpu", "cuda")
 QUANTIZE_MODES = ("none", "static", "dynamic")
 GRAPH_OPTS = ("none", "basic", "extended", "all")
+TTAS = ("none", "flip")
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,12 @@ class TrainConfig:
     label_smoothing: float = option(0.0, "Label smoothing of the cross-entropy term (baseline, student and a "
                                          "trained teacher alike), in [0, 1).")
     device: str = option("auto", "auto, cpu or cuda (training only; benchmarks run on CPU).")
+    ema: float = option(0.0, "Keep an exponential moving average of the weights with this decay per step (e.g. "
+                             "0.999; warmed up as min(decay, (1+t)/(10+t))); the average is what is evaluated, "
+                             "saved and exported. 0: off.")
+    bias_lr_scale: float = option(1.0, "Multiply the learning rate of normalization-layer biases (BatchNorm, "
+                                       "LayerNorm, GroupNorm) by this (airbench: 64); their weight decay per step "
+                                       "stays that of the other weights.")
     augment: str = option("none", "Resolved augmentation (set from RunConfig.augment).", cli=False)
 
     def __post_init__(self) -> None:
@@ -122,6 +129,9 @@ class TrainConfig:
         _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         _check(_finite(self.label_smoothing) and 0 <= self.label_smoothing < 1,
                f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+        _check(_finite(self.ema) and 0 <= self.ema < 1, f"ema decay must be in [0, 1), got {self.ema}")
+        _check(_finite(self.bias_lr_scale) and self.bias_lr_scale > 0,
+               f"bias lr scale must be > 0, got {self.bias_lr_scale}")
 
 
 @dataclass(frozen=True)
@@ -223,6 +233,9 @@ class RunConfig:
                                   "for smaller RGB images, else none), none, crop-flip, shift2, rrc-flip "
                                   "(RandomResizedCrop + flip).")
     teacher_augment: str | None = option(None, "The teacher's augmentation, if different (default: --augment).")
+    teacher_tta: str = option("none", "Test-time augmentation of the teacher's logits that students learn from: none, "
+                                      "or flip (the mean of the image's and its mirror's logits). Its accuracy with "
+                                      "it is logged and in report.json (teacher_tta).")
     # models
     teacher: str = option("mlp:1200,1200", "Teacher: mlp:SIZES (e.g. mlp:1200,1200), any torchvision classifier "
                                            "name, timm:NAME, or a trained model as an ONNX file (PATH.onnx).")
@@ -290,6 +303,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         from .data.augment import AUGMENTATIONS
 
+        _check(self.teacher_tta in TTAS, f"teacher tta must be one of {', '.join(TTAS)}, got {self.teacher_tta!r}")
         for a in (self.augment, self.teacher_augment):
             if a is not None and a != "auto":
                 AUGMENTATIONS.get(a)

@@ -22,6 +22,7 @@ from .data.augment import resolve_augment
 from .data.datasets import DATASETS, Dataset, load_dataset, memory_budget
 from .distill.hint import Hint
 from .distill.teacher import (
+    TTA,
     Distillation,
     OnnxTeacher,
     Teacher,
@@ -210,8 +211,10 @@ def train_teacher(ctx: Context, teacher: TeacherModel, reporter: Reporter | None
                state_path=state_path, resume=cfg.resume if resume is None else resume)
 
 
-def as_teacher(ctx: Context, teacher: TeacherModel) -> Teacher:
-    return teacher if isinstance(teacher, OnnxTeacher) else TorchTeacher.for_data(teacher, ctx.data, ctx.device)
+def as_teacher(ctx: Context, teacher: TeacherModel, tta: bool = True) -> Teacher:
+    """The teacher as students see it: its logits with ``--teacher-tta`` applied (``tta=False``: the plain model)."""
+    t = teacher if isinstance(teacher, OnnxTeacher) else TorchTeacher.for_data(teacher, ctx.data, ctx.device)
+    return TTA[ctx.cfg.teacher_tta](t) if tta else t
 
 
 def check_teacher(ctx: Context, teacher: TeacherModel, log: Log) -> float:
@@ -221,7 +224,8 @@ def check_teacher(ctx: Context, teacher: TeacherModel, log: Log) -> float:
     acc = teacher_accuracy(as_teacher(ctx, teacher), ctx.data)
     counts = torch.bincount(ctx.data.y_test, minlength=ctx.data.num_classes)
     chance = float(counts.max()) / max(len(ctx.data.y_test), 1)
-    log(f"teacher: {acc * 100:.2f}% on the test split (chance: {chance * 100:.2f}%)")
+    tta = f" with --teacher-tta {ctx.cfg.teacher_tta}" if ctx.cfg.teacher_tta != "none" else ""
+    log(f"teacher: {acc * 100:.2f}% on the test split{tta} (chance: {chance * 100:.2f}%)")
     if acc <= chance and not ctx.cfg.force:
         hint = (" (check its class order and normalization: --teacher-mean/--teacher-std)"
                 if ctx.cfg.teacher_is_onnx else "")
@@ -407,6 +411,10 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
         t_hist = train_teacher(ctx, teacher, reporter, log, state("teacher"))
         t_secs = time.perf_counter() - t0
         t_acc = check_teacher(ctx, teacher, log)
+        tta = None
+        if cfg.teacher_tta != "none":  # the report's teacher entry is the plain model; the TTA accuracy beside it
+            tta = {"mode": cfg.teacher_tta, "accuracy": t_acc}
+            t_acc = teacher_accuracy(as_teacher(ctx, teacher, tta=False), ctx.data)
         source = teacher_source(ctx, teacher)
         trained = {}
         for role, kd in (("baseline", None), ("student", cfg.kd)):
@@ -429,7 +437,7 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
             except GateError as e:  # keep the run and its report; fail the command afterwards
                 gate_error = e
                 models["student_int8_rejected"] = {"error": str(e)}
-        extra = {}
+        extra = {"teacher_tta": tta} if tta else {}
         verdict = check_budget(ctx, models, staging)
         if verdict is not None:
             extra["budget"] = {**verdict, "selection": ctx.selection}

@@ -77,5 +77,5 @@ def test_auto_augmentation_by_data(digits):
     from kdexport.data.augment import resolve_augment
 
     assert resolve_augment("auto", digits) == "none"
-    with pytest.raises(UnknownNameError, match="crop-flip, none, rrc-flip, shift2"):
+    with pytest.raises(UnknownNameError, match="crop-flip, none, rrc-flip, shift2, shift2-flip"):
         resolve_augment("mixup", digits)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..config import RunConfig
-from ..data.datasets import Dataset
+from ..data.datasets import Dataset, eval_batch
 from ..envinfo import usable_cores
 from ..export.onnx import ort_logits, ort_session
 
@@ -133,6 +133,7 @@ def onnx_predictions(path: str | os.PathLike, data: Dataset, threads: int | None
     """Predicted class of an ONNX classifier for every image of the dataset's test split."""
     sess = ort_session(path, threads=threads or usable_cores())
     normalize = normalize or data.normalize
+    batch_size = eval_batch(data.x_test.shape, batch_size)
     preds = [ort_logits(sess, normalize(data.x_test[i:i + batch_size]).numpy(), batch_size).argmax(1)
              for i in range(0, data.x_test.shape[0], batch_size)]
     return np.concatenate(preds) if preds else np.empty(0, dtype=np.int64)

@@ -54,6 +54,7 @@ AUGMENTATIONS: Registry[Augmentation | None] = Registry("augmentation")
 AUGMENTATIONS.register("none")(None)
 AUGMENTATIONS.register("crop-flip")(Augmentation(lambda xb, g: augment_batch(xb, g, pad=4, flip=True)))
 AUGMENTATIONS.register("shift2")(Augmentation(lambda xb, g: augment_batch(xb, g, pad=2, flip=False)))
+AUGMENTATIONS.register("shift2-flip")(Augmentation(lambda xb, g: augment_batch(xb, g, pad=2, flip=True)))
 AUGMENTATIONS.register("rrc-flip")(Augmentation(rrc_flip_batch, random_resized_crop_flip))
 
 

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..config import KDConfig
-from ..data.datasets import Dataset, Normalization
+from ..data.datasets import Dataset, Normalization, eval_batch
 from ..errors import ConfigError, DataError, ModelError
 from ..export.onnx import ort_logits
 from ..files import atomic_write, hash_file, optional_write
@@ -145,6 +145,24 @@ class OnnxTeacher:
         return self._fingerprint
 
 
+class FlipTTA:
+    """A teacher whose logits are the mean of the image's and its left-right mirror's (test-time augmentation)."""
+
+    def __init__(self, teacher: Teacher):
+        self.teacher = teacher
+        self.num_classes, self.input_shape = teacher.num_classes, teacher.input_shape
+        self.module = getattr(teacher, "module", None)  # a hint reads the PyTorch teacher's layers
+
+    def logits(self, raw: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (self.teacher.logits(raw) + self.teacher.logits(raw.flip(-1)))
+
+    def fingerprint(self) -> str:
+        return f"{self.teacher.fingerprint()}|tta=flip"
+
+
+TTA = {"none": lambda t: t, "flip": FlipTTA}
+
+
 def teacher_accuracy(teacher: Teacher, data: Dataset) -> float:
     """Top-1 accuracy of a teacher on the test split (through the same interface the loop uses). A teacher
     whose logits are NaN or infinite is refused here, before a student learns from it."""
@@ -160,6 +178,7 @@ def teacher_accuracy(teacher: Teacher, data: Dataset) -> float:
 def logits_over(teacher: Teacher, x, batch_size: int = 512, out: np.ndarray | None = None) -> torch.Tensor:
     """The teacher's logits over every sample of ``x`` (raw pixels, a tensor or image files), on the CPU;
     with ``out`` (an N x classes float32 array, e.g. a memory map), written into it batch by batch."""
+    batch_size = eval_batch(x.shape, batch_size)
     if out is not None:
         for i in range(0, x.shape[0], batch_size):
             out[i:i + batch_size] = teacher.logits(x[i:i + batch_size]).float().cpu().numpy()

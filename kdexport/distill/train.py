@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig
-from ..data.datasets import Dataset
+from ..data.datasets import Dataset, eval_batch
 from ..data.loader import epoch_plan, train_batches
 from ..errors import ConfigError, StateError, TrainingError, first_line
 from ..files import atomic_torch_save
@@ -66,6 +66,7 @@ def predict_logits(model: nn.Module, data: Dataset, split: str = "test", batch_s
                    device: torch.device | str = "cpu") -> torch.Tensor:
     """Logits of ``model`` over a whole split, in eval mode."""
     x = data.x_test if split == "test" else data.x_train
+    batch_size = eval_batch(x.shape, batch_size)
     was = model.training
     model.eval()
     out = [model(data.normalize(x[i:i + batch_size].to(device))).float().cpu()
@@ -83,27 +84,44 @@ def evaluate(model: nn.Module, data: Dataset, split: str = "test", batch_size: i
     return {"loss": loss, "accuracy": acc}
 
 
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+def norm_biases(model: nn.Module) -> list[nn.Parameter]:
+    """The trainable biases of the model's normalization layers (what ``--bias-lr-scale`` speeds up)."""
+    return [m.bias for m in model.modules() if isinstance(m, NORM_LAYERS)
+            and isinstance(getattr(m, "bias", None), nn.Parameter) and m.bias.requires_grad]
+
+
 def _optimizer(model: nn.Module, cfg: TrainConfig, extra: list[nn.Parameter] | None = None) -> torch.optim.Optimizer:
     """Adam or SGD, fused (one kernel for all parameters) where torch supports it: on 2 CPU cores
     the unfused Adam update of the 2.4M-parameter MNIST teacher costs as much as its forward and
-    backward passes."""
+    backward passes. With ``bias_lr_scale`` != 1, normalization biases are a second group whose learning rate
+    is scaled and whose weight decay is divided by the same factor (the same decay per step)."""
     params = [p for p in model.parameters() if p.requires_grad] + list(extra or [])
     if cfg.optimizer == "adam":
         cls, kw = torch.optim.Adam, {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
     else:
         cls, kw = torch.optim.SGD, {"lr": cfg.lr, "momentum": cfg.momentum, "nesterov": cfg.momentum > 0,
                                     "weight_decay": cfg.weight_decay}
+    biases = norm_biases(model) if cfg.bias_lr_scale != 1.0 else []
+    ids = {id(p) for p in biases}
+    groups: list[dict] = [{"params": [p for p in params if id(p) not in ids]}]
+    if biases:
+        groups.append({"params": biases, "lr": cfg.lr * cfg.bias_lr_scale,
+                       "weight_decay": cfg.weight_decay / cfg.bias_lr_scale})
     try:
-        return cls(params, fused=True, **kw)
+        return cls(groups, fused=True, **kw)
     except (RuntimeError, TypeError, ValueError):  # older torch or an unsupported device
-        return cls(params, **kw)
+        return cls(groups, **kw)
 
 
 def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
     if cfg.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total_steps, 1))
     if cfg.scheduler == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(total_steps, 1))
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups],
+                                                   total_steps=max(total_steps, 1))
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
 
@@ -124,6 +142,43 @@ def _uses_conv(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
+class WeightAverage:
+    """An exponential moving average of a model's floating-point state (weights and BatchNorm statistics;
+    integer counters are copied), updated after every optimizer step with decay min(decay, (1+t)/(10+t))."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay, self.updates = decay, 0
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].lerp_(v.detach(), 1 - d)  # shadow = d * shadow + (1 - d) * v
+            else:
+                self.shadow[k].copy_(v)
+
+    @contextlib.contextmanager
+    def applied(self, model: nn.Module):
+        """The model with the averaged state for the block (evaluation), its own state restored after."""
+        own = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(self.shadow)
+        try:
+            yield model
+        finally:
+            model.load_state_dict(own)
+
+    def state_dict(self) -> dict:
+        return {"shadow": self.shadow, "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state["shadow"].items():
+            self.shadow[k].copy_(v)
+        self.updates = int(state["updates"])
+
+
 
 
 @dataclass
@@ -138,11 +193,13 @@ class TrainState:
     history: list[dict[str, float]]
     record: dict  # the settings a resume must match
     distill: Distillation | None = None  # its trained parts (a hint connector) are saved too
+    ema: WeightAverage | None = None  # --ema: the averaged weights (saved, evaluated, exported)
 
     def save(self, path: str | os.PathLike, epoch: int) -> None:
         atomic_torch_save({"config": self.record, "epoch": epoch, "history": self.history,
                            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
                            "distill": self.distill.state_dict() if self.distill else {},
+                           "ema": self.ema.state_dict() if self.ema else None,
                            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                            "order_rng": self.order_gen.get_state(), "aug_rng": self.aug_gen.get_state(),
                            "torch_rng": torch.get_rng_state()}, path)
@@ -164,6 +221,8 @@ class TrainState:
             self.model.load_state_dict(state["model"])
             if self.distill is not None:
                 self.distill.load_state_dict(state.get("distill") or {})
+            if self.ema is not None:
+                self.ema.load_state_dict(state["ema"])
             self.opt.load_state_dict(state["optimizer"])
             self.sched.load_state_dict(state["scheduler"])
             self.order_gen.set_state(state["order_rng"])
@@ -246,6 +305,8 @@ def train_epoch(loop: Loop, state: TrainState, epoch: int) -> dict[str, float]:
         out["loss"].backward()
         state.opt.step()
         state.sched.step()
+        if state.ema is not None:
+            state.ema.update(state.model)
         b = yb.shape[0]
         with torch.no_grad():
             sums += torch.stack([out["loss"].detach() * b, out["ce"] * b, out["kd"] * b,
@@ -261,7 +322,8 @@ def train_epoch(loop: Loop, state: TrainState, epoch: int) -> dict[str, float]:
     if not math.isfinite(loss_sum):
         raise _nonfinite(loop, [loss_sum, ce_sum, kd_sum], epoch)
     train_seconds = time.perf_counter() - t0
-    test = evaluate(state.model, data, "test", device=device)
+    with state.ema.applied(state.model) if state.ema is not None else contextlib.nullcontext(state.model) as m:
+        test = evaluate(m, data, "test", device=device)
     return {"epoch": epoch, "lr": lr, "train_loss": loss_sum / seen, "train_ce": ce_sum / seen,
             "train_kd": kd_sum / seen, "train_accuracy": correct / seen, "test_loss": test["loss"],
             "test_accuracy": test["accuracy"], "seconds": time.perf_counter() - t0, "train_seconds": train_seconds,
@@ -297,7 +359,8 @@ def fit(model: nn.Module, data: Dataset, cfg: TrainConfig, *, distill: Distillat
     state = TrainState(model, opt, _scheduler(opt, cfg, steps_per_epoch * cfg.epochs),
                        torch.Generator().manual_seed(cfg.seed), torch.Generator().manual_seed(cfg.seed + 1_000_003),
                        [], {"train": dataclasses.asdict(cfg), "kd": distill.settings() if distill else None,
-                            "label": label, "world_size": world_size}, distill)
+                            "label": label, "world_size": world_size}, distill,
+                       WeightAverage(model, cfg.ema) if cfg.ema > 0 else None)
     start_epoch = 1
     if state_path is not None and resume and os.path.exists(state_path):
         start_epoch = state.load(state_path, label)
@@ -322,6 +385,8 @@ def fit(model: nn.Module, data: Dataset, cfg: TrainConfig, *, distill: Distillat
         reporter.finish()
         if distill is not None:
             distill.close()  # hint hooks off: the student is the plain architecture again
+    if state.ema is not None:
+        model.load_state_dict(state.ema.shadow)  # what is evaluated is what is shipped
     if channels_last:
         model.to(memory_format=torch.contiguous_format)
     model.eval()

@@ -1,0 +1,146 @@
+"""General training options for strong recipes: the weight average (--ema), the normalization-bias learning
+rate (--bias-lr-scale) and the teacher's flip test-time augmentation (--teacher-tta)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from kdexport.config import RunConfig, TrainConfig
+from kdexport.distill.teacher import FlipTTA, TorchTeacher
+from kdexport.distill.train import WeightAverage, _optimizer, evaluate, fit, norm_biases
+from kdexport.errors import ConfigError
+from kdexport.models.builders import ModelSpec, build_model
+
+
+def test_weight_average_by_hand():
+    m = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        m.weight.fill_(1.0)
+    ema = WeightAverage(m, decay=0.9)
+    with torch.no_grad():
+        m.weight.fill_(3.0)
+    ema.update(m)  # t=1: decay min(0.9, 2/11) = 0.1818...
+    d1 = 2 / 11
+    assert ema.shadow["weight"].item() == pytest.approx(d1 * 1 + (1 - d1) * 3, rel=1e-6)
+    with torch.no_grad():
+        m.weight.fill_(5.0)
+    ema.update(m)  # t=2: min(0.9, 3/12) = 0.25
+    want = 0.25 * (d1 * 1 + (1 - d1) * 3) + 0.75 * 5
+    assert ema.shadow["weight"].item() == pytest.approx(want, rel=1e-6)
+    with ema.applied(m):
+        assert m.weight.item() == pytest.approx(want, rel=1e-6)
+    assert m.weight.item() == 5.0  # restored
+
+
+def test_weight_average_decay_reaches_its_cap():
+    m = nn.Linear(1, 1, bias=False)
+    ema = WeightAverage(m, decay=0.5)
+    for _ in range(30):
+        ema.update(m)
+    with torch.no_grad():
+        m.weight.add_(1.0)
+    before = ema.shadow["weight"].clone()
+    ema.update(m)
+    assert torch.allclose(ema.shadow["weight"], 0.5 * before + 0.5 * m.weight)
+
+
+def test_fit_with_ema_evaluates_and_returns_the_average(digits):
+    def run(ema):
+        torch.manual_seed(0)
+        m = build_model(ModelSpec("mlp:32", 10, (1, 8, 8)))
+        return m, fit(m, digits, TrainConfig(epochs=2, seed=0, ema=ema))
+
+    m, h = run(0.9)
+    assert evaluate(m, digits)["accuracy"] == h[-1]["test_accuracy"]  # the shipped model is the evaluated one
+    plain, _ = run(0.0)
+    assert not all(torch.equal(p, q) for p, q in zip(m.parameters(), plain.parameters()))
+
+
+def test_ema_resumes_bit_for_bit(digits, tmp_path):
+    cfg = TrainConfig(epochs=2, seed=0, ema=0.95)
+    torch.manual_seed(0)
+    full = build_model(ModelSpec("mlp:32", 10, (1, 8, 8)))
+    fit(full, digits, cfg)
+    torch.manual_seed(0)
+    part = build_model(ModelSpec("mlp:32", 10, (1, 8, 8)))
+    state = tmp_path / "s.pt"
+    fit(part, digits, TrainConfig(epochs=2, seed=0, ema=0.95), state_path=state)
+    torch.manual_seed(0)
+    again = build_model(ModelSpec("mlp:32", 10, (1, 8, 8)))
+    blob = torch.load(state, weights_only=True)
+    assert blob["ema"]["updates"] > 0
+    fit(again, digits, cfg, state_path=state, resume=True)  # nothing left to train: restores the average
+    assert all(torch.equal(p, q) for p, q in zip(full.parameters(), again.parameters()))
+
+
+def test_bias_lr_scale_scales_exactly_the_norm_biases():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
+    m(torch.zeros(2, 3, 6, 6))
+    cfg = TrainConfig(optimizer="sgd", momentum=0.0, lr=0.1, weight_decay=0.01, bias_lr_scale=64.0)
+    opt = _optimizer(m, cfg)
+    assert [p is m[1].bias for p in norm_biases(m)] == [True]
+    assert len(opt.param_groups) == 2
+    g = opt.param_groups[1]
+    assert g["params"][0] is m[1].bias
+    assert g["lr"] == pytest.approx(6.4) and g["weight_decay"] == pytest.approx(0.01 / 64)
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    m(torch.randn(2, 3, 6, 6)).sum().backward()
+    grads = {n: p.grad.clone() for n, p in m.named_parameters()}
+    opt.step()
+    for n, p in m.named_parameters():
+        lr = 6.4 if n == "1.bias" else 0.1
+        wd = 0.01 / 64 if n == "1.bias" else 0.01
+        want = before[n] - lr * (grads[n] + wd * before[n])  # the same decay per step: lr * wd = 0.001
+        assert torch.allclose(p, want, atol=1e-6), n
+    assert len(_optimizer(m, TrainConfig(optimizer="sgd")).param_groups) == 1
+
+
+def test_onecycle_with_bias_groups_peaks_each_at_its_own_lr(digits):
+    from kdexport.distill.train import _scheduler
+
+    m = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.BatchNorm1d(8), nn.Linear(8, 10))
+    cfg = TrainConfig(optimizer="sgd", lr=0.2, scheduler="onecycle", bias_lr_scale=10.0)
+    opt = _optimizer(m, cfg)
+    sched = _scheduler(opt, cfg, 100)
+    peaks = [0.0, 0.0]
+    for _ in range(100):
+        opt.step()
+        sched.step()
+        peaks = [max(p, g["lr"]) for p, g in zip(peaks, opt.param_groups)]
+    assert peaks[0] == pytest.approx(0.2, rel=0.02) and peaks[1] == pytest.approx(2.0, rel=0.02)
+
+
+def test_flip_tta_teacher_averages_the_mirror(digits):
+    torch.manual_seed(0)
+    module = build_model(ModelSpec("mlp:16", 10, (1, 8, 8))).eval()
+    t = TorchTeacher.for_data(module, digits)
+    tta = FlipTTA(t)
+    raw = digits.x_test[:5]
+    want = 0.5 * (t.logits(raw) + t.logits(raw.flip(-1)))
+    assert torch.allclose(tta.logits(raw), want)
+    assert not torch.allclose(tta.logits(raw), t.logits(raw))
+    mirrored = torch.cat([raw, raw.flip(-1)])
+    out = tta.logits(mirrored)
+    assert torch.allclose(out[:5], out[5:], atol=1e-6)  # invariant to the mirror
+    assert tta.fingerprint() != t.fingerprint()  # a different cache entry
+
+
+def test_teacher_tta_in_the_report(tmp_path):
+    from kdexport.pipeline import distill_export
+
+    r = distill_export(RunConfig(out=str(tmp_path / "r"), teacher_tta="flip", teacher="mlp:64",
+                                 train=TrainConfig(epochs=1), bench_iters=2, bench_warmup=0))
+    assert r["teacher_tta"]["mode"] == "flip" and 0 < r["teacher_tta"]["accuracy"] <= 1
+    assert r["config"]["teacher_tta"] == "flip"
+
+
+@pytest.mark.parametrize("kw,msg", [({"ema": 1.0}, "ema decay"), ({"ema": -0.1}, "ema decay"),
+                                    ({"bias_lr_scale": 0.0}, "bias lr scale")])
+def test_bad_training_options(kw, msg):
+    with pytest.raises(ConfigError, match=msg):
+        TrainConfig(**kw)
+    with pytest.raises(ConfigError, match="teacher tta"):
+        RunConfig(teacher_tta="five-crop")
