@@ -7,7 +7,7 @@ and write benchmarks/results/<recipe>.json and .md stamped with hardware, versio
 
 A recipe is {"kind": "distill" | "sweep", "config": {RunConfig fields}, "grid": {...} (sweep),
 "workdir": "runs/recipes/NAME" (sweeps: where cells live, so a rerun resumes and recipes that share
-a teacher and cells share a workdir)}. Recipes are the only home of hyperparameters for published numbers.
+a teacher and cells share a workdir; distill runs: where the run folder is kept, its checkpoints reusable)}. Recipes are the only home of hyperparameters for published numbers.
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ def main() -> None:
             best_md = to_markdown(best).split("\n", 2)[2]  # without its title line
             md = sweep_markdown(report) + "\n## Best cell, exported and benchmarked\n\n" + best_md
         else:
-            cfg = recipe_config(recipe, args.data_dir, str(Path(tmp) / "run"))
+            out = ROOT / recipe["workdir"] if recipe.get("workdir") else Path(tmp) / "run"  # workdir: keep the run
+            cfg = recipe_config(recipe, args.data_dir, str(out))
             cfg = dataclasses.replace(cfg, overwrite=True)
             report = distill_export(cfg, reporter=reporter, log=print)
             md = to_markdown(report)
