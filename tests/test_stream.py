@@ -145,7 +145,9 @@ def test_auto_mode_streams_over_the_budget_and_says_so(photos, cache):
     d = _load(photos, "auto", image_size=32, memory_budget=1000)
     assert d.streamed and d.mode_note.startswith("stream (auto: decoded set")
     d = _load(photos, "auto", image_size=32)
-    assert not d.streamed and d.mode_note.startswith("memory")
+    assert not d.streamed and d.mode_note.startswith("memory (auto: decoded set") and "<= budget" in d.mode_note
+    d = _load(photos, "auto", image_size=32)  # the decoded set from the cache says so, and why memory
+    assert not d.streamed and "from the cache" in d.mode_note and "<= budget" in d.mode_note
 
 
 def test_stream_mode_needs_image_files():

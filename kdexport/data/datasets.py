@@ -361,8 +361,11 @@ def _imagefolder(data_dir: Path | None, *, download: bool, opts: LoadOptions) ->
             _ = (blob["size"], blob["channels"], blob["resize"])  # a cache of another format is rebuilt
         except Exception:
             blob = None
+    gib = lambda b: f"{b / 2**30:,.2f} GiB"  # noqa: E731
     if blob is not None:
-        note = "memory (decoded set cached)"
+        within = f" <= budget {gib(budget)}" if opts.mode == "auto" and budget is not None else ""
+        note = (f"memory ({'auto: ' if opts.mode == 'auto' else '--data-mode; '}decoded set "
+                f"{gib(cache.stat().st_size)}{within}, from the cache)")
         geometry = Geometry(int(blob["size"]), int(blob["resize"]))
         channels, skipped = int(blob["channels"]), list(blob.get("skipped", []))
         x_train, y_train, x_test, y_test = blob["x_train"], blob["y_train"], blob["x_test"], blob["y_test"]
@@ -380,7 +383,6 @@ def _imagefolder(data_dir: Path | None, *, download: bool, opts: LoadOptions) ->
         n = len(train_items) + len(test_items)
         nbytes = n * channels * size * size
         stream = opts.mode == "stream" or (opts.mode == "auto" and budget is not None and nbytes > budget)
-        gib = lambda b: f"{b / 2**30:,.2f} GiB"  # noqa: E731
         if opts.mode != "auto":
             note = f"{opts.mode} (--data-mode; decoded set {gib(nbytes)})"
         else:
