@@ -7,7 +7,9 @@ and write benchmarks/results/<recipe>.json and .md stamped with hardware, versio
 
 A recipe is {"kind": "distill" | "sweep", "config": {RunConfig fields}, "grid": {...} (sweep),
 "workdir": "runs/recipes/NAME" (sweeps: where cells live, so a rerun resumes and recipes that share
-a teacher and cells share a workdir; distill runs: where the run folder is kept, its checkpoints reusable)}. Recipes are the only home of hyperparameters for published numbers.
+a teacher and cells share a workdir; distill runs: where the run folder is kept, its checkpoints reusable,
+and --resume continues it after an interruption)}. Recipes are the only home of hyperparameters for
+published numbers.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("recipe", help="name of a file in benchmarks/recipes/ (without .json)")
     ap.add_argument("--data-dir", default=None, help="override the recipe's data dir")
+    ap.add_argument("--resume", action="store_true",
+                    help="distill recipes with a workdir: continue an interrupted run from its last finished epoch")
     args = ap.parse_args()
     recipe = load_recipe(args.recipe)
     results = HERE / "results"
@@ -70,7 +74,8 @@ def main() -> None:
         else:
             out = ROOT / recipe["workdir"] if recipe.get("workdir") else Path(tmp) / "run"  # workdir: keep the run
             cfg = recipe_config(recipe, args.data_dir, str(out))
-            cfg = dataclasses.replace(cfg, overwrite=True)
+            resume = args.resume and bool(recipe.get("workdir"))
+            cfg = dataclasses.replace(cfg, overwrite=not resume, resume=resume)
             report = distill_export(cfg, reporter=reporter, log=print)
             md = to_markdown(report)
     report["recipe"] = {"name": args.recipe, "doc": recipe.get("doc", ""),
