@@ -414,7 +414,8 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
         tta = None
         if cfg.teacher_tta != "none":  # the report's teacher entry is the plain model; the TTA accuracy beside it
             tta = {"mode": cfg.teacher_tta, "accuracy": t_acc}
-            t_acc = teacher_accuracy(as_teacher(ctx, teacher, tta=False), ctx.data)
+            if isinstance(teacher, OnnxTeacher):  # a PyTorch teacher's entry measures its own accuracy on export
+                t_acc = teacher_accuracy(as_teacher(ctx, teacher, tta=False), ctx.data)
         source = teacher_source(ctx, teacher)
         trained = {}
         for role, kd in (("baseline", None), ("student", cfg.kd)):

@@ -102,6 +102,16 @@ def _bad(tmp_path, *args):
     (["--teacher-std", "0.5"], "applies to an ONNX teacher only"),
     (["--student", "auto"], "--student auto needs --latency-budget"),
     (["--student-weights", "/nonexistent/s.pt"], "does not exist"),
+    (["--data-mode", "disk"], "data mode must be one of auto, memory, stream"),
+    (["--data-mode", "stream"], "--data-mode stream applies to image files"),
+    (["--memory-budget", "lots"], "memory budget 'lots'"),
+    (["--workers", "-1"], "workers must be in [0, 256]"),
+    (["--crop-ratio", "0.875"], "--crop-ratio applies to image files"),
+    (["--dataset", "imagefolder", "--crop-ratio", "2"], "crop ratio must be in [0.1, 1]"),
+    (["--ema", "1"], "ema decay must be in [0, 1)"),
+    (["--bias-lr-scale", "0"], "bias lr scale must be > 0"),
+    (["--teacher-tta", "five-crop"], "teacher tta must be one of none, flip"),
+    (["--augment", "mixup"], "unknown augmentation 'mixup'"),
 ])
 def test_bad_input_one_clear_line(tmp_path, args, msg):
     output = _bad(tmp_path, *args)

@@ -148,17 +148,20 @@ class WeightAverage:
 
     def __init__(self, model: nn.Module, decay: float):
         self.decay, self.updates = decay, 0
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        state = model.state_dict()
+        self.shadow = {k: v.detach().clone() for k, v in state.items()}
+        # (average, live tensor) pairs, built once: load_state_dict copies in place, so the tensors stay
+        self._pairs = [(self.shadow[k], v.detach()) for k, v in state.items()]
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for k, v in model.state_dict().items():
+        for avg, v in self._pairs:
             if v.dtype.is_floating_point:
-                self.shadow[k].lerp_(v.detach(), 1 - d)  # shadow = d * shadow + (1 - d) * v
+                avg.lerp_(v, 1 - d)  # avg = d * avg + (1 - d) * v
             else:
-                self.shadow[k].copy_(v)
+                avg.copy_(v)
 
     @contextlib.contextmanager
     def applied(self, model: nn.Module):
