@@ -213,7 +213,8 @@ def train_teacher(ctx: Context, teacher: TeacherModel, reporter: Reporter | None
 
 def as_teacher(ctx: Context, teacher: TeacherModel, tta: bool = True) -> Teacher:
     """The teacher as students see it: its logits with ``--teacher-tta`` applied (``tta=False``: the plain model)."""
-    t = teacher if isinstance(teacher, OnnxTeacher) else TorchTeacher.for_data(teacher, ctx.data, ctx.device)
+    t = (teacher if isinstance(teacher, OnnxTeacher)
+         else TorchTeacher.for_data(teacher, ctx.data, ctx.device, ctx.cfg.train.precision))
     return TTA[ctx.cfg.teacher_tta](t) if tta else t
 
 

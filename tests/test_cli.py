@@ -111,6 +111,7 @@ def _bad(tmp_path, *args):
     (["--ema", "1"], "ema decay must be in [0, 1)"),
     (["--bias-lr-scale", "0"], "bias lr scale must be > 0"),
     (["--teacher-tta", "five-crop"], "teacher tta must be one of none, flip"),
+    (["--precision", "fp16"], "precision must be one of auto, fp32, bf16"),
     (["--augment", "mixup"], "unknown augmentation 'mixup'"),
 ])
 def test_bad_input_one_clear_line(tmp_path, args, msg):

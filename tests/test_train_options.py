@@ -144,3 +144,54 @@ def test_bad_training_options(kw, msg):
         TrainConfig(**kw)
     with pytest.raises(ConfigError, match="teacher tta"):
         RunConfig(teacher_tta="five-crop")
+
+
+def test_precision_auto_is_bf16_on_cuda_only():
+    from kdexport.distill.precision import autocast, resolve_precision
+
+    assert resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
+    assert resolve_precision("bf16", "cpu") == "bf16" and resolve_precision("fp32", "cuda") == "fp32"
+    lin = nn.Linear(4, 2)
+    with autocast("bf16", "cpu"):
+        assert lin(torch.ones(1, 4)).dtype == torch.bfloat16
+    with autocast("auto", "cpu"):
+        assert lin(torch.ones(1, 4)).dtype == torch.float32
+
+
+def test_fit_in_bf16_runs_the_forward_in_bf16_and_evaluates_in_fp32(digits):
+    seen = []
+
+    def run(precision):
+        torch.manual_seed(0)
+        m = build_model(ModelSpec("mlp:32", 10, (1, 8, 8)))
+        hook = m.register_forward_hook(lambda mod, i, o: seen.append((mod.training, o.dtype)))
+        h = fit(m, digits, TrainConfig(epochs=1, seed=0, precision=precision))
+        hook.remove()
+        return m, h
+
+    m16, h16 = run("bf16")
+    assert {d for training, d in seen if training} == {torch.bfloat16}
+    assert {d for training, d in seen if not training} == {torch.float32}  # evaluation is fp32
+    assert evaluate(m16, digits)["accuracy"] == h16[-1]["test_accuracy"]
+    seen.clear()
+    m32, _ = run("fp32")
+    assert {d for _, d in seen} == {torch.float32}
+    assert not all(torch.equal(p, q) for p, q in zip(m16.parameters(), m32.parameters()))
+
+
+def test_bf16_teacher_is_close_to_fp32_and_keyed_apart(digits):
+    torch.manual_seed(0)
+    m = build_model(ModelSpec("fastcifar:0.25", 10, (3, 32, 32)))
+    x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+
+    def norm(raw):
+        return raw.float() / 255 - 0.5
+
+    t32 = TorchTeacher(m, norm, 10, (3, 32, 32))
+    t16 = TorchTeacher(m, norm, 10, (3, 32, 32), precision="bf16")
+    a, b = t32.logits(x), t16.logits(x)
+    assert a.dtype == b.dtype == torch.float32
+    assert not torch.equal(a, b)
+    assert torch.allclose(a, b, atol=0.05 * float(a.abs().max()) + 1e-3)
+    assert t16.fingerprint() == f"{t32.fingerprint()}|bf16"  # the logit cache keeps them apart

@@ -34,6 +34,7 @@ from ..export.onnx import ort_logits
 from ..files import atomic_write, hash_file, optional_write
 from .hint import Hint
 from .losses import kd_loss
+from .precision import autocast, resolve_precision
 
 CACHE_FORMAT = "kdexport-teacher-logits/2"
 
@@ -62,25 +63,32 @@ class TorchTeacher:
     """A PyTorch module as a frozen teacher: eval mode, no gradients, inference mode."""
 
     def __init__(self, module: nn.Module, normalize: Callable[[torch.Tensor], torch.Tensor],
-                 num_classes: int, input_shape: tuple[int, int, int], device: torch.device | str = "cpu"):
+                 num_classes: int, input_shape: tuple[int, int, int], device: torch.device | str = "cpu",
+                 precision: str = "fp32"):
         self.module = module.to(device).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
         self.normalize, self.num_classes, self.input_shape = normalize, num_classes, tuple(input_shape)
         self.device = torch.device(device)
+        self.precision = resolve_precision(precision, self.device)
         self._fingerprint: str | None = None
 
     @classmethod
-    def for_data(cls, module: nn.Module, data: Dataset, device: torch.device | str = "cpu") -> TorchTeacher:
-        return cls(module, data.normalize, data.num_classes, data.input_shape, device)
+    def for_data(cls, module: nn.Module, data: Dataset, device: torch.device | str = "cpu",
+                 precision: str = "fp32") -> TorchTeacher:
+        return cls(module, data.normalize, data.num_classes, data.input_shape, device, precision)
 
     def logits(self, raw: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return self.module(self.normalize(raw.to(self.device))).float()
+        x = self.normalize(raw.to(self.device))
+        if x.dim() == 4:  # oneDNN's convolutions are ~2.5x faster on channels-last inputs (2 cores, bf16)
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), autocast(self.precision, self.device):
+            return self.module(x).float()
 
     def fingerprint(self) -> str:
-        if self._fingerprint is None:  # frozen weights: hash once
-            self._fingerprint = weights_hash(self.module)
+        if self._fingerprint is None:  # frozen weights: hash once; bf16 logits are other logits
+            h = weights_hash(self.module)
+            self._fingerprint = h if self.precision == "fp32" else f"{h}|{self.precision}"
         return self._fingerprint
 
 

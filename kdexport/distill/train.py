@@ -27,6 +27,7 @@ from ..errors import ConfigError, StateError, TrainingError, first_line
 from ..files import atomic_torch_save
 from ..runs import config_diff
 from .losses import kd_loss
+from .precision import autocast
 from .teacher import Distillation
 
 
@@ -284,8 +285,6 @@ def train_epoch(loop: Loop, state: TrainState, epoch: int) -> dict[str, float]:
     data, cfg, device = loop.data, loop.cfg, loop.device
     n = data.x_train.shape[0]
     steps_per_epoch = math.ceil(n / cfg.batch_size)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else contextlib.nullcontext())
     loop.net.train()
     t0 = time.perf_counter()
     sums = torch.zeros(5, dtype=torch.float64, device=device)  # loss, ce, kd, correct, seen
@@ -299,7 +298,7 @@ def train_epoch(loop: Loop, state: TrainState, epoch: int) -> dict[str, float]:
         if loop.channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
         yb = data.y_train[idx].to(device, non_blocking=True)
-        with autocast:
+        with autocast(cfg.precision, device):
             logits = loop.net(xb)
         out = (loop.distill.loss(logits.float(), idx, raw, yb, epoch=epoch - 1 + step / steps_per_epoch,
                                  label_smoothing=cfg.label_smoothing)
