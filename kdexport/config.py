@@ -88,7 +88,7 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 QUANTIZE_MODES = ("none", "static", "dynamic")
 GRAPH_OPTS = ("none", "basic", "extended", "all")
-TTAS = ("none", "flip")
+TTAS = ("none", "flip", "flip-shift")
 
 
 @dataclass(frozen=True)
@@ -240,8 +240,9 @@ class RunConfig:
                                   "(RandomResizedCrop + flip).")
     teacher_augment: str | None = option(None, "The teacher's augmentation, if different (default: --augment).")
     teacher_tta: str = option("none", "Test-time augmentation of the teacher's logits that students learn from: none, "
-                                      "or flip (the mean of the image's and its mirror's logits). Its accuracy with "
-                                      "it is logged and in report.json (teacher_tta).")
+                                      "flip (the mean of the image's and its mirror's logits) or flip-shift "
+                                      "(airbench's: flip plus 1-pixel translations, 6 passes). Its accuracy with it "
+                                      "is logged and in report.json (teacher_tta).")
     # models
     teacher: str = option("mlp:1200,1200", "Teacher: mlp:SIZES (e.g. mlp:1200,1200), any torchvision classifier "
                                            "name, timm:NAME, or a trained model as an ONNX file (PATH.onnx).")

@@ -110,7 +110,7 @@ def _bad(tmp_path, *args):
     (["--dataset", "imagefolder", "--crop-ratio", "2"], "crop ratio must be in [0.1, 1]"),
     (["--ema", "1"], "ema decay must be in [0, 1)"),
     (["--bias-lr-scale", "0"], "bias lr scale must be > 0"),
-    (["--teacher-tta", "five-crop"], "teacher tta must be one of none, flip"),
+    (["--teacher-tta", "five-crop"], "teacher tta must be one of none, flip, flip-shift"),
     (["--precision", "fp16"], "precision must be one of auto, fp32, bf16"),
     (["--augment", "mixup"], "unknown augmentation 'mixup'"),
 ])

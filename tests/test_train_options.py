@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from kdexport.config import RunConfig, TrainConfig
-from kdexport.distill.teacher import FlipTTA, TorchTeacher
+from kdexport.distill.teacher import FlipShiftTTA, FlipTTA, TorchTeacher, shifted
 from kdexport.distill.train import WeightAverage, _optimizer, evaluate, fit, norm_biases
 from kdexport.errors import ConfigError
 from kdexport.models.builders import ModelSpec, build_model
@@ -126,6 +126,37 @@ def test_flip_tta_teacher_averages_the_mirror(digits):
     out = tta.logits(mirrored)
     assert torch.allclose(out[:5], out[5:], atol=1e-6)  # invariant to the mirror
     assert tta.fingerprint() != t.fingerprint()  # a different cache entry
+
+
+def test_shifted_moves_pixels_and_reflects_borders():
+    raw = torch.arange(9, dtype=torch.uint8).reshape(1, 1, 3, 3)  # [[0,1,2],[3,4,5],[6,7,8]]
+    down_right = shifted(raw, 1, 1)
+    assert down_right.dtype == torch.uint8
+    assert down_right[0, 0].tolist() == [[4, 3, 4], [1, 0, 1], [4, 3, 4]]  # reflected row/column -1 is 1
+    assert shifted(raw, -1, -1)[0, 0].tolist() == [[4, 5, 4], [7, 8, 7], [4, 5, 4]]
+    assert torch.equal(shifted(raw, 0, 0), raw)
+
+
+def test_flip_shift_tta_is_airbench_weighting():
+    class Probe:  # logits = the image's pixels, so every view is visible in the output
+        num_classes, input_shape = 9, (1, 3, 3)
+
+        def logits(self, raw):
+            return raw.float().reshape(len(raw), -1)
+
+        def fingerprint(self):
+            return "probe"
+
+    raw = torch.randint(0, 256, (2, 1, 3, 3), dtype=torch.uint8)
+    p = Probe()
+
+    def flip(x):
+        return 0.5 * (p.logits(x) + p.logits(x.flip(-1)))
+
+    want = 0.5 * flip(raw) + 0.25 * flip(shifted(raw, 1, 1)) + 0.25 * flip(shifted(raw, -1, -1))
+    tta = FlipShiftTTA(p)
+    assert torch.allclose(tta.logits(raw), want)
+    assert tta.fingerprint() == "probe|tta=flip-shift" != FlipTTA(p).fingerprint()
 
 
 def test_teacher_tta_in_the_report(tmp_path):

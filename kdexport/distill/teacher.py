@@ -168,7 +168,28 @@ class FlipTTA:
         return f"{self.teacher.fingerprint()}|tta=flip"
 
 
-TTA = {"none": lambda t: t, "flip": FlipTTA}
+def shifted(raw: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """The image moved by (dy, dx) pixels (|d| <= 1) with reflected borders: out[y, x] = raw[y - dy, x - dx]."""
+    h, w = raw.shape[-2:]
+    padded = nn.functional.pad(raw.float(), (1, 1, 1, 1), mode="reflect").to(raw.dtype)
+    return padded[..., 1 - dy:1 - dy + h, 1 - dx:1 - dx + w]
+
+
+class FlipShiftTTA(FlipTTA):
+    """airbench's mirror + translate: 0.5 * flip-TTA(image) + 0.25 * flip-TTA(image moved one pixel down-right)
+    + 0.25 * flip-TTA(image moved one pixel up-left), borders reflected (six forward passes)."""
+
+    def logits(self, raw: torch.Tensor) -> torch.Tensor:
+        if raw.dim() != 4:
+            raise ConfigError("--teacher-tta flip-shift needs image inputs [N, C, H, W]")
+        return (0.5 * super().logits(raw) + 0.25 * super().logits(shifted(raw, 1, 1))
+                + 0.25 * super().logits(shifted(raw, -1, -1)))
+
+    def fingerprint(self) -> str:
+        return f"{self.teacher.fingerprint()}|tta=flip-shift"
+
+
+TTA = {"none": lambda t: t, "flip": FlipTTA, "flip-shift": FlipShiftTTA}
 
 
 def teacher_accuracy(teacher: Teacher, data: Dataset) -> float:
