@@ -37,12 +37,12 @@ def sweep_rows(sweep_dir: Path) -> list[dict]:
     s = json.loads((sweep_dir / "sweep.json").read_text())
     best = s["best"]
     rows = [{"name": f"teacher {s['teacher']['arch']}", "role": "teacher", "arch": s["teacher"]["arch"],
-             "path": sweep_dir / "best" / "teacher.onnx", "seed_stats": None},
+             "path": sweep_dir / "best" / "onnx" / "teacher.onnx", "seed_stats": None},
             {"name": f"{s['baseline']['arch']} baseline", "role": "baseline", "arch": s["baseline"]["arch"],
-             "path": sweep_dir / "best" / "baseline.onnx",
+             "path": sweep_dir / "best" / "onnx" / "baseline.onnx",
              "seed_stats": {k: s["baseline"][k] for k in ("mean", "std", "accuracies")}},
             {"name": f"{s['baseline']['arch']} KD {best['cell']}", "role": "distilled", "arch": s["baseline"]["arch"],
-             "path": sweep_dir / "best" / "student.onnx",
+             "path": sweep_dir / "best" / "onnx" / "student.onnx",
              "seed_stats": {k: best[k] for k in ("mean", "std", "accuracies")},
              "kd_gain_points": best["kd_gain_points"]}]
     for r in rows:
