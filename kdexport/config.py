@@ -113,8 +113,8 @@ class TrainConfig:
                                        "LayerNorm, GroupNorm) by this (airbench: 64); their weight decay per step "
                                        "stays that of the other weights.")
     precision: str = option("auto", "Arithmetic of the training forward passes and of a live PyTorch teacher: fp32, "
-                                    "bf16 (autocast; on a CPU with AMX about 3x faster) or auto (bf16 on CUDA, fp32 on "
-                                    "the CPU). Evaluation, export and every reported accuracy stay fp32.")
+                                    "bf16 (autocast; on a CPU with AMX 2-3x faster) or auto (bf16 on CUDA, fp32 on the "
+                                    "CPU). Evaluation, export and every reported accuracy stay fp32.")
     augment: str = option("none", "Resolved augmentation (set from RunConfig.augment).", cli=False)
 
     def __post_init__(self) -> None:
