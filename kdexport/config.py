@@ -277,6 +277,13 @@ class RunConfig:
     teacher_epochs: int | None = option(None, "Override the teacher's epochs.")
     teacher_cache: bool = option(True, "Without augmentation, keep the teacher's logits on disk ($KDEXPORT_CACHE_DIR "
                                        "or ~/.cache/kdexport) and reuse them across runs, seeds and sweep cells.")
+    teacher_view_cache: bool = option(False, "With an augmentation of finitely many views (shift2: 25, "
+                                             "shift2-flip: 50, crop-flip: 162), run the teacher once on every view "
+                                             "of every training image (views x one pass over the training set, kept "
+                                             "like --teacher-cache's table) and look its logits up on each batch "
+                                             "instead of running it live: the same logits, and a distilled epoch "
+                                             "costs about what the baseline's does. Pays once the students' epochs "
+                                             "together outnumber the views (seeds and sweep cells share the table).")
     # export + quantization + benchmark
     parity_rtol: float = option(1e-3, "Max logit difference allowed between onnxruntime and PyTorch, relative to "
                                       "the logits' scale (max |logit|, at least 1).")
@@ -322,6 +329,8 @@ class RunConfig:
                                            ("--teacher-weights", bool(self.teacher_weights)),
                                            ("--pretrained", self.pretrained)) if on]
         _check(len(teacher_sources) <= 1, f"choose one teacher source, not {' and '.join(teacher_sources)}")
+        _check(not (self.kd.hint and self.teacher_view_cache),
+               "--hint needs the live teacher's features on every batch: drop --teacher-view-cache")
         _check(not (self.kd.hint and self.teacher_is_onnx),
                "--hint needs a PyTorch teacher: an ONNX teacher is a black box without named layers")
         _check(not (self.student_weights and self.student_pretrained),

@@ -18,7 +18,7 @@ import torch
 
 from .bench.timing import bench_onnx, bench_torch, onnx_predictions, p50, prediction_health, real_images
 from .config import KDConfig, RunConfig, TrainConfig
-from .data.augment import resolve_augment
+from .data.augment import AUGMENTATIONS, resolve_augment
 from .data.datasets import DATASETS, Dataset, load_dataset, memory_budget
 from .distill.hint import Hint
 from .distill.teacher import (
@@ -28,6 +28,7 @@ from .distill.teacher import (
     Teacher,
     TeacherLogits,
     TorchTeacher,
+    check_view_cache,
     teacher_accuracy,
     teacher_logits,
 )
@@ -118,6 +119,8 @@ def prepare(cfg: RunConfig, log: Log = _quiet) -> Context:
     ss = ModelSpec(student, data.num_classes, data.input_shape, cfg.student_dropout, cfg.cifar_stem)
     ctx = Context(cfg, data, ts, ss, threads, device, selection)
     ctx.train_config("teacher")  # resolves augmentation names against the data
+    if cfg.teacher_view_cache and (augment := ctx.train_config("student").augment) != "none":
+        check_view_cache(augment)  # now, before a teacher is trained
     student = build_model(ss, log=log)  # fails now, before anything is written, if it cannot take the input
     if cfg.student_weights:
         load_weights(student, cfg.student_weights, ss.arch, "student weights")  # fits, or one line now
@@ -235,12 +238,29 @@ def check_teacher(ctx: Context, teacher: TeacherModel, log: Log) -> float:
     return acc
 
 
-def teacher_source(ctx: Context, teacher: TeacherModel) -> TeacherLogits:
+def teacher_source(ctx: Context, teacher: TeacherModel, log: Log = _quiet) -> TeacherLogits:
     """How the students get the teacher's logits: cached (and kept on disk with ``--teacher-cache``)
-    when their inputs are not augmented, else live."""
-    return teacher_logits(as_teacher(ctx, teacher), ctx.data, augment=ctx.train_config("student").augment,
-                          device=ctx.device, live=bool(ctx.cfg.kd.hint),
-                          cache_dir=cache_root() / "teacher-logits" if ctx.cfg.teacher_cache else None)
+    when their inputs are not augmented, cached per view with ``--teacher-view-cache``, else live."""
+    augment = ctx.train_config("student").augment
+    progress = None
+    if ctx.cfg.teacher_view_cache and augment != "none":
+        views = AUGMENTATIONS.get(augment).views
+        t0, shown = time.perf_counter(), [0]
+        log(f"teacher: its logits on all {views.count} views of the {len(ctx.data.y_train):,} training images "
+            f"({augment}), once{' (kept in the cache)' if ctx.cfg.teacher_cache else ''}")
+
+        def progress(done: int, total: int) -> None:  # a line per tenth: the table can take minutes
+            if done * 10 // total > shown[0] or done == total:
+                shown[0] = done * 10 // total
+                log(f"teacher views: {done}/{total} batches ({time.perf_counter() - t0:.0f} s)")
+
+    t0 = time.perf_counter()
+    source = teacher_logits(as_teacher(ctx, teacher), ctx.data, augment=augment, device=ctx.device,
+                            live=bool(ctx.cfg.kd.hint), view_cache=ctx.cfg.teacher_view_cache, progress=progress,
+                            cache_dir=cache_root() / "teacher-logits" if ctx.cfg.teacher_cache else None)
+    if progress is not None:
+        log(f"teacher views: ready in {time.perf_counter() - t0:.1f} s")
+    return source
 
 
 def train_student(ctx: Context, *, seed: int, distill: Distillation | None, label: str,
@@ -417,7 +437,7 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
             tta = {"mode": cfg.teacher_tta, "accuracy": t_acc}
             if isinstance(teacher, OnnxTeacher):  # a PyTorch teacher's entry measures its own accuracy on export
                 t_acc = teacher_accuracy(as_teacher(ctx, teacher, tta=False), ctx.data)
-        source = teacher_source(ctx, teacher)
+        source = teacher_source(ctx, teacher, log)
         trained = {}
         for role, kd in (("baseline", None), ("student", cfg.kd)):
             t0 = time.perf_counter()

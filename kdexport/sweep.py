@@ -130,7 +130,7 @@ def run_sweep(cfg: RunConfig, grid: Grid, *, reporter: Reporter | None = None, l
     if isinstance(teacher, torch.nn.Module):
         teacher = teacher.to(ctx.device).eval()
     teacher_acc = check_teacher(ctx, teacher, log)
-    source = teacher_source(ctx, teacher)
+    source = teacher_source(ctx, teacher, log)
     kds = grid.kd_configs(cfg.kd)
     first = grid.seeds[0]
     baselines = {s: _unit(out, ctx, "baseline", s, None, None, reporter, s == first) for s in grid.seeds}

@@ -113,6 +113,8 @@ def _bad(tmp_path, *args):
     (["--teacher-tta", "five-crop"], "teacher tta must be one of none, flip, flip-shift"),
     (["--precision", "fp16"], "precision must be one of auto, fp32, bf16"),
     (["--augment", "mixup"], "unknown augmentation 'mixup'"),
+    (["--teacher-view-cache", "--augment", "rrc-flip"], "--teacher-view-cache needs an augmentation with finitely"),
+    (["--teacher-view-cache", "--hint", "teacher.net.1:student.net.1"], "drop --teacher-view-cache"),
 ])
 def test_bad_input_one_clear_line(tmp_path, args, msg):
     output = _bad(tmp_path, *args)

@@ -105,8 +105,9 @@ def test_stream_and_memory_give_the_same_data_and_batches(photos, cache):
             plan = epoch_plan(len(d.y_train), 6, torch.Generator().manual_seed(3))
             got.append(list(train_batches(d, augment, plan, torch.Generator().manual_seed(4))))
         assert len(got[0]) == len(got[1]) == 4
-        for (i0, x0), (i1, x1) in zip(*got):
+        for (i0, x0, v0), (i1, x1, v1) in zip(*got):
             assert torch.equal(i0, i1) and torch.equal(x0, x1)
+            assert (v0 is None) == (v1 is None) == (augment == "none") or torch.equal(v0, v1)
 
 
 def test_stream_and_memory_train_the_same_student(photos, cache):
@@ -132,12 +133,12 @@ def test_per_sample_augmentation_does_not_depend_on_worker_count(photos, cache):
         plan = epoch_plan(len(d.y_train), 8, torch.Generator().manual_seed(0))
         batches = list(train_batches(d, "rrc-flip", plan, torch.Generator().manual_seed(5)))
         assert batches[0][1].shape == (8, 3, 32, 32)
-        out.append(torch.cat([x for _, x in batches]))
+        out.append(torch.cat([x for _, x, _ in batches]))
     assert torch.equal(out[0], out[1])
     mem = _load(photos, "memory", image_size=32)  # memory mode crops the stored images, same generator -> same draws
     plan = epoch_plan(len(mem.y_train), 8, torch.Generator().manual_seed(0))
-    a = torch.cat([x for _, x in train_batches(mem, "rrc-flip", plan, torch.Generator().manual_seed(5))])
-    b = torch.cat([x for _, x in train_batches(mem, "rrc-flip", plan, torch.Generator().manual_seed(5))])
+    a = torch.cat([x for _, x, _ in train_batches(mem, "rrc-flip", plan, torch.Generator().manual_seed(5))])
+    b = torch.cat([x for _, x, _ in train_batches(mem, "rrc-flip", plan, torch.Generator().manual_seed(5))])
     assert torch.equal(a, b) and not torch.equal(a, mem.x_train[torch.cat(plan)])
 
 

@@ -22,21 +22,59 @@ if TYPE_CHECKING:
     from .datasets import Dataset
 
 
+@dataclass(frozen=True)
+class Shifts:
+    """A random crop of the image padded by ``pad`` zeros (a shift of up to ``pad`` pixels each way) and an
+    optional mirror: finitely many views, ``count`` of them, numbered
+    ``(dy * (2 * pad + 1) + dx) * (2 if flip else 1) + mirrored``, so a teacher's logits can be computed
+    once per view (``--teacher-view-cache``) and looked up by (view, sample)."""
+
+    pad: int
+    flip: bool
+
+    @property
+    def count(self) -> int:
+        return (2 * self.pad + 1) ** 2 * (2 if self.flip else 1)
+
+    def draw(self, b: int, generator: torch.Generator) -> torch.Tensor:
+        """Random view numbers for ``b`` images (the draws: dy, dx, then the mirror coin)."""
+        side = 2 * self.pad + 1
+        dy = torch.randint(0, side, (b,), generator=generator)
+        dx = torch.randint(0, side, (b,), generator=generator)
+        view = dy * side + dx
+        if self.flip:
+            view = view * 2 + (torch.rand(b, generator=generator) < 0.5).long()
+        return view
+
+    def render(self, xb: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        """Each image of ``xb`` seen as its view in ``views``, vectorized over the batch."""
+        b, _, h, w = xb.shape
+        side, pad = 2 * self.pad + 1, self.pad
+        mirror = views % 2 == 1 if self.flip else torch.zeros(b, dtype=torch.bool)
+        offset = views // 2 if self.flip else views
+        dy, dx = offset // side, offset % side
+        padded = torch.nn.functional.pad(xb, (pad, pad, pad, pad))
+        rows = (torch.arange(h)[None, :] + dy[:, None])[:, :, None]  # b,h,1
+        cols = (torch.arange(w)[None, :] + dx[:, None])[:, None, :]  # b,1,w
+        out = padded[torch.arange(b)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)  # b,c,h,w
+        out[mirror] = out[mirror].flip(-1)
+        return out.contiguous()
+
+    def mirrored(self, views: torch.Tensor) -> torch.Tensor:
+        """The view that is each view's left-right mirror image (the mirror is applied after the crop, so it is
+        the same crop with the mirror coin turned): the set of views is closed under mirroring."""
+        if not self.flip:
+            raise ValueError("views without the mirror are not closed under mirroring")
+        return views ^ 1
+
+    def batch(self, xb: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.render(xb, self.draw(len(xb), generator))
+
+
 def augment_batch(xb: torch.Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True) -> torch.Tensor:
     """Random crop (zero padding ``pad``: a shift of up to ``pad`` pixels) and optional horizontal
     flip, vectorized over the batch."""
-    b, _, h, w = xb.shape
-    padded = torch.nn.functional.pad(xb, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-    rows = (torch.arange(h)[None, :] + dy[:, None])[:, :, None]  # b,h,1
-    cols = (torch.arange(w)[None, :] + dx[:, None])[:, None, :]  # b,1,w
-    out = padded[torch.arange(b)[:, None, None], :, rows, cols]  # b,h,w,c
-    out = out.permute(0, 3, 1, 2)
-    if flip:
-        mask = torch.rand(b, generator=generator) < 0.5
-        out[mask] = out[mask].flip(-1)
-    return out.contiguous()
+    return Shifts(pad, flip).batch(xb, generator)
 
 
 def rrc_flip_batch(xb: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -48,13 +86,19 @@ def rrc_flip_batch(xb: torch.Tensor, generator: torch.Generator) -> torch.Tensor
 class Augmentation:
     batch: Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # on a batch of decoded (stored) images
     sample: Callable[[torch.Tensor, torch.Generator, int], torch.Tensor] | None = None  # one source image -> size
+    views: Shifts | None = None  # finitely many views, numbered: ``batch`` is ``views.batch``
+
+
+def shifts(pad: int, flip: bool) -> Augmentation:
+    views = Shifts(pad, flip)
+    return Augmentation(views.batch, views=views)
 
 
 AUGMENTATIONS: Registry[Augmentation | None] = Registry("augmentation")
 AUGMENTATIONS.register("none")(None)
-AUGMENTATIONS.register("crop-flip")(Augmentation(lambda xb, g: augment_batch(xb, g, pad=4, flip=True)))
-AUGMENTATIONS.register("shift2")(Augmentation(lambda xb, g: augment_batch(xb, g, pad=2, flip=False)))
-AUGMENTATIONS.register("shift2-flip")(Augmentation(lambda xb, g: augment_batch(xb, g, pad=2, flip=True)))
+AUGMENTATIONS.register("crop-flip")(shifts(4, flip=True))
+AUGMENTATIONS.register("shift2")(shifts(2, flip=False))
+AUGMENTATIONS.register("shift2-flip")(shifts(2, flip=True))
 AUGMENTATIONS.register("rrc-flip")(Augmentation(rrc_flip_batch, random_resized_crop_flip))
 
 

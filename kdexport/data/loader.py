@@ -3,7 +3,7 @@
 :func:`epoch_plan` is the sampler both paths share: one seeded permutation per epoch, cut into global
 batches, each split into near-equal per-rank slices under torchrun (the tail batch smaller than the
 world size is skipped on every rank). :func:`train_batches` turns the plan into ``(indices, raw uint8
-batch)`` pairs: in memory by indexing the decoded tensor, in stream mode through a
+batch, view numbers)`` triples: in memory by indexing the decoded tensor, in stream mode through a
 ``torch.utils.data.DataLoader`` whose worker processes decode the files. With the same seed and no
 augmentation both give the same batches; augmentations that work on decoded batches (crop-flip,
 shift2) are applied in the main process in both modes with the run's augmentation generator.
@@ -72,17 +72,30 @@ def stream_loader(files: ImageFiles, plan: list[torch.Tensor], augment: Augmenta
         prefetch_factor=PREFETCH_BATCHES if workers else None)
 
 
+Batch = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]  # sample indices, raw pixels, view numbers
+
+
 def train_batches(data: Dataset, augment: str, plan: list[torch.Tensor], aug_gen: torch.Generator,
-                  pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """``(indices, raw batch)`` for each step of ``plan``, augmented with ``augment``."""
+                  pin_memory: bool = False) -> Iterator[Batch]:
+    """``(indices, raw batch, views)`` for each step of ``plan``, augmented with ``augment``; ``views`` numbers
+    each image's view when the augmentation has finitely many (:class:`~kdexport.data.augment.Shifts`), else
+    None."""
     aug = AUGMENTATIONS.get(augment)
+
+    def augmented(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if aug is None:
+            return raw, None
+        if aug.views is not None:
+            views = aug.views.draw(len(raw), aug_gen)
+            return aug.views.render(raw, views), views
+        return aug.batch(raw, aug_gen), None
+
     x = data.x_train
     if isinstance(x, ImageFiles):
         per_sample = aug is not None and aug.sample is not None
         seed = int(torch.randint(0, 2**62, (1,), generator=aug_gen)) if per_sample else 0
         for idx, raw in stream_loader(x, plan, aug if per_sample else None, seed, pin_memory):
-            yield idx, (aug.batch(raw, aug_gen) if aug is not None and not per_sample else raw)
+            yield (idx, raw, None) if per_sample else (idx, *augmented(raw))
         return
     for idx in plan:
-        raw = x[idx]
-        yield idx, (aug.batch(raw, aug_gen) if aug is not None else raw)
+        yield idx, *augmented(x[idx])

@@ -10,7 +10,9 @@ normalization.
 augmentation the inputs never change, so the logits of the whole training set are computed once,
 kept on disk keyed by (teacher fingerprint, data, transform), and indexed by sample
 (:class:`CachedLogits`); with augmentation the teacher runs live on exactly the view the student
-sees (:class:`LiveLogits`). :class:`Distillation` pairs that with the loss (``KDConfig``).
+sees (:class:`LiveLogits`), or, for an augmentation with finitely many views and
+``--teacher-view-cache``, its logits on every view of every image are computed once and looked up
+(:class:`ViewCachedLogits`). :class:`Distillation` pairs that with the loss (``KDConfig``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 from torch import nn
 
 from ..config import KDConfig
+from ..data.augment import AUGMENTATIONS, Shifts
 from ..data.datasets import Dataset, Normalization, eval_batch
 from ..errors import ConfigError, DataError, ModelError
 from ..export.onnx import ort_logits
@@ -222,14 +225,20 @@ def teacher_cache_key(teacher: Teacher, data: Dataset) -> str:
                           .encode()).hexdigest()[:32]
 
 
-def cached_teacher_logits(teacher: Teacher, data: Dataset, cache_dir: str | os.PathLike | None) -> torch.Tensor:
-    """Teacher logits over the training set. With ``cache_dir``: a memory-mapped ``KEY.npy`` (float32,
-    N x classes, indexed by sample), written batch by batch and read back lazily, so it scales with the data
-    set; an entry of the wrong shape or an unreadable one is recomputed and replaced."""
+def _disk_table(what: str, key: str, shape: tuple[int, ...], fill: Callable[[np.ndarray], None],
+                cache_dir: str | os.PathLike | None) -> torch.Tensor:
+    """A float32 table that ``fill`` writes. With ``cache_dir``: a memory-mapped ``KEY.npy``, written once
+    and read back lazily (so it scales with the data set); an entry of the wrong shape or an unreadable one
+    is recomputed and replaced; a failed write costs time only."""
+
+    def in_memory() -> torch.Tensor:
+        out = np.empty(shape, dtype=np.float32)
+        fill(out)
+        return torch.from_numpy(out)
+
     if cache_dir is None:
-        return logits_over(teacher, data.x_train)
-    shape = (len(data.y_train), data.num_classes)
-    path = Path(cache_dir) / f"{teacher_cache_key(teacher, data)}.npy"
+        return in_memory()
+    path = Path(cache_dir) / f"{key}.npy"
     if path.exists():
         try:
             table = np.load(path, mmap_mode="c")  # copy-on-write: a writable view, pages read on demand
@@ -240,13 +249,47 @@ def cached_teacher_logits(teacher: Teacher, data: Dataset, cache_dir: str | os.P
 
     def write(tmp: str) -> None:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
-        logits_over(teacher, data.x_train, out=out)
+        fill(out)
         out.flush()
         del out
 
-    if optional_write("teacher-logit cache", lambda: atomic_write(path, write)):  # a failure costs time only
+    if optional_write(what, lambda: atomic_write(path, write)):
         return torch.from_numpy(np.load(path, mmap_mode="c"))
-    return logits_over(teacher, data.x_train)
+    return in_memory()
+
+
+def cached_teacher_logits(teacher: Teacher, data: Dataset, cache_dir: str | os.PathLike | None) -> torch.Tensor:
+    """Teacher logits over the training set (float32, N x classes, indexed by sample); kept in ``cache_dir``
+    when given (see :func:`_disk_table`)."""
+    return _disk_table("teacher-logit cache", teacher_cache_key(teacher, data),
+                       (len(data.y_train), data.num_classes),
+                       lambda out: logits_over(teacher, data.x_train, out=out), cache_dir)
+
+
+def view_logits_over(teacher: Teacher, x, views: Shifts, out: np.ndarray, batch_size: int = 512,
+                     progress: Callable[[int, int], None] | None = None) -> None:
+    """``out[v, i]`` = the teacher's logits on view ``v`` of image ``i`` of ``x`` (raw pixels, a tensor or image
+    files), for every view of ``views``: each batch is read once and seen in every view. A flip-TTA'd teacher
+    costs one pass per view, not two: a view's mirror image is another view (``views.mirrored``), so its
+    TTA logits are the mean of two rows of the plain teacher's table. ``progress(done, total)`` per batch."""
+    batch_size = eval_batch(x.shape, batch_size)
+    base, pair = (teacher.teacher, True) if type(teacher) is FlipTTA and views.flip else (teacher, False)
+    every = torch.arange(views.count)
+    mirror = views.mirrored(every).numpy() if pair else None
+    total = -(-x.shape[0] // batch_size)
+    for step, i in enumerate(range(0, x.shape[0], batch_size), 1):
+        raw = x[i:i + batch_size]
+        chunk = np.stack([base.logits(views.render(raw, torch.full((len(raw),), v))).float().cpu().numpy()
+                          for v in range(views.count)])
+        out[:, i:i + batch_size] = 0.5 * (chunk + chunk[mirror]) if pair else chunk
+        if progress is not None:
+            progress(step, total)
+
+
+def view_cache_key(teacher: Teacher, data: Dataset, augment: str, views: Shifts) -> str:
+    """Teacher x dataset x the augmentation's views."""
+    return hashlib.sha256(f"{CACHE_FORMAT}|{teacher.fingerprint()}|{data.fingerprint()}|views={augment}:"
+                          f"{views.pad},{views.flip}".encode()).hexdigest()[:32]
 
 
 class LiveLogits:
@@ -255,7 +298,7 @@ class LiveLogits:
     def __init__(self, teacher: Teacher):
         self.teacher = teacher
 
-    def __call__(self, idx: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
+    def __call__(self, idx: torch.Tensor, raw: torch.Tensor, views: torch.Tensor | None = None) -> torch.Tensor:
         return self.teacher.logits(raw)
 
 
@@ -268,19 +311,61 @@ class CachedLogits:
         self.device = device
         self.table = cached_teacher_logits(teacher, data, cache_dir)  # on the CPU (memory-mapped from the cache)
 
-    def __call__(self, idx: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
+    def __call__(self, idx: torch.Tensor, raw: torch.Tensor, views: torch.Tensor | None = None) -> torch.Tensor:
         return self.table[idx.cpu()].to(self.device)
 
 
-TeacherLogits = LiveLogits | CachedLogits
+class ViewCachedLogits:
+    """The teacher's logits on every view of every training image, for an augmentation with finitely many
+    views (shift2-flip: 50): computed once (one teacher pass over the training set per view, kept on disk
+    like :class:`CachedLogits`' table), then looked up by (view, sample) on each batch. The same logits a
+    live teacher gives on that batch, for the price of a lookup: it pays once the students' epochs together
+    outnumber the views (seeds, sweep cells and reruns share the table)."""
+
+    def __init__(self, teacher: Teacher, data: Dataset, augment: str, device: torch.device | str = "cpu",
+                 cache_dir: str | os.PathLike | None = None, progress: Callable[[int, int], None] | None = None):
+        check_view_cache(augment)
+        aug = AUGMENTATIONS.get(augment)
+        self.teacher, self.device, self.views = teacher, device, aug.views
+        shape = (aug.views.count, len(data.y_train), data.num_classes)
+        self.table = _disk_table("teacher view cache", view_cache_key(teacher, data, augment, aug.views), shape,
+                                 lambda out: view_logits_over(teacher, data.x_train, aug.views, out,
+                                                              progress=progress), cache_dir)
+
+    def __call__(self, idx: torch.Tensor, raw: torch.Tensor, views: torch.Tensor | None = None) -> torch.Tensor:
+        if views is None:
+            raise ConfigError("the teacher's logits are cached per view, but this batch has no view numbers")
+        return self.table[views.cpu(), idx.cpu()].to(self.device)
+
+
+def view_augmentations() -> list[str]:
+    """The augmentations whose views can be cached."""
+    return [n for n in AUGMENTATIONS.names() if (a := AUGMENTATIONS.get(n)) is not None and a.views is not None]
+
+
+def check_view_cache(augment: str) -> None:
+    """``--teacher-view-cache`` needs the students' augmentation (resolved) to have finitely many views."""
+    aug = AUGMENTATIONS.get(augment)
+    if aug is None or aug.views is None:
+        raise ConfigError(f"--teacher-view-cache needs an augmentation with finitely many views "
+                          f"({', '.join(view_augmentations())}), not --augment {augment}")
+
+
+TeacherLogits = LiveLogits | CachedLogits | ViewCachedLogits
 
 
 def teacher_logits(teacher: Teacher, data: Dataset, *, augment: str, device: torch.device | str = "cpu",
-                   cache_dir: str | os.PathLike | None = None, live: bool = False) -> TeacherLogits:
-    """Cached when the student's training inputs never change (``augment == "none"``), else live; ``live``
-    forces it (a hint loss needs the teacher's features on every batch)."""
-    if augment == "none" and not live:
+                   cache_dir: str | os.PathLike | None = None, live: bool = False, view_cache: bool = False,
+                   progress: Callable[[int, int], None] | None = None) -> TeacherLogits:
+    """Cached when the student's training inputs never change (``augment == "none"``); cached per view with
+    ``view_cache`` (an augmentation with finitely many views); else live. ``live`` forces it (a hint loss needs
+    the teacher's features on every batch)."""
+    if live:
+        return LiveLogits(teacher)
+    if augment == "none":
         return CachedLogits(teacher, data, device, cache_dir)
+    if view_cache:
+        return ViewCachedLogits(teacher, data, augment, device, cache_dir, progress)
     return LiveLogits(teacher)
 
 
@@ -306,8 +391,9 @@ class Distillation:
         return cls(logits, kd, hint)
 
     def loss(self, student_logits: torch.Tensor, idx: torch.Tensor, raw: torch.Tensor,
-             targets: torch.Tensor, epoch: float = 1.0, label_smoothing: float = 0.0) -> dict[str, torch.Tensor]:
-        out = kd_loss(student_logits, self.logits(idx, raw), targets, self.kd, epoch, label_smoothing)
+             targets: torch.Tensor, epoch: float = 1.0, label_smoothing: float = 0.0,
+             views: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        out = kd_loss(student_logits, self.logits(idx, raw, views), targets, self.kd, epoch, label_smoothing)
         if self.hint is not None:
             h = self.hint.term()
             out = {"loss": out["loss"] + h, "ce": out["ce"], "kd": out["kd"] + h.detach()}

@@ -292,7 +292,7 @@ def train_epoch(loop: Loop, state: TrainState, epoch: int) -> dict[str, float]:
     plan = epoch_plan(n, cfg.batch_size, state.order_gen, rank, world_size)  # this rank's slice of each batch
     batches = train_batches(data, cfg.augment, plan, state.aug_gen, pin_memory=device.type == "cuda")
     waited = [0.0]  # seconds spent waiting for the next batch (decoding that the workers did not hide)
-    for step, (idx, raw) in enumerate(_timed(batches, waited), 1):
+    for step, (idx, raw, views) in enumerate(_timed(batches, waited), 1):
         raw = raw.to(device, non_blocking=True)
         xb = data.normalize(raw)
         if loop.channels_last:
@@ -301,7 +301,7 @@ def train_epoch(loop: Loop, state: TrainState, epoch: int) -> dict[str, float]:
         with autocast(cfg.precision, device):
             logits = loop.net(xb)
         out = (loop.distill.loss(logits.float(), idx, raw, yb, epoch=epoch - 1 + step / steps_per_epoch,
-                                 label_smoothing=cfg.label_smoothing)
+                                 label_smoothing=cfg.label_smoothing, views=views)
                if loop.distill is not None else kd_loss(logits.float(), None, yb, label_smoothing=cfg.label_smoothing))
         state.opt.zero_grad(set_to_none=True)
         out["loss"].backward()
