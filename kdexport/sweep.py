@@ -200,21 +200,24 @@ def _export_best(ctx: Context, out: Path, teacher: TeacherModel, teacher_acc: fl
         raise
 
 
-def _pct(m: float, s: float) -> str:
-    return f"{m * 100:.2f} ± {s * 100:.2f}"
+def _pct(m: float, s: float, seeds: int = 2) -> str:
+    """A cell in %: mean ± sample std over seeds; one seed has no spread to show."""
+    return f"{m * 100:.2f}" if seeds == 1 else f"{m * 100:.2f} ± {s * 100:.2f}"
 
 
 def sweep_markdown(r: dict) -> str:
     g = r["grid"]
     n = len(g["seeds"])
+    seeds = (f"one seed ({g['seeds'][0]}): every cell is the test accuracy (%) of one run" if n == 1 else
+             f"{n} seeds ({', '.join(map(str, g['seeds']))}); every cell is mean ± sample std of test accuracy (%) "
+             "over seeds")
     lines = [f"# kdexport sweep: {r['config']['teacher']} -> {r['config']['student']} on {r['dataset']['name']}",
-             "", f"Created {r['created']}; {n} seed(s) {g['seeds']}; every cell is mean ± sample std of "
-             f"test accuracy (%) over seeds; {r['config']['train']['epochs']} epochs for baseline and "
+             "", f"Created {r['created']}; {seeds}; {r['config']['train']['epochs']} epochs for baseline and "
              "every student (same seeds, data order and schedule).", "",
              f"- Teacher ({r['teacher']['arch']}): {r['teacher']['accuracy'] * 100:.2f}%",
              f"- Baseline student ({r['baseline']['arch']}, no KD): "
-             f"{_pct(r['baseline']['mean'], r['baseline']['std'])}",
-             f"- Best cell: {r['best']['cell']}: {_pct(r['best']['mean'], r['best']['std'])} "
+             f"{_pct(r['baseline']['mean'], r['baseline']['std'], n)}",
+             f"- Best cell: {r['best']['cell']}: {_pct(r['best']['mean'], r['best']['std'], n)} "
              f"(KD gain {r['best']['kd_gain_points']:+.2f} points); exported and benchmarked in "
              f"[best/report.md](best/report.md)", ""]
     for loss, scaled in _variants(g):
@@ -222,7 +225,7 @@ def sweep_markdown(r: dict) -> str:
                   "| beta \\ T | " + " | ".join(f"T = {T:g}" for T in g["temperatures"]) + " |",
                   "|---|" + "---|" * len(g["temperatures"])]
         for b in g["soft_weights"]:
-            row = [_pct(r["cells"][k]["mean"], r["cells"][k]["std"]) for k in
+            row = [_pct(r["cells"][k]["mean"], r["cells"][k]["std"], n) for k in
                    (_cell(loss, T, b, scaled) for T in g["temperatures"])]
             lines.append(f"| beta = {b:g} | " + " | ".join(row) + " |")
         lines.append("")

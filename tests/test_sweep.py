@@ -57,6 +57,7 @@ def test_sweep_bookkeeping_and_outputs(swept):
     assert best["models"]["student"]["parity"]["top1_agreement"] == 1.0
     md = (out / "sweep.md").read_text()
     assert "| beta = 0.5 |" in md and "T = 4" in md and "unscaled" in md
+    assert "2 seeds (0, 1)" in md and md.count(" ± ") == 1 + 2 + 4  # legend, baseline, best cell, 4 cells
     assert (out / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -153,6 +154,7 @@ def test_sweep_grids_over_the_loss(tmp_path):
     assert r["cells"]["T4-b0.5-t2-dkd"]["kd"]["loss"] == "dkd"
     md = (tmp_path / "s" / "sweep.md").read_text()
     assert "### Soft loss dkd" in md and "### Soft loss dist" in md and "### Soft loss kd, x T^2" in md
+    assert "one seed (0)" in md and "±" not in md  # one run per cell: no spread to show
     from kdexport.errors import OutputError as OE
 
     with pytest.raises(OE, match="kd.dkd_warmup"):  # another DKD setting is another sweep
