@@ -28,7 +28,8 @@ SWEEP_CONFIG = "sweep-config.json"
 # Options that do not change what is trained: they may differ between an interrupted run and its resume.
 RESUME_IGNORES = ("out", "overwrite", "resume", "teacher_cache", "bench_iters", "bench_warmup", "bench_batch",
                   "bench_max_seconds", "threads", "parity_atol", "parity_rtol", "quantize", "quant", "force", "package",
-                  "data_mode", "memory_budget", "workers")  # memory and stream mode give the same batches
+                  "data_mode", "memory_budget", "workers",  # memory and stream mode give the same batches
+                  "teacher_view_cache")  # the live teacher's logits, looked up
 
 
 _HELD: dict[str, int] = {}  # lock file -> its open descriptor, for the locks this process holds

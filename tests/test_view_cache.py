@@ -122,3 +122,12 @@ def test_which_source_and_clear_refusals(digits):
         cached(torch.arange(4), digits.x_train[:4], None)
     with pytest.raises(ConfigError, match="drop --teacher-view-cache"):
         RunConfig(teacher_view_cache=True, kd=KDConfig(hint="teacher.net.1:student.net.1"))
+
+
+def test_a_run_or_sweep_may_switch_between_live_and_view_cached_logits():
+    """The same logits either way, so --resume and a sweep's rerun accept the switch."""
+    from kdexport.runs import resume_options
+
+    for sweep in (False, True):
+        assert resume_options(RunConfig(teacher_view_cache=True), sweep=sweep) == resume_options(RunConfig(),
+                                                                                                 sweep=sweep)
