@@ -25,9 +25,16 @@ from pathlib import Path
 import torch
 
 from kdexport.config import KDConfig, TrainConfig
-from kdexport.data.augment import AUGMENTATIONS
 from kdexport.data.datasets import load_dataset
-from kdexport.distill.teacher import TTA, Distillation, LiveLogits, TorchTeacher, ViewCachedLogits, view_cache_key
+from kdexport.distill.teacher import (
+    TTA,
+    Distillation,
+    LiveLogits,
+    TorchTeacher,
+    ViewCachedLogits,
+    finite_views,
+    view_cache_key,
+)
 from kdexport.distill.train import fit
 from kdexport.envinfo import result_stamp, stamp_markdown, usable_cores
 from kdexport.files import atomic_write_json, atomic_write_text, cache_root
@@ -68,8 +75,8 @@ def main() -> None:
         for mode in modes:
             if mode == "flip-views":
                 teacher = TTA["flip"](base)
-                views = AUGMENTATIONS.get(cfg.augment).views
-                fresh = not (cache_dir / f"{view_cache_key(teacher, data, cfg.augment, views)}.npy").exists()
+                views = finite_views(cfg.augment)
+                fresh = not (cache_dir / f"{view_cache_key(teacher, data, views)}.npy").exists()
                 t0 = time.perf_counter()
                 source = ViewCachedLogits(teacher, data, cfg.augment, cache_dir=cache_dir,
                                           progress=lambda d, n: print(f"  views: batch {d}/{n}", flush=True)

@@ -18,7 +18,7 @@ import torch
 
 from .bench.timing import bench_onnx, bench_torch, onnx_predictions, p50, prediction_health, real_images
 from .config import KDConfig, RunConfig, TrainConfig
-from .data.augment import AUGMENTATIONS, resolve_augment
+from .data.augment import resolve_augment
 from .data.datasets import DATASETS, Dataset, load_dataset, memory_budget
 from .distill.hint import Hint
 from .distill.teacher import (
@@ -28,7 +28,7 @@ from .distill.teacher import (
     Teacher,
     TeacherLogits,
     TorchTeacher,
-    check_view_cache,
+    finite_views,
     teacher_accuracy,
     teacher_logits,
 )
@@ -120,7 +120,7 @@ def prepare(cfg: RunConfig, log: Log = _quiet) -> Context:
     ctx = Context(cfg, data, ts, ss, threads, device, selection)
     ctx.train_config("teacher")  # resolves augmentation names against the data
     if cfg.teacher_view_cache and (augment := ctx.train_config("student").augment) != "none":
-        check_view_cache(augment)  # now, before a teacher is trained
+        finite_views(augment)  # fails now, before a teacher is trained
     student = build_model(ss, log=log)  # fails now, before anything is written, if it cannot take the input
     if cfg.student_weights:
         load_weights(student, cfg.student_weights, ss.arch, "student weights")  # fits, or one line now
@@ -244,7 +244,7 @@ def teacher_source(ctx: Context, teacher: TeacherModel, log: Log = _quiet) -> Te
     augment = ctx.train_config("student").augment
     progress = None
     if ctx.cfg.teacher_view_cache and augment != "none":
-        views = AUGMENTATIONS.get(augment).views
+        views = finite_views(augment)
         t0, shown = time.perf_counter(), [0]
         log(f"teacher: its logits on all {views.count} views of the {len(ctx.data.y_train):,} training images "
             f"({augment}), once{' (kept in the cache)' if ctx.cfg.teacher_cache else ''}")

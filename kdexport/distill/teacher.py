@@ -286,10 +286,10 @@ def view_logits_over(teacher: Teacher, x, views: Shifts, out: np.ndarray, batch_
             progress(step, total)
 
 
-def view_cache_key(teacher: Teacher, data: Dataset, augment: str, views: Shifts) -> str:
-    """Teacher x dataset x the augmentation's views."""
-    return hashlib.sha256(f"{CACHE_FORMAT}|{teacher.fingerprint()}|{data.fingerprint()}|views={augment}:"
-                          f"{views.pad},{views.flip}".encode()).hexdigest()[:32]
+def view_cache_key(teacher: Teacher, data: Dataset, views: Shifts) -> str:
+    """Teacher x dataset x the views (their padding and mirror)."""
+    return hashlib.sha256(f"{CACHE_FORMAT}|{teacher.fingerprint()}|{data.fingerprint()}|views={views.pad},"
+                          f"{views.flip}".encode()).hexdigest()[:32]
 
 
 class LiveLogits:
@@ -324,12 +324,10 @@ class ViewCachedLogits:
 
     def __init__(self, teacher: Teacher, data: Dataset, augment: str, device: torch.device | str = "cpu",
                  cache_dir: str | os.PathLike | None = None, progress: Callable[[int, int], None] | None = None):
-        check_view_cache(augment)
-        aug = AUGMENTATIONS.get(augment)
-        self.teacher, self.device, self.views = teacher, device, aug.views
-        shape = (aug.views.count, len(data.y_train), data.num_classes)
-        self.table = _disk_table("teacher view cache", view_cache_key(teacher, data, augment, aug.views), shape,
-                                 lambda out: view_logits_over(teacher, data.x_train, aug.views, out,
+        self.teacher, self.device, self.views = teacher, device, finite_views(augment)
+        shape = (self.views.count, len(data.y_train), data.num_classes)
+        self.table = _disk_table("teacher view cache", view_cache_key(teacher, data, self.views), shape,
+                                 lambda out: view_logits_over(teacher, data.x_train, self.views, out,
                                                               progress=progress), cache_dir)
 
     def __call__(self, idx: torch.Tensor, raw: torch.Tensor, views: torch.Tensor | None = None) -> torch.Tensor:
@@ -343,12 +341,14 @@ def view_augmentations() -> list[str]:
     return [n for n in AUGMENTATIONS.names() if (a := AUGMENTATIONS.get(n)) is not None and a.views is not None]
 
 
-def check_view_cache(augment: str) -> None:
-    """``--teacher-view-cache`` needs the students' augmentation (resolved) to have finitely many views."""
+def finite_views(augment: str) -> Shifts:
+    """The views of the students' augmentation (resolved) that ``--teacher-view-cache`` tabulates; a clear
+    error when it has no finite set of them."""
     aug = AUGMENTATIONS.get(augment)
     if aug is None or aug.views is None:
         raise ConfigError(f"--teacher-view-cache needs an augmentation with finitely many views "
                           f"({', '.join(view_augmentations())}), not --augment {augment}")
+    return aug.views
 
 
 TeacherLogits = LiveLogits | CachedLogits | ViewCachedLogits
