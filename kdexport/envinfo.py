@@ -29,13 +29,18 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def cpu_flags() -> list[str]:
+# The CPU features that decide what pays here: VNNI/AMX-INT8 for INT8 models, AVX512-BF16/AMX-BF16 for bf16 autocast.
+CPU_FLAGS = ("amx_bf16", "amx_int8", "avx2", "avx512_bf16", "avx512_fp16", "avx512_vnni", "avx512f", "avx_vnni", "fma")
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
+    """Which of :data:`CPU_FLAGS` this CPU has (empty where ``cpuinfo`` is unreadable, e.g. not Linux)."""
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
+        with open(cpuinfo, encoding="utf-8") as f:
             for line in f:
                 if line.startswith("flags"):
                     flags = set(line.split(":", 1)[1].split())
-                    return sorted(f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "fma") if f in flags)
+                    return sorted(f for f in CPU_FLAGS if f in flags)
     except OSError:
         pass
     return []

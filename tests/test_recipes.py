@@ -41,3 +41,15 @@ def test_result_stamp_records_the_full_command(monkeypatch):
     r = result_stamp("benchmarks/bench_x.py", 2)
     assert r["command"] == "python benchmarks/bench_x.py --train-images 20000 --out 'a b'"  # quoted: rerunnable
     assert r["environment"]["threads"] == 2 and r["created"]
+
+
+def test_cpu_flags_name_the_features_that_decide_int8_and_bf16_speed(tmp_path):
+    from kdexport.envinfo import cpu_flags
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Some Xeon\n"
+                    "flags\t\t: fpu sse2 avx2 fma avx512f avx512_vnni avx512_bf16 amx_tile amx_bf16 amx_int8\n")
+    assert cpu_flags(str(info)) == ["amx_bf16", "amx_int8", "avx2", "avx512_bf16", "avx512_vnni", "avx512f", "fma"]
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2\n")
+    assert cpu_flags(str(info)) == []
+    assert cpu_flags(str(tmp_path / "missing")) == []
