@@ -5,7 +5,11 @@ the 3-seed mean +/- std of the FP32 models from the sweep and the Pareto front (
 
     python benchmarks/run_recipe.py cifar10-fast-teacher-students          # and the other student recipes
     python benchmarks/bench_students.py runs/recipes/cifar10-fast-teacher-students \\
-        runs/recipes/cifar10-fast-teacher-resnet20 [--data-dir ../shared/datasets/cifar10-jpeg]
+        runs/recipes/cifar10-fast-teacher-resnet18 runs/recipes/cifar10-fast-teacher-fastcifar-0.5 \\
+        runs/recipes/cifar10-fast-teacher-wide [--data-dir ../shared/datasets/cifar10-jpeg]
+
+Each teacher and each baseline is listed once: a baseline does not depend on the teacher (same seed, data order
+and schedule, so the same accuracies), so two sweeps of one student share it; a distilled row names its teacher.
 
 INT8 is onnxruntime's static QDQ quantization with kdexport's defaults (median calibration, 300 images), its
 accuracy measured on the whole test split and never gated here (a large drop is reported, not hidden).
@@ -41,7 +45,8 @@ def sweep_rows(sweep_dir: Path) -> list[dict]:
             {"name": f"{s['baseline']['arch']} baseline", "role": "baseline", "arch": s["baseline"]["arch"],
              "path": sweep_dir / "best" / "onnx" / "baseline.onnx",
              "seed_stats": {k: s["baseline"][k] for k in ("mean", "std", "accuracies")}},
-            {"name": f"{s['baseline']['arch']} KD {best['cell']}", "role": "distilled", "arch": s["baseline"]["arch"],
+            {"name": f"{s['baseline']['arch']} KD {best['cell']} from {s['teacher']['arch']}", "role": "distilled",
+             "arch": s["baseline"]["arch"],
              "path": sweep_dir / "best" / "onnx" / "student.onnx",
              "seed_stats": {k: best[k] for k in ("mean", "std", "accuracies")},
              "kd_gain_points": best["kd_gain_points"]}]
@@ -62,13 +67,17 @@ def main() -> None:
     stamp = result_stamp("benchmarks/bench_students.py", cores)
 
     rows: list[dict] = []
-    teachers = set()
+    listed = set()
     for d in map(Path, args.sweeps):
         for r in sweep_rows(d):
-            if r["role"] == "teacher":  # every student recipe reuses one teacher: list it once
-                if r["arch"] in teachers:
-                    continue
-                teachers.add(r["arch"])
+            # Student recipes share teachers, and a baseline does not depend on the teacher (same seed, data order
+            # and schedule: the same accuracies): list each once. Any other clash of names gets the sweep's name.
+            key = (r["role"], r["arch"], tuple(r["seed_stats"]["accuracies"]) if r["seed_stats"] else None)
+            if r["role"] in ("teacher", "baseline") and key in listed:
+                continue
+            listed.add(key)
+            if any(r["name"] == x["name"] for x in rows):
+                r["name"] += f" ({d.name})"
             r["sweep"] = str(d)
             rows.append(r)
     data = data_for_model(rows[0]["path"], "cifar10", args.data_dir)
