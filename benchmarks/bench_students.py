@@ -1,6 +1,7 @@
 """Compact students as a deployment decision (issue 19): for each student sweep, its baseline and its
 distilled student (the best cell, seed 0) in FP32 and INT8, and the teacher, side by side in one run:
-ONNX size, p50 latency at batch 1 (onnxruntime CPU, 1 thread and all usable cores) and test accuracy, with
+ONNX size, p50 latency at batch 1 (onnxruntime CPU, 1 thread and all usable cores; the median over rounds through
+all models, so that a slow spell of the machine does not pick one) and test accuracy, with
 the mean +/- std over seeds of the FP32 models from the sweep and the Pareto front (accuracy vs ms).
 
     python benchmarks/run_recipe.py cifar10-fast-teacher-students          # and the other student recipes
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -61,6 +63,7 @@ def main() -> None:
     ap.add_argument("sweeps", nargs="+", help="finished sweep folders (their best/ holds the exported models)")
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "datasets" / "cifar10-jpeg"))
     ap.add_argument("--iters", type=int, default=300, help="timed runs per latency (after 30 warm-up runs)")
+    ap.add_argument("--rounds", type=int, default=5, help="latency rounds over all models; the median is reported")
     ap.add_argument("--out", default=str(HERE / "results" / "bench_students"))
     args = ap.parse_args()
     cores = usable_cores()
@@ -89,21 +92,30 @@ def main() -> None:
             q = Path(tmp) / f"{i}-int8.onnx"
             qr = quantize_onnx(r["path"], q, data, mode="static", quant=quant, threads=cores, accuracy_fp32=acc32)
             for precision, path, acc in (("fp32", r["path"], acc32), ("int8", q, qr.accuracy_int8)):
-                lat = {t: p50(bench_onnx(path, data, [1], threads=t, warmup=30,
-                                         iters=args.iters), 1) for t in sorted({1, cores})}
                 models.append({"name": f"{r['name']} {precision.upper()}", "role": r["role"], "arch": r["arch"],
-                               "precision": precision, "sweep": r["sweep"],
+                               "precision": precision, "sweep": r["sweep"], "path": path,
                                "onnx_bytes": inspect_classifier(path)["bytes"], "accuracy_onnx": acc,
-                               "p50_ms_batch1": {str(t): v for t, v in lat.items()},
                                "seed_stats": r["seed_stats"] if precision == "fp32" else None,
                                "kd_gain_points": r.get("kd_gain_points") if precision == "fp32" else None})
-                print(f"{models[-1]['name']}: {acc * 100:.2f}%, {models[-1]['onnx_bytes'] / 1024:.0f} KB, "
-                      f"p50 {lat}", flush=True)
+                print(f"{models[-1]['name']}: {acc * 100:.2f}%, {models[-1]['onnx_bytes'] / 1024:.0f} KB", flush=True)
+        # Latency in rounds over all models, so that a slow spell of the machine hits every model alike: each
+        # model's number is the median over rounds of its p50 (files of one architecture should then agree).
+        per_round: dict[str, dict[int, list[float]]] = {m["name"]: {t: [] for t in sorted({1, cores})} for m in models}
+        for k in range(args.rounds):
+            for m in models:
+                for t in per_round[m["name"]]:
+                    per_round[m["name"]][t].append(p50(bench_onnx(m["path"], data, [1], threads=t, warmup=30,
+                                                                  iters=args.iters), 1))
+            print(f"latency round {k + 1}/{args.rounds} done", flush=True)
+    for m in models:
+        del m["path"]
+        m["p50_ms_batch1"] = {str(t): statistics.median(v) for t, v in per_round[m["name"]].items()}
+        m["p50_ms_batch1_rounds"] = {str(t): v for t, v in per_round[m["name"]].items()}
     front = pareto_front([(m["name"], m["p50_ms_batch1"]["1"], m["accuracy_onnx"]) for m in models])
     for m in models:
         m["pareto"] = m["name"] in front
-    result = {**stamp, "data": data.info(), "iters": args.iters, "quantization": dataclasses.asdict(quant),
-              "models": models}
+    result = {**stamp, "data": data.info(), "iters": args.iters, "rounds": args.rounds,
+              "quantization": dataclasses.asdict(quant), "models": models}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out.with_suffix(".json"), result)
@@ -122,7 +134,8 @@ def to_markdown(r: dict) -> str:
              "Seed-0 files of each student sweep's best cell and baseline; `over seeds` is the sweep's FP32 test "
              "accuracy over its seeds (mean ± sample std); INT8 = onnxruntime static QDQ, median calibration, 300 "
              "images. Latency: p50 of " + str(r["iters"]) + " runs at batch 1 after 30 warm-up runs, onnxruntime "
-             "CPU. Pareto: not beaten on both 1-thread latency and accuracy by another row.", "",
+             "CPU, median over " + str(r.get("rounds", 1)) + " rounds through all models. Pareto: not beaten on "
+             "both 1-thread latency and accuracy by another row.", "",
              "| model | ONNX size | accuracy (seed 0) | over seeds | "
              + " | ".join(f"p50 ms @1, {t} thr" for t in threads) + " | Pareto |",
              "|---|---|---|---|" + "---|" * len(threads) + "---|"]

@@ -185,12 +185,17 @@ def _export_best(ctx: Context, out: Path, teacher: TeacherModel, teacher_acc: fl
     try:
         baseline, _, b_blob = load_model(out / "cells" / f"baseline-s{seed}.pt", expect=ctx.student_spec)
         student, _, s_blob = load_model(out / "cells" / f"{cell_key(kd)}-s{seed}.pt", expect=ctx.student_spec)
+        # training seconds as the sweep measured them (the teacher's: its epochs, in this sweep or an earlier run)
+        t_secs = sum(h["seconds"] for h in t_hist) if t_hist else None
+        b_secs = read_cell(out / "cells" / f"baseline-s{seed}.json")["train_seconds"]
+        s_secs = read_cell(out / "cells" / f"{cell_key(kd)}-s{seed}.json")["train_seconds"]
         models = {
-            "teacher": teacher_entry(ctx, teacher, staging, accuracy=teacher_acc, history=t_hist, log=log),
+            "teacher": teacher_entry(ctx, teacher, staging, accuracy=teacher_acc, history=t_hist, log=log,
+                                     train_seconds=t_secs),
             "baseline": export_and_bench(ctx, baseline, ctx.student_spec, "baseline", staging,
-                                         history=b_blob["history"], log=log),
+                                         history=b_blob["history"], log=log, train_seconds=b_secs),
             "student": export_and_bench(ctx, student, ctx.student_spec, "student", staging, kd=kd,
-                                        history=s_blob["history"], eager=True, log=log),
+                                        history=s_blob["history"], eager=True, log=log, train_seconds=s_secs),
         }
         cfg = dataclasses.replace(ctx.cfg, kd=kd, train=dataclasses.replace(ctx.cfg.train, seed=seed))
         write_report(models_report(dataclasses.replace(ctx, cfg=cfg), final, models), staging)

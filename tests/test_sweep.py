@@ -55,6 +55,13 @@ def test_sweep_bookkeeping_and_outputs(swept):
     best = json.loads((out / "best" / "report.json").read_text())
     assert best["config"]["kd"] == r["cells"][r["best"]["cell"]]["kd"]
     assert best["models"]["student"]["parity"]["top1_agreement"] == 1.0
+    # the best cell's report carries the training seconds the sweep measured, not zeros
+    cell = lambda name: json.loads((out / "cells" / f"{name}-s0.json").read_text())  # noqa: E731
+    assert best["models"]["baseline"]["train_seconds"] == cell("baseline")["train_seconds"] > 0
+    assert best["models"]["student"]["train_seconds"] == cell(r["best"]["cell"])["train_seconds"] > 0
+    assert best["models"]["teacher"]["train_seconds"] == pytest.approx(
+        sum(h["seconds"] for h in r["teacher"]["history"]))
+    assert " 0.0 |" not in (out / "best" / "report.md").read_text().split("train s |")[1]
     md = (out / "sweep.md").read_text()
     assert "| beta = 0.5 |" in md and "T = 4" in md and "unscaled" in md
     assert "2 seeds (0, 1)" in md and md.count(" ± ") == 1 + 2 + 4  # legend, baseline, best cell, 4 cells

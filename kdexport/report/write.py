@@ -67,8 +67,9 @@ def to_markdown(report: dict) -> str:
     student = model_entries(report).get("student")
     lines = [f"# kdexport report: {cfg['teacher']} -> {student.arch if student else cfg['student']} on {ds['name']}",
              "",
-             f"Created {report['created']} by kdexport {report['kdexport_version']} in "
-             f"{report.get('wall_seconds', 0):.0f} s. Dataset: {ds['train_size']} train / "
+             f"Created {report['created']} by kdexport {report['kdexport_version']}"
+             + (f" in {report['wall_seconds']:.0f} s" if report.get("wall_seconds") is not None else "")
+             + f". Dataset: {ds['train_size']} train / "
              f"{ds['test_size']} test images, input {ds['input_shape']}, {ds['num_classes']} classes.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r.values()) + " |" for r in summary_table(report)]
@@ -99,7 +100,8 @@ def to_markdown(report: dict) -> str:
         tol = m.parity.get("tolerance")
         allowed = f" ({tol:.2e})" if isinstance(tol, (int, float)) else ""
         lines.append(f"| {role} | {m.parity['max_abs_diff']:.2e}{allowed} | {m.parity['top1_agreement']:.4f} "
-                     f"| {lat['p90']:.3f} | {lat['p99']:.3f} | {m.train_seconds or 0:.1f} |")
+                     f"| {lat['p90']:.3f} | {lat['p99']:.3f} | "
+                     + (f"{m.train_seconds:.1f} |" if m.train_seconds is not None else "n/a |"))
     int8 = entries.get("student_int8")
     q = int8.quantization if int8 else None
     if q:
