@@ -135,6 +135,7 @@ def run_sweep(cfg: RunConfig, grid: Grid, *, reporter: Reporter | None = None, l
     first = grid.seeds[0]
     baselines = {s: _unit(out, ctx, "baseline", s, None, None, reporter, s == first) for s in grid.seeds}
     cells: dict[str, dict] = {}
+    units = {("baseline", s): baselines[s] for s in grid.seeds}  # every unit's record, as run or read back
     total = len(kds) * len(grid.seeds)
     done = 0
     for kd in kds:
@@ -144,7 +145,8 @@ def run_sweep(cfg: RunConfig, grid: Grid, *, reporter: Reporter | None = None, l
             done += 1
             log(f"cell {done}/{total}: T={kd.temperature:g} beta={kd.soft_weight:g} "
                 f"{'T^2-scaled' if kd.scale_t2 else 'unscaled'} loss={kd.loss} seed={s}")
-            runs.append(_unit(out, ctx, key, s, kd, source, reporter, s == first))
+            units[key, s] = _unit(out, ctx, key, s, kd, source, reporter, s == first)
+            runs.append(units[key, s])
         accs = [r["accuracy"] for r in runs]
         m, sd = mean_std(accs)
         cells[key] = {"kd": dataclasses.asdict(kd), "accuracies": accs, "mean": m, "std": sd,
@@ -162,12 +164,13 @@ def run_sweep(cfg: RunConfig, grid: Grid, *, reporter: Reporter | None = None, l
     }
     log(f"best cell {best_key}: exporting and benchmarking its seed-{first} student")
     result["best"]["report"] = "best/report.json"
-    _export_best(ctx, out, teacher, teacher_acc, t_hist, cells[best_key]["kd"], first, log)
+    # training seconds as measured, including units finished by earlier (resumed) runs and the teacher's epochs
+    t_secs = sum(h["seconds"] for h in t_hist)
+    _export_best(ctx, out, teacher, teacher_acc, t_hist, cells[best_key]["kd"], first, log,
+                 seconds=(t_secs if t_hist else None, units["baseline", first]["train_seconds"],
+                          units[best_key, first]["train_seconds"]))
     result["wall_seconds"] = time.perf_counter() - t_start
-    # training cost of everything in the table, including units finished by earlier (resumed) runs
-    units = [baselines[s] for s in grid.seeds] + [
-        read_cell(out / "cells" / f"{k}-s{s}.json") for k in cells for s in grid.seeds]
-    result["train_seconds_total"] = sum(h["seconds"] for h in t_hist) + sum(u["train_seconds"] for u in units)
+    result["train_seconds_total"] = t_secs + sum(u["train_seconds"] for u in units.values())
     atomic_write_json(out / "sweep.json", result)
     atomic_write_text(out / "sweep.md", sweep_markdown(result))
     plot_heatmap(result, out / "heatmap.png")
@@ -179,16 +182,15 @@ def run_sweep(cfg: RunConfig, grid: Grid, *, reporter: Reporter | None = None, l
 
 
 def _export_best(ctx: Context, out: Path, teacher: TeacherModel, teacher_acc: float, t_hist: list[dict],
-                 kd_dict: dict, seed: int, log: Log) -> None:
+                 kd_dict: dict, seed: int, log: Log, seconds: tuple[float | None, float, float]) -> None:
+    """Export and benchmark the best cell's seed-``seed`` student beside its baseline and the teacher;
+    ``seconds``: the training seconds of teacher (None: not known), baseline and student."""
     kd = KDConfig(**kd_dict)
     final, staging = prepare_out_dir(out / "best", overwrite=True)
     try:
         baseline, _, b_blob = load_model(out / "cells" / f"baseline-s{seed}.pt", expect=ctx.student_spec)
         student, _, s_blob = load_model(out / "cells" / f"{cell_key(kd)}-s{seed}.pt", expect=ctx.student_spec)
-        # training seconds as the sweep measured them (the teacher's: its epochs, in this sweep or an earlier run)
-        t_secs = sum(h["seconds"] for h in t_hist) if t_hist else None
-        b_secs = read_cell(out / "cells" / f"baseline-s{seed}.json")["train_seconds"]
-        s_secs = read_cell(out / "cells" / f"{cell_key(kd)}-s{seed}.json")["train_seconds"]
+        t_secs, b_secs, s_secs = seconds
         models = {
             "teacher": teacher_entry(ctx, teacher, staging, accuracy=teacher_acc, history=t_hist, log=log,
                                      train_seconds=t_secs),
