@@ -15,6 +15,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -345,7 +346,11 @@ def fit(model: nn.Module, data: Dataset, cfg: TrainConfig, *, distill: Distillat
     whitening layer) is first initialized from a seeded sample of training images.
     """
     from ..distributed import world
+    from ..models.ensemble import Ensemble
 
+    if isinstance(model, Ensemble):
+        return _fit_members(model, data, cfg, distill=distill, label=label, reporter=reporter,
+                            state_path=state_path, resume=resume, data_init=data_init)
     rank, world_size = world()
     reporter = (reporter or NullReporter()) if rank == 0 else NullReporter()
     device = resolve_device(cfg.device)
@@ -393,3 +398,25 @@ def fit(model: nn.Module, data: Dataset, cfg: TrainConfig, *, distill: Distillat
         model.to(memory_format=torch.contiguous_format)
     model.eval()
     return state.history
+
+
+def _fit_members(model: nn.Module, data: Dataset, cfg: TrainConfig, *, distill: Distillation | None, label: str,
+                 reporter: Reporter | None, state_path: str | os.PathLike | None, resume: bool,
+                 data_init: bool) -> list[dict[str, float]]:
+    """An ensemble: each member trained on its own by :func:`fit` with seed ``cfg.seed + k`` (its own init,
+    data order and augmentation draws) and its own training state (``<state>-member<k>``, so --resume
+    continues at the member it stopped in). The history is the members' in turn, each record tagged
+    with its member (1-based)."""
+    history: list[dict[str, float]] = []
+    n = len(model.members)
+    for k, member in enumerate(model.members):
+        path = None
+        if state_path is not None:
+            p = Path(state_path)
+            path = p.with_name(f"{p.stem}-member{k + 1}{p.suffix}")
+        hist = fit(member, data, dataclasses.replace(cfg, seed=cfg.seed + k), distill=distill,
+                   label=f"{label} {k + 1}/{n}", reporter=reporter, state_path=path, resume=resume,
+                   data_init=data_init)
+        history += [{**r, "member": k + 1} for r in hist]
+    model.eval()
+    return history

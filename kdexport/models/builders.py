@@ -1,5 +1,6 @@
 """Model registry: ``mlp:<hidden sizes>``, every torchvision classifier by name, kdexport's own small-image
-models (CIFAR ResNets ``resnet8``...``resnet110``, ``resnet8x4``, ``fastcifar[:width]``) and ``timm:<name>``.
+models (CIFAR ResNets ``resnet8``...``resnet110``, ``resnet8x4``, ``fastcifar[:width]``), ``timm:<name>`` and
+``ensemble:<N>x<arch>`` (N members of one architecture, logits averaged; see :mod:`.ensemble`).
 
 A spec is ``name`` or ``name:args`` (``mlp:1200,1200``, ``timm:resnet10t``). Builders take the
 dataset's input shape and class count, so a model always fits its data.
@@ -241,6 +242,17 @@ def _timm(args: str, spec: ModelSpec, pretrained: bool) -> nn.Module:
     return model
 
 
+@MODELS.register("ensemble")
+def _ensemble(args: str, spec: ModelSpec, pretrained: bool) -> nn.Module:
+    from dataclasses import replace
+
+    from .ensemble import Ensemble, parse_ensemble
+
+    n, arch = parse_ensemble(args)
+    member = replace(spec, arch=arch)
+    return Ensemble([build_model(member, pretrained=pretrained) for _ in range(n)])
+
+
 def _size_hint(arch: str) -> str:
     """The input size an architecture was designed for, when torchvision or timm say so."""
     name, args = split_arch(arch)
@@ -267,7 +279,12 @@ def split_arch(arch: str) -> tuple[str, str]:
 
 def check_arch(arch: str) -> None:
     """Raise UnknownNameError early (before any data is loaded) for an unknown model name."""
-    MODELS.get(split_arch(arch)[0])
+    name, args = split_arch(arch)
+    MODELS.get(name)
+    if name == "ensemble":
+        from .ensemble import parse_ensemble
+
+        check_arch(parse_ensemble(args)[1])
 
 
 def build_model(spec: ModelSpec, pretrained: bool = False, log: Callable[[str], None] | None = None) -> nn.Module:
@@ -278,7 +295,7 @@ def build_model(spec: ModelSpec, pretrained: bool = False, log: Callable[[str], 
     check_fits_memory(estimate_bytes(spec), f"{spec.arch} for inputs {list(spec.input_shape)} and "
                                             f"{spec.num_classes:,} classes", "use smaller inputs or a smaller model")
     model = builder(args, spec, pretrained)
-    if spec.cifar_stem:
+    if spec.cifar_stem and name != "ensemble":  # an ensemble's members have theirs
         note = _apply_cifar_stem(model, spec.arch)
         if note and log:
             log(note)

@@ -1,0 +1,81 @@
+"""``ensemble:<N>x<arch>``: parsing, the averaged forward, per-member training, checkpoint and ONNX round trips."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from kdexport.errors import ConfigError, UnknownNameError
+from kdexport.models.builders import ModelSpec, build_model, check_arch
+from kdexport.models.ensemble import Ensemble, parse_ensemble
+
+
+def test_parse_and_check():
+    assert parse_ensemble("3xfastcifar:1.5") == (3, "fastcifar:1.5")
+    assert parse_ensemble("2xresnet8x4") == (2, "resnet8x4")
+    for bad in ("fastcifar", "1xfastcifar", "17xmlp:8", "x", "2xensemble:2xmlp:8"):
+        with pytest.raises(ConfigError):
+            parse_ensemble(bad)
+    check_arch("ensemble:2xmlp:8")
+    with pytest.raises(UnknownNameError):
+        check_arch("ensemble:2xnosuchnet")
+
+
+def test_forward_is_the_mean_of_the_members_logits():
+    torch.manual_seed(0)
+    m = build_model(ModelSpec("ensemble:3xmlp:8", 4, (1, 2, 3))).eval()
+    assert isinstance(m, Ensemble) and len(m.members) == 3
+    x = torch.randn(5, 1, 2, 3)
+    by_hand = (m.members[0](x) + m.members[1](x) + m.members[2](x)) / 3
+    torch.testing.assert_close(m(x), by_hand)
+    assert not torch.allclose(m.members[0](x), m.members[1](x))  # independently initialized
+
+
+def _tiny(digits, n=64):
+    return dataclasses.replace(digits, x_train=digits.x_train[:n], y_train=digits.y_train[:n],
+                               x_test=digits.x_test[:32], y_test=digits.y_test[:32])
+
+
+def test_fit_trains_each_member_with_its_own_seed_and_state(digits, tmp_path):
+    from kdexport.config import TrainConfig
+    from kdexport.distill.train import fit
+
+    data = _tiny(digits)
+    spec = ModelSpec("ensemble:2xmlp:16", 10, tuple(data.input_shape))
+    cfg = TrainConfig(epochs=2, batch_size=16, seed=5)
+    torch.manual_seed(0)
+    ens = build_model(spec)
+    hist = fit(ens, data, cfg, state_path=tmp_path / "teacher.pt")
+    assert [(r["member"], r["epoch"]) for r in hist] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["teacher-member1.pt", "teacher-member2.pt"]
+    # member k is exactly what fit makes of that member alone with seed + k
+    for k in range(2):
+        torch.manual_seed(0)
+        alone = build_model(spec).members[k]
+        fit(alone, data, dataclasses.replace(cfg, seed=cfg.seed + k))
+        for a, b in zip(alone.state_dict().values(), ens.members[k].state_dict().values()):
+            torch.testing.assert_close(a, b)
+    # a resume finds both members finished and changes nothing
+    before = {k: v.clone() for k, v in ens.state_dict().items()}
+    again = fit(ens, data, cfg, state_path=tmp_path / "teacher.pt", resume=True)
+    assert again == hist
+    for k, v in ens.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+
+
+def test_checkpoint_and_onnx_round_trip(tmp_path):
+    from kdexport.export.onnx import export_onnx
+    from kdexport.models.checkpoint import load_model, save_checkpoint
+
+    torch.manual_seed(0)
+    spec = ModelSpec("ensemble:2xfastcifar:0.25", 10, (3, 32, 32))
+    m = build_model(spec).eval()
+    for member in m.members:
+        member.data_init(torch.randn(64, 3, 32, 32))
+    save_checkpoint(tmp_path / "t.pt", m, spec, role="teacher", config={})
+    back, spec2, _ = load_model(tmp_path / "t.pt", expect=spec)
+    assert spec2 == spec
+    x = torch.randn(8, 3, 32, 32)
+    torch.testing.assert_close(back.eval()(x), m(x))
+    res = export_onnx(m, tmp_path / "t.onnx", torch.randn(16, 3, 32, 32))
+    assert res.top1_agreement == 1.0
