@@ -245,9 +245,11 @@ class RunConfig:
                                       "is logged and in report.json (teacher_tta).")
     # models
     teacher: str = option("mlp:1200,1200", "Teacher: mlp:SIZES (e.g. mlp:1200,1200), any torchvision classifier "
-                                           "name, timm:NAME, or a trained model as an ONNX file (PATH.onnx).")
-    student: str = option("mlp:14", "Student: mlp:SIZES (e.g. mlp:14), any torchvision classifier name or "
-                                    "timm:NAME.")
+                                           "name, a CIFAR ResNet or fastcifar[:WIDTH], timm:NAME, ensemble:NxARCH "
+                                           "(N members trained on their own, logits averaged), or a trained model "
+                                           "as an ONNX file (PATH.onnx).")
+    student: str = option("mlp:14", "Student: mlp:SIZES (e.g. mlp:14), any torchvision classifier name, "
+                                    "a CIFAR ResNet or fastcifar[:WIDTH], or timm:NAME.")
     teacher_dropout: float = option(0.5, "Dropout between MLP hidden layers of the teacher.")
     student_dropout: float = option(0.0, "Dropout between MLP hidden layers of the student.")
     cifar_stem: bool = option(False, "CNNs: stride-1 stem for 32x32 inputs (ResNets: 3x3 conv, no max-pool; others: "
@@ -274,7 +276,7 @@ class RunConfig:
     kd: KDConfig = nested(KDConfig)
     # training (baseline and student share it; the teacher may override epochs)
     train: TrainConfig = nested(TrainConfig)
-    teacher_epochs: int | None = option(None, "Override the teacher's epochs.")
+    teacher_epochs: int | None = option(None, "Override the teacher's epochs (an ensemble's: each member's).")
     teacher_cache: bool = option(True, "Without augmentation, keep the teacher's logits on disk ($KDEXPORT_CACHE_DIR "
                                        "or ~/.cache/kdexport) and reuse them across runs, seeds and sweep cells.")
     teacher_view_cache: bool = option(False, "With an augmentation of finitely many views (shift2: 25, "

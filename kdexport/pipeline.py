@@ -332,7 +332,8 @@ def export_and_bench(ctx: Context, model: torch.nn.Module, spec: ModelSpec, role
         arch=spec.arch, spec=spec.to_dict(), params=count_params(model), flops=count_flops(model, data.input_shape),
         checkpoint=f"checkpoints/{role}.pt", onnx_path=f"onnx/{role}.onnx", onnx_bytes=res.onnx_bytes,
         accuracy_torch=acc_torch, accuracy_onnx=accuracy_onnx, parity=res.parity(), predictions=health,
-        latency_ms=bench["latency_ms"], throughput_per_s=bench["throughput_per_s"], epochs=len(history),
+        latency_ms=bench["latency_ms"], throughput_per_s=bench["throughput_per_s"],
+        epochs=max((r["epoch"] for r in history), default=0),  # an ensemble's: each member's
         history=history, train_seconds=train_seconds)
     if eager:
         e = bench_torch(model, data, sorted({1, cfg.bench_batch}), threads=ctx.threads, warmup=cfg.bench_warmup,

@@ -79,3 +79,31 @@ def test_checkpoint_and_onnx_round_trip(tmp_path):
     torch.testing.assert_close(back.eval()(x), m(x))
     res = export_onnx(m, tmp_path / "t.onnx", torch.randn(16, 3, 32, 32))
     assert res.top1_agreement == 1.0
+
+
+def test_distill_export_with_an_ensemble_teacher_and_its_checkpoint_reused(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from kdexport.cli import app
+
+    runner = CliRunner()
+    fast = ["--epochs", "1", "--bench-iters", "3", "--bench-batch", "8"]
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["distill-export", "--teacher", "ensemble:2xmlp:64", "--teacher-epochs", "2",
+                              "--out", str(out), *fast])
+    assert res.exit_code == 0, res.output
+    assert "teacher 1/2 epoch 2:" in res.output and "teacher 2/2 epoch 1:" in res.output
+    t = json.loads((out / "report.json").read_text())["models"]["teacher"]
+    assert t["arch"] == "ensemble:2xmlp:64" and t["epochs"] == 2  # each member's epochs
+    assert [(r["member"], r["epoch"]) for r in t["history"]] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    assert t["parity"]["top1_agreement"] == 1.0
+    again = tmp_path / "again"
+    res = runner.invoke(app, ["distill-export", "--teacher", "ensemble:2xmlp:64", "--teacher-checkpoint",
+                              str(out / "checkpoints" / "teacher.pt"), "--out", str(again), *fast])
+    assert res.exit_code == 0, res.output
+    t2 = json.loads((again / "report.json").read_text())["models"]["teacher"]
+    assert t2["accuracy_onnx"] == t["accuracy_onnx"]  # the same ensemble, not retrained
+    res = runner.invoke(app, ["distill-export", "--teacher", "ensemble:2xnosuchnet", "--out", str(tmp_path / "x")])
+    assert res.exit_code != 0 and "nosuchnet" in res.output and "Traceback" not in res.output

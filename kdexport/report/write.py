@@ -145,10 +145,16 @@ def plot_curves(report: dict, path: Path) -> None:
         if not h:
             continue
         color = colors[i % len(colors)]  # one colour per model, the same in both panels
-        ep = [r["epoch"] for r in h]
-        ax_acc.plot(ep, [r["test_accuracy"] for r in h], marker="o", color=color, label=f"{role} test")
-        ax_acc.plot(ep, [r["train_accuracy"] for r in h], ls="--", alpha=0.6, color=color, label=f"{role} train")
-        ax_loss.plot(ep, [r["test_loss"] for r in h], marker="o", color=color, label=f"{role} test CE")
+        members: dict[int | None, list[dict]] = {}  # an ensemble's history is its members' in turn
+        for r in h:
+            members.setdefault(r.get("member"), []).append(r)
+        for member, rs in members.items():
+            name = role if member is None else f"{role} member {member}"
+            ep = [r["epoch"] for r in rs]
+            ax_acc.plot(ep, [r["test_accuracy"] for r in rs], marker="o", color=color, label=f"{name} test")
+            ax_acc.plot(ep, [r["train_accuracy"] for r in rs], ls="--", alpha=0.6, color=color,
+                        label=f"{name} train")
+            ax_loss.plot(ep, [r["test_loss"] for r in rs], marker="o", color=color, label=f"{name} test CE")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="test loss")
     for ax in (ax_acc, ax_loss):
