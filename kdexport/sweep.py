@@ -20,7 +20,7 @@ import torch
 
 from .config import Grid, KDConfig, RunConfig
 from .distill.teacher import Distillation, TeacherLogits
-from .distill.train import Reporter, evaluate
+from .distill.train import Reporter, evaluate, remove_training_state
 from .errors import StateError
 from .files import atomic_write, atomic_write_json, atomic_write_text, read_json
 from .models.checkpoint import load_model, save_checkpoint
@@ -104,7 +104,7 @@ def _unit(out: Path, ctx: Context, name: str, seed: int, kd: KDConfig | None, so
     rec = {"name": name, "seed": seed, "kd": dataclasses.asdict(kd) if kd else None, "accuracy": acc,
            "train_seconds": time.perf_counter() - t0, "history": hist}
     atomic_write_json(path, rec)
-    state.unlink(missing_ok=True)
+    remove_training_state(state)
     return rec
 
 
@@ -126,7 +126,7 @@ def run_sweep(cfg: RunConfig, grid: Grid, *, reporter: Reporter | None = None, l
         t_hist = train_teacher(ctx, teacher, reporter, log, state_path=t_state, resume=True)
         save_checkpoint(tpath, teacher, ctx.teacher_spec, role="teacher", config=cfg.to_dict(),
                         history=t_hist)
-        t_state.unlink(missing_ok=True)
+        remove_training_state(t_state)
     if isinstance(teacher, torch.nn.Module):
         teacher = teacher.to(ctx.device).eval()
     teacher_acc = check_teacher(ctx, teacher, log)

@@ -38,7 +38,7 @@ def _tiny(digits, n=64):
 
 def test_fit_trains_each_member_with_its_own_seed_and_state(digits, tmp_path):
     from kdexport.config import TrainConfig
-    from kdexport.distill.train import fit
+    from kdexport.distill.train import fit, remove_training_state
 
     data = _tiny(digits)
     spec = ModelSpec("ensemble:2xmlp:16", 10, tuple(data.input_shape))
@@ -48,6 +48,8 @@ def test_fit_trains_each_member_with_its_own_seed_and_state(digits, tmp_path):
     hist = fit(ens, data, cfg, state_path=tmp_path / "teacher.pt")
     assert [(r["member"], r["epoch"]) for r in hist] == [(1, 1), (1, 2), (2, 1), (2, 2)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["teacher-member1.pt", "teacher-member2.pt"]
+    keep = tmp_path / "teacher-member1.json"
+    keep.write_text("{}")
     # member k is exactly what fit makes of that member alone with seed + k
     for k in range(2):
         torch.manual_seed(0)
@@ -61,6 +63,8 @@ def test_fit_trains_each_member_with_its_own_seed_and_state(digits, tmp_path):
     assert again == hist
     for k, v in ens.state_dict().items():
         torch.testing.assert_close(v, before[k])
+    remove_training_state(tmp_path / "teacher.pt")  # a finished ensemble leaves no state behind
+    assert [p.name for p in tmp_path.iterdir()] == [keep.name]
 
 
 def test_checkpoint_and_onnx_round_trip(tmp_path):

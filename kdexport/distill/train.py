@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import math
 import os
 import time
@@ -410,13 +411,23 @@ def _fit_members(model: nn.Module, data: Dataset, cfg: TrainConfig, *, distill: 
     history: list[dict[str, float]] = []
     n = len(model.members)
     for k, member in enumerate(model.members):
-        path = None
-        if state_path is not None:
-            p = Path(state_path)
-            path = p.with_name(f"{p.stem}-member{k + 1}{p.suffix}")
+        path = None if state_path is None else member_state_path(state_path, k + 1)
         hist = fit(member, data, dataclasses.replace(cfg, seed=cfg.seed + k), distill=distill,
                    label=f"{label} {k + 1}/{n}", reporter=reporter, state_path=path, resume=resume,
                    data_init=data_init)
         history += [{**r, "member": k + 1} for r in hist]
     model.eval()
     return history
+
+
+def member_state_path(state_path: str | os.PathLike, member: int) -> Path:
+    """Where an ensemble's member (1-based) keeps its training state: ``<state>-member<k>.pt``."""
+    p = Path(state_path)
+    return p.with_name(f"{p.stem}-member{member}{p.suffix}")
+
+
+def remove_training_state(state_path: str | os.PathLike) -> None:
+    """Delete a finished model's training state, an ensemble's members' included."""
+    p = Path(state_path)
+    for f in (p, *p.parent.glob(f"{glob.escape(p.stem)}-member*{glob.escape(p.suffix)}")):
+        f.unlink(missing_ok=True)
