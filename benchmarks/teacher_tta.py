@@ -1,5 +1,6 @@
 """A trained teacher's test accuracy under each ``--teacher-tta`` mode, in fp32 and bf16, with the time each
-takes over the test split (what a live teacher costs per pass, relative to no TTA).
+takes over the test split (what a live teacher costs per pass, relative to no TTA); an ensemble's members
+alone as well.
 
     python benchmarks/run_recipe.py cifar10-fast-teacher-anchor            # trains the checkpoint
     python benchmarks/teacher_tta.py runs/recipes/cifar10-fast-teacher-anchor/checkpoints/teacher.pt \\
@@ -43,17 +44,31 @@ def main() -> None:
             rows.append({"precision": precision, "tta": mode, "accuracy": acc,
                          "seconds_test_split": time.perf_counter() - t0})
             print(rows[-1], flush=True)
+    members = []  # an ensemble's members alone (fp32): what averaging them buys
+    for k, member in enumerate(getattr(model, "members", []), 1):
+        base = TorchTeacher.for_data(member, data, "cpu", "fp32")
+        for mode in ("none", "flip"):
+            members.append({"member": k, "precision": "fp32", "tta": mode,
+                            "accuracy": teacher_accuracy(TTA[mode](base), data)})
+            print(members[-1], flush=True)
     hist = blob.get("history") or []
+    epochs = max((h["epoch"] for h in hist), default=0)
+    n = len(getattr(model, "members", [])) or 1
     result = {**stamp, "checkpoint": args.checkpoint, "arch": spec.arch, "data": data.info(),
-              "train_seconds": sum(h["seconds"] for h in hist), "epochs": len(hist), "rows": rows}
+              "train_seconds": sum(h["seconds"] for h in hist), "epochs": epochs, "members": n, "rows": rows,
+              "member_rows": members}
     out = Path(args.out)
     atomic_write_json(out.with_suffix(".json"), result)
     lines = [f"# Teacher {spec.arch}: test accuracy under test-time augmentation", "", stamp_markdown(result), "",
-             f"Checkpoint `{args.checkpoint}` ({len(hist)} epochs, {result['train_seconds'] / 60:.1f} min of "
+             f"Checkpoint `{args.checkpoint}` ({f'{n} members x ' if n > 1 else ''}{epochs} epochs, "
+             f"{result['train_seconds'] / 60:.1f} min of "
              f"training). Time: one pass of the TTA'd teacher over the {len(data.y_test):,} test images.", "",
              "| precision | --teacher-tta | accuracy | seconds |", "|---|---|---|---|"]
     lines += [f"| {r['precision']} | {r['tta']} | {r['accuracy'] * 100:.2f}% | {r['seconds_test_split']:.1f} |"
               for r in rows]
+    if members:
+        lines += ["", "Each member alone (fp32):", "", "| member | --teacher-tta | accuracy |", "|---|---|---|"]
+        lines += [f"| {r['member']} | {r['tta']} | {r['accuracy'] * 100:.2f}% |" for r in members]
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print(f"wrote {out.with_suffix('.json')} and .md")
 
