@@ -236,7 +236,8 @@ class RunConfig:
     workers: int | None = option(None, "Stream mode: decoding worker processes (default: usable cores; 0 decodes "
                                        "in the training process).")
     augment: str = option("auto", "Training augmentation: auto (rrc-flip for RGB photos of 64 px and more, crop-flip "
-                                  "for smaller RGB images, else none), none, crop-flip, shift2, rrc-flip "
+                                  "for smaller RGB images, else none), none, crop-flip, shift2, shift2-flip, "
+                                  "crop-flip-cutout (crop-flip plus a 12-pixel cutout, airbench96's), rrc-flip "
                                   "(RandomResizedCrop + flip).")
     teacher_augment: str | None = option(None, "The teacher's augmentation, if different (default: --augment).")
     teacher_tta: str = option("none", "Test-time augmentation of the teacher's logits that students learn from: none, "

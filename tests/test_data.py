@@ -73,9 +73,29 @@ def test_augment_batch_is_seeded_and_keeps_shape():
     assert not torch.equal(shifted, x) and shifted.shape == x.shape
 
 
+def test_cutout_zeroes_one_square_inside_each_image():
+    from kdexport.data.augment import AUGMENTATIONS, cutout
+
+    x = torch.ones(64, 3, 16, 16)
+    out = cutout(x, torch.Generator().manual_seed(0), 5)
+    zero = out == 0
+    assert torch.equal(zero.all(1), zero.any(1))  # every channel of a pixel together
+    for m in zero[:, 0]:
+        rows, cols = m.any(1).nonzero().flatten(), m.any(0).nonzero().flatten()
+        assert m.sum() == 25 and len(rows) == len(cols) == 5  # one whole 5x5 square, never clipped
+        assert rows[-1] - rows[0] == 4 and cols[-1] - cols[0] == 4
+    corners = {(int(m.any(1).nonzero()[0]), int(m.any(0).nonzero()[0])) for m in zero[:, 0]}
+    assert len(corners) > 20 and max(c for pair in corners for c in pair) <= 11  # spread out, inside
+    assert torch.equal(out, cutout(x, torch.Generator().manual_seed(0), 5))  # seeded
+    aug = AUGMENTATIONS.get("crop-flip-cutout")
+    y = aug.batch(torch.rand(8, 3, 32, 32) + 0.1, torch.Generator().manual_seed(1))
+    assert y.shape == (8, 3, 32, 32) and aug.views is None
+    assert all((img == 0).all(0).sum() >= 144 for img in y)  # a 12x12 hole (more where the shift padded zeros)
+
+
 def test_auto_augmentation_by_data(digits):
     from kdexport.data.augment import resolve_augment
 
     assert resolve_augment("auto", digits) == "none"
-    with pytest.raises(UnknownNameError, match="crop-flip, none, rrc-flip, shift2, shift2-flip"):
+    with pytest.raises(UnknownNameError, match="crop-flip, crop-flip-cutout, none, rrc-flip, shift2, shift2-flip"):
         resolve_augment("mixup", digits)

@@ -77,6 +77,24 @@ def augment_batch(xb: torch.Tensor, generator: torch.Generator, pad: int = 4, fl
     return Shifts(pad, flip).batch(xb, generator)
 
 
+def cutout(xb: torch.Tensor, generator: torch.Generator, size: int) -> torch.Tensor:
+    """Cutout (DeVries & Taylor 2017, as airbench96 draws it): one ``size`` x ``size`` square per image set to 0
+    (black in stored pixels), its top-left corner uniform over the positions that keep it inside the image."""
+    b, _, h, w = xb.shape
+    size = min(size, h, w)
+    top = torch.randint(0, h - size + 1, (b,), generator=generator)
+    left = torch.randint(0, w - size + 1, (b,), generator=generator)
+    rows = torch.arange(h)[None, :] - top[:, None]
+    cols = torch.arange(w)[None, :] - left[:, None]
+    inside = ((rows >= 0) & (rows < size))[:, :, None] & ((cols >= 0) & (cols < size))[:, None, :]  # b,h,w
+    return xb.masked_fill(inside[:, None], 0)
+
+
+def crop_flip_cutout_batch(xb: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """airbench96's training augmentation: a shift of up to 4 pixels, a mirror, then a 12-pixel cutout."""
+    return cutout(Shifts(4, True).batch(xb, generator), generator, 12)
+
+
 def rrc_flip_batch(xb: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3) back to the batch's size + flip, image by image."""
     return torch.stack([random_resized_crop_flip(x, generator, xb.shape[-1]) for x in xb]) if len(xb) else xb
@@ -99,6 +117,7 @@ AUGMENTATIONS.register("none")(None)
 AUGMENTATIONS.register("crop-flip")(shifts(4, flip=True))
 AUGMENTATIONS.register("shift2")(shifts(2, flip=False))
 AUGMENTATIONS.register("shift2-flip")(shifts(2, flip=True))
+AUGMENTATIONS.register("crop-flip-cutout")(Augmentation(crop_flip_cutout_batch))  # no finite set of views
 AUGMENTATIONS.register("rrc-flip")(Augmentation(rrc_flip_batch, random_resized_crop_flip))
 
 
