@@ -167,3 +167,18 @@ def test_sweep_grids_over_the_loss(tmp_path):
 
     with pytest.raises(OE, match="kd.dkd_warmup"):  # another DKD setting is another sweep
         run_sweep(_cfg(tmp_path / "s", kd=KDConfig(dkd_warmup=5)), grid)
+
+
+def test_ensemble_teacher_interrupted_in_its_second_member_continues_there(tmp_path):
+    grid = Grid(temperatures=(4.0,), soft_weights=(0.5,), seeds=(0,), scale_t2=(True,))
+    out, ref = tmp_path / "s", tmp_path / "ref"
+    cfg = dataclasses.replace(_cfg(out), teacher="ensemble:2xmlp:64")
+    first = run_sweep(dataclasses.replace(cfg, out=str(ref)), grid)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(cfg, grid, reporter=_StopAt("teacher 2/2", 2))
+    assert (out / "teacher.state-member1.pt").exists() and (out / "teacher.state-member2.pt").exists()
+    again = run_sweep(cfg, grid)
+    assert [(h["member"], h["epoch"]) for h in again["teacher"]["history"]] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    assert again["teacher"]["accuracy"] == first["teacher"]["accuracy"]  # bit for bit on the CPU
+    assert again["cells"] == first["cells"]
+    assert not list(out.rglob("*.state*.pt"))  # the members' states went with the finished teacher
