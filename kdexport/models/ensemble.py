@@ -1,7 +1,8 @@
 """``ensemble:<N>x<arch>``: N independently trained copies of one architecture; logits averaged.
 
-Hinton et al. (2015) distil an ensemble into one small model: the ensemble is the stronger teacher
-for the same training time when a single network has stopped improving with more epochs. Each
+Hinton et al. (2015) distil an ensemble into one small model. On CIFAR-10 here three 12-epoch
+``fastcifar`` runs, though a weaker classifier than one 35-epoch run of the same time, taught a
+compact student more (benchmarks/results/README.md, "An ensemble teacher"). Each
 member is trained on its own by :func:`kdexport.distill.train.fit` (seed + k for member k, its own
 data-dependent init), so the members differ in initialization, data order and augmentation. The
 forward pass averages the members' logits (the geometric mean of their probabilities, up to
