@@ -35,6 +35,7 @@ from .config import (
     CacheListOptions,
     CheckOptions,
     CliField,
+    EnsembleOptions,
     Grid,
     PackageOptions,
     PredictOptions,
@@ -386,6 +387,17 @@ def verify_cmd(o: VerifyOptions) -> None:
     if failures:
         raise typer.Exit(1)
     out_console.print(f"OK: {o.package}")
+
+
+@config_command("ensemble", EnsembleOptions)
+def ensemble_cmd(o: EnsembleOptions) -> None:
+    """One teacher checkpoint from several trained ones of one architecture, their logits averaged: pass it
+    as --teacher ensemble:NxARCH --teacher-checkpoint OUT."""
+    from .models.checkpoint import combine_checkpoints
+
+    path, spec = combine_checkpoints(o.checkpoints, o.out, overwrite=o.overwrite)
+    out_console.print(f"wrote {path}: {spec.arch}; use it with --teacher {spec.arch} --teacher-checkpoint {path}",
+                      highlight=False, soft_wrap=True)
 
 
 @config_command("select", SelectOptions)

@@ -543,6 +543,17 @@ class VerifyOptions:
 
 
 @dataclass(frozen=True)
+class EnsembleOptions:
+    """``kdexport ensemble A.pt B.pt C.pt --out ensemble.pt``."""
+
+    checkpoints: tuple[str, ...] = option(REQUIRED, "Two or more kdexport checkpoints of one architecture (the "
+                                                    "same classes and input size).", argument=True,
+                                          cli_type=list[str], parse=tuple)
+    out: str = option(REQUIRED, "The ensemble checkpoint to write.")
+    overwrite: bool = option(False, "Replace --out if it exists.")
+
+
+@dataclass(frozen=True)
 class SelectOptions:
     """``kdexport select --dataset ... --latency-budget 2ms``."""
 

@@ -111,3 +111,35 @@ def test_distill_export_with_an_ensemble_teacher_and_its_checkpoint_reused(tmp_p
     assert t2["accuracy_onnx"] == t["accuracy_onnx"]  # the same ensemble, not retrained
     res = runner.invoke(app, ["distill-export", "--teacher", "ensemble:2xnosuchnet", "--out", str(tmp_path / "x")])
     assert res.exit_code != 0 and "nosuchnet" in res.output and "Traceback" not in res.output
+
+
+def test_ensemble_command_combines_trained_checkpoints(tmp_path):
+    from typer.testing import CliRunner
+
+    from kdexport.cli import app
+    from kdexport.models.checkpoint import load_model, save_checkpoint
+
+    torch.manual_seed(0)
+    paths = []
+    for k, arch in enumerate(["mlp:8", "mlp:8", "mlp:9"]):
+        spec = ModelSpec(arch, 4, (1, 2, 3))
+        paths.append(save_checkpoint(tmp_path / f"m{k}.pt", build_model(spec), spec, role="teacher", config={},
+                                     history=[{"epoch": 1, "seconds": 1.5 + k}]))
+    runner = CliRunner()
+    out = tmp_path / "ens.pt"
+    res = runner.invoke(app, ["ensemble", str(paths[0]), str(paths[1]), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "--teacher ensemble:2xmlp:8 --teacher-checkpoint" in res.output
+    ens, spec, blob = load_model(out)
+    assert spec.arch == "ensemble:2xmlp:8" and blob["config"]["ensemble_of"] == [str(p) for p in paths[:2]]
+    assert [(r["member"], r["seconds"]) for r in blob["history"]] == [(1, 1.5), (2, 2.5)]  # training time kept
+    x = torch.randn(5, 1, 2, 3)
+    alone = [load_model(p)[0](x) for p in paths[:2]]
+    torch.testing.assert_close(ens(x), (alone[0] + alone[1]) / 2)
+    for args, words in ((["ensemble", str(paths[0]), str(paths[2]), "--out", str(tmp_path / "b.pt")], "mlp:9"),
+                        (["ensemble", str(paths[0]), str(paths[1]), "--out", str(out)], "--overwrite"),
+                        (["ensemble", str(paths[0]), "--out", str(tmp_path / "c.pt")], "2 to 16"),
+                        (["ensemble", str(out), str(out), "--out", str(tmp_path / "d.pt")], "already an ensemble")):
+        res = runner.invoke(app, args)
+        assert res.exit_code != 0 and words in res.output and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "b.pt").exists()

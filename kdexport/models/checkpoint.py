@@ -13,9 +13,9 @@ from typing import Any
 from torch import nn
 
 from ..envinfo import environment, now_iso
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, OutputError
 from ..files import atomic_torch_save
-from .builders import ModelSpec, build_model
+from .builders import ModelSpec, build_model, split_arch
 from .weights import load_state_dict_checked, safe_torch_load
 
 FORMAT = "kdexport-checkpoint/1"
@@ -70,3 +70,37 @@ def load_model(path: str | os.PathLike, expect: ModelSpec | None = None) -> tupl
     model = build_model(spec)
     load_state_dict_checked(model, blob["state_dict"], f"checkpoint {str(path)!r}", spec.arch)
     return model.eval(), spec, blob
+
+
+def combine_checkpoints(paths: list[str | os.PathLike] | tuple[str | os.PathLike, ...], out: str | os.PathLike,
+                        *, overwrite: bool = False) -> tuple[Path, ModelSpec]:
+    """One ``ensemble:<N>x<arch>`` checkpoint from N checkpoints of one architecture (same classes, input size and
+    stem), the members in the order given, their training histories kept (tagged by member). The result is a
+    teacher for ``--teacher ensemble:<N>x<arch> --teacher-checkpoint out``."""
+    from .ensemble import MAX_MEMBERS, Ensemble
+
+    if not 2 <= len(paths) <= MAX_MEMBERS:
+        raise ConfigError(f"an ensemble has 2 to {MAX_MEMBERS} members, got {len(paths)} checkpoint(s)")
+    if Path(out).exists() and not overwrite:
+        raise OutputError(f"{str(out)!r} exists; pass --overwrite to replace it")
+    members, history, first = [], [], None
+    for k, path in enumerate(paths, 1):
+        model, spec, blob = load_model(path)
+        if split_arch(spec.arch)[0] == "ensemble":
+            raise CheckpointError(f"checkpoint {str(path)!r} is already an ensemble ({spec.arch})")
+        shape = (spec.arch, spec.num_classes, tuple(spec.input_shape), spec.cifar_stem)
+        if first is None:
+            first, base = shape, spec
+        elif shape != first:
+            raise CheckpointError(f"checkpoint {str(path)!r} holds a {spec.arch} for {spec.num_classes} classes and "
+                                  f"inputs {list(spec.input_shape)}; the first holds a {base.arch} for "
+                                  f"{base.num_classes} classes and inputs {list(base.input_shape)}: an ensemble's "
+                                  "members share one architecture, class count and input size")
+        members.append(model)
+        history += [{**r, "member": k} for r in blob.get("history") or [] if isinstance(r, dict)]
+    spec = ModelSpec(f"ensemble:{len(members)}x{base.arch}", base.num_classes, tuple(base.input_shape),
+                     base.dropout, base.cifar_stem)
+    path = save_checkpoint(out, Ensemble(members), spec, role="teacher",
+                           config={"ensemble_of": [str(p) for p in paths]}, history=history)
+    load_model(path, expect=spec)  # it rebuilds from its own spec
+    return path, spec
