@@ -15,7 +15,7 @@ _HEAVY = {"convnext_base", "convnext_large", "efficientnet_v2_l", "maxvit_t", "r
 
 
 def _arch(name: str) -> str:
-    return {"mlp": "mlp:16,8", "timm": "timm:resnet10t"}.get(name, name)
+    return {"mlp": "mlp:16,8", "timm": "timm:resnet10t", "ensemble": "ensemble:2xresnet8"}.get(name, name)
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _HEAVY else n
