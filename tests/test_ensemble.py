@@ -110,7 +110,8 @@ def test_distill_export_with_an_ensemble_teacher_and_its_checkpoint_reused(tmp_p
     t2 = json.loads((again / "report.json").read_text())["models"]["teacher"]
     assert t2["accuracy_onnx"] == t["accuracy_onnx"]  # the same ensemble, not retrained
     res = runner.invoke(app, ["distill-export", "--teacher", "ensemble:2xnosuchnet", "--out", str(tmp_path / "x")])
-    assert res.exit_code != 0 and "nosuchnet" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 2 and "nosuchnet" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "x").exists()  # refused before anything is written
 
 
 def test_ensemble_command_combines_trained_checkpoints(tmp_path):
@@ -141,5 +142,5 @@ def test_ensemble_command_combines_trained_checkpoints(tmp_path):
                         (["ensemble", str(paths[0]), "--out", str(tmp_path / "c.pt")], "2 to 16"),
                         (["ensemble", str(out), str(out), "--out", str(tmp_path / "d.pt")], "already an ensemble")):
         res = runner.invoke(app, args)
-        assert res.exit_code != 0 and words in res.output and "Traceback" not in res.output, res.output
+        assert res.exit_code == 2 and words in res.output and "Traceback" not in res.output, res.output
     assert not (tmp_path / "b.pt").exists()

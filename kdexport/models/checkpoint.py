@@ -83,15 +83,16 @@ def combine_checkpoints(paths: list[str | os.PathLike] | tuple[str | os.PathLike
         raise ConfigError(f"an ensemble has 2 to {MAX_MEMBERS} members, got {len(paths)} checkpoint(s)")
     if Path(out).exists() and not overwrite:
         raise OutputError(f"{str(out)!r} exists; pass --overwrite to replace it")
-    members, history, first = [], [], None
+    def kind(s: ModelSpec) -> tuple:
+        return s.arch, s.num_classes, tuple(s.input_shape), s.cifar_stem
+
+    members, history, base = [], [], None
     for k, path in enumerate(paths, 1):
         model, spec, blob = load_model(path)
         if split_arch(spec.arch)[0] == "ensemble":
             raise CheckpointError(f"checkpoint {str(path)!r} is already an ensemble ({spec.arch})")
-        shape = (spec.arch, spec.num_classes, tuple(spec.input_shape), spec.cifar_stem)
-        if first is None:
-            first, base = shape, spec
-        elif shape != first:
+        base = base or spec
+        if kind(spec) != kind(base):
             raise CheckpointError(f"checkpoint {str(path)!r} holds a {spec.arch} for {spec.num_classes} classes and "
                                   f"inputs {list(spec.input_shape)}; the first holds a {base.arch} for "
                                   f"{base.num_classes} classes and inputs {list(base.input_shape)}: an ensemble's "
