@@ -99,6 +99,11 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     console.print(f"[yellow]warning:[/] {escape(first_line(message, 300))}", highlight=False, soft_wrap=True)
 
 
+def _test_acc(record: dict[str, float], sep: str) -> str:
+    """An epoch's test accuracy for a progress line; nothing for an epoch --eval-every skipped."""
+    return f"{sep}test acc {record['test_accuracy']:.4f}" if "test_accuracy" in record else ""
+
+
 class RichReporter:
     """Training progress on a terminal: one bar per model with live loss and accuracy."""
 
@@ -117,8 +122,7 @@ class RichReporter:
 
     def epoch(self, record: dict[str, float]) -> None:
         self.progress.update(self.task, description=f"{self.label} ep {record['epoch']:.0f}",
-                             metrics=f"loss {record['train_loss']:.4f}  test acc "
-                                     f"{record['test_accuracy']:.4f}")
+                             metrics=f"loss {record['train_loss']:.4f}{_test_acc(record, '  ')}")
 
     def finish(self) -> None:
         pass
@@ -140,7 +144,7 @@ class LineReporter:
 
     def epoch(self, record: dict[str, float]) -> None:
         self.write(f"{self.label} epoch {record['epoch']:.0f}: loss {record['train_loss']:.4f}, train acc "
-                   f"{record['train_accuracy']:.4f}, test acc {record['test_accuracy']:.4f} "
+                   f"{record['train_accuracy']:.4f}{_test_acc(record, ', ')} "
                    f"({record['seconds']:.1f} s, {time.perf_counter() - self.t0:.0f} s so far)")
 
     def finish(self) -> None:

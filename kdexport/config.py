@@ -115,6 +115,9 @@ class TrainConfig:
     precision: str = option("auto", "Arithmetic of the training forward passes and of a live PyTorch teacher: fp32, "
                                     "bf16 (autocast; on a CPU with AMX 2-3x faster) or auto (bf16 on CUDA, fp32 on the "
                                     "CPU). Evaluation, export and every reported accuracy stay fp32.")
+    eval_every: int = option(1, "Evaluate the test split after every N-th epoch (and always after the last): on a "
+                                "CPU each evaluation costs time a long run can spend training. The other epochs' "
+                                "records have no test metrics.")
     augment: str = option("none", "Resolved augmentation (set from RunConfig.augment).", cli=False)
 
     def __post_init__(self) -> None:
@@ -123,6 +126,7 @@ class TrainConfig:
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         _check_seed(self.seed)
         _check(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
+        _check(self.eval_every >= 1, f"eval every must be >= 1 (epochs), got {self.eval_every}")
         AUGMENTATIONS.get(self.augment)
         _check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         _check(self.scheduler in SCHEDULERS, f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .bench.timing import bench_onnx, bench_torch, onnx_predictions, p50, prediction_health, real_images
-from .config import KDConfig, RunConfig, TrainConfig
+from .config import TTAS, KDConfig, RunConfig, TrainConfig
 from .data.augment import resolve_augment
 from .data.datasets import DATASETS, Dataset, load_dataset, memory_budget
 from .distill.hint import Hint
@@ -32,9 +32,9 @@ from .distill.teacher import (
     teacher_accuracy,
     teacher_logits,
 )
-from .distill.train import Reporter, evaluate, fit, resolve_device
+from .distill.train import Reporter, evaluate, fit, remove_training_state, resolve_device
 from .envinfo import environment, git_commit, now_iso, usable_cores
-from .errors import GateError, ModelError, StateError
+from .errors import ConfigError, GateError, ModelError, StateError
 from .export.onnx import export_onnx, save_self_contained
 from .files import atomic_write_json, cache_root, read_json, staged_file
 from .models.builders import ModelSpec, build_model, check_arch, count_flops, count_params
@@ -486,6 +486,37 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
     if gate_error is not None:
         raise gate_error
     return report
+
+
+def teacher_only(cfg: RunConfig, path: str | Path, *, resume: bool = False, reporter: Reporter | None = None,
+                 log: Log = _quiet) -> dict:
+    """Train the teacher alone (no students), save it to ``path`` (reusable with ``--teacher-checkpoint``) and
+    measure its test accuracy under each ``--teacher-tta`` mode in fp32; return the report. Its per-epoch state
+    is kept beside ``path`` until the checkpoint is written, so ``resume`` continues an interrupted run."""
+    if teacher_is_trained(cfg):
+        raise ConfigError("a teacher-only run trains its teacher: drop --teacher-checkpoint, --teacher-weights or "
+                          "the ONNX teacher")
+    ctx = prepare(cfg, log)
+    teacher = build_teacher(ctx)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = path.with_name(f"{path.stem}.state.pt")
+    t0 = time.perf_counter()
+    history = train_teacher(ctx, teacher, reporter, log, state_path=state, resume=resume)
+    fit_seconds = time.perf_counter() - t0
+    save_checkpoint(path, teacher, ctx.teacher_spec, role="teacher", config=cfg.to_dict(), history=history)
+    remove_training_state(state)
+    base = TorchTeacher.for_data(teacher.to(ctx.device).eval(), ctx.data, ctx.device, "fp32")
+    rows = []
+    for mode in TTAS:
+        t0 = time.perf_counter()
+        rows.append({"tta": mode, "accuracy": teacher_accuracy(TTA[mode](base), ctx.data),
+                     "seconds": time.perf_counter() - t0})
+        log(f"teacher: {rows[-1]['accuracy'] * 100:.2f}% on the test split with --teacher-tta {mode}")
+    return {**report_header(ctx, path.parent),
+            "teacher": {"arch": cfg.teacher, "checkpoint": str(path), "epochs": cfg.teacher_train().epochs,
+                        "train_seconds": sum(h["seconds"] for h in history), "fit_seconds_this_run": fit_seconds,
+                        "tta": rows, "history": history}}
 
 
 def quantize_and_bench(ctx: Context, fp32: ModelEntry, out: Path, log: Log = _quiet) -> ModelEntry:

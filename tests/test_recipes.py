@@ -19,11 +19,13 @@ RECIPES = sorted(p.stem for p in (ROOT / "benchmarks" / "recipes").glob("*.json"
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_is_valid(name):
     r = load_recipe(name)
-    assert r["kind"] in ("distill", "sweep") and r["doc"]
+    assert r["kind"] in ("distill", "sweep", "teacher") and r["doc"]
     cfg = recipe_config(r, None, "/tmp/unused")
     if r["kind"] == "sweep":
         grid = Grid(**{k: tuple(v) for k, v in r["grid"].items()})
         assert grid.kd_configs() and r["workdir"].startswith("runs/")
+    if r["kind"] == "teacher":  # trained here, written to its workdir
+        assert r["workdir"].startswith("runs/") and not (cfg.teacher_checkpoint or cfg.teacher_weights)
     assert cfg.dataset in ("digits", "mnist", "cifar10")
 
 
@@ -53,3 +55,45 @@ def test_cpu_flags_name_the_features_that_decide_int8_and_bf16_speed(tmp_path):
     info.write_text("processor\t: 0\nflags\t\t: fpu sse2\n")
     assert cpu_flags(str(info)) == []
     assert cpu_flags(str(tmp_path / "missing")) == []
+
+
+def test_teacher_recipe_trains_saves_and_resumes(tmp_path, monkeypatch):
+    """kind "teacher": the teacher alone, saved where --teacher-checkpoint can reuse it, its accuracy under every
+    --teacher-tta mode (the plain one equal to the saved model's own evaluation), and an interrupted run continued
+    from its per-epoch state to the same weights."""
+    import torch
+    from run_recipe import teacher_markdown
+
+    from kdexport.config import TTAS, RunConfig, TrainConfig
+    from kdexport.distill import train as train_mod
+    from kdexport.errors import ConfigError
+    from kdexport.models.checkpoint import load_model
+    from kdexport.pipeline import teacher_only
+
+    cfg = RunConfig(teacher="mlp:64", teacher_epochs=3, train=TrainConfig(epochs=1, eval_every=2))
+    r = teacher_only(cfg, tmp_path / "a" / "teacher.pt")
+    model, spec, blob = load_model(r["teacher"]["checkpoint"])
+    assert spec.arch == "mlp:64" and len(blob["history"]) == 3 and not (tmp_path / "a" / "teacher.state.pt").exists()
+    assert [row["tta"] for row in r["teacher"]["tta"]] == list(TTAS)
+    assert r["teacher"]["tta"][0]["accuracy"] == pytest.approx(blob["history"][-1]["test_accuracy"], abs=1e-6)
+    md = teacher_markdown(r)  # --eval-every 2: epoch 1 has no test accuracy
+    assert "| none |" in md and "(plain model): 2: " in md and ", 3: " in md
+
+    real_epoch, calls = train_mod.train_epoch, []
+
+    def dies_in_epoch_3(loop, state, epoch):
+        calls.append(epoch)
+        if epoch == 3 and len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_epoch(loop, state, epoch)
+
+    monkeypatch.setattr(train_mod, "train_epoch", dies_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        teacher_only(cfg, tmp_path / "b" / "teacher.pt")
+    assert (tmp_path / "b" / "teacher.state.pt").exists()
+    teacher_only(cfg, tmp_path / "b" / "teacher.pt", resume=True)
+    assert calls == [1, 2, 3, 3]
+    resumed, _, _ = load_model(tmp_path / "b" / "teacher.pt")
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), resumed.parameters()))
+    with pytest.raises(ConfigError, match="trains its teacher"):
+        teacher_only(RunConfig(teacher="mlp:64", teacher_checkpoint=r["teacher"]["checkpoint"]), tmp_path / "c.pt")

@@ -169,7 +169,7 @@ def test_teacher_tta_in_the_report(tmp_path):
 
 
 @pytest.mark.parametrize("kw,msg", [({"ema": 1.0}, "ema decay"), ({"ema": -0.1}, "ema decay"),
-                                    ({"bias_lr_scale": 0.0}, "bias lr scale")])
+                                    ({"bias_lr_scale": 0.0}, "bias lr scale"), ({"eval_every": 0}, "eval every")])
 def test_bad_training_options(kw, msg):
     with pytest.raises(ConfigError, match=msg):
         TrainConfig(**kw)
@@ -226,3 +226,30 @@ def test_bf16_teacher_is_close_to_fp32_and_keyed_apart(digits):
     assert not torch.equal(a, b)
     assert torch.allclose(a, b, atol=0.05 * float(a.abs().max()) + 1e-3)
     assert t16.fingerprint() == f"{t32.fingerprint()}|bf16"  # the logit cache keeps them apart
+
+
+def test_eval_every_skips_evaluations_but_not_the_last_and_changes_no_weight(digits, tmp_path):
+    """--eval-every 2 on 5 epochs: test metrics after epochs 2, 4 and 5 only; training is untouched (same
+    weights, same training records), the evaluated epochs match the every-epoch run's, and the report's
+    curves and the progress lines take the gaps."""
+    from kdexport.cli import LineReporter
+    from kdexport.report.write import plot_curves
+
+    spec = ModelSpec("mlp:32", 10, (1, 8, 8))
+    runs = {}
+    for every in (1, 2):
+        torch.manual_seed(0)
+        m = build_model(spec)
+        lines: list[str] = []
+        h = fit(m, digits, TrainConfig(epochs=5, eval_every=every), reporter=LineReporter(lines.append))
+        runs[every] = (m, h, lines)
+    (m1, h1, _), (m2, h2, lines) = runs[1], runs[2]
+    assert [("test_accuracy" in r) for r in h2] == [False, True, False, True, True]
+    assert all(torch.equal(p, q) for p, q in zip(m1.parameters(), m2.parameters()))
+    for a, b in zip(h1, h2):
+        assert a["train_loss"] == b["train_loss"] and a["train_accuracy"] == b["train_accuracy"]
+        if "test_accuracy" in b:
+            assert (a["test_accuracy"], a["test_loss"]) == (b["test_accuracy"], b["test_loss"])
+    assert "test acc" not in lines[0] and "test acc" in lines[1] and len(lines) == 5
+    plot_curves({"models": {"student": {"arch": "mlp:32", "history": h2}}}, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 0

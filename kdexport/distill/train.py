@@ -326,11 +326,13 @@ def train_epoch(loop: Loop, state: TrainState, epoch: int) -> dict[str, float]:
     if not math.isfinite(loss_sum):
         raise _nonfinite(loop, [loss_sum, ce_sum, kd_sum], epoch)
     train_seconds = time.perf_counter() - t0
-    with state.ema.applied(state.model) if state.ema is not None else contextlib.nullcontext(state.model) as m:
-        test = evaluate(m, data, "test", device=device)
-    return {"epoch": epoch, "lr": lr, "train_loss": loss_sum / seen, "train_ce": ce_sum / seen,
-            "train_kd": kd_sum / seen, "train_accuracy": correct / seen, "test_loss": test["loss"],
-            "test_accuracy": test["accuracy"], "seconds": time.perf_counter() - t0, "train_seconds": train_seconds,
+    record = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / seen, "train_ce": ce_sum / seen,
+              "train_kd": kd_sum / seen, "train_accuracy": correct / seen}
+    if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:  # --eval-every: the last epoch is always evaluated
+        with state.ema.applied(state.model) if state.ema is not None else contextlib.nullcontext(state.model) as m:
+            test = evaluate(m, data, "test", device=device)
+        record.update(test_loss=test["loss"], test_accuracy=test["accuracy"])
+    return {**record, "seconds": time.perf_counter() - t0, "train_seconds": train_seconds,
             "data_wait_seconds": waited[0]}
 
 

@@ -151,10 +151,13 @@ def plot_curves(report: dict, path: Path) -> None:
         for member, rs in members.items():
             name = role if member is None else f"{role} member {member}"
             ep = [r["epoch"] for r in rs]
-            ax_acc.plot(ep, [r["test_accuracy"] for r in rs], marker="o", color=color, label=f"{name} test")
+            tested = [r for r in rs if "test_accuracy" in r]  # --eval-every skips some epochs' evaluation
+            ax_acc.plot([r["epoch"] for r in tested], [r["test_accuracy"] for r in tested], marker="o", color=color,
+                        label=f"{name} test")
             ax_acc.plot(ep, [r["train_accuracy"] for r in rs], ls="--", alpha=0.6, color=color,
                         label=f"{name} train")
-            ax_loss.plot(ep, [r["test_loss"] for r in rs], marker="o", color=color, label=f"{name} test CE")
+            ax_loss.plot([r["epoch"] for r in tested], [r["test_loss"] for r in tested], marker="o", color=color,
+                         label=f"{name} test CE")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="test loss")
     for ax in (ax_acc, ax_loss):
