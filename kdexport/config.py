@@ -115,6 +115,9 @@ class TrainConfig:
     precision: str = option("auto", "Arithmetic of the training forward passes and of a live PyTorch teacher: fp32, "
                                     "bf16 (autocast; on a CPU with AMX 2-3x faster) or auto (bf16 on CUDA, fp32 on the "
                                     "CPU). Evaluation, export and every reported accuracy stay fp32.")
+    clip_grad_norm: float = option(0.0, "Rescale the gradient before each step so that its global L2 norm is at most "
+                                        "this (all trained parameters together; 0: off): a guard against a loss "
+                                        "whose gradient can spike.")
     eval_every: int = option(1, "Evaluate the test split after every N-th epoch (and always after the last): on a "
                                 "CPU each evaluation costs time a long run can spend training. The other epochs' "
                                 "records have no test metrics.")
@@ -140,6 +143,8 @@ class TrainConfig:
         _check(_finite(self.ema) and 0 <= self.ema < 1, f"ema decay must be in [0, 1), got {self.ema}")
         _check(_finite(self.bias_lr_scale) and self.bias_lr_scale > 0,
                f"bias lr scale must be > 0, got {self.bias_lr_scale}")
+        _check(_finite(self.clip_grad_norm) and self.clip_grad_norm >= 0,
+               f"clip grad norm must be >= 0 (0: off), got {self.clip_grad_norm}")
         _check(self.precision in PRECISIONS,
                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
@@ -340,6 +345,9 @@ class RunConfig:
                "--hint needs the live teacher's features on every batch: drop --teacher-view-cache")
         _check(not (self.kd.hint and self.teacher_is_onnx),
                "--hint needs a PyTorch teacher: an ONNX teacher is a black box without named layers")
+        _check(not (self.kd.hint and self.student.startswith("ensemble:")),
+               "--hint on an ensemble student: its members train one after another and the hint would reach only "
+               "the first; distil a single student")
         _check(not (self.student_weights and self.student_pretrained),
                "choose --student-weights or --student-pretrained, not both")
         for name in ("teacher_mean", "teacher_std"):

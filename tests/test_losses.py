@@ -220,6 +220,17 @@ def test_hint_needs_a_pytorch_teacher():
         RunConfig(teacher="their_model.onnx", kd=KDConfig(hint="teacher.layer1:student.layer1"))
 
 
+def test_hint_on_an_ensemble_student_is_refused():
+    """An ensemble's members train in turn and the hint's hooks close after the first: refused, not half-applied."""
+    from kdexport.config import RunConfig
+
+    hint = KDConfig(hint="teacher.net.1:student.members.0.net.1")
+    with pytest.raises(ConfigError, match="--hint on an ensemble student"):
+        RunConfig(student="ensemble:2xmlp:16", kd=hint)
+    RunConfig(student="ensemble:2xmlp:16")  # without a hint it trains
+    RunConfig(teacher="ensemble:2xmlp:64", kd=KDConfig(hint="teacher.members.0.net.1:student.net.1"))
+
+
 def test_label_smoothing_smooths_only_the_labels_term():
     import math
 

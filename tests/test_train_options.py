@@ -169,7 +169,8 @@ def test_teacher_tta_in_the_report(tmp_path):
 
 
 @pytest.mark.parametrize("kw,msg", [({"ema": 1.0}, "ema decay"), ({"ema": -0.1}, "ema decay"),
-                                    ({"bias_lr_scale": 0.0}, "bias lr scale"), ({"eval_every": 0}, "eval every")])
+                                    ({"bias_lr_scale": 0.0}, "bias lr scale"), ({"eval_every": 0}, "eval every"),
+                                    ({"clip_grad_norm": -1.0}, "clip grad norm")])
 def test_bad_training_options(kw, msg):
     with pytest.raises(ConfigError, match=msg):
         TrainConfig(**kw)
@@ -253,3 +254,26 @@ def test_eval_every_skips_evaluations_but_not_the_last_and_changes_no_weight(dig
     assert "test acc" not in lines[0] and "test acc" in lines[1] and len(lines) == 5
     plot_curves({"models": {"student": {"arch": "mlp:32", "history": h2}}}, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_clip_grad_norm_step_by_hand(digits):
+    """One full-batch plain-SGD step with --clip-grad-norm c moves the weights by -lr * g * c / ||g|| (the global
+    norm over every parameter), and a bound above ||g|| changes nothing; the epoch's record has the norm before
+    clipping and how many steps were clipped."""
+    spec = ModelSpec("mlp:16", 10, (1, 8, 8))
+    n = digits.x_train.shape[0]
+    torch.manual_seed(0)
+    m0 = build_model(spec)
+    params0 = [p.detach().clone() for p in m0.parameters()]
+    loss = nn.functional.cross_entropy(m0(digits.normalize(digits.x_train)), digits.y_train)
+    grads = torch.autograd.grad(loss, list(m0.parameters()))
+    norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads)).item()
+    lr = 0.5
+    for clip, scale in ((norm / 10, 0.1), (norm * 10, 1.0)):
+        torch.manual_seed(0)
+        m = build_model(spec)
+        (rec,) = fit(m, digits, TrainConfig(epochs=1, batch_size=n, optimizer="sgd", momentum=0.0, lr=lr,
+                                            scheduler="none", clip_grad_norm=clip))
+        assert rec["grad_norm_max"] == pytest.approx(norm, rel=1e-4) and rec["clipped_steps"] == (scale < 1)
+        for p, p0, g in zip(m.parameters(), params0, grads):
+            assert torch.allclose(p, p0 - lr * scale * g, atol=1e-6, rtol=1e-4)

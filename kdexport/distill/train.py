@@ -294,6 +294,7 @@ def train_epoch(loop: Loop, state: TrainState, epoch: int) -> dict[str, float]:
     plan = epoch_plan(n, cfg.batch_size, state.order_gen, rank, world_size)  # this rank's slice of each batch
     batches = train_batches(data, cfg.augment, plan, state.aug_gen, pin_memory=device.type == "cuda")
     waited = [0.0]  # seconds spent waiting for the next batch (decoding that the workers did not hide)
+    norms: list[torch.Tensor] = []  # --clip-grad-norm: each step's gradient norm before clipping
     for step, (idx, raw, views) in enumerate(_timed(batches, waited), 1):
         raw = raw.to(device, non_blocking=True)
         xb = data.normalize(raw)
@@ -307,6 +308,9 @@ def train_epoch(loop: Loop, state: TrainState, epoch: int) -> dict[str, float]:
                if loop.distill is not None else kd_loss(logits.float(), None, yb, label_smoothing=cfg.label_smoothing))
         state.opt.zero_grad(set_to_none=True)
         out["loss"].backward()
+        if cfg.clip_grad_norm > 0:  # the norm before clipping, kept: the epoch's record says how often it bit
+            norms.append(torch.nn.utils.clip_grad_norm_([p for g in state.opt.param_groups for p in g["params"]],
+                                                        cfg.clip_grad_norm).detach())
         state.opt.step()
         state.sched.step()
         if state.ema is not None:
@@ -328,6 +332,10 @@ def train_epoch(loop: Loop, state: TrainState, epoch: int) -> dict[str, float]:
     train_seconds = time.perf_counter() - t0
     record = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / seen, "train_ce": ce_sum / seen,
               "train_kd": kd_sum / seen, "train_accuracy": correct / seen}
+    if norms:
+        n_all = torch.stack(norms).float()
+        record.update(grad_norm_median=n_all.median().item(), grad_norm_max=n_all.max().item(),
+                      clipped_steps=int((n_all > cfg.clip_grad_norm).sum()))
     if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:  # --eval-every: the last epoch is always evaluated
         with state.ema.applied(state.model) if state.ema is not None else contextlib.nullcontext(state.model) as m:
             test = evaluate(m, data, "test", device=device)
