@@ -13,6 +13,7 @@ import dataclasses
 import itertools
 import math
 import shutil
+import statistics
 import time
 from pathlib import Path
 
@@ -160,6 +161,7 @@ def run_sweep(cfg: RunConfig, grid: Grid, *, reporter: Reporter | None = None, l
         "baseline": {"arch": cfg.student, "mean": base_m, "std": base_sd,
                      "accuracies": [baselines[s]["accuracy"] for s in grid.seeds]},
         "cells": cells,
+        "histories": {f"{name}-s{seed}": u.get("history", []) for (name, seed), u in units.items()},
         "best": {"cell": best_key, **cells[best_key], "kd_gain_points": (cells[best_key]["mean"] - base_m) * 100},
     }
     log(f"best cell {best_key}: exporting and benchmarking its seed-{first} student")
@@ -236,12 +238,28 @@ def sweep_markdown(r: dict) -> str:
                    (_cell(loss, T, b, scaled) for T in g["temperatures"])]
             lines.append(f"| beta = {b:g} | " + " | ".join(row) + " |")
         lines.append("")
+    lines += _clip_lines(r)
     env = r["environment"]
     lines += [f"Training time of everything above {r.get('train_seconds_total', 0):.0f} s; this run's wall time "
               f"{r.get('wall_seconds', 0):.0f} s (finished cells are reused on a rerun), on {env['cpu']} "
               f"({env['cpu_cores']} cores), "
               f"torch {env['torch']}, onnxruntime {env['onnxruntime']}.", "", "![heatmap](heatmap.png)", ""]
     return "\n".join(lines)
+
+
+def _clip_lines(r: dict) -> list[str]:
+    """With --clip-grad-norm: each unit's gradient norm before clipping and how many steps the bound cut."""
+    bound = r["config"]["train"].get("clip_grad_norm", 0)
+    rows = [(unit, [h for h in hist if "grad_norm_max" in h]) for unit, hist in r.get("histories", {}).items()]
+    rows = [(unit, hs) for unit, hs in rows if hs]
+    if not bound or not rows:
+        return []
+    lines = [f"### Gradient norm before clipping (--clip-grad-norm {bound:g})", "",
+             "| unit | median of the epochs' medians | largest | steps clipped |", "|---|---|---|---|"]
+    for unit, hs in rows:
+        lines.append(f"| {unit} | {statistics.median(h['grad_norm_median'] for h in hs):.3g} | "
+                     f"{max(h['grad_norm_max'] for h in hs):.3g} | {sum(h['clipped_steps'] for h in hs)} |")
+    return lines + [""]
 
 
 def plot_heatmap(r: dict, path: Path) -> None:

@@ -277,3 +277,21 @@ def test_clip_grad_norm_step_by_hand(digits):
         assert rec["grad_norm_max"] == pytest.approx(norm, rel=1e-4) and rec["clipped_steps"] == (scale < 1)
         for p, p0, g in zip(m.parameters(), params0, grads):
             assert torch.allclose(p, p0 - lr * scale * g, atol=1e-6, rtol=1e-4)
+
+
+def test_clip_grad_norm_stops_on_a_nonfinite_gradient(digits):
+    """sqrt at 0 has an infinite slope: the loss is finite, the gradient is not. Clipping cannot bound it; the run
+    stops with one line naming the gradient (not the NaN loss it causes a few steps later)."""
+    from kdexport.errors import TrainingError
+
+    class Kinked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(64, 10)
+            self.p = nn.Parameter(torch.zeros(()))
+
+        def forward(self, x):
+            return self.fc(x.flatten(1)) + self.p.abs().sqrt()
+
+    with pytest.raises(TrainingError, match="gradient norm became (nan|inf) at epoch 1"):
+        fit(Kinked(), digits, TrainConfig(epochs=1, clip_grad_norm=1.0))

@@ -266,6 +266,15 @@ def _nonfinite(loop: Loop, sums: list[float], epoch: int) -> TrainingError:
     return TrainingError(f"{loop.label}: loss became {sums[0]} at epoch {epoch}; lower the learning rate{hint}")
 
 
+def _nonfinite_gradient(loop: Loop, norms: list[torch.Tensor], epoch: int) -> TrainingError:
+    """A non-finite gradient norm under --clip-grad-norm: the clipped step would be zero (an overflowing norm) or
+    NaN, so the run would train on silently or fail later with a loss that hides the cause: stop now."""
+    bad = next(v for v in (float(n) for n in norms) if not math.isfinite(v))
+    hint = " (the last good epoch's state is kept; fix and --resume)" if loop.resumable else ""
+    return TrainingError(f"{loop.label}: the gradient norm became {bad} at epoch {epoch}, which clipping cannot "
+                         f"bound; lower the learning rate or the soft-loss weight{hint}")
+
+
 def _timed(it, waited: list[float]):
     """``it``'s items, adding the time each ``next`` took to ``waited[0]``."""
     it = iter(it)
@@ -322,6 +331,8 @@ def train_epoch(loop: Loop, state: TrainState, epoch: int) -> dict[str, float]:
                                 ).to(sums.dtype)
         if step % 25 == 0 or step == steps_per_epoch:
             s = sums.tolist()
+            if norms and not bool(torch.isfinite(torch.stack(norms[-25:])).all()):  # the cause, before its effect
+                raise _nonfinite_gradient(loop, norms[-25:], epoch)
             if not math.isfinite(s[0]):
                 raise _nonfinite(loop, s, epoch)
             loop.reporter.step_n(25 if step % 25 == 0 else step % 25,
