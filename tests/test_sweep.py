@@ -67,6 +67,10 @@ def test_sweep_bookkeeping_and_outputs(swept):
     assert "| beta = 0.5 |" in md and "T = 4" in md and "unscaled" in md
     assert "2 seeds (0, 1)" in md and md.count(" ± ") == 1 + 2 + 4  # legend, baseline, best cell, 4 cells
     assert (out / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
+    # every unit's per-epoch history is in sweep.json (the cells' own files hold the same)
+    assert set(r["histories"]) == {f"{k}-s{s}" for k in ("baseline", *r["cells"]) for s in (0, 1)}
+    assert r["histories"]["baseline-s1"] == json.loads((out / "cells" / "baseline-s1.json").read_text())["history"]
+    assert "Gradient norm" not in md  # no --clip-grad-norm: no norms recorded, no table
 
 
 def test_rerun_skips_finished_cells(swept, monkeypatch):
@@ -182,3 +186,19 @@ def test_ensemble_teacher_interrupted_in_its_second_member_continues_there(tmp_p
     assert again["teacher"]["accuracy"] == first["teacher"]["accuracy"]  # bit for bit on the CPU
     assert again["cells"] == first["cells"]
     assert not list(out.rglob("*.state*.pt"))  # the members' states went with the finished teacher
+
+
+def test_clipped_sweep_tabulates_each_units_gradient_norms(tmp_path, digits):
+    """--clip-grad-norm far below any gradient: every step of every unit is clipped, and sweep.md says so per unit
+    with the norms before clipping."""
+    steps = math.ceil(digits.x_train.shape[0] / 64) * 2  # batch 64, 2 epochs
+    grid = Grid(temperatures=(4.0,), soft_weights=(0.5,), seeds=(0,))
+    cfg = _cfg(tmp_path / "s")
+    r = run_sweep(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, clip_grad_norm=1e-4)), grid)
+    md = (tmp_path / "s" / "sweep.md").read_text()
+    assert "### Gradient norm before clipping (--clip-grad-norm 0.0001)" in md
+    for unit in ("baseline-s0", "T4-b0.5-t2-s0"):
+        hist = r["histories"][unit]
+        assert sum(h["clipped_steps"] for h in hist) == steps and min(h["grad_norm_median"] for h in hist) > 1e-4
+        row = next(ln for ln in md.splitlines() if ln.startswith(f"| {unit} |"))
+        assert row.endswith(f"| {steps} |")
