@@ -12,12 +12,10 @@ Writes benchmarks/results/teacher_tta.json and .md.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
-from kdexport.config import TTAS
 from kdexport.data.datasets import load_dataset
-from kdexport.distill.teacher import TTA, TorchTeacher, teacher_accuracy
+from kdexport.distill.teacher import TorchTeacher, tta_accuracies
 from kdexport.envinfo import result_stamp, stamp_markdown, usable_cores
 from kdexport.files import atomic_write_json, atomic_write_text
 from kdexport.models.checkpoint import load_model
@@ -37,19 +35,14 @@ def main() -> None:
     data = load_dataset(args.dataset, args.data_dir, download=False)
     rows = []
     for precision in ("fp32", "bf16"):
-        base = TorchTeacher.for_data(model, data, "cpu", precision)
-        for mode in TTAS:
-            t0 = time.perf_counter()
-            acc = teacher_accuracy(TTA[mode](base), data)
-            rows.append({"precision": precision, "tta": mode, "accuracy": acc,
-                         "seconds_test_split": time.perf_counter() - t0})
+        for r in tta_accuracies(TorchTeacher.for_data(model, data, "cpu", precision), data):
+            rows.append({"precision": precision, "tta": r["tta"], "accuracy": r["accuracy"],
+                         "seconds_test_split": r["seconds"]})
             print(rows[-1], flush=True)
     members = []  # an ensemble's members alone (fp32): what averaging them buys
     for k, member in enumerate(getattr(model, "members", []), 1):
-        base = TorchTeacher.for_data(member, data, "cpu", "fp32")
-        for mode in ("none", "flip"):
-            members.append({"member": k, "precision": "fp32", "tta": mode,
-                            "accuracy": teacher_accuracy(TTA[mode](base), data)})
+        for r in tta_accuracies(TorchTeacher.for_data(member, data, "cpu", "fp32"), data, ("none", "flip")):
+            members.append({"member": k, "precision": "fp32", "tta": r["tta"], "accuracy": r["accuracy"]})
             print(members[-1], flush=True)
     hist = blob.get("history") or []
     epochs = max((h["epoch"] for h in hist), default=0)

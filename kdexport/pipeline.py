@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .bench.timing import bench_onnx, bench_torch, onnx_predictions, p50, prediction_health, real_images
-from .config import TTAS, KDConfig, RunConfig, TrainConfig
+from .config import KDConfig, RunConfig, TrainConfig
 from .data.augment import resolve_augment
 from .data.datasets import DATASETS, Dataset, load_dataset, memory_budget
 from .distill.hint import Hint
@@ -31,6 +31,7 @@ from .distill.teacher import (
     finite_views,
     teacher_accuracy,
     teacher_logits,
+    tta_accuracies,
 )
 from .distill.train import Reporter, evaluate, fit, remove_training_state, resolve_device
 from .envinfo import environment, git_commit, now_iso, usable_cores
@@ -501,22 +502,16 @@ def teacher_only(cfg: RunConfig, path: str | Path, *, resume: bool = False, repo
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = path.with_name(f"{path.stem}.state.pt")
-    t0 = time.perf_counter()
     history = train_teacher(ctx, teacher, reporter, log, state_path=state, resume=resume)
-    fit_seconds = time.perf_counter() - t0
     save_checkpoint(path, teacher, ctx.teacher_spec, role="teacher", config=cfg.to_dict(), history=history)
     remove_training_state(state)
-    base = TorchTeacher.for_data(teacher.to(ctx.device).eval(), ctx.data, ctx.device, "fp32")
-    rows = []
-    for mode in TTAS:
-        t0 = time.perf_counter()
-        rows.append({"tta": mode, "accuracy": teacher_accuracy(TTA[mode](base), ctx.data),
-                     "seconds": time.perf_counter() - t0})
-        log(f"teacher: {rows[-1]['accuracy'] * 100:.2f}% on the test split with --teacher-tta {mode}")
+    rows = tta_accuracies(TorchTeacher.for_data(teacher.to(ctx.device).eval(), ctx.data, ctx.device, "fp32"),
+                          ctx.data)
+    for row in rows:
+        log(f"teacher: {row['accuracy'] * 100:.2f}% on the test split with --teacher-tta {row['tta']}")
     return {**report_header(ctx, path.parent),
             "teacher": {"arch": cfg.teacher, "checkpoint": str(path), "epochs": cfg.teacher_train().epochs,
-                        "train_seconds": sum(h["seconds"] for h in history), "fit_seconds_this_run": fit_seconds,
-                        "tta": rows, "history": history}}
+                        "train_seconds": sum(h["seconds"] for h in history), "tta": rows, "history": history}}
 
 
 def quantize_and_bench(ctx: Context, fp32: ModelEntry, out: Path, log: Log = _quiet) -> ModelEntry:

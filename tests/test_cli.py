@@ -71,7 +71,7 @@ def test_existing_out_is_refused_without_overwrite(run):
 def _bad(tmp_path, *args):
     out = tmp_path / "out"
     res = runner.invoke(app, ["distill-export", "--out", str(out), *FAST, *args])
-    assert res.exit_code != 0
+    assert res.exit_code == 2, res.output
     assert "Traceback" not in res.output
     assert not out.exists()  # no half-written artifact
     assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
@@ -110,6 +110,10 @@ def _bad(tmp_path, *args):
     (["--dataset", "imagefolder", "--crop-ratio", "2"], "crop ratio must be in [0.1, 1]"),
     (["--ema", "1"], "ema decay must be in [0, 1)"),
     (["--bias-lr-scale", "0"], "bias lr scale must be > 0"),
+    (["--eval-every", "0"], "eval every must be >= 1 (epochs)"),
+    (["--clip-grad-norm", "-1"], "clip grad norm must be >= 0 (0: off)"),
+    (["--student", "ensemble:2xmlp:8", "--hint", "teacher.net.1:student.members.0.net.1"],
+     "--hint on an ensemble student"),
     (["--teacher-tta", "five-crop"], "teacher tta must be one of none, flip, flip-shift"),
     (["--precision", "fp16"], "precision must be one of auto, fp32, bf16"),
     (["--augment", "mixup"], "unknown augmentation 'mixup'"),

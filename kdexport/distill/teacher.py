@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,6 +206,17 @@ def teacher_accuracy(teacher: Teacher, data: Dataset) -> float:
                          "weights (or ONNX file) are broken, or it diverged while training; fix the teacher")
     pred = logits.argmax(1)
     return int((pred == data.y_test).sum()) / max(len(data.y_test), 1)
+
+
+def tta_accuracies(base: Teacher, data: Dataset, modes=tuple(TTA)) -> list[dict]:
+    """``base``'s test accuracy under each ``--teacher-tta`` mode in ``modes``, with the seconds each pass over the
+    test split took."""
+    rows = []
+    for mode in modes:
+        t0 = time.perf_counter()
+        rows.append({"tta": mode, "accuracy": teacher_accuracy(TTA[mode](base), data),
+                     "seconds": time.perf_counter() - t0})
+    return rows
 
 
 def logits_over(teacher: Teacher, x, batch_size: int = 512, out: np.ndarray | None = None) -> torch.Tensor:

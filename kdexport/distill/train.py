@@ -256,9 +256,13 @@ class Loop:
     resumable: bool  # a per-epoch state is kept (for the NaN message)
 
 
+def _resume_hint(loop: Loop) -> str:
+    return " (the last good epoch's state is kept; fix and --resume)" if loop.resumable else ""
+
+
 def _nonfinite(loop: Loop, sums: list[float], epoch: int) -> TrainingError:
     """The advice fits the cause: a non-finite distillation term with a finite CE is the teacher's."""
-    hint = " (the last good epoch's state is kept; fix and --resume)" if loop.resumable else ""
+    hint = _resume_hint(loop)
     if loop.distill is not None and math.isfinite(sums[1]) and not math.isfinite(sums[2]):
         return TrainingError(f"{loop.label}: the distillation loss became {sums[2]} at epoch {epoch} while the "
                              f"cross-entropy stayed finite: the teacher's logits are NaN or infinite; check the "
@@ -270,9 +274,8 @@ def _nonfinite_gradient(loop: Loop, norms: list[torch.Tensor], epoch: int) -> Tr
     """A non-finite gradient norm under --clip-grad-norm: the clipped step would be zero (an overflowing norm) or
     NaN, so the run would train on silently or fail later with a loss that hides the cause: stop now."""
     bad = next(v for v in (float(n) for n in norms) if not math.isfinite(v))
-    hint = " (the last good epoch's state is kept; fix and --resume)" if loop.resumable else ""
     return TrainingError(f"{loop.label}: the gradient norm became {bad} at epoch {epoch}, which clipping cannot "
-                         f"bound; lower the learning rate or the soft-loss weight{hint}")
+                         f"bound; lower the learning rate or the soft-loss weight{_resume_hint(loop)}")
 
 
 def _timed(it, waited: list[float]):
@@ -304,6 +307,7 @@ def train_epoch(loop: Loop, state: TrainState, epoch: int) -> dict[str, float]:
     batches = train_batches(data, cfg.augment, plan, state.aug_gen, pin_memory=device.type == "cuda")
     waited = [0.0]  # seconds spent waiting for the next batch (decoding that the workers did not hide)
     norms: list[torch.Tensor] = []  # --clip-grad-norm: each step's gradient norm before clipping
+    clipped = [p for g in state.opt.param_groups for p in g["params"]] if cfg.clip_grad_norm > 0 else []
     for step, (idx, raw, views) in enumerate(_timed(batches, waited), 1):
         raw = raw.to(device, non_blocking=True)
         xb = data.normalize(raw)
@@ -317,9 +321,8 @@ def train_epoch(loop: Loop, state: TrainState, epoch: int) -> dict[str, float]:
                if loop.distill is not None else kd_loss(logits.float(), None, yb, label_smoothing=cfg.label_smoothing))
         state.opt.zero_grad(set_to_none=True)
         out["loss"].backward()
-        if cfg.clip_grad_norm > 0:  # the norm before clipping, kept: the epoch's record says how often it bit
-            norms.append(torch.nn.utils.clip_grad_norm_([p for g in state.opt.param_groups for p in g["params"]],
-                                                        cfg.clip_grad_norm).detach())
+        if clipped:  # the norm before clipping, kept: the epoch's record says how often it bit
+            norms.append(torch.nn.utils.clip_grad_norm_(clipped, cfg.clip_grad_norm).detach())
         state.opt.step()
         state.sched.step()
         if state.ema is not None:

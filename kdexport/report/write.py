@@ -152,12 +152,11 @@ def plot_curves(report: dict, path: Path) -> None:
             name = role if member is None else f"{role} member {member}"
             ep = [r["epoch"] for r in rs]
             tested = [r for r in rs if "test_accuracy" in r]  # --eval-every skips some epochs' evaluation
-            ax_acc.plot([r["epoch"] for r in tested], [r["test_accuracy"] for r in tested], marker="o", color=color,
-                        label=f"{name} test")
+            ep_tested = [r["epoch"] for r in tested]
+            ax_acc.plot(ep_tested, [r["test_accuracy"] for r in tested], marker="o", color=color, label=f"{name} test")
             ax_acc.plot(ep, [r["train_accuracy"] for r in rs], ls="--", alpha=0.6, color=color,
                         label=f"{name} train")
-            ax_loss.plot([r["epoch"] for r in tested], [r["test_loss"] for r in tested], marker="o", color=color,
-                         label=f"{name} test CE")
+            ax_loss.plot(ep_tested, [r["test_loss"] for r in tested], marker="o", color=color, label=f"{name} test CE")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="test loss")
     for ax in (ax_acc, ax_loss):
