@@ -9,6 +9,7 @@ import shlex
 import sys
 from datetime import datetime, timezone
 from importlib import metadata
+from pathlib import Path
 
 
 def _version(dist: str) -> str | None:
@@ -54,16 +55,16 @@ def usable_cores() -> int:
 
 
 @functools.cache
-def git_commit() -> str | None:
+def git_commit(root: Path | None = None) -> str | None:
     """The kdexport source's git commit (with '+dirty' when the package or benchmarks have uncommitted
-    changes), when run from a checkout. Read once per process: a long run started before a commit is
-    stamped with the code it started from (``prepare`` reads it at the start of every run)."""
+    changes), when run from a checkout; in a copy without .git (the GPU machine's), $KDEXPORT_GIT_COMMIT as the
+    copier set it. Read once per process: a long run started before a commit is stamped with the code it started
+    from (``prepare`` reads it at the start of every run)."""
     import subprocess
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = root or Path(__file__).resolve().parents[1]
     if not (root / ".git").exists():
-        return None
+        return os.environ.get("KDEXPORT_GIT_COMMIT") or None
     try:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, timeout=5).stdout.strip()

@@ -30,7 +30,7 @@ def test_recipe_is_valid(name):
 
 
 def test_results_carry_stamps():
-    for p in (ROOT / "benchmarks" / "results").glob("*.json"):
+    for p in (ROOT / "benchmarks" / "results").rglob("*.json"):  # gpu/ too
         r = json.loads(p.read_text())
         env = r["environment"]
         assert env["cpu"] and env["torch"] and r["created"], p.name

@@ -1,0 +1,180 @@
+"""Issue 19's GPU check as one prepared script for the device tool (15 minutes of one GPU per session; never CI).
+
+The device takes this checkout, not ../shared, so the data travels packed. Here, once:
+
+    python benchmarks/gpu_run.py pack        # ../shared/datasets/cifar10-jpeg -> .devdata/cifar10-jpeg.tar.gz (~20 MB)
+
+It prints the device command to give the tool's `run` (carry [".devdata"], timeout_s 540), with this commit filled in:
+
+    KDEXPORT_GIT_COMMIT=<commit> PYTHONPATH=. PYTHONUNBUFFERED=1 python3 benchmarks/gpu_run.py run --out $OUT
+
+`run` unpacks the data into a temporary folder, then runs each step below through benchmarks/run_recipe.py (the
+recipes say device auto: CUDA there, with the training loop's own bf16 autocast and channels_last), all of them
+under a fresh --workroot so that step 2 distils from the teacher step 1 trained:
+
+  1. cifar10-fast-teacher-wide-long       the strong teacher (fastcifar:1.5, 19 epochs) and its TTA accuracies
+  2. cifar10-fast-teacher-students-best   fastcifar:0.25 alone and distilled from it, 3 seeds, exported, benchmarked
+  3. cifar10-resnet50-resnet18-cifar-stem-gpu   the seed's best ResNet50 -> ResNet18 cell, time permitting
+
+Each step runs as a subprocess bounded by what is left of --budget-s (default 420 s, so that a session's 15 minutes
+hold the machine's start, the transfers and a shorter rerun); one still running at the budget is stopped and
+recorded so, and a step is not started with less than its minimum left. Into --out go each finished step's
+NAME.json and NAME.md (stamped with the GPU), gpu_run.json (every step's status and seconds, the environment) and
+gpu_run.log (all output): 8 files, the device's limit. Back here, copy them into benchmarks/results/gpu/.
+
+A dry run of the same road on the CPU, on a small subset and one epoch:
+
+    python benchmarks/gpu_run.py pack --per-class 20 --dest /tmp/small.tar.gz
+    python benchmarks/gpu_run.py run --archive /tmp/small.tar.gz --out /tmp/gpu-dry --allow-cpu \\
+        --set teacher_epochs=1 --set train.epochs=1 --set bench_iters=5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+ARCHIVE = ROOT / ".devdata" / "cifar10-jpeg.tar.gz"
+SOURCE = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg"
+DATA_NAME = "cifar10-jpeg"
+
+# (recipe, least seconds worth starting it with)
+STEPS: tuple[tuple[str, float], ...] = (
+    ("cifar10-fast-teacher-wide-long", 60.0),
+    ("cifar10-fast-teacher-students-best", 60.0),
+    ("cifar10-resnet50-resnet18-cifar-stem-gpu", 150.0),
+)
+
+
+def pack(src: Path, dest: Path, per_class: int | None = None) -> tuple[Path, int]:
+    """``src``'s train/ and test/ class folders as one gzipped tar under the top folder ``cifar10-jpeg``; with
+    ``per_class``, only the first that many files (sorted by name) of each class folder. Returns (dest, files)."""
+    splits = [src / s for s in ("train", "test")]
+    if not all(s.is_dir() for s in splits):
+        raise SystemExit(f"{src} is not an ImageFolder with train/ and test/ (see ../shared/datasets/README.md)")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(dest.name + ".partial")
+    count = 0
+    with tarfile.open(partial, "w:gz", compresslevel=1) as tar:
+        for split in splits:
+            for cls in sorted(p for p in split.iterdir() if p.is_dir()):
+                files = sorted(p for p in cls.iterdir() if p.is_file())
+                for f in files[:per_class] if per_class else files:
+                    tar.add(f, arcname=f"{DATA_NAME}/{split.name}/{cls.name}/{f.name}")
+                    count += 1
+    os.replace(partial, dest)
+    return dest, count
+
+
+def unpack(archive: Path, dest: Path) -> Path:
+    """Extract ``archive`` (as written by :func:`pack`) into ``dest``; returns the dataset folder."""
+    if not archive.exists():
+        raise SystemExit(f"no {archive}: run `python benchmarks/gpu_run.py pack` here first and carry .devdata")
+    with tarfile.open(archive, "r:gz") as tar:
+        tar.extractall(dest, filter="data")
+    return dest / DATA_NAME
+
+
+def _run_bounded(cmd: list[str], log, timeout: float) -> int | None:
+    """Run ``cmd`` with its output appended to ``log``; its exit code, or None when stopped at ``timeout``."""
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # its whole process group: no stray worker keeps the GPU
+        proc.wait()
+        return None
+
+
+def run_steps(steps, data_dir: Path, out: Path, workroot: Path, budget_s: float, sets: list[str], log,
+              python: str = sys.executable, clock=time.monotonic) -> list[dict]:
+    """Run each (recipe, least seconds) of ``steps`` through run_recipe.py within ``budget_s`` in all."""
+    t0 = clock()
+    records = []
+    for name, least in steps:
+        left = budget_s - (clock() - t0)
+        rec = {"recipe": name}
+        if left < least:
+            rec.update(status="skipped", reason=f"{left:.0f} s left of the budget, under this step's {least:.0f} s")
+        else:
+            cmd = [python, str(HERE / "run_recipe.py"), name, "--data-dir", str(data_dir), "--workroot", str(workroot),
+                   "--results-dir", str(out), *(a for s in sets for a in ("--set", s))]
+            log.write(f"\n===== {name}: {' '.join(cmd)}\n")
+            log.flush()
+            t = clock()
+            rc = _run_bounded(cmd, log, left)
+            rec["seconds"] = round(clock() - t, 1)
+            if rc is None:
+                rec.update(status="stopped", reason=f"still running when the budget ({budget_s:.0f} s) ran out")
+            else:
+                rec["status"] = "done" if rc == 0 else f"failed (exit {rc})"
+        records.append(rec)
+        print(f"gpu_run: {name}: {rec['status']}" + (f" in {rec['seconds']:.0f} s" if "seconds" in rec else "")
+              + (f" ({rec['reason']})" if "reason" in rec else ""), flush=True)
+    return records
+
+
+def _device_command() -> str:
+    from kdexport.envinfo import git_commit
+
+    commit = git_commit() or "unknown"
+    return (f"KDEXPORT_GIT_COMMIT={commit} PYTHONPATH=. PYTHONUNBUFFERED=1 python3 benchmarks/gpu_run.py run "
+            f"--out $OUT")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("pack", help="pack the CIFAR-10 JPEG copy for the device")
+    p.add_argument("--src", type=Path, default=SOURCE)
+    p.add_argument("--dest", type=Path, default=ARCHIVE)
+    p.add_argument("--per-class", type=int, default=None, help="only this many images per class and split")
+    r = sub.add_parser("run", help="on the GPU machine: unpack and run the steps")
+    r.add_argument("--out", type=Path, required=True, help="where results, gpu_run.json and gpu_run.log go")
+    r.add_argument("--archive", type=Path, default=ARCHIVE)
+    r.add_argument("--budget-s", type=float, default=420.0, help="seconds for all steps together")
+    r.add_argument("--allow-cpu", action="store_true", help="a dry run without CUDA")
+    r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="passed to every step's run_recipe.py (a dry run's shorter schedule)")
+    args = ap.parse_args()
+
+    if args.cmd == "pack":
+        dest, count = pack(args.src, args.dest, args.per_class)
+        print(f"packed {count} images into {dest} ({dest.stat().st_size / 2**20:.1f} MiB)")
+        if dest.resolve() == ARCHIVE:
+            print(f'device tool run: carry [".devdata"], timeout_s 540, command:\n  {_device_command()}')
+        return
+
+    import torch
+
+    from kdexport.envinfo import environment, now_iso
+
+    if not torch.cuda.is_available() and not args.allow_cpu:
+        raise SystemExit("gpu_run: no CUDA device here (--allow-cpu for a dry run on the CPU)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = {"created": now_iso(), "environment": environment(), "budget_s": args.budget_s, "sets": args.sets}
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp, open(args.out / "gpu_run.log", "w") as log:
+        data = unpack(args.archive, Path(tmp))
+        report["unpack_seconds"] = round(time.monotonic() - t0, 1)
+        budget = args.budget_s - report["unpack_seconds"]
+        report["steps"] = run_steps(STEPS, data, args.out, Path(tmp) / "work", budget, args.sets, log)
+    report["wall_seconds"] = round(time.monotonic() - t0, 1)
+    (args.out / "gpu_run.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"gpu_run: {report['wall_seconds']:.0f} s in all; results in {args.out}")
+    if any(s["status"].startswith("failed") for s in report["steps"]):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""benchmarks/gpu_run.py (issue 19's GPU check) and run_recipe's --set/--workroot/--results-dir, without a GPU:
+the data packs and unpacks to the same ImageFolder, the step runner keeps its time budget and says what became of
+each step, and an overridden recipe can never write over the committed results or runs."""
+
+import json
+import os
+import stat
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import gpu_run  # noqa: E402
+import run_recipe  # noqa: E402
+
+
+def _imagefolder(root: Path, per_class: int) -> dict[str, bytes]:
+    files = {}
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(per_class):
+                rel = f"{split}/{cls}/{i:03d}.jpg"
+                files[rel] = f"{rel} bytes".encode()
+                (root / rel).write_bytes(files[rel])
+    return files
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_pack_unpack_round_trip_and_subset(tmp_path):
+    files = _imagefolder(tmp_path / "src", per_class=3)
+    dest, count = gpu_run.pack(tmp_path / "src", tmp_path / "d" / "all.tar.gz")
+    assert count == 12 and not list((tmp_path / "d").glob("*.partial"))
+    assert _files(gpu_run.unpack(dest, tmp_path / "x")) == files  # byte for byte, same layout
+    dest, count = gpu_run.pack(tmp_path / "src", tmp_path / "d" / "two.tar.gz", per_class=2)
+    got = _files(gpu_run.unpack(dest, tmp_path / "y"))
+    assert count == 8 and sorted(got) == sorted(k for k in files if not k.endswith("002.jpg"))  # first 2 by name
+
+
+def test_pack_refuses_a_folder_without_splits(tmp_path):
+    (tmp_path / "train").mkdir()
+    with pytest.raises(SystemExit, match="train/ and test/"):
+        gpu_run.pack(tmp_path, tmp_path / "a.tar.gz")
+    with pytest.raises(SystemExit, match="gpu_run.py pack"):
+        gpu_run.unpack(tmp_path / "missing.tar.gz", tmp_path)
+
+
+def test_steps_keep_the_budget_and_report_each_outcome(tmp_path):
+    """A fake interpreter stands in for run_recipe.py: its second argument is the step's name."""
+    fake = tmp_path / "fake.sh"
+    fake.write_text('#!/bin/sh\necho "ran $2"\ncase "$2" in ok) exit 0;; bad) exit 3;; slow) sleep 30;; esac\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    steps = (("ok", 0.0), ("bad", 0.0), ("slow", 0.0), ("late", 1.0))
+    with open(tmp_path / "log", "w") as log:
+        t = time.monotonic()
+        recs = gpu_run.run_steps(steps, tmp_path / "data", tmp_path / "out", tmp_path / "w", 2.0, ["a=1"], log,
+                                 python=str(fake))
+        took = time.monotonic() - t
+    assert [r["status"] for r in recs] == ["done", "failed (exit 3)", "stopped", "skipped"]
+    assert took < 10  # the sleeping step was killed at the budget, not waited for
+    text = (tmp_path / "log").read_text()
+    assert "ran ok" in text and "ran bad" in text and "--workroot" in text and "--set a=1" in text
+
+
+def test_overrides_change_a_copy_only():
+    r = run_recipe.load_recipe("cifar10-fast-teacher-students-best")
+    got = run_recipe.apply_overrides(r, ["train.epochs=1", "teacher_epochs=2", "grid.seeds=[0]", "teacher_tta=none"])
+    assert got["config"]["train"]["epochs"] == 1 and got["config"]["teacher_epochs"] == 2
+    assert got["grid"]["seeds"] == [0] and got["config"]["teacher_tta"] == "none"  # not JSON: kept as a string
+    assert r["config"]["train"]["epochs"] == 10 and r["grid"]["seeds"] == [0, 1, 2]
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        run_recipe.apply_overrides(r, ["train.epochs"])
+    with pytest.raises(SystemExit, match="not a sweep"):
+        run_recipe.apply_overrides(run_recipe.load_recipe("cifar10-fast-teacher-wide-long"), ["grid.seeds=[0]"])
+
+
+@pytest.mark.parametrize("extra", [[], ["--results-dir", "/tmp/r"], ["--workroot", "/tmp/w"]])
+def test_set_needs_its_own_results_and_workroot(monkeypatch, extra):
+    monkeypatch.setattr(sys, "argv", ["run_recipe.py", "digits-default", "--set", "train.epochs=1", *extra])
+    with pytest.raises(SystemExit, match="--results-dir and --workroot"):
+        run_recipe.main()
+
+
+def test_checkpoint_paths_follow_the_workroot(tmp_path):
+    r = run_recipe.load_recipe("cifar10-fast-teacher-students-best")
+    cfg = run_recipe.recipe_config(r, "/data", str(tmp_path / "o"), workroot=tmp_path)
+    assert cfg.teacher_checkpoint == str(tmp_path / "runs/recipes/cifar10-fast-teacher-wide-long/teacher.pt")
+    assert cfg.data_dir == "/data"
+
+
+def test_overridden_run_records_its_changes(tmp_path):
+    path = run_recipe.run("digits-default", workroot=tmp_path / "w", results=tmp_path / "r",
+                          sets=("train.epochs=1", "bench_iters=2"))
+    rep = json.loads(path.read_text())
+    assert rep["recipe"]["overrides"] == ["train.epochs=1", "bench_iters=2"]
+    assert rep["recipe"]["command"].endswith(
+        "--set train.epochs=1 --set bench_iters=2 --workroot DIR --results-dir DIR")
+    assert [(m["epochs"], len(m["history"])) for m in rep["models"].values()] == [(1, 1)] * 3
+    assert "Not the recipe as committed" in (tmp_path / "r" / "digits-default.md").read_text()
+
+
+def test_commit_stamp_of_a_copy_without_git(tmp_path, monkeypatch):
+    from kdexport.envinfo import git_commit
+
+    monkeypatch.setenv("KDEXPORT_GIT_COMMIT", "abc1234")
+    assert git_commit(tmp_path) == "abc1234"
+    monkeypatch.delenv("KDEXPORT_GIT_COMMIT")
+    assert git_commit(tmp_path / "other") is None
+    assert os.environ.get("KDEXPORT_GIT_COMMIT") is None
