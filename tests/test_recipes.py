@@ -97,3 +97,22 @@ def test_teacher_recipe_trains_saves_and_resumes(tmp_path, monkeypatch):
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), resumed.parameters()))
     with pytest.raises(ConfigError, match="trains its teacher"):
         teacher_only(RunConfig(teacher="mlp:64", teacher_checkpoint=r["teacher"]["checkpoint"]), tmp_path / "c.pt")
+
+
+def test_teacher_target_stats_by_hand():
+    """benchmarks/teacher_targets.py: uniform logits are maximally soft; a margin of 8 at T=4 leaves the true
+    class e^2 / (e^2 + 9) of the mass; accuracy counts argmax hits."""
+    import math
+
+    import torch
+    from teacher_targets import target_stats
+
+    s = target_stats(torch.zeros(3, 10), torch.tensor([0, 1, 2]))
+    assert s["entropy_t4"] == pytest.approx(1.0) and s["p_true_t4"] == pytest.approx(0.1)
+    logits = torch.zeros(2, 10)
+    logits[0, 3] = logits[1, 5] = 8.0
+    s = target_stats(logits, torch.tensor([3, 4]))
+    p = math.exp(2) / (math.exp(2) + 9)
+    assert s["accuracy"] == 0.5
+    assert s["p_true_t4"] == pytest.approx((p + 1 / (math.exp(2) + 9)) / 2, rel=1e-5)
+    assert s["p_true_t1"] == pytest.approx((math.exp(8) / (math.exp(8) + 9) + 1 / (math.exp(8) + 9)) / 2, rel=1e-5)
