@@ -114,3 +114,27 @@ def test_commit_stamp_of_a_copy_without_git(tmp_path, monkeypatch):
     monkeypatch.delenv("KDEXPORT_GIT_COMMIT")
     assert git_commit(tmp_path / "other") is None
     assert os.environ.get("KDEXPORT_GIT_COMMIT") is None
+
+
+def test_run_refuses_a_machine_without_cuda_unless_asked(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(sys, "argv", ["gpu_run.py", "run", "--out", str(tmp_path / "o"),
+                                      "--archive", str(tmp_path / "none.tar.gz")])
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        gpu_run.main()
+    assert not (tmp_path / "o").exists()  # refused before anything was written
+    monkeypatch.setattr(sys, "argv", sys.argv + ["--allow-cpu"])  # then the missing archive is the next stop
+    with pytest.raises(SystemExit, match="gpu_run.py pack"):
+        gpu_run.main()
+
+
+def test_pack_prints_the_device_command_with_the_commit(tmp_path, monkeypatch, capsys):
+    _imagefolder(tmp_path / "src", per_class=1)
+    monkeypatch.setattr(gpu_run, "ARCHIVE", tmp_path / ".devdata" / "c.tar.gz")
+    monkeypatch.setattr(sys, "argv", ["gpu_run.py", "pack", "--src", str(tmp_path / "src"),
+                                      "--dest", str(tmp_path / ".devdata" / "c.tar.gz")])
+    gpu_run.main()
+    out = capsys.readouterr().out
+    assert "packed 4 images" in out and "KDEXPORT_GIT_COMMIT=" in out and "run --out $OUT" in out
