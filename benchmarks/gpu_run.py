@@ -32,7 +32,6 @@ A dry run of the same road on the CPU, on a small subset and one epoch:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -158,19 +157,21 @@ def main() -> None:
     import torch
 
     from kdexport.envinfo import environment, now_iso
+    from kdexport.files import atomic_write_json
 
     if not torch.cuda.is_available() and not args.allow_cpu:
         raise SystemExit("gpu_run: no CUDA device here (--allow-cpu for a dry run on the CPU)")
-    args.out.mkdir(parents=True, exist_ok=True)
     report = {"created": now_iso(), "environment": environment(), "budget_s": args.budget_s, "sets": args.sets}
     t0 = time.monotonic()
-    with tempfile.TemporaryDirectory() as tmp, open(args.out / "gpu_run.log", "w") as log:
-        data = unpack(args.archive, Path(tmp))
+    with tempfile.TemporaryDirectory() as tmp:
+        data = unpack(args.archive, Path(tmp))  # a missing archive stops here, before --out is touched
         report["unpack_seconds"] = round(time.monotonic() - t0, 1)
-        budget = args.budget_s - report["unpack_seconds"]
-        report["steps"] = run_steps(STEPS, data, args.out, Path(tmp) / "work", budget, args.sets, log)
+        args.out.mkdir(parents=True, exist_ok=True)
+        with open(args.out / "gpu_run.log", "w") as log:
+            report["steps"] = run_steps(STEPS, data, args.out, Path(tmp) / "work",
+                                        args.budget_s - report["unpack_seconds"], args.sets, log)
     report["wall_seconds"] = round(time.monotonic() - t0, 1)
-    (args.out / "gpu_run.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_json(args.out / "gpu_run.json", report)
     print(f"gpu_run: {report['wall_seconds']:.0f} s in all; results in {args.out}")
     if any(s["status"].startswith("failed") for s in report["steps"]):
         sys.exit(1)

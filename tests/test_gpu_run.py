@@ -128,6 +128,7 @@ def test_run_refuses_a_machine_without_cuda_unless_asked(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", sys.argv + ["--allow-cpu"])  # then the missing archive is the next stop
     with pytest.raises(SystemExit, match="gpu_run.py pack"):
         gpu_run.main()
+    assert not (tmp_path / "o").exists()
 
 
 def test_pack_prints_the_device_command_with_the_commit(tmp_path, monkeypatch, capsys):
