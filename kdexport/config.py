@@ -83,7 +83,7 @@ def format_default(value: Any) -> str:
 # -- the configs --------------------------------------------------------------------------------------
 
 OPTIMIZERS = ("adam", "sgd")
-SCHEDULERS = ("cosine", "onecycle", "none")
+SCHEDULERS = ("cosine", "onecycle", "triangle", "none")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 QUANTIZE_MODES = ("none", "static", "dynamic")
@@ -101,7 +101,10 @@ class TrainConfig:
     lr: float = option(3e-3, "Peak learning rate.")
     weight_decay: float = option(0.0, "Weight decay.")
     momentum: float = option(0.9, "SGD momentum.")
-    scheduler: str = option("cosine", "Learning-rate schedule: cosine, onecycle or none.")
+    scheduler: str = option("cosine", "Learning-rate schedule: cosine, onecycle (PyTorch's OneCycleLR; it also cycles "
+                                      "SGD's momentum between 0.85 and 0.95), triangle (airbench's: linear from 0.2x "
+                                      "the peak to the peak at 23% of the steps, then linear to 0.07x; momentum as "
+                                      "given) or none.")
     seed: int = option(0, "Seed for initialization, data order, augmentation and dropout.")
     label_smoothing: float = option(0.0, "Label smoothing of the cross-entropy term (baseline, student and a "
                                          "trained teacher alike), in [0, 1).")
@@ -109,6 +112,10 @@ class TrainConfig:
     ema: float = option(0.0, "Keep an exponential moving average of the weights with this decay per step (e.g. "
                              "0.999; warmed up as min(decay, (1+t)/(10+t))); the average is what is evaluated, "
                              "saved and exported. 0: off.")
+    lookahead: bool = option(False, "airbench's lookahead: every 5 steps, move a running average of the weights "
+                                    "(and BatchNorm statistics) toward them by 1 - d and copy it back into the model, "
+                                    "with d = 0.95^5 * (progress)^3 growing from 0 to 0.77; the model ends as the "
+                                    "average. Not with --ema.")
     bias_lr_scale: float = option(1.0, "Multiply the learning rate of normalization-layer biases (BatchNorm, "
                                        "LayerNorm, GroupNorm) by this (airbench: 64); their weight decay per step "
                                        "stays that of the other weights.")
@@ -141,6 +148,7 @@ class TrainConfig:
         _check(_finite(self.label_smoothing) and 0 <= self.label_smoothing < 1,
                f"label smoothing must be in [0, 1), got {self.label_smoothing}")
         _check(_finite(self.ema) and 0 <= self.ema < 1, f"ema decay must be in [0, 1), got {self.ema}")
+        _check(not (self.lookahead and self.ema > 0), "--lookahead and --ema both average the weights: choose one")
         _check(_finite(self.bias_lr_scale) and self.bias_lr_scale > 0,
                f"bias lr scale must be > 0, got {self.bias_lr_scale}")
         _check(_finite(self.clip_grad_norm) and self.clip_grad_norm >= 0,
@@ -246,8 +254,10 @@ class RunConfig:
                                        "in the training process).")
     augment: str = option("auto", "Training augmentation: auto (rrc-flip for RGB photos of 64 px and more, crop-flip "
                                   "for smaller RGB images, else none), none, crop-flip, shift2, shift2-flip, "
-                                  "crop-flip-cutout (crop-flip plus a 12-pixel cutout, airbench96's), rrc-flip "
-                                  "(RandomResizedCrop + flip).")
+                                  "shift2-altflip (alternating flip: each image mirrored every other epoch), "
+                                  "reflect2-flip and reflect2-altflip (the border reflected instead of zeros; the "
+                                  "latter is airbench94's), crop-flip-cutout (crop-flip plus a 12-pixel cutout, "
+                                  "airbench96's), rrc-flip (RandomResizedCrop + flip).")
     teacher_augment: str | None = option(None, "The teacher's augmentation, if different (default: --augment).")
     teacher_tta: str = option("none", "Test-time augmentation of the teacher's logits that students learn from: none, "
                                       "flip (the mean of the image's and its mirror's logits) or flip-shift "

@@ -97,5 +97,6 @@ def test_auto_augmentation_by_data(digits):
     from kdexport.data.augment import resolve_augment
 
     assert resolve_augment("auto", digits) == "none"
-    with pytest.raises(UnknownNameError, match="crop-flip, crop-flip-cutout, none, rrc-flip, shift2, shift2-flip"):
+    with pytest.raises(UnknownNameError, match="crop-flip, crop-flip-cutout, none, reflect2-altflip, "
+                                                 "reflect2-flip, rrc-flip, shift2, shift2-altflip, shift2-flip"):
         resolve_augment("mixup", digits)

@@ -1,5 +1,6 @@
 """General training options for strong recipes: the weight average (--ema), the normalization-bias learning
-rate (--bias-lr-scale) and the teacher's flip test-time augmentation (--teacher-tta)."""
+rate (--bias-lr-scale), airbench's schedule (--scheduler triangle) and lookahead (--lookahead), and the teacher's flip
+test-time augmentation (--teacher-tta)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from torch import nn
 
 from kdexport.config import RunConfig, TrainConfig
 from kdexport.distill.teacher import FlipShiftTTA, FlipTTA, TorchTeacher, shifted
-from kdexport.distill.train import WeightAverage, _optimizer, evaluate, fit, norm_biases
+from kdexport.distill.train import Lookahead, WeightAverage, _optimizer, evaluate, fit, norm_biases, triangle
 from kdexport.errors import ConfigError
 from kdexport.models.builders import ModelSpec, build_model
 
@@ -295,3 +296,98 @@ def test_clip_grad_norm_stops_on_a_nonfinite_gradient(digits):
 
     with pytest.raises(TrainingError, match="gradient norm became (nan|inf) at epoch 1"):
         fit(Kinked(), digits, TrainConfig(epochs=1, clip_grad_norm=1.0))
+
+
+def test_triangle_schedule_by_hand():
+    # 100 steps: 0.2 at step 0, the peak at int(0.23 * 100) = 23, 0.07 at the last step
+    assert [triangle(s, 100) for s in (0, 23, 100)] == pytest.approx([0.2, 1.0, 0.07])
+    assert triangle(10, 100) == pytest.approx(0.2 + 0.8 * 10 / 23)
+    assert triangle(50, 100) == pytest.approx(1 - 0.93 * 27 / 77)
+    assert triangle(0, 3) == pytest.approx(1.0)  # too few steps for a warmup: starts at the peak
+
+
+def test_triangle_drives_the_optimizer_and_keeps_the_momentum(digits):
+    m = build_model(ModelSpec("mlp:32", 10, (1, 8, 8)))
+    cfg = TrainConfig(epochs=2, batch_size=512, optimizer="sgd", lr=0.4, momentum=0.85, scheduler="triangle")
+    h = fit(m, digits, cfg)
+    total = 2 * -(-digits.x_train.shape[0] // 512)
+    assert h[0]["lr"] == pytest.approx(0.4 * 0.2)  # each epoch records the lr it started with
+    assert h[1]["lr"] == pytest.approx(0.4 * triangle(total // 2, total))
+
+
+def test_lookahead_by_hand():
+    m = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        m.weight.fill_(1.0)
+    la = Lookahead(m, total_steps=10)
+    for t in range(1, 5):  # steps 1-4: no synchronization, the model keeps its own weights
+        with torch.no_grad():
+            m.weight.fill_(float(t + 1))
+        la.update(m)
+        assert m.weight.item() == t + 1
+    with torch.no_grad():
+        m.weight.fill_(6.0)
+    la.update(m)  # step 5: d = 0.95^5 * (5/10)^3; average = d * 1 + (1 - d) * 6, copied into the model
+    d5 = 0.95 ** 5 * 0.5 ** 3
+    assert m.weight.item() == pytest.approx(d5 * 1 + (1 - d5) * 6, rel=1e-6)
+    avg5 = m.weight.item()
+    with torch.no_grad():
+        m.weight.fill_(10.0)
+    for _ in range(4):
+        la.update(m)  # steps 6-9
+    assert m.weight.item() == 10.0
+    la.update(m)  # step 10 = total: d = 0.95^5, and the model ends as the average
+    d10 = 0.95 ** 5
+    assert m.weight.item() == pytest.approx(d10 * avg5 + (1 - d10) * 10, rel=1e-6)
+
+
+def test_lookahead_averages_batchnorm_statistics_and_not_counters():
+    m = nn.BatchNorm1d(2)
+    la = Lookahead(m, total_steps=5)
+    with torch.no_grad():
+        m.running_mean.fill_(4.0)
+    m.num_batches_tracked += 7
+    for _ in range(5):
+        la.update(m)
+    d = 0.95 ** 5
+    assert m.running_mean.tolist() == pytest.approx([(1 - d) * 4.0] * 2)
+    assert int(m.num_batches_tracked) == 7
+
+
+def test_lookahead_resumes_bit_for_bit(digits, tmp_path, monkeypatch):
+    import kdexport.distill.train as train_mod
+
+    cfg = TrainConfig(epochs=3, batch_size=256, optimizer="sgd", lr=0.2, momentum=0.85, scheduler="triangle",
+                      lookahead=True, seed=0)
+    torch.manual_seed(0)
+    full = build_model(ModelSpec("mlp:32", 10, (1, 8, 8)))
+    fit(full, digits, cfg)
+    real_epoch = train_mod.train_epoch
+
+    def dies_in_epoch_3(loop, state, epoch):
+        if epoch == 3:
+            raise KeyboardInterrupt
+        return real_epoch(loop, state, epoch)
+
+    monkeypatch.setattr(train_mod, "train_epoch", dies_in_epoch_3)
+    torch.manual_seed(0)
+    part = build_model(ModelSpec("mlp:32", 10, (1, 8, 8)))
+    with pytest.raises(KeyboardInterrupt):
+        fit(part, digits, cfg, state_path=tmp_path / "s.pt")
+    assert torch.load(tmp_path / "s.pt", weights_only=True)["lookahead"]["updates"] > 0
+    monkeypatch.setattr(train_mod, "train_epoch", real_epoch)
+    torch.manual_seed(0)
+    again = build_model(ModelSpec("mlp:32", 10, (1, 8, 8)))
+    fit(again, digits, cfg, state_path=tmp_path / "s.pt", resume=True)
+    assert all(torch.equal(p, q) for p, q in zip(full.parameters(), again.parameters()))
+    torch.manual_seed(0)
+    plain = build_model(ModelSpec("mlp:32", 10, (1, 8, 8)))
+    fit(plain, digits, TrainConfig(**{**cfg.__dict__, "lookahead": False}))
+    assert not all(torch.equal(p, q) for p, q in zip(full.parameters(), plain.parameters()))
+
+
+def test_lookahead_and_ema_are_refused_together():
+    with pytest.raises(ConfigError, match="choose one"):
+        TrainConfig(lookahead=True, ema=0.9)
+    with pytest.raises(ConfigError, match="scheduler must be one of"):
+        TrainConfig(scheduler="triangular")

@@ -131,3 +131,36 @@ def test_a_run_or_sweep_may_switch_between_live_and_view_cached_logits():
     for sweep in (False, True):
         assert resume_options(RunConfig(teacher_view_cache=True), sweep=sweep) == resume_options(RunConfig(),
                                                                                                  sweep=sweep)
+
+
+def test_reflect_padding_renders_the_mirrored_border(digits):
+    img = torch.arange(1, 10, dtype=torch.uint8).reshape(1, 1, 3, 3)  # 1 2 3 / 4 5 6 / 7 8 9
+    s = Shifts(1, flip=True, reflect=True)
+    # reflected by one pixel the padded image's rows are 5 4 5 6 5 / 2 1 2 3 2 / 5 4 5 6 5 / 8 7 8 9 8 / 5 4 5 6 5
+    assert s.render(img, torch.tensor([0]))[0, 0].tolist() == [[5, 4, 5], [2, 1, 2], [5, 4, 5]]
+    assert s.render(img, torch.tensor([15]))[0, 0].tolist() == [[6, 5, 4], [9, 8, 7], [6, 5, 4]]
+    assert s.render(img, torch.tensor([8]))[0, 0].tolist() == img[0, 0].tolist()  # (1, 1): the image itself
+    zeros, reflect = AUGMENTATIONS.get("shift2-flip").views, AUGMENTATIONS.get("reflect2-altflip").views
+    assert (reflect.pad, reflect.flip, reflect.reflect, reflect.alternate) == (2, True, True, True)
+    t = _teacher(digits)
+    assert view_cache_key(t, digits, zeros) != view_cache_key(t, digits, reflect)  # other pixels
+    # the alternating flip draws from the same views, so it shares the zero-padded table
+    assert view_cache_key(t, digits, zeros) == view_cache_key(t, digits, AUGMENTATIONS.get("shift2-altflip").views)
+
+
+def test_alternating_flip_shows_each_image_both_ways_every_two_epochs():
+    odd, even, odd_again = (Shifts.alternating_mirror(1000, e, seed=0) for e in (1, 2, 3))
+    assert torch.equal(odd, ~even) and torch.equal(odd, odd_again)
+    assert 400 < int(odd.sum()) < 600  # a fair coin per image
+    assert not torch.equal(odd, Shifts.alternating_mirror(1000, 1, seed=1))  # seeds draw their own coins
+
+
+def test_train_batches_follow_the_alternating_mirror(digits):
+    n = digits.x_train.shape[0]
+    plan = epoch_plan(n, 256, torch.Generator().manual_seed(0))
+    for epoch in (1, 2):
+        want = Shifts.alternating_mirror(n, epoch, seed=5)
+        for idx, raw, views in train_batches(digits, "shift2-altflip", plan, torch.Generator().manual_seed(1),
+                                             epoch=epoch, seed=5):
+            assert torch.equal(views % 2 == 1, want[idx])
+            assert torch.equal(raw, AUGMENTATIONS.get("shift2-altflip").views.render(digits.x_train[idx], views))

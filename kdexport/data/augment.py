@@ -24,27 +24,43 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Shifts:
-    """A random crop of the image padded by ``pad`` zeros (a shift of up to ``pad`` pixels each way) and an
-    optional mirror: finitely many views, ``count`` of them, numbered
-    ``(dy * (2 * pad + 1) + dx) * (2 if flip else 1) + mirrored``, so a teacher's logits can be computed
-    once per view (``--teacher-view-cache``) and looked up by (view, sample)."""
+    """A random crop of the image padded by ``pad`` pixels (a shift of up to ``pad`` pixels each way; zeros, or
+    with ``reflect`` the image mirrored at its border, as airbench pads) and an optional mirror: finitely many
+    views, ``count`` of them, numbered ``(dy * (2 * pad + 1) + dx) * (2 if flip else 1) + mirrored``, so a
+    teacher's logits can be computed once per view (``--teacher-view-cache``) and looked up by (view, sample).
+
+    With ``alternate`` (airbench's alternating flip) the mirror is not a fresh coin per draw: each image gets one
+    coin for the run and is mirrored by it in odd epochs and against it in even ones, so every two consecutive
+    epochs show each image both ways (the caller passes the coins, :meth:`alternating_mirror`)."""
 
     pad: int
     flip: bool
+    reflect: bool = False
+    alternate: bool = False
 
     @property
     def count(self) -> int:
         return (2 * self.pad + 1) ** 2 * (2 if self.flip else 1)
 
-    def draw(self, b: int, generator: torch.Generator) -> torch.Tensor:
-        """Random view numbers for ``b`` images (the draws: dy, dx, then the mirror coin)."""
+    def draw(self, b: int, generator: torch.Generator, mirror: torch.Tensor | None = None) -> torch.Tensor:
+        """Random view numbers for ``b`` images (the draws: dy, dx, then the mirror coin unless ``mirror``, one
+        bool per image, is given)."""
         side = 2 * self.pad + 1
         dy = torch.randint(0, side, (b,), generator=generator)
         dx = torch.randint(0, side, (b,), generator=generator)
         view = dy * side + dx
         if self.flip:
-            view = view * 2 + (torch.rand(b, generator=generator) < 0.5).long()
+            if mirror is None:
+                mirror = torch.rand(b, generator=generator) < 0.5
+            view = view * 2 + mirror.long()
         return view
+
+    @staticmethod
+    def alternating_mirror(n: int, epoch: int, seed: int) -> torch.Tensor:
+        """The alternating flip's mirror for each of ``n`` samples in ``epoch`` (1-based): a coin per sample drawn
+        once from ``seed``, kept in odd epochs and turned in even ones."""
+        coins = torch.rand(n, generator=torch.Generator().manual_seed(seed + 4_000_037)) < 0.5
+        return coins ^ (epoch % 2 == 0)
 
     def render(self, xb: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
         """Each image of ``xb`` seen as its view in ``views``, vectorized over the batch."""
@@ -53,7 +69,7 @@ class Shifts:
         mirror = views % 2 == 1 if self.flip else torch.zeros(b, dtype=torch.bool)
         offset = views // 2 if self.flip else views
         dy, dx = offset // side, offset % side
-        padded = torch.nn.functional.pad(xb, (pad, pad, pad, pad))
+        padded = torch.nn.functional.pad(xb, (pad, pad, pad, pad), mode="reflect" if self.reflect else "constant")
         rows = (torch.arange(h)[None, :] + dy[:, None])[:, :, None]  # b,h,1
         cols = (torch.arange(w)[None, :] + dx[:, None])[:, None, :]  # b,1,w
         out = padded[torch.arange(b)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)  # b,c,h,w
@@ -107,8 +123,8 @@ class Augmentation:
     views: Shifts | None = None  # finitely many views, numbered: ``batch`` is ``views.batch``
 
 
-def shifts(pad: int, flip: bool) -> Augmentation:
-    views = Shifts(pad, flip)
+def shifts(pad: int, flip: bool, reflect: bool = False, alternate: bool = False) -> Augmentation:
+    views = Shifts(pad, flip, reflect, alternate)
     return Augmentation(views.batch, views=views)
 
 
@@ -117,6 +133,9 @@ AUGMENTATIONS.register("none")(None)
 AUGMENTATIONS.register("crop-flip")(shifts(4, flip=True))
 AUGMENTATIONS.register("shift2")(shifts(2, flip=False))
 AUGMENTATIONS.register("shift2-flip")(shifts(2, flip=True))
+AUGMENTATIONS.register("shift2-altflip")(shifts(2, flip=True, alternate=True))
+AUGMENTATIONS.register("reflect2-flip")(shifts(2, flip=True, reflect=True))
+AUGMENTATIONS.register("reflect2-altflip")(shifts(2, flip=True, reflect=True, alternate=True))  # airbench94's
 AUGMENTATIONS.register("crop-flip-cutout")(Augmentation(crop_flip_cutout_batch))  # no finite set of views
 AUGMENTATIONS.register("rrc-flip")(Augmentation(rrc_flip_batch, random_resized_crop_flip))
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import torch
 
-from .augment import AUGMENTATIONS, Augmentation
+from .augment import AUGMENTATIONS, Augmentation, Shifts
 from .datasets import Dataset
 from .images import ImageFiles
 
@@ -76,17 +76,20 @@ Batch = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]  # sample indic
 
 
 def train_batches(data: Dataset, augment: str, plan: list[torch.Tensor], aug_gen: torch.Generator,
-                  pin_memory: bool = False) -> Iterator[Batch]:
+                  pin_memory: bool = False, epoch: int = 1, seed: int = 0) -> Iterator[Batch]:
     """``(indices, raw batch, views)`` for each step of ``plan``, augmented with ``augment``; ``views`` numbers
     each image's view when the augmentation has finitely many (:class:`~kdexport.data.augment.Shifts`), else
-    None."""
+    None. ``epoch`` (1-based) and ``seed`` fix an alternating flip's mirror per image."""
     aug = AUGMENTATIONS.get(augment)
+    coins = None
+    if aug is not None and aug.views is not None and aug.views.alternate:
+        coins = Shifts.alternating_mirror(data.x_train.shape[0], epoch, seed)
 
-    def augmented(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def augmented(idx: torch.Tensor, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if aug is None:
             return raw, None
         if aug.views is not None:
-            views = aug.views.draw(len(raw), aug_gen)
+            views = aug.views.draw(len(raw), aug_gen, None if coins is None else coins[idx])
             return aug.views.render(raw, views), views
         return aug.batch(raw, aug_gen), None
 
@@ -95,7 +98,7 @@ def train_batches(data: Dataset, augment: str, plan: list[torch.Tensor], aug_gen
         per_sample = aug is not None and aug.sample is not None
         seed = int(torch.randint(0, 2**62, (1,), generator=aug_gen)) if per_sample else 0
         for idx, raw in stream_loader(x, plan, aug if per_sample else None, seed, pin_memory):
-            yield (idx, raw, None) if per_sample else (idx, *augmented(raw))
+            yield (idx, raw, None) if per_sample else (idx, *augmented(idx, raw))
         return
     for idx in plan:
-        yield idx, *augmented(x[idx])
+        yield idx, *augmented(idx, x[idx])

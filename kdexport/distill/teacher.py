@@ -300,8 +300,9 @@ def view_logits_over(teacher: Teacher, x, views: Shifts, out: np.ndarray, batch_
 
 def view_cache_key(teacher: Teacher, data: Dataset, views: Shifts) -> str:
     """Teacher x dataset x the views (their padding and mirror)."""
+    padding = ",reflect" if views.reflect else ""  # (zero padding: the key tables made before reflect had)
     return hashlib.sha256(f"{CACHE_FORMAT}|{teacher.fingerprint()}|{data.fingerprint()}|views={views.pad},"
-                          f"{views.flip}".encode()).hexdigest()[:32]
+                          f"{views.flip}{padding}".encode()).hexdigest()[:32]
 
 
 class LiveLogits:

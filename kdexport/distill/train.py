@@ -125,7 +125,18 @@ def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
     if cfg.scheduler == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups],
                                                    total_steps=max(total_steps, 1))
+    if cfg.scheduler == "triangle":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: triangle(step, total_steps))
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+def triangle(step: int, total_steps: int, start: float = 0.2, peak: float = 0.23, end: float = 0.07) -> float:
+    """airbench's learning-rate factor at ``step``: linear from ``start`` to 1 at ``peak`` of the steps, then
+    linear to ``end`` at the last step."""
+    top = int(peak * total_steps)
+    if step < top:
+        return start + (1 - start) * step / top
+    return 1 + (end - 1) * (step - top) / max(total_steps - top, 1)
 
 
 DATA_INIT_SAMPLES = 5000
@@ -145,16 +156,32 @@ def _uses_conv(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
-class WeightAverage:
+class _Average:
+    """A copy of a model's state (``shadow``) kept beside it, with a count of updates; saved and restored with the
+    training state. ``_pairs`` are (average, live tensor), built once: load_state_dict copies in place."""
+
+    def __init__(self, model: nn.Module):
+        self.updates = 0
+        state = model.state_dict()
+        self.shadow = {k: v.detach().clone() for k, v in state.items()}
+        self._pairs = [(self.shadow[k], v.detach()) for k, v in state.items()]
+
+    def state_dict(self) -> dict:
+        return {"shadow": self.shadow, "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state["shadow"].items():
+            self.shadow[k].copy_(v)
+        self.updates = int(state["updates"])
+
+
+class WeightAverage(_Average):
     """An exponential moving average of a model's floating-point state (weights and BatchNorm statistics;
     integer counters are copied), updated after every optimizer step with decay min(decay, (1+t)/(10+t))."""
 
     def __init__(self, model: nn.Module, decay: float):
-        self.decay, self.updates = decay, 0
-        state = model.state_dict()
-        self.shadow = {k: v.detach().clone() for k, v in state.items()}
-        # (average, live tensor) pairs, built once: load_state_dict copies in place, so the tensors stay
-        self._pairs = [(self.shadow[k], v.detach()) for k, v in state.items()]
+        super().__init__(model)
+        self.decay = decay
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
@@ -176,15 +203,32 @@ class WeightAverage:
         finally:
             model.load_state_dict(own)
 
-    def state_dict(self) -> dict:
-        return {"shadow": self.shadow, "updates": self.updates}
 
-    def load_state_dict(self, state: dict) -> None:
-        for k, v in state["shadow"].items():
-            self.shadow[k].copy_(v)
-        self.updates = int(state["updates"])
+class Lookahead(_Average):
+    """airbench's lookahead: every ``every`` optimizer steps the average moves toward the model's floating-point
+    state by ``1 - d`` and is copied back into the model, with ``d = 0.95^5 * (t / total)^3`` (0 at first: no
+    averaging while the learning rate is high); after the last step (``total_steps``) the model is the average.
+    Integer counters are left alone."""
 
+    def __init__(self, model: nn.Module, total_steps: int, every: int = 5):
+        super().__init__(model)
+        self.total, self.every = max(total_steps, 1), every
+        self._pairs = [(avg, v) for avg, v in self._pairs if v.dtype.is_floating_point]
 
+    def decay(self, t: int) -> float:
+        return 0.95 ** 5 * (t / self.total) ** 3
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        if self.updates % self.every == 0:
+            d = self.decay(self.updates)
+            for avg, v in self._pairs:
+                avg.lerp_(v, 1 - d)
+                v.copy_(avg)
+        elif self.updates == self.total:  # the last step: the model ends as the average (airbench)
+            for avg, v in self._pairs:
+                v.copy_(avg)
 
 
 @dataclass
@@ -200,12 +244,14 @@ class TrainState:
     record: dict  # the settings a resume must match
     distill: Distillation | None = None  # its trained parts (a hint connector) are saved too
     ema: WeightAverage | None = None  # --ema: the averaged weights (saved, evaluated, exported)
+    lookahead: Lookahead | None = None  # --lookahead
 
     def save(self, path: str | os.PathLike, epoch: int) -> None:
         atomic_torch_save({"config": self.record, "epoch": epoch, "history": self.history,
                            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
                            "distill": self.distill.state_dict() if self.distill else {},
                            "ema": self.ema.state_dict() if self.ema else None,
+                           "lookahead": self.lookahead.state_dict() if self.lookahead else None,
                            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                            "order_rng": self.order_gen.get_state(), "aug_rng": self.aug_gen.get_state(),
                            "torch_rng": torch.get_rng_state()}, path)
@@ -229,6 +275,8 @@ class TrainState:
                 self.distill.load_state_dict(state.get("distill") or {})
             if self.ema is not None:
                 self.ema.load_state_dict(state["ema"])
+            if self.lookahead is not None:
+                self.lookahead.load_state_dict(state["lookahead"])
             self.opt.load_state_dict(state["optimizer"])
             self.sched.load_state_dict(state["scheduler"])
             self.order_gen.set_state(state["order_rng"])
@@ -304,7 +352,8 @@ def train_epoch(loop: Loop, state: TrainState, epoch: int) -> dict[str, float]:
     sums = torch.zeros(5, dtype=torch.float64, device=device)  # loss, ce, kd, correct, seen
     lr = state.opt.param_groups[0]["lr"]
     plan = epoch_plan(n, cfg.batch_size, state.order_gen, rank, world_size)  # this rank's slice of each batch
-    batches = train_batches(data, cfg.augment, plan, state.aug_gen, pin_memory=device.type == "cuda")
+    batches = train_batches(data, cfg.augment, plan, state.aug_gen, pin_memory=device.type == "cuda", epoch=epoch,
+                            seed=cfg.seed)
     waited = [0.0]  # seconds spent waiting for the next batch (decoding that the workers did not hide)
     norms: list[torch.Tensor] = []  # --clip-grad-norm: each step's gradient norm before clipping
     clipped = [p for g in state.opt.param_groups for p in g["params"]] if cfg.clip_grad_norm > 0 else []
@@ -327,6 +376,8 @@ def train_epoch(loop: Loop, state: TrainState, epoch: int) -> dict[str, float]:
         state.sched.step()
         if state.ema is not None:
             state.ema.update(state.model)
+        if state.lookahead is not None:
+            state.lookahead.update(state.model)
         b = yb.shape[0]
         with torch.no_grad():
             sums += torch.stack([out["loss"].detach() * b, out["ce"] * b, out["kd"] * b,
@@ -392,7 +443,8 @@ def fit(model: nn.Module, data: Dataset, cfg: TrainConfig, *, distill: Distillat
                        torch.Generator().manual_seed(cfg.seed), torch.Generator().manual_seed(cfg.seed + 1_000_003),
                        [], {"train": dataclasses.asdict(cfg), "kd": distill.settings() if distill else None,
                             "label": label, "world_size": world_size}, distill,
-                       WeightAverage(model, cfg.ema) if cfg.ema > 0 else None)
+                       WeightAverage(model, cfg.ema) if cfg.ema > 0 else None,
+                       Lookahead(model, steps_per_epoch * cfg.epochs) if cfg.lookahead else None)
     start_epoch = 1
     if state_path is not None and resume and os.path.exists(state_path):
         start_epoch = state.load(state_path, label)
