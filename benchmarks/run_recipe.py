@@ -32,6 +32,7 @@ from pathlib import Path
 
 from kdexport.cli import progress_reporter
 from kdexport.config import RunConfig
+from kdexport.errors import KdexportError
 from kdexport.files import atomic_write_json, atomic_write_text
 from kdexport.pipeline import distill_export, teacher_only
 from kdexport.report.write import to_markdown
@@ -159,8 +160,11 @@ def main() -> None:
     if args.sets and (args.results_dir is None or args.workroot.resolve() == ROOT):
         raise SystemExit("--set changes the recipe: give --results-dir and --workroot too, so that the run neither "
                          "replaces the committed results nor reuses (or overwrites) the recipe's runs/ folder")
-    run(args.recipe, args.data_dir, args.resume, args.workroot.resolve(),
-        args.results_dir or HERE / "results", tuple(args.sets))
+    try:
+        run(args.recipe, args.data_dir, args.resume, args.workroot.resolve(),
+            args.results_dir or HERE / "results", tuple(args.sets))
+    except KdexportError as e:  # a bad --set or recipe field, missing data, a failed run: one line, as the CLI says it
+        raise SystemExit(f"run_recipe.py {args.recipe}: {e}") from None
 
 if __name__ == "__main__":
     main()

@@ -88,6 +88,14 @@ def test_set_needs_its_own_results_and_workroot(monkeypatch, extra):
         run_recipe.main()
 
 
+def test_a_bad_set_is_one_line_and_writes_nothing(monkeypatch, tmp_path):
+    monkeypatch.setattr(sys, "argv", ["run_recipe.py", "digits-default", "--set", "train.epoch=1", "--results-dir",
+                                      str(tmp_path / "r"), "--workroot", str(tmp_path / "w")])
+    with pytest.raises(SystemExit, match=r"^run_recipe.py digits-default: unknown config keys: epoch$"):
+        run_recipe.main()
+    assert not (tmp_path / "r").exists()
+
+
 def test_checkpoint_paths_follow_the_workroot(tmp_path):
     r = run_recipe.load_recipe("cifar10-fast-teacher-students-best")
     cfg = run_recipe.recipe_config(r, "/data", str(tmp_path / "o"), workroot=tmp_path)
