@@ -203,7 +203,7 @@ def _parameter(f: CliField) -> inspect.Parameter:
 
 
 cache_app = typer.Typer(name="cache", no_args_is_help=True, rich_markup_mode="markdown",
-                        help="kdexport's cache (decoded images, teacher logits): list it or clear it.")
+                        help="kdexport's cache (decoded images, teacher logits, baseline students): list it or clear it.")
 app.add_typer(cache_app)
 
 
@@ -447,7 +447,7 @@ def cache_list_cmd(o: CacheListOptions) -> None:
 
 @config_command("clear", CacheClearOptions, group=cache_app)
 def cache_clear_cmd(o: CacheClearOptions) -> None:
-    """Delete cached decoded images and/or teacher logits (they are rebuilt when needed)."""
+    """Delete cached decoded images, teacher logits and/or baseline students (they are rebuilt when needed)."""
     from .files import cache_clear
 
     freed = cache_clear(o.part)

@@ -297,6 +297,11 @@ class RunConfig:
     # training (baseline and student share it; the teacher may override epochs)
     train: TrainConfig = nested(TrainConfig)
     teacher_epochs: int | None = option(None, "Override the teacher's epochs (an ensemble's: each member's).")
+    baseline_cache: bool = option(True, "kdexport sweep: keep each baseline student (weights and record) in the cache "
+                                        "($KDEXPORT_CACHE_DIR/baselines) under a key of everything its training "
+                                        "depends on (student, data, training options, seed, kdexport's code, torch, "
+                                        "CPU, threads) and reuse it in a later sweep with the same key, e.g. the "
+                                        "same student under another teacher: the baseline does not see the teacher.")
     teacher_cache: bool = option(True, "Without augmentation, keep the teacher's logits on disk ($KDEXPORT_CACHE_DIR "
                                        "or ~/.cache/kdexport) and reuse them across runs, seeds and sweep cells.")
     teacher_view_cache: bool = option(False, "With an augmentation of finitely many views (shift2: 25, "
@@ -538,7 +543,7 @@ class PackageOptions:
         _check(self.std is None or all(_finite(v) and v > 0 for v in self.std), "std must be > 0")
 
 
-CACHE_PARTS = ("imagefolder", "teacher-logits")
+CACHE_PARTS = ("imagefolder", "teacher-logits", "baselines")
 
 
 @dataclass(frozen=True)
@@ -548,9 +553,10 @@ class CacheListOptions:
 
 @dataclass(frozen=True)
 class CacheClearOptions:
-    """``kdexport cache clear [--part imagefolder|teacher-logits|all]``."""
+    """``kdexport cache clear [--part imagefolder|teacher-logits|baselines|all]``."""
 
-    part: str = option("all", "What to clear: imagefolder (decoded images), teacher-logits, or all.")
+    part: str = option("all", "What to clear: imagefolder (decoded images), teacher-logits, baselines (sweeps' "
+                              "baseline students), or all.")
 
     def __post_init__(self) -> None:
         _check(self.part in (*CACHE_PARTS, "all"), f"--part must be one of {', '.join(CACHE_PARTS)}, all; "

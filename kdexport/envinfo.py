@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import platform
 import shlex
@@ -74,6 +75,18 @@ def git_commit(root: Path | None = None) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return (head + ("+dirty" if dirty else "")) or None
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """sha256 of kdexport's own source files (names and bytes): a cached result that other code made is not
+    reused."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*.py")):
+        h.update(f"{p.relative_to(root).as_posix()}|{p.stat().st_size}|".encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
 
 
 def environment(threads: int | None = None) -> dict:

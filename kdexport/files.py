@@ -25,7 +25,7 @@ def cache_root() -> Path:
 
 
 def cache_usage() -> tuple[Path, dict[str, tuple[int, int]]]:
-    """The cache folder and, per part (decoded images, teacher logits), its number of files and bytes."""
+    """The cache folder and, per part (decoded images, teacher logits, baselines), its number of files and bytes."""
     from .config import CACHE_PARTS
 
     root = cache_root()

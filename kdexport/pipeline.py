@@ -280,6 +280,26 @@ def train_student(ctx: Context, *, seed: int, distill: Distillation | None, labe
     return model.eval(), history
 
 
+def baseline_key(ctx: Context, seed: int) -> str:
+    """Everything a baseline student's training depends on, hashed (``--baseline-cache``): the student and how it
+    starts, the training pixels and labels, the training options with this seed, kdexport's code, torch, the CPU,
+    the threads and the processes. Not the teacher: a baseline never sees it."""
+    import hashlib
+    import json
+
+    from .distributed import world
+    from .envinfo import code_fingerprint, cpu_name
+    from .files import hash_file
+
+    cfg = ctx.cfg
+    parts = {"format": 1, "student": ctx.student_spec.to_dict(), "pretrained": cfg.student_pretrained,
+             "weights": hash_file(cfg.student_weights).hexdigest() if cfg.student_weights else None,
+             "data": ctx.data.fingerprint(), "train": dataclasses.asdict(ctx.train_config("student", seed)),
+             "code": code_fingerprint(), "torch": str(torch.__version__), "cpu": cpu_name(), "threads": ctx.threads,
+             "world_size": world()[1]}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
 def onnx_metadata(cfg: RunConfig, data: Dataset, role: str, spec: ModelSpec, accuracy: float,
                   kd: KDConfig | None = None) -> dict:
     """What an app needs from the file alone: labels, input shape, normalization, provenance."""

@@ -23,13 +23,14 @@ from .config import Grid, KDConfig, RunConfig
 from .distill.teacher import Distillation, TeacherLogits
 from .distill.train import Reporter, evaluate, remove_training_state
 from .errors import StateError
-from .files import atomic_write, atomic_write_json, atomic_write_text, read_json
+from .files import atomic_write, atomic_write_json, atomic_write_text, cache_root, read_json
 from .models.checkpoint import load_model, save_checkpoint
 from .pipeline import (
     Context,
     Log,
     TeacherModel,
     _quiet,
+    baseline_key,
     build_teacher,
     check_hint,
     check_teacher,
@@ -89,21 +90,35 @@ def read_cell(path: Path) -> dict:
 
 
 def _unit(out: Path, ctx: Context, name: str, seed: int, kd: KDConfig | None, source: TeacherLogits | None,
-          reporter: Reporter | None, save: bool) -> dict:
-    """Train one student (baseline when kd is None) unless its result file already exists."""
+          reporter: Reporter | None, save: bool, log: Log = _quiet) -> dict:
+    """Train one student (baseline when kd is None) unless its result file already exists, or, for a baseline,
+    unless the baseline cache holds it (``--baseline-cache``)."""
     path = out / "cells" / f"{name}-s{seed}.json"
     if path.exists():
         return read_cell(path)
+    ckpt = out / "cells" / f"{name}-s{seed}.pt"
+    cached = cache_root() / "baselines" / baseline_key(ctx, seed) if kd is None and ctx.cfg.baseline_cache else None
+    if cached is not None and (cached / "record.json").exists():
+        rec = {**read_cell(cached / "record.json"), "reused": str(cached)}
+        if save:
+            atomic_write(ckpt, lambda tmp: shutil.copyfile(cached / "model.pt", tmp))
+        atomic_write_json(path, rec)
+        log(f"{name} s{seed}: reused from the baseline cache ({cached}; --no-baseline-cache trains it again)")
+        return rec
     t0 = time.perf_counter()
     state = out / "cells" / f"{name}-s{seed}.state.pt"  # per-epoch state: an interrupted unit continues
     model, hist = train_student(ctx, seed=seed, distill=Distillation(source, kd) if kd else None,
                                 label=f"{name} s{seed}", reporter=reporter, state_path=state, resume=True)
     acc = evaluate(model, ctx.data, "test")["accuracy"]
-    if save:  # checkpoint first: a result file implies its checkpoint exists
-        save_checkpoint(out / "cells" / f"{name}-s{seed}.pt", model, ctx.student_spec, role=name,
-                        config=ctx.cfg.to_dict(), metrics={"accuracy": acc}, history=hist)
     rec = {"name": name, "seed": seed, "kd": dataclasses.asdict(kd) if kd else None, "accuracy": acc,
            "train_seconds": time.perf_counter() - t0, "history": hist}
+    # checkpoint first: a result file implies its checkpoint exists
+    for where, keep in ((ckpt, save), (None if cached is None else cached / "model.pt", True)):
+        if where is not None and keep:
+            save_checkpoint(where, model, ctx.student_spec, role=name, config=ctx.cfg.to_dict(),
+                            metrics={"accuracy": acc}, history=hist)
+    if cached is not None:
+        atomic_write_json(cached / "record.json", rec)
     atomic_write_json(path, rec)
     remove_training_state(state)
     return rec
@@ -134,7 +149,7 @@ def run_sweep(cfg: RunConfig, grid: Grid, *, reporter: Reporter | None = None, l
     source = teacher_source(ctx, teacher, log)
     kds = grid.kd_configs(cfg.kd)
     first = grid.seeds[0]
-    baselines = {s: _unit(out, ctx, "baseline", s, None, None, reporter, s == first) for s in grid.seeds}
+    baselines = {s: _unit(out, ctx, "baseline", s, None, None, reporter, s == first, log) for s in grid.seeds}
     cells: dict[str, dict] = {}
     units = {("baseline", s): baselines[s] for s in grid.seeds}  # every unit's record, as run or read back
     total = len(kds) * len(grid.seeds)

@@ -139,17 +139,17 @@ class _StopAt:
 
 def test_interrupted_teacher_and_unit_continue_from_their_last_epoch(swept, tmp_path):
     _, first = swept
-    out = tmp_path / "s"
+    out = tmp_path / "s"  # the baselines are trained (and interrupted), not taken from the cache the fixture filled
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(_cfg(out), GRID, reporter=_StopAt("teacher", 2))
+        run_sweep(_cfg(out, baseline_cache=False), GRID, reporter=_StopAt("teacher", 2))
     saved = json.dumps(torch.load(out / "teacher.state.pt", weights_only=True)["history"])
     assert json.loads(saved)[0]["epoch"] == 1 and not (out / "teacher.pt").exists()
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(_cfg(out), GRID, reporter=_StopAt("baseline s1", 2))
+        run_sweep(_cfg(out, baseline_cache=False), GRID, reporter=_StopAt("baseline s1", 2))
     teacher_hist = torch.load(out / "teacher.pt", weights_only=True)["history"]
     assert json.dumps(teacher_hist[:1]) == saved  # epoch 1 came from the saved state, not retrained
     assert (out / "cells" / "baseline-s1.state.pt").exists() and not (out / "teacher.state.pt").exists()
-    again = run_sweep(_cfg(out), GRID)
+    again = run_sweep(_cfg(out, baseline_cache=False), GRID)
     assert again["teacher"]["accuracy"] == first["teacher"]["accuracy"]
     assert again["cells"] == first["cells"] and again["baseline"] == first["baseline"]
     assert not list(out.rglob("*.state.pt"))
@@ -202,3 +202,45 @@ def test_clipped_sweep_tabulates_each_units_gradient_norms(tmp_path, digits):
         assert sum(h["clipped_steps"] for h in hist) == steps and min(h["grad_norm_median"] for h in hist) > 1e-4
         row = next(ln for ln in md.splitlines() if ln.startswith(f"| {unit} |"))
         assert row.endswith(f"| {steps} |")
+
+
+def test_baselines_are_reused_across_sweeps_and_only_with_the_same_key(tmp_path, monkeypatch):
+    import kdexport.sweep as sw
+    from kdexport.models.checkpoint import load_model
+
+    monkeypatch.setenv("KDEXPORT_CACHE_DIR", str(tmp_path / "cache"))
+    grid = Grid(temperatures=(4.0,), soft_weights=(0.5,), seeds=(0, 1))
+    first = run_sweep(_cfg(tmp_path / "a"), grid)
+    assert len(list((tmp_path / "cache" / "baselines").glob("*/record.json"))) == 2  # one per seed
+    trained = []
+    real = sw.train_student
+    monkeypatch.setattr(sw, "train_student", lambda *a, **k: trained.append(k["label"]) or real(*a, **k))
+    other_teacher = run_sweep(dataclasses.replace(_cfg(tmp_path / "b"), teacher="mlp:32"), grid)
+    assert trained == ["T4-b0.5-t2 s0", "T4-b0.5-t2 s1"]  # the baselines came from the cache
+    assert other_teacher["baseline"] == first["baseline"]
+    rec = json.loads((tmp_path / "b" / "cells" / "baseline-s0.json").read_text())
+    assert "baselines" in rec["reused"]
+    a, _, _ = load_model(tmp_path / "a" / "cells" / "baseline-s0.pt")
+    b, _, _ = load_model(tmp_path / "b" / "cells" / "baseline-s0.pt")
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    trained.clear()  # another training option is another key: trained (and then cached too)
+    run_sweep(dataclasses.replace(_cfg(tmp_path / "c"), train=TrainConfig(epochs=2, lr=1e-3)), grid)
+    assert trained.count("baseline s0") == trained.count("baseline s1") == 1
+    trained.clear()  # --no-baseline-cache: trained although the cache holds it
+    run_sweep(dataclasses.replace(_cfg(tmp_path / "d", baseline_cache=False), teacher="mlp:32"), grid)
+    assert "baseline s0" in trained and len(list((tmp_path / "cache" / "baselines").glob("*"))) == 4
+
+
+def test_baseline_key_covers_what_training_depends_on(monkeypatch):
+    import kdexport.envinfo as envinfo
+    from kdexport.pipeline import baseline_key, prepare
+
+    cfg = _cfg("unused")
+    ctx = prepare(cfg)
+    key = baseline_key(ctx, 0)
+    assert key == baseline_key(prepare(dataclasses.replace(cfg, teacher="mlp:32")), 0)  # not the teacher
+    assert key != baseline_key(ctx, 1)
+    assert key != baseline_key(prepare(dataclasses.replace(cfg, student="mlp:16")), 0)
+    assert key != baseline_key(prepare(dataclasses.replace(cfg, augment="shift2")), 0)
+    monkeypatch.setattr(envinfo, "code_fingerprint", lambda: "other code")
+    assert key != baseline_key(ctx, 0)
