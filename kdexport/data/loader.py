@@ -96,8 +96,8 @@ def train_batches(data: Dataset, augment: str, plan: list[torch.Tensor], aug_gen
     x = data.x_train
     if isinstance(x, ImageFiles):
         per_sample = aug is not None and aug.sample is not None
-        seed = int(torch.randint(0, 2**62, (1,), generator=aug_gen)) if per_sample else 0
-        for idx, raw in stream_loader(x, plan, aug if per_sample else None, seed, pin_memory):
+        sample_seed = int(torch.randint(0, 2**62, (1,), generator=aug_gen)) if per_sample else 0
+        for idx, raw in stream_loader(x, plan, aug if per_sample else None, sample_seed, pin_memory):
             yield (idx, raw, None) if per_sample else (idx, *augmented(idx, raw))
         return
     for idx in plan:
