@@ -120,8 +120,9 @@ class TrainConfig:
                                        "LayerNorm, GroupNorm) by this (airbench: 64); their weight decay per step "
                                        "stays that of the other weights.")
     precision: str = option("auto", "Arithmetic of the training forward passes and of a live PyTorch teacher: fp32, "
-                                    "bf16 (autocast; about 2x faster on a CPU with AMX or AVX-512 BF16) or auto (bf16 on CUDA, fp32 on the "
-                                    "CPU). Evaluation, export and every reported accuracy stay fp32.")
+                                    "bf16 (autocast; about 2x faster on a CPU with AMX or AVX-512 BF16) or auto "
+                                    "(bf16 on CUDA, fp32 on the CPU). Evaluation, export and every reported accuracy "
+                                    "stay fp32.")
     clip_grad_norm: float = option(0.0, "Rescale the gradient before each step so that its global L2 norm is at most "
                                         "this (all trained parameters together; 0: off): a guard against a loss "
                                         "whose gradient can spike.")
