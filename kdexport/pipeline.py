@@ -8,6 +8,8 @@ so a failed run leaves no half-written output folder behind. The pieces (``prepa
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,10 +36,10 @@ from .distill.teacher import (
     tta_accuracies,
 )
 from .distill.train import Reporter, evaluate, fit, remove_training_state, resolve_device
-from .envinfo import environment, git_commit, now_iso, usable_cores
+from .envinfo import code_fingerprint, cpu_name, environment, git_commit, now_iso, usable_cores
 from .errors import ConfigError, GateError, ModelError, StateError
 from .export.onnx import export_onnx, save_self_contained
-from .files import atomic_write_json, cache_root, read_json, staged_file
+from .files import atomic_write_json, cache_root, hash_file, read_json, staged_file
 from .models.builders import ModelSpec, build_model, check_arch, count_flops, count_params
 from .models.checkpoint import load_model, read_checkpoint, save_checkpoint
 from .models.weights import load_weights, read_state_dict
@@ -284,12 +286,7 @@ def baseline_key(ctx: Context, seed: int) -> str:
     """Everything a baseline student's training depends on, hashed (``--baseline-cache``): the student and how it
     starts, the training pixels and labels, the training options with this seed, kdexport's code, torch, the CPU,
     the threads and the processes. Not the teacher: a baseline never sees it."""
-    import hashlib
-    import json
-
     from .distributed import world
-    from .envinfo import code_fingerprint, cpu_name
-    from .files import hash_file
 
     cfg = ctx.cfg
     parts = {"format": 1, "student": ctx.student_spec.to_dict(), "pretrained": cfg.student_pretrained,

@@ -112,11 +112,10 @@ def _unit(out: Path, ctx: Context, name: str, seed: int, kd: KDConfig | None, so
     acc = evaluate(model, ctx.data, "test")["accuracy"]
     rec = {"name": name, "seed": seed, "kd": dataclasses.asdict(kd) if kd else None, "accuracy": acc,
            "train_seconds": time.perf_counter() - t0, "history": hist}
-    # checkpoint first: a result file implies its checkpoint exists
-    for where, keep in ((ckpt, save), (None if cached is None else cached / "model.pt", True)):
-        if where is not None and keep:
-            save_checkpoint(where, model, ctx.student_spec, role=name, config=ctx.cfg.to_dict(),
-                            metrics={"accuracy": acc}, history=hist)
+    # checkpoint first: a result file (the cell's, the cache's record) implies its checkpoint exists
+    for where in ([ckpt] if save else []) + ([cached / "model.pt"] if cached is not None else []):
+        save_checkpoint(where, model, ctx.student_spec, role=name, config=ctx.cfg.to_dict(),
+                        metrics={"accuracy": acc}, history=hist)
     if cached is not None:
         atomic_write_json(cached / "record.json", rec)
     atomic_write_json(path, rec)

@@ -199,6 +199,9 @@ def test_huge_declared_input_is_refused_before_allocating(tmp_path):
     (["--image-size", "64"], "--image-size applies to imagefolder data only"),
     (["--seed", "-1"], "seed must be in"),
     (["--seed", str(2**40)], "seed must be in"),
+    (["--lookahead", "--ema", "0.9"], "--lookahead and --ema both average the weights: choose one"),
+    (["--scheduler", "triangular"], "scheduler must be one of"),
+    (["--augment", "reflect4-altflip"], "reflect2-altflip"),
 ])
 def test_sizes_and_ranges_from_options(tmp_path, args, msg):
     out = tmp_path / "out"

@@ -232,7 +232,7 @@ def test_baselines_are_reused_across_sweeps_and_only_with_the_same_key(tmp_path,
 
 
 def test_baseline_key_covers_what_training_depends_on(monkeypatch):
-    import kdexport.envinfo as envinfo
+    import kdexport.pipeline as pipeline
     from kdexport.pipeline import baseline_key, prepare
 
     cfg = _cfg("unused")
@@ -242,5 +242,5 @@ def test_baseline_key_covers_what_training_depends_on(monkeypatch):
     assert key != baseline_key(ctx, 1)
     assert key != baseline_key(prepare(dataclasses.replace(cfg, student="mlp:16")), 0)
     assert key != baseline_key(prepare(dataclasses.replace(cfg, augment="shift2")), 0)
-    monkeypatch.setattr(envinfo, "code_fingerprint", lambda: "other code")
+    monkeypatch.setattr(pipeline, "code_fingerprint", lambda: "other code")
     assert key != baseline_key(ctx, 0)
