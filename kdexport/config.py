@@ -298,11 +298,12 @@ class RunConfig:
     # training (baseline and student share it; the teacher may override epochs)
     train: TrainConfig = nested(TrainConfig)
     teacher_epochs: int | None = option(None, "Override the teacher's epochs (an ensemble's: each member's).")
-    baseline_cache: bool = option(True, "kdexport sweep: keep each baseline student (weights and record) in the cache "
+    baseline_cache: bool = option(True, "Keep each baseline student (weights and record) in the cache "
                                         "($KDEXPORT_CACHE_DIR/baselines) under a key of everything its training "
                                         "depends on (student, data, training options, seed, kdexport's code, torch, "
-                                        "CPU, threads) and reuse it in a later sweep with the same key, e.g. the "
-                                        "same student under another teacher: the baseline does not see the teacher.")
+                                        "CPU, threads) and reuse it in a later run or sweep with the same key, e.g. "
+                                        "the same student under another teacher or T: the baseline does not see "
+                                        "the teacher. Not under torchrun.")
     teacher_cache: bool = option(True, "Without augmentation, keep the teacher's logits on disk ($KDEXPORT_CACHE_DIR "
                                        "or ~/.cache/kdexport) and reuse them across runs, seeds and sweep cells.")
     teacher_view_cache: bool = option(False, "With an augmentation of finitely many views (shift2: 25, "

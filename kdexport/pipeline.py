@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -297,6 +298,42 @@ def baseline_key(ctx: Context, seed: int) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
+def read_unit(path: Path, what: str = "sweep result") -> dict:
+    """A trained student's result record (a sweep unit's, a cached baseline's), checked: a corrupt one is one
+    line saying how to retrain it."""
+    remedy = "delete it to retrain this unit"
+    rec = read_json(path, what, remedy)
+    acc, secs = rec.get("accuracy"), rec.get("train_seconds")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (acc, secs)) \
+            or not 0 <= acc <= 1:
+        raise StateError(f"{what} {str(path)!r} has no valid accuracy/train_seconds; {remedy}")
+    return rec
+
+
+def baseline_cache_dir(ctx: Context, seed: int) -> Path | None:
+    """Where ``--baseline-cache`` keeps this baseline student (``model.pt``, ``record.json``); None when the option
+    is off or under torchrun (every rank must train it or none, and ranks need not share a cache)."""
+    from .distributed import world
+
+    if not ctx.cfg.baseline_cache or world()[1] > 1:
+        return None
+    return cache_root() / "baselines" / baseline_key(ctx, seed)
+
+
+def cached_baseline(cached: Path | None) -> dict | None:
+    """The cached baseline's record, with ``reused`` naming where it came from; None when there is none."""
+    if cached is None or not (cached / "record.json").exists():
+        return None
+    return {**read_unit(cached / "record.json", "cached baseline"), "reused": str(cached)}
+
+
+def keep_baseline(cached: Path, ctx: Context, model: torch.nn.Module, rec: dict) -> None:
+    """Put a freshly trained baseline into the cache: the checkpoint first, so a record implies its weights."""
+    save_checkpoint(cached / "model.pt", model, ctx.student_spec, role="baseline", config=ctx.cfg.to_dict(),
+                    metrics={"accuracy": rec["accuracy"]}, history=rec["history"])
+    atomic_write_json(cached / "record.json", rec)
+
+
 def onnx_metadata(cfg: RunConfig, data: Dataset, role: str, spec: ModelSpec, accuracy: float,
                   kd: KDConfig | None = None) -> dict:
     """What an app needs from the file alone: labels, input shape, normalization, provenance."""
@@ -458,11 +495,24 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
                 t_acc = teacher_accuracy(as_teacher(ctx, teacher, tta=False), ctx.data)
         source = teacher_source(ctx, teacher, log)
         trained = {}
+        cached = baseline_cache_dir(ctx, cfg.train.seed)
+        reused = cached_baseline(cached)
+        if reused is not None:
+            model = build_model(ctx.student_spec)
+            load_weights(model, cached / "model.pt", ctx.student_spec.arch, "cached baseline")
+            trained["baseline"] = (model.eval(), reused["history"], reused["train_seconds"], None)
+            log(f"baseline: reused from the baseline cache ({cached}; --no-baseline-cache trains it again)")
         for role, kd in (("baseline", None), ("student", cfg.kd)):
+            if role in trained:
+                continue
             t0 = time.perf_counter()
             model, hist = train_student(ctx, seed=cfg.train.seed, distill=Distillation(source, kd) if kd else None,
                                         label=role, reporter=reporter, state_path=state(role))
             trained[role] = (model, hist, time.perf_counter() - t0, kd)
+            if role == "baseline" and cached is not None:
+                keep_baseline(cached, ctx, model, {"name": role, "seed": cfg.train.seed, "kd": None,
+                                                   "accuracy": evaluate(model, ctx.data, "test")["accuracy"],
+                                                   "train_seconds": trained[role][2], "history": hist})
         if not main:
             return None
         models: dict[str, ModelEntry | dict] = {}
@@ -479,6 +529,8 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
                 gate_error = e
                 models["student_int8_rejected"] = {"error": str(e)}
         extra = {"teacher_tta": tta} if tta else {}
+        if reused is not None:
+            extra["baseline_reused"] = reused["reused"]
         verdict = check_budget(ctx, models, staging)
         if verdict is not None:
             extra["budget"] = {**verdict, "selection": ctx.selection}

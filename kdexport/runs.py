@@ -29,7 +29,8 @@ SWEEP_CONFIG = "sweep-config.json"
 RESUME_IGNORES = ("out", "overwrite", "resume", "teacher_cache", "bench_iters", "bench_warmup", "bench_batch",
                   "bench_max_seconds", "threads", "parity_atol", "parity_rtol", "quantize", "quant", "force", "package",
                   "data_mode", "memory_budget", "workers",  # memory and stream mode give the same batches
-                  "teacher_view_cache")  # the live teacher's logits, looked up
+                  "teacher_view_cache",  # the live teacher's logits, looked up
+                  "baseline_cache")  # a cached baseline was trained under the same key
 
 
 _HELD: dict[str, int] = {}  # lock file -> its open descriptor, for the locks this process holds

@@ -22,21 +22,23 @@ import torch
 from .config import Grid, KDConfig, RunConfig
 from .distill.teacher import Distillation, TeacherLogits
 from .distill.train import Reporter, evaluate, remove_training_state
-from .errors import StateError
-from .files import atomic_write, atomic_write_json, atomic_write_text, cache_root, read_json
+from .files import atomic_write, atomic_write_json, atomic_write_text
 from .models.checkpoint import load_model, save_checkpoint
 from .pipeline import (
     Context,
     Log,
     TeacherModel,
     _quiet,
-    baseline_key,
+    baseline_cache_dir,
     build_teacher,
+    cached_baseline,
     check_hint,
     check_teacher,
     export_and_bench,
+    keep_baseline,
     models_report,
     prepare,
+    read_unit,
     report_header,
     teacher_entry,
     teacher_is_trained,
@@ -78,28 +80,17 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return mean, std
 
 
-def read_cell(path: Path) -> dict:
-    """A finished unit's result file, checked: a corrupt one is one line saying how to retrain the unit."""
-    remedy = "delete it to retrain this unit"
-    rec = read_json(path, "sweep result", remedy)
-    acc, secs = rec.get("accuracy"), rec.get("train_seconds")
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (acc, secs)) \
-            or not 0 <= acc <= 1:
-        raise StateError(f"sweep result {str(path)!r} has no valid accuracy/train_seconds; {remedy}")
-    return rec
-
-
 def _unit(out: Path, ctx: Context, name: str, seed: int, kd: KDConfig | None, source: TeacherLogits | None,
           reporter: Reporter | None, save: bool, log: Log = _quiet) -> dict:
     """Train one student (baseline when kd is None) unless its result file already exists, or, for a baseline,
     unless the baseline cache holds it (``--baseline-cache``)."""
     path = out / "cells" / f"{name}-s{seed}.json"
     if path.exists():
-        return read_cell(path)
+        return read_unit(path)
     ckpt = out / "cells" / f"{name}-s{seed}.pt"
-    cached = cache_root() / "baselines" / baseline_key(ctx, seed) if kd is None and ctx.cfg.baseline_cache else None
-    if cached is not None and (cached / "record.json").exists():
-        rec = {**read_cell(cached / "record.json"), "reused": str(cached)}
+    cached = baseline_cache_dir(ctx, seed) if kd is None else None
+    rec = cached_baseline(cached)
+    if rec is not None:
         if save:
             atomic_write(ckpt, lambda tmp: shutil.copyfile(cached / "model.pt", tmp))
         atomic_write_json(path, rec)
@@ -113,11 +104,11 @@ def _unit(out: Path, ctx: Context, name: str, seed: int, kd: KDConfig | None, so
     rec = {"name": name, "seed": seed, "kd": dataclasses.asdict(kd) if kd else None, "accuracy": acc,
            "train_seconds": time.perf_counter() - t0, "history": hist}
     # checkpoint first: a result file (the cell's, the cache's record) implies its checkpoint exists
-    for where in ([ckpt] if save else []) + ([cached / "model.pt"] if cached is not None else []):
-        save_checkpoint(where, model, ctx.student_spec, role=name, config=ctx.cfg.to_dict(),
+    if save:
+        save_checkpoint(ckpt, model, ctx.student_spec, role=name, config=ctx.cfg.to_dict(),
                         metrics={"accuracy": acc}, history=hist)
     if cached is not None:
-        atomic_write_json(cached / "record.json", rec)
+        keep_baseline(cached, ctx, model, rec)
     atomic_write_json(path, rec)
     remove_training_state(state)
     return rec

@@ -28,7 +28,7 @@ def _accs(report):
 
 
 def test_same_seed_same_report_accuracies(tmp_path):
-    cfg = dict(SMALL, train=TrainConfig(epochs=3, seed=7))
+    cfg = dict(SMALL, train=TrainConfig(epochs=3, seed=7), baseline_cache=False)  # both runs train the baseline
     a = distill_export(RunConfig(out=str(tmp_path / "a"), **cfg))
     b = distill_export(RunConfig(out=str(tmp_path / "b"), **cfg))
     assert _accs(a) == _accs(b)

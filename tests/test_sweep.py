@@ -244,3 +244,33 @@ def test_baseline_key_covers_what_training_depends_on(monkeypatch):
     assert key != baseline_key(prepare(dataclasses.replace(cfg, augment="shift2")), 0)
     monkeypatch.setattr(pipeline, "code_fingerprint", lambda: "other code")
     assert key != baseline_key(ctx, 0)
+
+
+def test_distill_export_shares_the_baseline_cache_and_says_so(tmp_path, monkeypatch):
+    import kdexport.pipeline as pipeline
+    import kdexport.sweep as sw
+    from kdexport.models.checkpoint import load_model
+
+    monkeypatch.setenv("KDEXPORT_CACHE_DIR", str(tmp_path / "cache"))
+    first = pipeline.distill_export(_cfg(tmp_path / "a"))
+    assert "baseline_reused" not in first
+    assert len(list((tmp_path / "cache" / "baselines").glob("*/record.json"))) == 1
+    trained = []
+    real = pipeline.train_student
+    monkeypatch.setattr(pipeline, "train_student", lambda *a, **k: trained.append(k["label"]) or real(*a, **k))
+    again = pipeline.distill_export(dataclasses.replace(_cfg(tmp_path / "b"), teacher="mlp:32"))
+    assert trained == ["student"]  # another teacher, the same baseline: taken from the cache
+    assert "baselines" in again["baseline_reused"]
+    assert "reused from the baseline cache" in (tmp_path / "b" / "report.md").read_text()
+    for key in ("accuracy_torch", "accuracy_onnx", "train_seconds", "history"):
+        assert again["models"]["baseline"][key] == first["models"]["baseline"][key]
+    a, _, _ = load_model(tmp_path / "a" / "checkpoints" / "baseline.pt")
+    b, _, _ = load_model(tmp_path / "b" / "checkpoints" / "baseline.pt")
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    swept = []  # a sweep with the same student, options and seed takes distill-export's baseline too
+    monkeypatch.setattr(sw, "train_student", lambda *a, **k: swept.append(k["label"]) or real(*a, **k))
+    r = run_sweep(_cfg(tmp_path / "s"), Grid(temperatures=(4.0,), soft_weights=(0.5,), seeds=(0,)))
+    assert swept == ["T4-b0.5-t2 s0"] and r["baseline"]["mean"] == first["models"]["baseline"]["accuracy_torch"]
+    trained.clear()  # --no-baseline-cache trains it
+    off = pipeline.distill_export(dataclasses.replace(_cfg(tmp_path / "c", baseline_cache=False), teacher="mlp:32"))
+    assert trained == ["baseline", "student"] and "baseline_reused" not in off

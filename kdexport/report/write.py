@@ -83,6 +83,10 @@ def to_markdown(report: dict) -> str:
               f"baseline, ONNX accuracy; same seed, data order and {cfg['train']['epochs']} epochs each). "
               f"T = {kd['temperature']}, beta = {kd['soft_weight']}, T^2 scaling "
               f"{'on' if kd['scale_t2'] else 'off'}, soft loss {kd['soft_loss']}.", ""]
+    if report.get("baseline_reused"):
+        lines += [f"The baseline was reused from the baseline cache (`{report['baseline_reused']}`): trained "
+                  "earlier with the same student, data, training options, seed, kdexport code, torch, CPU and "
+                  "threads; its train seconds are that run's (`--no-baseline-cache` trains it again).", ""]
     st = entries.get("student")
     if st is not None and st.eager_p50(1) is not None:
         e1, o1 = st.eager_p50(1), st.p50(1)
