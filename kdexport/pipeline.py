@@ -285,17 +285,21 @@ def train_student(ctx: Context, *, seed: int, distill: Distillation | None, labe
 
 def baseline_key(ctx: Context, seed: int) -> str:
     """Everything a baseline student's training depends on, hashed (``--baseline-cache``): the student and how it
-    starts, the training pixels and labels, the training options with this seed, kdexport's code, torch, the CPU,
-    the threads and the processes. Not the teacher: a baseline never sees it."""
-    from .distributed import world
-
+    starts, the training pixels and labels, the training options with this seed, kdexport's code, torch, the CPU
+    and the threads (one process: the cache is off under torchrun). Not the teacher: a baseline never sees it."""
     cfg = ctx.cfg
-    parts = {"format": 1, "student": ctx.student_spec.to_dict(), "pretrained": cfg.student_pretrained,
+    parts = {"format": 2, "student": ctx.student_spec.to_dict(), "pretrained": cfg.student_pretrained,
              "weights": hash_file(cfg.student_weights).hexdigest() if cfg.student_weights else None,
              "data": ctx.data.fingerprint(), "train": dataclasses.asdict(ctx.train_config("student", seed)),
-             "code": code_fingerprint(), "torch": str(torch.__version__), "cpu": cpu_name(), "threads": ctx.threads,
-             "world_size": world()[1]}
+             "code": code_fingerprint(), "torch": str(torch.__version__), "cpu": cpu_name(), "threads": ctx.threads}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def unit_record(name: str, seed: int, kd: KDConfig | None, accuracy: float, train_seconds: float,
+                history: list[dict]) -> dict:
+    """A trained student's result record: a sweep unit's file, a cached baseline's ``record.json``."""
+    return {"name": name, "seed": seed, "kd": dataclasses.asdict(kd) if kd else None, "accuracy": accuracy,
+            "train_seconds": train_seconds, "history": history}
 
 
 def read_unit(path: Path, what: str = "sweep result") -> dict:
@@ -498,8 +502,7 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
         cached = baseline_cache_dir(ctx, cfg.train.seed)
         reused = cached_baseline(cached)
         if reused is not None:
-            model = build_model(ctx.student_spec)
-            load_weights(model, cached / "model.pt", ctx.student_spec.arch, "cached baseline")
+            model, _, _ = load_model(cached / "model.pt", expect=ctx.student_spec)
             trained["baseline"] = (model.eval(), reused["history"], reused["train_seconds"], None)
             log(f"baseline: reused from the baseline cache ({cached}; --no-baseline-cache trains it again)")
         for role, kd in (("baseline", None), ("student", cfg.kd)):
@@ -509,10 +512,6 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
             model, hist = train_student(ctx, seed=cfg.train.seed, distill=Distillation(source, kd) if kd else None,
                                         label=role, reporter=reporter, state_path=state(role))
             trained[role] = (model, hist, time.perf_counter() - t0, kd)
-            if role == "baseline" and cached is not None:
-                keep_baseline(cached, ctx, model, {"name": role, "seed": cfg.train.seed, "kd": None,
-                                                   "accuracy": evaluate(model, ctx.data, "test")["accuracy"],
-                                                   "train_seconds": trained[role][2], "history": hist})
         if not main:
             return None
         models: dict[str, ModelEntry | dict] = {}
@@ -521,6 +520,10 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
         for role, (model, hist, secs, kd) in trained.items():
             models[role] = export_and_bench(ctx, model, ctx.student_spec, role, staging, history=hist, kd=kd,
                                             eager=role == "student", log=log, train_seconds=secs)
+        if cached is not None and reused is None:  # a freshly trained baseline, its accuracy measured on export
+            model, hist, secs, _ = trained["baseline"]
+            keep_baseline(cached, ctx, model, unit_record("baseline", cfg.train.seed, None,
+                                                          models["baseline"].accuracy_torch, secs, hist))
         gate_error = None
         if cfg.quantize != "none":
             try:

@@ -45,6 +45,7 @@ from .pipeline import (
     teacher_source,
     train_student,
     train_teacher,
+    unit_record,
 )
 from .report.write import write_report
 from .runs import commit_out_dir, commit_run_dir, open_sweep_dir, prepare_out_dir, release_output
@@ -101,8 +102,7 @@ def _unit(out: Path, ctx: Context, name: str, seed: int, kd: KDConfig | None, so
     model, hist = train_student(ctx, seed=seed, distill=Distillation(source, kd) if kd else None,
                                 label=f"{name} s{seed}", reporter=reporter, state_path=state, resume=True)
     acc = evaluate(model, ctx.data, "test")["accuracy"]
-    rec = {"name": name, "seed": seed, "kd": dataclasses.asdict(kd) if kd else None, "accuracy": acc,
-           "train_seconds": time.perf_counter() - t0, "history": hist}
+    rec = unit_record(name, seed, kd, acc, time.perf_counter() - t0, hist)
     # checkpoint first: a result file (the cell's, the cache's record) implies its checkpoint exists
     if save:
         save_checkpoint(ckpt, model, ctx.student_spec, role=name, config=ctx.cfg.to_dict(),
