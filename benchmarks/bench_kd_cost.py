@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from kdexport.allocator import keep_freed_memory
 from kdexport.config import KDConfig, TrainConfig
 from kdexport.data.datasets import load_dataset
 from kdexport.distill.teacher import (
@@ -130,4 +131,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()  # as the CLI does: see kdexport/allocator.py
     main()

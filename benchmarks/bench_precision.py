@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from kdexport.allocator import keep_freed_memory
 from kdexport.config import TrainConfig
 from kdexport.data.datasets import Dataset
 from kdexport.distill.train import fit
@@ -92,4 +93,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()  # as the CLI does: see kdexport/allocator.py
     main()

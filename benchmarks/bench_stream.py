@@ -268,4 +268,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from kdexport.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as the CLI does: see kdexport/allocator.py
     sys.exit(main())

@@ -92,6 +92,7 @@ def code_fingerprint() -> str:
 def environment(threads: int | None = None) -> dict:
     import torch
 
+    from .allocator import state as malloc_state
     from .version import __version__
 
     return {
@@ -109,6 +110,7 @@ def environment(threads: int | None = None) -> dict:
         "cpu_cores": usable_cores(),
         "threads": threads if threads is not None else torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "malloc": malloc_state(),
     }
 
 
