@@ -93,6 +93,16 @@ def test_cutout_zeroes_one_square_inside_each_image():
     assert all((img == 0).all(0).sum() >= 144 for img in y)  # a 12x12 hole (more where the shift padded zeros)
 
 
+def test_an_alternating_flip_cannot_be_drawn_without_its_coins():
+    from kdexport.data.augment import AUGMENTATIONS
+
+    aug = AUGMENTATIONS.get("reflect2-altflip")
+    with pytest.raises(ValueError, match="alternating flip needs each image's coin"):
+        aug.batch(torch.rand(4, 3, 32, 32), torch.Generator().manual_seed(0))
+    assert AUGMENTATIONS.get("reflect2-flip").batch(torch.rand(4, 3, 32, 32),
+                                                    torch.Generator().manual_seed(0)).shape == (4, 3, 32, 32)
+
+
 def test_auto_augmentation_by_data(digits):
     from kdexport.data.augment import resolve_augment
 

@@ -84,6 +84,9 @@ class Shifts:
         return views ^ 1
 
     def batch(self, xb: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if self.alternate:  # a fresh coin per draw would silently turn the alternating flip into a random one
+            raise ValueError("an alternating flip needs each image's coin: draw(b, generator, mirror) with "
+                             "alternating_mirror's coins, then render (as data.loader.train_batches does)")
         return self.render(xb, self.draw(len(xb), generator))
 
 
