@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from kdexport.allocator import keep_freed_memory
+from kdexport.allocator import prefer_kept
 from kdexport.bench.timing import bench_onnx, bench_torch, p50, time_fn, torch_threads
 from kdexport.config import QuantConfig, TrainConfig
 from kdexport.data.datasets import load_dataset
@@ -295,5 +295,5 @@ def to_markdown(r: dict) -> str:
 
 
 if __name__ == "__main__":
-    keep_freed_memory()  # as the CLI does: see kdexport/allocator.py
+    prefer_kept()  # as the CLI does: see kdexport/allocator.py
     main()

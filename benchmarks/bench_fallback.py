@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from kdexport.allocator import keep_freed_memory
+from kdexport.allocator import prefer_kept
 from kdexport.bench.timing import bench_onnx, onnx_accuracy, p50
 from kdexport.config import QuantConfig, TrainConfig
 from kdexport.data.datasets import load_dataset
@@ -127,5 +127,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    keep_freed_memory()  # as the CLI does: see kdexport/allocator.py
+    prefer_kept()  # as the CLI does: see kdexport/allocator.py
     main()

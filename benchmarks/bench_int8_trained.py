@@ -28,7 +28,7 @@ import onnx
 import torch
 from bench_deploy import THREADS, int8_vs_fp32, recipe, train_cifar_stem, train_subset
 
-from kdexport.allocator import keep_freed_memory
+from kdexport.allocator import prefer_kept
 from kdexport.config import QuantConfig
 from kdexport.data.datasets import load_dataset
 from kdexport.distill.train import predict_logits
@@ -227,5 +227,5 @@ def sqnr_lines(rows: list[dict]) -> list[str]:
 
 
 if __name__ == "__main__":
-    keep_freed_memory()  # as the CLI does: see kdexport/allocator.py
+    prefer_kept()  # as the CLI does: see kdexport/allocator.py
     main()

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from kdexport.allocator import keep_freed_memory
+from kdexport.allocator import prefer_kept
 from kdexport.config import KDConfig, TrainConfig
 from kdexport.data.datasets import load_dataset
 from kdexport.distill.teacher import (
@@ -131,5 +131,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    keep_freed_memory()  # as the CLI does: see kdexport/allocator.py
+    prefer_kept()  # as the CLI does: see kdexport/allocator.py
     main()

@@ -93,5 +93,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    keep_freed_memory()  # as the CLI does: see kdexport/allocator.py
+    keep_freed_memory()  # synthetic tensors, no load_dataset: see kdexport/allocator.py
     main()

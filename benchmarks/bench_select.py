@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from kdexport.allocator import keep_freed_memory
+from kdexport.allocator import prefer_kept
 from kdexport.bench.select import Candidate, LatencyBudget, choose, default_candidates, measure, parse_latency_budget
 from kdexport.data.datasets import load_dataset
 from kdexport.envinfo import result_stamp, stamp_markdown
@@ -198,5 +198,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    keep_freed_memory()  # as the CLI does: see kdexport/allocator.py
+    prefer_kept()  # as the CLI does: see kdexport/allocator.py
     main()

@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from kdexport.allocator import keep_freed_memory
+    from kdexport.allocator import prefer_kept
 
-    keep_freed_memory()  # as the CLI does: see kdexport/allocator.py
+    prefer_kept()  # as the CLI does: see kdexport/allocator.py
     sys.exit(main())

@@ -26,7 +26,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from kdexport.allocator import keep_freed_memory
+from kdexport.allocator import prefer_kept
 from kdexport.bench.command import pareto_front, plot_pareto
 from kdexport.bench.timing import bench_onnx, onnx_accuracy, p50
 from kdexport.config import QuantConfig
@@ -154,5 +154,5 @@ def to_markdown(r: dict) -> str:
 
 
 if __name__ == "__main__":
-    keep_freed_memory()  # as the CLI does: see kdexport/allocator.py
+    prefer_kept()  # as the CLI does: see kdexport/allocator.py
     main()

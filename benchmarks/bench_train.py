@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kdexport.allocator import keep_freed_memory
+from kdexport.allocator import prefer_kept
 from kdexport.config import KDConfig, TrainConfig
 from kdexport.data.datasets import Dataset, load_dataset
 from kdexport.distill.teacher import CachedLogits, Distillation, LiveLogits, TeacherLogits, TorchTeacher
@@ -284,5 +284,5 @@ def to_markdown(r: dict) -> str:
 
 
 if __name__ == "__main__":
-    keep_freed_memory()  # as the CLI does: see kdexport/allocator.py
+    prefer_kept()  # as the CLI does: see kdexport/allocator.py
     main()

@@ -26,7 +26,7 @@ import torch
 import torchvision
 from torchvision.transforms import v2
 
-from kdexport.allocator import keep_freed_memory
+from kdexport.allocator import prefer_kept
 from kdexport.envinfo import result_stamp, stamp_markdown
 from kdexport.files import atomic_write_json, atomic_write_text
 
@@ -128,5 +128,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    keep_freed_memory()  # as the CLI does: see kdexport/allocator.py
+    prefer_kept()  # as the CLI does: see kdexport/allocator.py
     main()

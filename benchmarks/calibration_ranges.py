@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 import torch
 
-from kdexport.allocator import keep_freed_memory
+from kdexport.allocator import prefer_kept
 from kdexport.bench.timing import onnx_accuracy
 from kdexport.data.datasets import load_dataset
 from kdexport.envinfo import git_commit, result_stamp
@@ -128,5 +128,5 @@ def to_markdown(r: dict) -> str:
 
 
 if __name__ == "__main__":
-    keep_freed_memory()  # as the CLI does: see kdexport/allocator.py
+    prefer_kept()  # as the CLI does: see kdexport/allocator.py
     main()

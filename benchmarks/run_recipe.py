@@ -30,7 +30,7 @@ import shlex
 import tempfile
 from pathlib import Path
 
-from kdexport.allocator import keep_freed_memory
+from kdexport.allocator import prefer_kept
 from kdexport.cli import progress_reporter
 from kdexport.config import RunConfig
 from kdexport.errors import KdexportError
@@ -168,5 +168,5 @@ def main() -> None:
         raise SystemExit(f"run_recipe.py {args.recipe}: {e}") from None
 
 if __name__ == "__main__":
-    keep_freed_memory()  # as the CLI does: see kdexport/allocator.py
+    prefer_kept()  # as the CLI does: see kdexport/allocator.py
     main()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from kdexport.allocator import keep_freed_memory
+from kdexport.allocator import prefer_kept
 from kdexport.data.datasets import load_dataset
 from kdexport.distill.teacher import TTA, TorchTeacher, logits_over
 from kdexport.envinfo import result_stamp, stamp_markdown, usable_cores
@@ -94,5 +94,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    keep_freed_memory()  # as the CLI does: see kdexport/allocator.py
+    prefer_kept()  # as the CLI does: see kdexport/allocator.py
     main()

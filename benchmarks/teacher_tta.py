@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kdexport.allocator import keep_freed_memory
+from kdexport.allocator import prefer_kept
 from kdexport.data.datasets import load_dataset
 from kdexport.distill.teacher import TorchTeacher, tta_accuracies
 from kdexport.envinfo import result_stamp, stamp_markdown, usable_cores
@@ -68,5 +68,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    keep_freed_memory()  # as the CLI does: see kdexport/allocator.py
+    prefer_kept()  # as the CLI does: see kdexport/allocator.py
     main()

@@ -27,7 +27,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from .allocator import keep_freed_memory
+from .allocator import prefer_kept
 from .config import (
     REQUIRED,
     SWEEP_REPLACES,
@@ -459,7 +459,7 @@ def main() -> None:
     import warnings
 
     warnings.showwarning = _one_line_warning  # a library warning is one line on stderr, like an error
-    keep_freed_memory()  # before the first big tensor: see kdexport/allocator.py
+    prefer_kept()  # malloc keeps freed memory once the data is in memory: see kdexport/allocator.py
     app(prog_name="kdexport")
 
 

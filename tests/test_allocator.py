@@ -77,14 +77,24 @@ def test_the_environment_stamp_says_which_malloc_was_in_force(monkeypatch):
     assert environment(1)["malloc"] == "system"
 
 
-def test_the_cli_keeps_freed_memory_before_any_command_runs(monkeypatch):
+def test_the_cli_asks_for_kept_memory_before_any_command_runs(monkeypatch):
     import warnings
 
     from kdexport import cli
 
     monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # main() sets it: undone after the test
     calls = []
-    monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append("malloc"))
+    monkeypatch.setattr(cli, "prefer_kept", lambda: calls.append("malloc"))
     monkeypatch.setattr(cli, "app", lambda prog_name: calls.append(prog_name))
     cli.main()
     assert calls == ["malloc", "kdexport"]
+
+
+def test_settle_keeps_memory_only_for_data_in_memory_and_only_when_asked(monkeypatch):
+    applied = []
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: applied.append(1) or "kept")
+    monkeypatch.setattr(allocator, "_preferred", False)
+    assert allocator.settle(streamed=False) == allocator.state() and applied == []  # the library alone: untouched
+    allocator.prefer_kept()
+    assert allocator.settle(streamed=True) == allocator.state() and applied == []  # stream mode: glibc's defaults
+    assert allocator.settle(streamed=False) == "kept" and applied == [1]

@@ -3,6 +3,7 @@ RandomResizedCrop draws, the memory-mapped teacher cache, and the policy as pred
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -248,3 +249,20 @@ def test_readme_snippet_crops_a_photo_as_predict_does(photos, cache, tmp_path):
                  .replace("print(", "result = ("), "README snippet", "exec"), ns)
     assert np.allclose(ns["x"], kp.preprocess(photo, kp.load_classifier(onnx_path)[1]), atol=1e-6)
     assert [label for label, _ in ns["result"]][:2] == [t["label"] for t in kp.predict(onnx_path, [photo], 2)[0]["top"]]
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_after_the_cli_asks_memory_mode_keeps_freed_memory_and_stream_mode_leaves_malloc_alone(photos, cache,
+                                                                                                 monkeypatch):
+    from kdexport import allocator
+
+    calls = []
+    monkeypatch.delenv(allocator.ENV, raising=False)
+    monkeypatch.setattr(allocator, "_state", "system")
+    monkeypatch.setattr(allocator, "_preferred", True)  # as the CLI leaves it; the mallopt calls themselves stubbed
+    monkeypatch.setattr(allocator.ctypes, "CDLL", lambda _: type("libc", (), {
+        "mallopt": staticmethod(lambda *a: calls.append(a) or 1)}))
+    _load(photos, "stream")
+    assert allocator.state() == "system" and calls == []
+    _load(photos, "memory")
+    assert allocator.state() == "kept" and calls == [(-4, 0), (-1, 2**31 - 1)]

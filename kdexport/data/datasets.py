@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..allocator import settle as settle_malloc
 from ..envinfo import check_fits_memory
 from ..errors import ConfigError, DataError, first_line
 from ..files import cache_root
@@ -173,6 +174,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
     if data_mode == "stream" and not data.streamed:
         raise ConfigError(f"--data-mode stream applies to image files (imagefolder, or cifar10 as an ImageFolder "
                           f"copy); {name} from {data.source or 'its source'} is one array, held in memory")
+    settle_malloc(data.streamed)  # kept memory for data in memory, once the CLI asked (kdexport/allocator.py)
     return data
 
 
