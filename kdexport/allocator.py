@@ -37,15 +37,24 @@ _preferred = False
 
 
 def state() -> str:
-    """What this process's malloc does with big frees: 'kept' (after :func:`keep_freed_memory`) or 'system'."""
+    """What this process's malloc does with big frees: 'kept' (after :func:`keep_freed_memory`), 'kept for data in
+    memory' (asked for by :func:`prefer_kept`, applied when such data loads: a stamp written before that), or
+    'system'."""
+    if _state == "system" and _preferred and _glibc() and _wanted(warn=False):
+        return "kept for data in memory"
     return _state
 
 
-def _wanted() -> bool:
+def _glibc() -> bool:
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
+def _wanted(warn: bool = True) -> bool:
     value = os.environ.get(ENV, "").strip().lower() or "kept"
     if value not in ("kept", "system"):
-        warnings.warn(f"{ENV}={os.environ[ENV]!r} is neither 'kept' nor 'system'; keeping glibc's defaults",
-                      stacklevel=3)
+        if warn:
+            warnings.warn(f"{ENV}={os.environ[ENV]!r} is neither 'kept' nor 'system'; keeping glibc's defaults",
+                          stacklevel=3)
         return False
     return value == "kept"
 
@@ -59,7 +68,9 @@ def prefer_kept() -> None:
 def settle(streamed: bool) -> str:
     """Called by ``load_dataset`` once the data's mode is known: after :func:`prefer_kept`, keep freed memory for
     data held in memory; leave malloc alone for streamed data. Returns :func:`state`."""
-    return keep_freed_memory() if _preferred and not streamed else _state
+    if _preferred and not streamed:
+        keep_freed_memory()
+    return state()
 
 
 def keep_freed_memory() -> str:
@@ -67,9 +78,7 @@ def keep_freed_memory() -> str:
     :func:`state`. A no-op, returning 'system', where ``KDEXPORT_MALLOC=system`` is set or the C library is
     not glibc (macOS, musl: their allocators differ and are left alone)."""
     global _state
-    if _state == "kept" or not _wanted():
-        return _state
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if _state == "kept" or not _wanted() or not _glibc():
         return _state
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

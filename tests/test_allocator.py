@@ -74,6 +74,17 @@ def test_the_environment_stamp_says_which_malloc_was_in_force(monkeypatch):
     monkeypatch.setattr(allocator, "_state", "kept")
     assert environment(1)["malloc"] == "kept"
     monkeypatch.setattr(allocator, "_state", "system")
+    monkeypatch.setattr(allocator, "_preferred", False)
+    assert environment(1)["malloc"] == "system"
+
+
+@glibc_only
+def test_a_stamp_written_before_the_data_loads_states_the_policy(monkeypatch):
+    monkeypatch.setattr(allocator, "_state", "system")
+    monkeypatch.setattr(allocator, "_preferred", True)
+    monkeypatch.delenv(allocator.ENV, raising=False)
+    assert environment(1)["malloc"] == "kept for data in memory"
+    monkeypatch.setenv(allocator.ENV, "system")
     assert environment(1)["malloc"] == "system"
 
 
@@ -92,9 +103,14 @@ def test_the_cli_asks_for_kept_memory_before_any_command_runs(monkeypatch):
 
 def test_settle_keeps_memory_only_for_data_in_memory_and_only_when_asked(monkeypatch):
     applied = []
-    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: applied.append(1) or "kept")
+    def keep():
+        applied.append(1)
+        allocator._state = "kept"  # restored after the test: monkeypatched below
+
+    monkeypatch.setattr(allocator, "keep_freed_memory", keep)
     monkeypatch.setattr(allocator, "_preferred", False)
-    assert allocator.settle(streamed=False) == allocator.state() and applied == []  # the library alone: untouched
+    monkeypatch.setattr(allocator, "_state", "system")
+    assert allocator.settle(streamed=False) == "system" and applied == []  # the library alone: untouched
     allocator.prefer_kept()
-    assert allocator.settle(streamed=True) == allocator.state() and applied == []  # stream mode: glibc's defaults
+    assert allocator.settle(streamed=True) == "kept for data in memory" and applied == []  # stream: untouched
     assert allocator.settle(streamed=False) == "kept" and applied == [1]
