@@ -26,7 +26,6 @@ import torch
 import torchvision
 from torchvision.transforms import v2
 
-from kdexport.allocator import prefer_kept
 from kdexport.envinfo import result_stamp, stamp_markdown
 from kdexport.files import atomic_write_json, atomic_write_text
 
@@ -128,5 +127,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    prefer_kept()  # as the CLI does: see kdexport/allocator.py
     main()
