@@ -3,29 +3,35 @@
 The device takes this checkout, not ../shared, so the data travels packed. Here, once:
 
     python benchmarks/gpu_run.py pack        # ../shared/datasets/cifar10-jpeg -> .devdata/cifar10-jpeg.tar.gz (~20 MB)
+                                             # and its first 20 images per class -> .devdata/cifar10-jpeg-smoke.tar.gz
 
-It prints the device command to give the tool's `run` (carry [".devdata"], timeout_s 540), with this commit filled in:
+It prints the device command to give the tool's `run` (carry [".devdata"], timeout_s 560), with this commit filled in:
 
     KDEXPORT_GIT_COMMIT=<commit> PYTHONPATH=. PYTHONUNBUFFERED=1 python3 benchmarks/gpu_run.py run --out $OUT
 
-`run` unpacks the data into a temporary folder, then runs each step below through benchmarks/run_recipe.py (the
-recipes say device auto: CUDA there, with the training loop's own bf16 autocast and channels_last), all of them
-under a fresh --workroot so that step 2 distils from the teacher step 1 trained:
+`run` unpacks the data into a temporary folder. First a smoke run: steps 1 and 2 on the 20-images-per-class
+subset for one epoch (--set teacher_epochs=1 --set train.epochs=1 --set bench_iters=5; results thrown away). A
+CUDA-only fault (a tensor left on the wrong device, say) shows there within a minute, and the real steps are then
+skipped, so the session keeps most of its device time for a mended rerun (--no-smoke skips it). Then it runs each
+step below through benchmarks/run_recipe.py (the recipes say device auto: CUDA there, with the training loop's own
+bf16 autocast and channels_last), all of them under a fresh --workroot so that step 2 distils from the teacher
+step 1 trained:
 
   1. cifar10-fast-teacher-wide-long       the strong teacher (fastcifar:1.5, 19 epochs) and its TTA accuracies
   2. cifar10-fast-teacher-students-best   fastcifar:0.25 alone and distilled from it, 3 seeds, exported, benchmarked
   3. cifar10-resnet50-resnet18-cifar-stem-gpu   the seed's best ResNet50 -> ResNet18 cell, time permitting
 
-Each step runs as a subprocess bounded by what is left of --budget-s (default 420 s, so that a session's 15 minutes
-hold the machine's start, the transfers and a shorter rerun); one still running at the budget is stopped and
-recorded so, and a step is not started with less than its minimum left. Into --out go each finished step's
-NAME.json and NAME.md (stamped with the GPU), gpu_run.json (every step's status and seconds, the environment) and
-gpu_run.log (all output): 8 files, the device's limit. Back here, copy them into benchmarks/results/gpu/.
+Each step runs as a subprocess bounded by what is left of --budget-s (default 480 s, the smoke run included, so
+that a session's 15 minutes hold the machine's start, the transfers and the idle wait after it); one still running
+at the budget is stopped and recorded so, and a step is not started with less than its minimum left. Into --out go
+each finished step's NAME.json and NAME.md (stamped with the GPU), gpu_run.json (every step's status and seconds,
+the smoke run's too, the environment) and gpu_run.log (all output, the smoke run's first): 8 files, the device's
+limit. Back here, copy them into benchmarks/results/gpu/.
 
 A dry run of the same road on the CPU, on a small subset and one epoch:
 
     python benchmarks/gpu_run.py pack --per-class 20 --dest /tmp/small.tar.gz
-    python benchmarks/gpu_run.py run --archive /tmp/small.tar.gz --out /tmp/gpu-dry --allow-cpu \\
+    python benchmarks/gpu_run.py run --archive /tmp/small.tar.gz --out /tmp/gpu-dry --allow-cpu --no-smoke \\
         --set teacher_epochs=1 --set train.epochs=1 --set bench_iters=5
 """
 
@@ -44,6 +50,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 ARCHIVE = ROOT / ".devdata" / "cifar10-jpeg.tar.gz"
+SMOKE_ARCHIVE = ROOT / ".devdata" / "cifar10-jpeg-smoke.tar.gz"
+SMOKE_PER_CLASS = 20
 SOURCE = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg"
 DATA_NAME = "cifar10-jpeg"
 
@@ -53,6 +61,10 @@ STEPS: tuple[tuple[str, float], ...] = (
     ("cifar10-fast-teacher-students-best", 60.0),
     ("cifar10-resnet50-resnet18-cifar-stem-gpu", 150.0),
 )
+# the smoke run: the fastcifar steps (the issue's targets), one epoch on the subset, within SMOKE_BUDGET_S
+SMOKE_STEPS = tuple((name, 0.0) for name, _ in STEPS[:2])
+SMOKE_SETS = ["teacher_epochs=1", "train.epochs=1", "bench_iters=5"]
+SMOKE_BUDGET_S = 150.0
 
 
 def pack(src: Path, dest: Path, per_class: int | None = None) -> tuple[Path, int]:
@@ -96,7 +108,7 @@ def _run_bounded(cmd: list[str], log, timeout: float) -> int | None:
 
 
 def run_steps(steps, data_dir: Path, out: Path, workroot: Path, budget_s: float, sets: list[str], log,
-              python: str = sys.executable, clock=time.monotonic) -> list[dict]:
+              python: str = sys.executable, clock=time.monotonic, tag: str = "") -> list[dict]:
     """Run each (recipe, least seconds) of ``steps`` through run_recipe.py within ``budget_s`` in all."""
     t0 = clock()
     records = []
@@ -108,7 +120,7 @@ def run_steps(steps, data_dir: Path, out: Path, workroot: Path, budget_s: float,
         else:
             cmd = [python, str(HERE / "run_recipe.py"), name, "--data-dir", str(data_dir), "--workroot", str(workroot),
                    "--results-dir", str(out), *(a for s in sets for a in ("--set", s))]
-            log.write(f"\n===== {name}: {' '.join(cmd)}\n")
+            log.write(f"\n===== {tag}{name}: {' '.join(cmd)}\n")
             log.flush()
             t = clock()
             rc = _run_bounded(cmd, log, left)
@@ -118,9 +130,26 @@ def run_steps(steps, data_dir: Path, out: Path, workroot: Path, budget_s: float,
             else:
                 rec["status"] = "done" if rc == 0 else f"failed (exit {rc})"
         records.append(rec)
-        print(f"gpu_run: {name}: {rec['status']}" + (f" in {rec['seconds']:.0f} s" if "seconds" in rec else "")
+        print(f"gpu_run: {tag}{name}: {rec['status']}" + (f" in {rec['seconds']:.0f} s" if "seconds" in rec else "")
               + (f" ({rec['reason']})" if "reason" in rec else ""), flush=True)
     return records
+
+
+def smoke_then_steps(data: Path, smoke_data: Path | None, out: Path, tmp: Path, budget_s: float, sets: list[str],
+                     log, python: str = sys.executable, clock=time.monotonic) -> dict:
+    """The smoke run (when ``smoke_data``), then, only if every smoke step passed, the real steps with what is left
+    of ``budget_s``. Returns {"smoke": records (when run), "steps": records}."""
+    t0 = clock()
+    result: dict = {}
+    if smoke_data is not None:
+        result["smoke"] = run_steps(SMOKE_STEPS, smoke_data, tmp / "smoke-results", tmp / "smoke-work",
+                                    min(SMOKE_BUDGET_S, budget_s), SMOKE_SETS + sets, log, python, clock, "smoke ")
+        if any(r["status"] != "done" for r in result["smoke"]):
+            result["steps"] = [{"recipe": name, "status": "skipped", "reason": "the smoke run did not pass"}
+                               for name, _ in STEPS]
+            return result
+    result["steps"] = run_steps(STEPS, data, out, tmp / "work", budget_s - (clock() - t0), sets, log, python, clock)
+    return result
 
 
 def _device_command() -> str:
@@ -141,7 +170,9 @@ def main() -> None:
     r = sub.add_parser("run", help="on the GPU machine: unpack and run the steps")
     r.add_argument("--out", type=Path, required=True, help="where results, gpu_run.json and gpu_run.log go")
     r.add_argument("--archive", type=Path, default=ARCHIVE)
-    r.add_argument("--budget-s", type=float, default=420.0, help="seconds for all steps together")
+    r.add_argument("--smoke-archive", type=Path, default=SMOKE_ARCHIVE)
+    r.add_argument("--no-smoke", action="store_true", help="skip the smoke run")
+    r.add_argument("--budget-s", type=float, default=480.0, help="seconds for all steps together, the smoke run's too")
     r.add_argument("--allow-cpu", action="store_true", help="a dry run without CUDA")
     r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="passed to every step's run_recipe.py (a dry run's shorter schedule)")
@@ -150,8 +181,10 @@ def main() -> None:
     if args.cmd == "pack":
         dest, count = pack(args.src, args.dest, args.per_class)
         print(f"packed {count} images into {dest} ({dest.stat().st_size / 2**20:.1f} MiB)")
-        if dest.resolve() == ARCHIVE:
-            print(f'device tool run: carry [".devdata"], timeout_s 540, command:\n  {_device_command()}')
+        if dest.resolve() == ARCHIVE.resolve():
+            smoke, n = pack(args.src, SMOKE_ARCHIVE, SMOKE_PER_CLASS)
+            print(f"packed {n} images into {smoke} (the smoke run's)")
+            print(f'device tool run: carry [".devdata"], timeout_s 560, command:\n  {_device_command()}')
         return
 
     import torch
@@ -165,15 +198,17 @@ def main() -> None:
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         data = unpack(args.archive, Path(tmp))  # a missing archive stops here, before --out is touched
+        smoke = None if args.no_smoke else unpack(args.smoke_archive, Path(tmp) / "smoke")
         report["unpack_seconds"] = round(time.monotonic() - t0, 1)
         args.out.mkdir(parents=True, exist_ok=True)
         with open(args.out / "gpu_run.log", "w") as log:
-            report["steps"] = run_steps(STEPS, data, args.out, Path(tmp) / "work",
-                                        args.budget_s - report["unpack_seconds"], args.sets, log)
+            report.update(smoke_then_steps(data, smoke, args.out, Path(tmp), args.budget_s - report["unpack_seconds"],
+                                           args.sets, log))
     report["wall_seconds"] = round(time.monotonic() - t0, 1)
     atomic_write_json(args.out / "gpu_run.json", report)
     print(f"gpu_run: {report['wall_seconds']:.0f} s in all; results in {args.out}")
-    if any(s["status"].startswith("failed") for s in report["steps"]):
+    if any(s["status"] != "done" for s in report.get("smoke", [])) or any(
+            s["status"].startswith("failed") for s in report["steps"]):
         sys.exit(1)
 
 

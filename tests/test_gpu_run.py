@@ -69,6 +69,28 @@ def test_steps_keep_the_budget_and_report_each_outcome(tmp_path):
     assert "ran ok" in text and "ran bad" in text and "--workroot" in text and "--set a=1" in text
 
 
+def test_a_failed_smoke_run_skips_the_real_steps(tmp_path, monkeypatch):
+    """The smoke run goes first on its own data, with the short schedule; the real steps run only if it passed."""
+    fake = tmp_path / "fake.sh"
+    fake.write_text('#!/bin/sh\necho "ran $2 on $4"\ncase "$2" in bad) exit 3;; esac\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setattr(gpu_run, "STEPS", (("ok", 0.0), ("other", 0.0)))
+    for smoke_steps, want in (((("ok", 0.0),), ["done", "done"]), ((("ok", 0.0), ("bad", 0.0)), ["skipped"] * 2)):
+        monkeypatch.setattr(gpu_run, "SMOKE_STEPS", smoke_steps)
+        with open(tmp_path / "log", "w") as log:
+            res = gpu_run.smoke_then_steps(tmp_path / "data", tmp_path / "small", tmp_path / "out", tmp_path, 60.0,
+                                           [], log, python=str(fake))
+        assert [r["status"] for r in res["steps"]] == want
+        assert [r["recipe"] for r in res["smoke"]] == [n for n, _ in smoke_steps]
+        text = (tmp_path / "log").read_text()
+        assert f"ran ok on {tmp_path / 'small'}" in text and "smoke ok" in text and "--set train.epochs=1" in text
+        assert (f"ran other on {tmp_path / 'data'}" in text) == (want[0] == "done")
+    with open(tmp_path / "log", "w") as log:  # --no-smoke: the steps alone
+        res = gpu_run.smoke_then_steps(tmp_path / "data", None, tmp_path / "out", tmp_path, 60.0, [], log,
+                                       python=str(fake))
+    assert "smoke" not in res and [r["status"] for r in res["steps"]] == ["done", "done"]
+
+
 def test_overrides_change_a_copy_only():
     r = run_recipe.load_recipe("cifar10-fast-teacher-students-best")
     got = run_recipe.apply_overrides(r, ["train.epochs=1", "teacher_epochs=2", "grid.seeds=[0]", "teacher_tta=none"])
@@ -140,10 +162,14 @@ def test_run_refuses_a_machine_without_cuda_unless_asked(tmp_path, monkeypatch):
 
 
 def test_pack_prints_the_device_command_with_the_commit(tmp_path, monkeypatch, capsys):
-    _imagefolder(tmp_path / "src", per_class=1)
     monkeypatch.setattr(gpu_run, "ARCHIVE", tmp_path / ".devdata" / "c.tar.gz")
-    monkeypatch.setattr(sys, "argv", ["gpu_run.py", "pack", "--src", str(tmp_path / "src"),
+    monkeypatch.setattr(gpu_run, "SMOKE_ARCHIVE", tmp_path / ".devdata" / "s.tar.gz")
+    monkeypatch.setattr(gpu_run, "SMOKE_PER_CLASS", 1)
+    _imagefolder(tmp_path / "src2", per_class=2)
+    monkeypatch.setattr(sys, "argv", ["gpu_run.py", "pack", "--src", str(tmp_path / "src2"),
                                       "--dest", str(tmp_path / ".devdata" / "c.tar.gz")])
     gpu_run.main()
     out = capsys.readouterr().out
-    assert "packed 4 images" in out and "KDEXPORT_GIT_COMMIT=" in out and "run --out $OUT" in out
+    assert "packed 8 images" in out and "KDEXPORT_GIT_COMMIT=" in out and "run --out $OUT" in out
+    assert "packed 4 images" in out and "(the smoke run's)" in out  # the first image of each class and split
+    assert len(_files(gpu_run.unpack(tmp_path / ".devdata" / "s.tar.gz", tmp_path / "x"))) == 4

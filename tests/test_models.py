@@ -210,6 +210,23 @@ def test_fit_initializes_from_data_unless_told_not_to(digits):
         assert torch.equal(w0, m.whiten.weight) != data_init  # frozen: only data_init changes it
 
 
+def test_fastcifar_pool_is_a_global_max_that_older_onnx_exporters_translate():
+    from kdexport.models.cifar import _GlobalMaxPool
+
+    x = torch.tensor([[[[1.0, 5.0], [5.0, -2.0]], [[-3.0, -1.0], [-4.0, -2.0]]]], requires_grad=True)
+    y = _GlobalMaxPool()(x)
+    assert y.shape == (1, 2, 1, 1) and y.flatten().tolist() == [5.0, -1.0]
+    y.sum().backward()  # like AdaptiveMaxPool2d(1): the gradient goes to one maximum, a tie is not split
+    assert x.grad.flatten().tolist().count(1.0) == 2 and x.grad.sum().item() == 2.0
+    assert x.grad[0, 1].flatten().tolist() == [0.0, 1.0, 0.0, 0.0]
+    z = torch.randn(3, 4, 5, 5)
+    assert torch.equal(_GlobalMaxPool()(z), torch.nn.AdaptiveMaxPool2d(1)(z))
+    # torch 2.11's ONNX exporter (the GPU machine's) fails on aten.adaptive_max_pool2d: the graph holds none
+    m = build_model(ModelSpec("fastcifar:0.25", 10, (3, 32, 32))).eval()
+    graph = torch.export.export(m, (torch.randn(2, 3, 32, 32),)).graph
+    assert not [n for n in graph.nodes if "adaptive_max_pool" in str(n.target)]
+
+
 @pytest.mark.parametrize("arch", ["resnet8", "fastcifar:0.25"])
 def test_small_image_models_export_with_parity(arch, tmp_path):
     from kdexport.export.onnx import export_onnx

@@ -99,6 +99,15 @@ class _ConvGroup(nn.Module):
         return self.act(self.norm2(self.conv2(x)))
 
 
+class _GlobalMaxPool(nn.Module):
+    """N x C x H x W -> N x C x 1 x 1 by the maximum over each channel: AdaptiveMaxPool2d(1)'s values and gradient
+    (to one maximum), written as a reduction: torch 2.11's ONNX exporter has no translation for
+    aten.adaptive_max_pool2d, and a reduction exports as one ReduceMax on every supported torch."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(x, 2).max(dim=2).values[..., None, None]
+
+
 class FastCifar(nn.Module):
     PATCH = 2
 
@@ -113,7 +122,7 @@ class FastCifar(nn.Module):
         self.group1 = _ConvGroup(self.whiten.out_channels, w1)
         self.group2 = _ConvGroup(w1, w2)
         self.group3 = _ConvGroup(w2, w2)
-        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.pool = _GlobalMaxPool()
         self.head = nn.Linear(w2, num_classes, bias=False)
         self.scale = 1 / 9
 
