@@ -5,7 +5,7 @@ The device takes this checkout, not ../shared, so the data travels packed. Here,
     python benchmarks/gpu_run.py pack        # ../shared/datasets/cifar10-jpeg -> .devdata/cifar10-jpeg.tar.gz (~20 MB)
                                              # and its first 20 images per class -> .devdata/cifar10-jpeg-smoke.tar.gz
 
-It prints the device command to give the tool's `run` (carry [".devdata"], timeout_s 560), with this commit filled in:
+It prints the device command to give the tool's `run` (carry [".devdata"], timeout_s 590), with this commit filled in:
 
     KDEXPORT_GIT_COMMIT=<commit> PYTHONPATH=. PYTHONUNBUFFERED=1 python3 benchmarks/gpu_run.py run --out $OUT
 
@@ -21,7 +21,7 @@ step 1 trained:
   2. cifar10-fast-teacher-students-best   fastcifar:0.25 alone and distilled from it, 3 seeds, exported, benchmarked
   3. cifar10-resnet50-resnet18-cifar-stem-gpu   the seed's best ResNet50 -> ResNet18 cell, time permitting
 
-Each step runs as a subprocess bounded by what is left of --budget-s (default 480 s, the smoke run included, so
+Each step runs as a subprocess bounded by what is left of --budget-s (default 540 s, the smoke run included, so
 that a session's 15 minutes hold the machine's start, the transfers and the idle wait after it); one still running
 at the budget is stopped and recorded so, and a step is not started with less than its minimum left. Into --out go
 each finished step's NAME.json and NAME.md (stamped with the GPU), gpu_run.json (every step's status and seconds,
@@ -172,7 +172,7 @@ def main() -> None:
     r.add_argument("--archive", type=Path, default=ARCHIVE)
     r.add_argument("--smoke-archive", type=Path, default=SMOKE_ARCHIVE)
     r.add_argument("--no-smoke", action="store_true", help="skip the smoke run")
-    r.add_argument("--budget-s", type=float, default=480.0, help="seconds for all steps together, the smoke run's too")
+    r.add_argument("--budget-s", type=float, default=540.0, help="seconds for all steps together, the smoke run's too")
     r.add_argument("--allow-cpu", action="store_true", help="a dry run without CUDA")
     r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="passed to every step's run_recipe.py (a dry run's shorter schedule)")
@@ -184,7 +184,7 @@ def main() -> None:
         if dest.resolve() == ARCHIVE.resolve():
             smoke, n = pack(args.src, SMOKE_ARCHIVE, SMOKE_PER_CLASS)
             print(f"packed {n} images into {smoke} (the smoke run's)")
-            print(f'device tool run: carry [".devdata"], timeout_s 560, command:\n  {_device_command()}')
+            print(f'device tool run: carry [".devdata"], timeout_s 590, command:\n  {_device_command()}')
         return
 
     import torch

@@ -58,14 +58,19 @@ def usable_cores() -> int:
 @functools.cache
 def git_commit(root: Path | None = None) -> str | None:
     """The kdexport source's git commit (with '+dirty' when the package or benchmarks have uncommitted
-    changes), when run from a checkout; in a copy without .git (the GPU machine's), $KDEXPORT_GIT_COMMIT as the
-    copier set it. Read once per process: a long run started before a commit is stamped with the code it started
-    from (``prepare`` reads it at the start of every run)."""
+    changes), when run from a checkout. $KDEXPORT_GIT_COMMIT, when set, wins: whoever copied the code elsewhere
+    (the GPU machine) says what they copied, and a copy's .git may be a stale one (the device tool's was the
+    session's first commit, so the first GPU results read '14d21cc+dirty' for code at 7d38cc8). Read once per
+    process: a long run started before a commit is stamped with the code it started from (``prepare`` reads it
+    at the start of every run)."""
     import subprocess
 
+    given = os.environ.get("KDEXPORT_GIT_COMMIT")
+    if given:
+        return given
     root = root or Path(__file__).resolve().parents[1]
     if not (root / ".git").exists():
-        return os.environ.get("KDEXPORT_GIT_COMMIT") or None
+        return None
     try:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, timeout=5).stdout.strip()

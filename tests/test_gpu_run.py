@@ -141,8 +141,11 @@ def test_commit_stamp_of_a_copy_without_git(tmp_path, monkeypatch):
 
     monkeypatch.setenv("KDEXPORT_GIT_COMMIT", "abc1234")
     assert git_commit(tmp_path) == "abc1234"
+    # a copy that carries a .git (the device tool's, stale) is stamped with what the copier says, not its HEAD
+    assert git_commit.__wrapped__(ROOT) == "abc1234"
     monkeypatch.delenv("KDEXPORT_GIT_COMMIT")
     assert git_commit(tmp_path / "other") is None
+    assert git_commit.__wrapped__(ROOT) not in (None, "abc1234")  # this checkout's own HEAD
     assert os.environ.get("KDEXPORT_GIT_COMMIT") is None
 
 
