@@ -21,6 +21,8 @@ step 1 trained:
   2. cifar10-fast-teacher-students-best   fastcifar:0.25 alone and distilled from it, 3 seeds, exported, benchmarked
   3. cifar10-resnet50-resnet18-cifar-stem-gpu   the seed's best ResNet50 -> ResNet18 cell, time permitting
 
+--steps picks some (e.g. --steps 3: the one step whose results are not yet in benchmarks/results/gpu/; 2 needs 1).
+
 Each step runs as a subprocess bounded by what is left of --budget-s (default 540 s, the smoke run included, so
 that a session's 15 minutes hold the machine's start, the transfers and the idle wait after it); one still running
 at the budget is stopped and recorded so, and a step is not started with less than its minimum left. Into --out go
@@ -135,20 +137,40 @@ def run_steps(steps, data_dir: Path, out: Path, workroot: Path, budget_s: float,
     return records
 
 
+def select_steps(spec: str | None) -> list[int]:
+    """``--steps``: comma-separated 1-based step numbers (all when None), in order. Step 2 distils from the
+    teacher step 1 trains in the same workroot, so 2 without 1 is refused."""
+    if spec is None:
+        return list(range(1, len(STEPS) + 1))
+    try:
+        chosen = sorted({int(p) for p in spec.split(",") if p.strip()})
+    except ValueError:
+        chosen = []
+    if not chosen or not all(1 <= k <= len(STEPS) for k in chosen):
+        raise SystemExit(f"gpu_run: --steps takes step numbers 1-{len(STEPS)} separated by commas, not {spec!r}")
+    if 2 in chosen and 1 not in chosen:
+        raise SystemExit("gpu_run: step 2 distils from the teacher step 1 trains: --steps 2 needs 1 as well")
+    return chosen
+
+
 def smoke_then_steps(data: Path, smoke_data: Path | None, out: Path, tmp: Path, budget_s: float, sets: list[str],
-                     log, python: str = sys.executable, clock=time.monotonic) -> dict:
-    """The smoke run (when ``smoke_data``), then, only if every smoke step passed, the real steps with what is left
-    of ``budget_s``. Returns {"smoke": records (when run), "steps": records}."""
+                     log, python: str = sys.executable, clock=time.monotonic, chosen: list[int] | None = None) -> dict:
+    """The smoke run (when ``smoke_data``, of the ``chosen`` steps (1-based; all when None) it covers), then, only
+    if every smoke step passed, the chosen steps with what is left of ``budget_s``. Returns {"smoke": records (when
+    run), "steps": records}."""
     t0 = clock()
+    chosen = chosen or list(range(1, len(STEPS) + 1))
+    steps = [STEPS[k - 1] for k in chosen]
+    smoke_steps = [st for st in SMOKE_STEPS if st[0] in {name for name, _ in steps}]
     result: dict = {}
-    if smoke_data is not None:
-        result["smoke"] = run_steps(SMOKE_STEPS, smoke_data, tmp / "smoke-results", tmp / "smoke-work",
+    if smoke_data is not None and smoke_steps:
+        result["smoke"] = run_steps(smoke_steps, smoke_data, tmp / "smoke-results", tmp / "smoke-work",
                                     min(SMOKE_BUDGET_S, budget_s), SMOKE_SETS + sets, log, python, clock, "smoke ")
         if any(r["status"] != "done" for r in result["smoke"]):
             result["steps"] = [{"recipe": name, "status": "skipped", "reason": "the smoke run did not pass"}
-                               for name, _ in STEPS]
+                               for name, _ in steps]
             return result
-    result["steps"] = run_steps(STEPS, data, out, tmp / "work", budget_s - (clock() - t0), sets, log, python, clock)
+    result["steps"] = run_steps(steps, data, out, tmp / "work", budget_s - (clock() - t0), sets, log, python, clock)
     return result
 
 
@@ -173,6 +195,8 @@ def main() -> None:
     r.add_argument("--smoke-archive", type=Path, default=SMOKE_ARCHIVE)
     r.add_argument("--no-smoke", action="store_true", help="skip the smoke run")
     r.add_argument("--budget-s", type=float, default=540.0, help="seconds for all steps together, the smoke run's too")
+    r.add_argument("--steps", default=None, metavar="K[,K...]",
+                   help="only these steps (1-based; all by default), e.g. 3 when 1 and 2 have results already")
     r.add_argument("--allow-cpu", action="store_true", help="a dry run without CUDA")
     r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="passed to every step's run_recipe.py (a dry run's shorter schedule)")
@@ -192,9 +216,11 @@ def main() -> None:
     from kdexport.envinfo import environment, now_iso
     from kdexport.files import atomic_write_json
 
+    chosen = select_steps(args.steps)
     if not torch.cuda.is_available() and not args.allow_cpu:
         raise SystemExit("gpu_run: no CUDA device here (--allow-cpu for a dry run on the CPU)")
-    report = {"created": now_iso(), "environment": environment(), "budget_s": args.budget_s, "sets": args.sets}
+    report = {"created": now_iso(), "environment": environment(), "budget_s": args.budget_s, "sets": args.sets,
+              "steps_chosen": chosen}
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         data = unpack(args.archive, Path(tmp))  # a missing archive stops here, before --out is touched
@@ -203,7 +229,7 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         with open(args.out / "gpu_run.log", "w") as log:
             report.update(smoke_then_steps(data, smoke, args.out, Path(tmp), args.budget_s - report["unpack_seconds"],
-                                           args.sets, log))
+                                           args.sets, log, chosen=chosen))
     report["wall_seconds"] = round(time.monotonic() - t0, 1)
     atomic_write_json(args.out / "gpu_run.json", report)
     print(f"gpu_run: {report['wall_seconds']:.0f} s in all; results in {args.out}")

@@ -72,10 +72,10 @@ def test_steps_keep_the_budget_and_report_each_outcome(tmp_path):
 def test_a_failed_smoke_run_skips_the_real_steps(tmp_path, monkeypatch):
     """The smoke run goes first on its own data, with the short schedule; the real steps run only if it passed."""
     fake = tmp_path / "fake.sh"
-    fake.write_text('#!/bin/sh\necho "ran $2 on $4"\ncase "$2" in bad) exit 3;; esac\n')
+    fake.write_text('#!/bin/sh\necho "ran $2 on $4"\ncase "$2:$4" in other:*small) exit 3;; esac\n')  # fails in smoke
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setattr(gpu_run, "STEPS", (("ok", 0.0), ("other", 0.0)))
-    for smoke_steps, want in (((("ok", 0.0),), ["done", "done"]), ((("ok", 0.0), ("bad", 0.0)), ["skipped"] * 2)):
+    for smoke_steps, want in (((("ok", 0.0),), ["done", "done"]), ((("ok", 0.0), ("other", 0.0)), ["skipped"] * 2)):
         monkeypatch.setattr(gpu_run, "SMOKE_STEPS", smoke_steps)
         with open(tmp_path / "log", "w") as log:
             res = gpu_run.smoke_then_steps(tmp_path / "data", tmp_path / "small", tmp_path / "out", tmp_path, 60.0,
@@ -89,6 +89,27 @@ def test_a_failed_smoke_run_skips_the_real_steps(tmp_path, monkeypatch):
         res = gpu_run.smoke_then_steps(tmp_path / "data", None, tmp_path / "out", tmp_path, 60.0, [], log,
                                        python=str(fake))
     assert "smoke" not in res and [r["status"] for r in res["steps"]] == ["done", "done"]
+
+
+def test_steps_can_be_chosen_and_the_smoke_run_covers_only_those(tmp_path, monkeypatch):
+    assert gpu_run.select_steps(None) == [1, 2, 3] and gpu_run.select_steps("3") == [3]
+    assert gpu_run.select_steps("2, 1") == [1, 2]
+    for bad, why in (("4", "1-3"), ("0", "1-3"), ("x", "1-3"), (",", "1-3"), ("2,3", "needs 1")):
+        with pytest.raises(SystemExit, match=why):
+            gpu_run.select_steps(bad)
+    fake = tmp_path / "fake.sh"
+    fake.write_text('#!/bin/sh\necho "ran $2 on $4"\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setattr(gpu_run, "STEPS", (("one", 0.0), ("two", 0.0), ("three", 0.0)))
+    monkeypatch.setattr(gpu_run, "SMOKE_STEPS", (("one", 0.0), ("two", 0.0)))
+    with open(tmp_path / "log", "w") as log:
+        res = gpu_run.smoke_then_steps(tmp_path / "data", tmp_path / "small", tmp_path / "out", tmp_path, 60.0, [],
+                                       log, python=str(fake), chosen=[3])
+    assert "smoke" not in res and [r["recipe"] for r in res["steps"]] == ["three"]  # no smoke step covers 3
+    with open(tmp_path / "log", "w") as log:
+        res = gpu_run.smoke_then_steps(tmp_path / "data", tmp_path / "small", tmp_path / "out", tmp_path, 60.0, [],
+                                       log, python=str(fake), chosen=[1, 3])
+    assert [r["recipe"] for r in res["smoke"]] == ["one"] and [r["recipe"] for r in res["steps"]] == ["one", "three"]
 
 
 def test_overrides_change_a_copy_only():
