@@ -21,7 +21,8 @@ step 1 trained:
   2. cifar10-fast-teacher-students-best   fastcifar:0.25 alone and distilled from it, 3 seeds, exported, benchmarked
   3. cifar10-resnet50-resnet18-cifar-stem-gpu   the seed's best ResNet50 -> ResNet18 cell, time permitting
 
---steps picks some (e.g. --steps 3: the one step whose results are not yet in benchmarks/results/gpu/; 2 needs 1).
+--steps picks some (e.g. --steps 3: the one step whose results are not yet in benchmarks/results/gpu/; 2 needs 1);
+the smoke run then covers those of them it has (none for --steps 3, whose CUDA road trained to the end on an H200).
 
 Each step runs as a subprocess bounded by what is left of --budget-s (default 540 s, the smoke run included, so
 that a session's 15 minutes hold the machine's start, the transfers and the idle wait after it); one still running

@@ -102,7 +102,6 @@ def _unit(out: Path, ctx: Context, name: str, seed: int, kd: KDConfig | None, so
     model, hist = train_student(ctx, seed=seed, distill=Distillation(source, kd) if kd else None,
                                 label=f"{name} s{seed}", reporter=reporter, state_path=state, resume=True)
     acc = evaluate(model, ctx.data, "test", device=ctx.device)["accuracy"]  # where fit left it: the training device
-    model = model.cpu()  # checkpoints and the baseline cache hold CPU tensors
     rec = unit_record(name, seed, kd, acc, time.perf_counter() - t0, hist)
     # checkpoint first: a result file (the cell's, the cache's record) implies its checkpoint exists
     if save:
