@@ -160,7 +160,7 @@ def smoke_then_steps(data: Path, smoke_data: Path | None, out: Path, tmp: Path, 
     if every smoke step passed, the chosen steps with what is left of ``budget_s``. Returns {"smoke": records (when
     run), "steps": records}."""
     t0 = clock()
-    chosen = chosen or list(range(1, len(STEPS) + 1))
+    chosen = chosen or select_steps(None)
     steps = [STEPS[k - 1] for k in chosen]
     smoke_steps = [st for st in SMOKE_STEPS if st[0] in {name for name, _ in steps}]
     result: dict = {}

@@ -59,10 +59,9 @@ def usable_cores() -> int:
 def git_commit(root: Path | None = None) -> str | None:
     """The kdexport source's git commit (with '+dirty' when the package or benchmarks have uncommitted
     changes), when run from a checkout. $KDEXPORT_GIT_COMMIT, when set, wins: whoever copied the code elsewhere
-    (the GPU machine) says what they copied, and a copy's .git may be a stale one (the device tool's was the
-    session's first commit, so the first GPU results read '14d21cc+dirty' for code at 7d38cc8). Read once per
-    process: a long run started before a commit is stamped with the code it started from (``prepare`` reads it
-    at the start of every run)."""
+    (the GPU machine) says what they copied, and a copy's .git may be a stale one. Read once per process: a long
+    run started before a commit is stamped with the code it started from (``prepare`` reads it at the start of
+    every run)."""
     import subprocess
 
     given = os.environ.get("KDEXPORT_GIT_COMMIT")
