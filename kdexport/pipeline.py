@@ -422,6 +422,19 @@ def onnx_teacher_entry(ctx: Context, teacher: OnnxTeacher, out: Path, accuracy: 
                       history=[])
 
 
+def split_tta(ctx: Context, teacher: TeacherModel, accuracy: float) -> tuple[float, dict | None]:
+    """``accuracy`` (the teacher's as the students see it, :func:`check_teacher`) as the report needs it: the
+    accuracy for the teacher's own entry, which is the plain network, and under ``--teacher-tta`` the record
+    ``{"mode", "accuracy"}`` of the TTA'd one beside it (else None). A PyTorch teacher's entry measures its own
+    accuracy on export; an ONNX teacher's is measured here."""
+    if ctx.cfg.teacher_tta == "none":
+        return accuracy, None
+    tta = {"mode": ctx.cfg.teacher_tta, "accuracy": accuracy}
+    if isinstance(teacher, OnnxTeacher):
+        accuracy = teacher_accuracy(as_teacher(ctx, teacher, tta=False), ctx.data)
+    return accuracy, tta
+
+
 def teacher_entry(ctx: Context, teacher: TeacherModel, out: Path, *, accuracy: float, history: list[dict],
                   log: Log = _quiet, train_seconds: float | None = None) -> ModelEntry:
     if isinstance(teacher, OnnxTeacher):
@@ -491,12 +504,7 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
         t0 = time.perf_counter()
         t_hist = train_teacher(ctx, teacher, reporter, log, state("teacher"))
         t_secs = time.perf_counter() - t0
-        t_acc = check_teacher(ctx, teacher, log)
-        tta = None
-        if cfg.teacher_tta != "none":  # the report's teacher entry is the plain model; the TTA accuracy beside it
-            tta = {"mode": cfg.teacher_tta, "accuracy": t_acc}
-            if isinstance(teacher, OnnxTeacher):  # a PyTorch teacher's entry measures its own accuracy on export
-                t_acc = teacher_accuracy(as_teacher(ctx, teacher, tta=False), ctx.data)
+        t_acc, tta = split_tta(ctx, teacher, check_teacher(ctx, teacher, log))
         source = teacher_source(ctx, teacher, log)
         trained = {}
         cached = baseline_cache_dir(ctx, cfg.train.seed)

@@ -40,6 +40,7 @@ from .pipeline import (
     prepare,
     read_unit,
     report_header,
+    split_tta,
     teacher_entry,
     teacher_is_trained,
     teacher_source,
@@ -162,7 +163,7 @@ def run_sweep(cfg: RunConfig, grid: Grid, *, reporter: Reporter | None = None, l
     result = {
         **report_header(ctx, final),
         "grid": grid.to_dict(),
-        "teacher": {"arch": cfg.teacher, "accuracy": teacher_acc, "history": t_hist},
+        "teacher": {"arch": cfg.teacher, "accuracy": teacher_acc, "tta": cfg.teacher_tta, "history": t_hist},
         "baseline": {"arch": cfg.student, "mean": base_m, "std": base_sd,
                      "accuracies": [baselines[s]["accuracy"] for s in grid.seeds]},
         "cells": cells,
@@ -198,6 +199,7 @@ def _export_best(ctx: Context, out: Path, teacher: TeacherModel, teacher_acc: fl
         baseline, _, b_blob = load_model(out / "cells" / f"baseline-s{seed}.pt", expect=ctx.student_spec)
         student, _, s_blob = load_model(out / "cells" / f"{cell_key(kd)}-s{seed}.pt", expect=ctx.student_spec)
         t_secs, b_secs, s_secs = seconds
+        teacher_acc, tta = split_tta(ctx, teacher, teacher_acc)
         models = {
             "teacher": teacher_entry(ctx, teacher, staging, accuracy=teacher_acc, history=t_hist, log=log,
                                      train_seconds=t_secs),
@@ -207,7 +209,8 @@ def _export_best(ctx: Context, out: Path, teacher: TeacherModel, teacher_acc: fl
                                         history=s_blob["history"], eager=True, log=log, train_seconds=s_secs),
         }
         cfg = dataclasses.replace(ctx.cfg, kd=kd, train=dataclasses.replace(ctx.cfg.train, seed=seed))
-        write_report(models_report(dataclasses.replace(ctx, cfg=cfg), final, models), staging)
+        extra = {"teacher_tta": tta} if tta else {}
+        write_report(models_report(dataclasses.replace(ctx, cfg=cfg), final, models, **extra), staging)
         commit_run_dir(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -219,6 +222,13 @@ def _pct(m: float, s: float, seeds: int = 2) -> str:
     return f"{m * 100:.2f}" if seeds == 1 else f"{m * 100:.2f} ± {s * 100:.2f}"
 
 
+def _tta_note(teacher: dict) -> str:
+    """How the students saw the teacher whose accuracy the sweep reports, when ``--teacher-tta`` was on."""
+    mode = teacher.get("tta", "none")
+    return "" if mode == "none" else (f" with `--teacher-tta {mode}`, as the students saw it (the exported teacher in "
+                                      "best/report.md is the network alone)")
+
+
 def sweep_markdown(r: dict) -> str:
     g = r["grid"]
     n = len(g["seeds"])
@@ -228,7 +238,7 @@ def sweep_markdown(r: dict) -> str:
     lines = [f"# kdexport sweep: {r['config']['teacher']} -> {r['config']['student']} on {r['dataset']['name']}",
              "", f"Created {r['created']}; {seeds}; {r['config']['train']['epochs']} epochs for baseline and "
              "every student (same seeds, data order and schedule).", "",
-             f"- Teacher ({r['teacher']['arch']}): {r['teacher']['accuracy'] * 100:.2f}%",
+             f"- Teacher ({r['teacher']['arch']}): {r['teacher']['accuracy'] * 100:.2f}%{_tta_note(r['teacher'])}",
              f"- Baseline student ({r['baseline']['arch']}, no KD): "
              f"{_pct(r['baseline']['mean'], r['baseline']['std'], n)}",
              f"- Best cell: {r['best']['cell']}: {_pct(r['best']['mean'], r['best']['std'], n)} "

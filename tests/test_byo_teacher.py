@@ -223,3 +223,17 @@ def test_read_state_dict_refuses_a_file_without_tensors(tmp_path):
     torch.save({"epoch": 3, "note": "x"}, tmp_path / "n.pt")
     with pytest.raises(CheckpointError, match="holds no state_dict of tensors"):
         read_state_dict(tmp_path / "n.pt")
+
+
+def test_a_sweep_reports_an_onnx_teacher_alone_beside_its_tta(trained, tmp_path):
+    """The exported teacher's row is the network alone; the flip-TTA'd accuracy the students saw sits beside it."""
+    from kdexport.sweep import Grid, run_sweep
+
+    d, _ = trained
+    plain = _run(tmp_path, "p", teacher=str(d / "teacher.onnx"))["models"]["teacher"]["accuracy_onnx"]
+    r = run_sweep(RunConfig(train=TrainConfig(epochs=1), teacher=str(d / "teacher.onnx"), teacher_tta="flip",
+                            bench_iters=3, bench_batch=4, out=str(tmp_path / "s")), Grid((4.0,), (0.5,), seeds=(0,)))
+    assert r["teacher"]["accuracy"] != plain  # a mirrored digit is another input: the two accuracies differ
+    best = json.loads((tmp_path / "s" / "best" / "report.json").read_text())
+    assert best["models"]["teacher"]["accuracy_onnx"] == pytest.approx(plain, abs=1e-9)
+    assert best["teacher_tta"] == {"mode": "flip", "accuracy": r["teacher"]["accuracy"]}

@@ -155,6 +155,17 @@ def test_interrupted_teacher_and_unit_continue_from_their_last_epoch(swept, tmp_
     assert not list(out.rglob("*.state.pt"))
 
 
+def test_a_sweep_with_teacher_tta_says_so(tmp_path, swept):
+    r = run_sweep(_cfg(tmp_path / "s", teacher_tta="flip"), Grid((4.0,), (0.5,), seeds=(0,)))
+    assert r["teacher"]["tta"] == "flip" and swept[1]["teacher"]["tta"] == "none"
+    md = (tmp_path / "s" / "sweep.md").read_text()
+    assert f"Teacher (mlp:64): {r['teacher']['accuracy'] * 100:.2f}% with `--teacher-tta flip`" in md
+    assert "--teacher-tta" not in (swept[0] / "sweep.md").read_text()
+    best = json.loads((tmp_path / "s" / "best" / "report.json").read_text())  # the exported teacher is the plain net
+    assert best["teacher_tta"] == {"mode": "flip", "accuracy": r["teacher"]["accuracy"]}
+    assert "with `--teacher-tta flip`" in (tmp_path / "s" / "best" / "report.md").read_text()
+
+
 def test_sweep_grids_over_the_loss(tmp_path):
     grid = Grid(temperatures=(4.0,), soft_weights=(0.5,), seeds=(0,), scale_t2=(True, False),
                 losses=("kd", "dkd", "dist"))

@@ -167,6 +167,8 @@ def test_teacher_tta_in_the_report(tmp_path):
                                  train=TrainConfig(epochs=1), bench_iters=2, bench_warmup=0))
     assert r["teacher_tta"]["mode"] == "flip" and 0 < r["teacher_tta"]["accuracy"] <= 1
     assert r["config"]["teacher_tta"] == "flip"
+    md = (tmp_path / "r" / "report.md").read_text()  # the report says which teacher the students learned from
+    assert f"with `--teacher-tta flip`: {r['teacher_tta']['accuracy'] * 100:.2f}%" in md
 
 
 @pytest.mark.parametrize("kw,msg", [({"ema": 1.0}, "ema decay"), ({"ema": -0.1}, "ema decay"),

@@ -83,6 +83,11 @@ def to_markdown(report: dict) -> str:
               f"baseline, ONNX accuracy; same seed, data order and {cfg['train']['epochs']} epochs each). "
               f"T = {kd['temperature']}, beta = {kd['soft_weight']}, T^2 scaling "
               f"{'on' if kd['scale_t2'] else 'off'}, soft loss {kd['soft_loss']}.", ""]
+    tta = report.get("teacher_tta")
+    if tta:
+        lines += [f"The students learned from the teacher with `--teacher-tta {tta['mode']}`: "
+                  f"{tta['accuracy'] * 100:.2f}% on the test split; the table's teacher row is the network alone, "
+                  "as exported.", ""]
     if report.get("baseline_reused"):
         lines += [f"The baseline was reused from the baseline cache (`{report['baseline_reused']}`): trained "
                   "earlier with the same student, data, training options, seed, kdexport code, torch, CPU and "
