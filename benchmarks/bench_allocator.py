@@ -65,8 +65,9 @@ def main() -> None:
     if args.child:
         return child(args)
 
+    from bench_precision import write_result
+
     from kdexport.envinfo import result_stamp, stamp_markdown, usable_cores
-    from kdexport.files import atomic_write_json, atomic_write_text
 
     stamp = result_stamp("benchmarks/bench_allocator.py", usable_cores())
     stamp["environment"]["malloc"] = "per child: see rows"
@@ -101,10 +102,7 @@ def main() -> None:
         ms, fl, rss = r["ms_per_step"], r["minor_faults_per_step"], r["max_rss_mb"]
         lines.append(f"| {r['model']} | {ms['system']:.0f} | {ms['kept']:.0f} | {r['speedup']:.2f}x | "
                      f"{fl['system']:,.0f} | {fl['kept']:,.0f} | {rss['system']:,.0f} | {rss['kept']:,.0f} |")
-    out = Path(args.out)
-    atomic_write_json(out.with_suffix(".json"), result)
-    atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_result(args.out, result, lines)
 
 
 if __name__ == "__main__":

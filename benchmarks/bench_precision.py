@@ -48,6 +48,13 @@ def epoch_seconds(arch: str, data: Dataset, precision: str, batch: int) -> float
     return fit(model, data, cfg)[0]["train_seconds"]
 
 
+def write_result(out: str, result: dict, lines: list[str]) -> None:
+    """``out``.json and ``out``.md (the Markdown ``lines``), each written atomically; the Markdown printed."""
+    atomic_write_json(Path(out).with_suffix(".json"), result)
+    atomic_write_text(Path(out).with_suffix(".md"), "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="fastcifar:0.25,fastcifar,fastcifar:1.5")
@@ -86,10 +93,7 @@ def main() -> None:
         ms, est = r["ms_per_step"], r["epoch_seconds_est"]
         lines.append(f"| {r['model']} | {ms['fp32']:.0f} | {ms['bf16']:.0f} | {r['bf16_speedup']:.2f}x | "
                      f"{est['fp32']:.0f} | {est['bf16']:.0f} |")
-    out = Path(args.out)
-    atomic_write_json(out.with_suffix(".json"), result)
-    atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_result(args.out, result, lines)
 
 
 if __name__ == "__main__":

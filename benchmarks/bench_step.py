@@ -23,12 +23,11 @@ import argparse
 import statistics
 from pathlib import Path
 
-from bench_precision import CIFAR_EPOCH, epoch_seconds, synthetic_cifar
+from bench_precision import CIFAR_EPOCH, epoch_seconds, synthetic_cifar, write_result
 from torch.profiler import ProfilerActivity, profile
 
 from kdexport.allocator import keep_freed_memory
 from kdexport.envinfo import result_stamp, stamp_markdown, usable_cores
-from kdexport.files import atomic_write_json, atomic_write_text
 from kdexport.models.builders import ModelSpec, build_model, count_flops
 
 HERE = Path(__file__).resolve().parent
@@ -96,10 +95,7 @@ def main() -> None:
               f"backward, **{100 * conv:.1f}%**.", "", "| operator | share |", "|---|---|"]
     lines += [f"| `{o['op']}` | {100 * o['share']:.1f}% |" for o in ops[:TOP]]
     lines.append(f"| the other {len(ops) - TOP} | {100 * sum(o['share'] for o in ops[TOP:]):.1f}% |")
-    out = Path(args.out)
-    atomic_write_json(out.with_suffix(".json"), result)
-    atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_result(args.out, result, lines)
 
 
 if __name__ == "__main__":
