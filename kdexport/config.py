@@ -82,8 +82,8 @@ def format_default(value: Any) -> str:
 
 # -- the configs --------------------------------------------------------------------------------------
 
-OPTIMIZERS = ("adam", "sgd")
-SCHEDULERS = ("cosine", "onecycle", "triangle", "none")
+OPTIMIZERS = ("adam", "sgd", "muon")
+SCHEDULERS = ("cosine", "onecycle", "triangle", "linear", "none")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 QUANTIZE_MODES = ("none", "static", "dynamic")
@@ -97,14 +97,21 @@ class TrainConfig:
 
     epochs: int = option(30, "Epochs for every model (baseline and student always match).")
     batch_size: int = option(64, "Training batch size.")
-    optimizer: str = option("adam", "adam or sgd (momentum, Nesterov).")
+    optimizer: str = option("adam", "adam, sgd (momentum, Nesterov) or muon (airbench94_muon's: every convolution "
+                                    "filter bank steps by its orthogonalized Nesterov momentum at --muon-lr and "
+                                    "--muon-momentum, rescaled to norm sqrt(out channels), no weight decay; the other "
+                                    "parameters by Nesterov SGD with --lr, --momentum and --weight-decay).")
     lr: float = option(3e-3, "Peak learning rate.")
     weight_decay: float = option(0.0, "Weight decay.")
     momentum: float = option(0.9, "SGD momentum.")
     scheduler: str = option("cosine", "Learning-rate schedule: cosine, onecycle (PyTorch's OneCycleLR; it also cycles "
                                       "SGD's momentum between 0.85 and 0.95), triangle (airbench's: linear from 0.2x "
                                       "the peak to the peak at 23% of the steps, then linear to 0.07x; momentum as "
-                                      "given) or none.")
+                                      "given), linear (from the peak to 0 at the last step; airbench94_muon's) or "
+                                      "none. It scales every parameter group, --muon-lr's too.")
+    muon_lr: float = option(0.24, "--optimizer muon: learning rate of the orthogonalized filter updates (scale-free: "
+                                  "an orthogonalized step has the same size whatever the loss's scale).")
+    muon_momentum: float = option(0.6, "--optimizer muon: Nesterov momentum of the filter updates.")
     seed: int = option(0, "Seed for initialization, data order, augmentation and dropout.")
     label_smoothing: float = option(0.0, "Label smoothing of the cross-entropy term (baseline, student and a "
                                          "trained teacher alike), in [0, 1).")
@@ -146,6 +153,8 @@ class TrainConfig:
         _check(_finite(self.lr) and self.lr > 0, f"learning rate must be > 0, got {self.lr}")
         _check(_finite(self.weight_decay) and self.weight_decay >= 0, "weight decay must be >= 0")
         _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        _check(_finite(self.muon_lr) and self.muon_lr > 0, f"muon lr must be > 0, got {self.muon_lr}")
+        _check(0 <= self.muon_momentum < 1, f"muon momentum must be in [0, 1), got {self.muon_momentum}")
         _check(_finite(self.label_smoothing) and 0 <= self.label_smoothing < 1,
                f"label smoothing must be in [0, 1), got {self.label_smoothing}")
         _check(_finite(self.ema) and 0 <= self.ema < 1, f"ema decay must be in [0, 1), got {self.ema}")

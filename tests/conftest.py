@@ -28,3 +28,22 @@ def shared_data(sub: str) -> Path:
     if not p.exists():
         pytest.skip(f"real data not present at {p}")
     return p
+
+
+@pytest.fixture
+def dies_in_epoch(monkeypatch):
+    """``dies_in_epoch(n)``: from now on ``fit`` raises KeyboardInterrupt when epoch ``n`` starts (a run killed
+    mid-way); ``dies_in_epoch(None)`` lets training run again."""
+    import kdexport.distill.train as train_mod
+
+    real = train_mod.train_epoch
+
+    def arm(n: int | None) -> None:
+        def dying(loop, state, epoch):
+            if epoch == n:
+                raise KeyboardInterrupt
+            return real(loop, state, epoch)
+
+        monkeypatch.setattr(train_mod, "train_epoch", real if n is None else dying)
+
+    return arm

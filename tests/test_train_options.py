@@ -356,28 +356,19 @@ def test_lookahead_averages_batchnorm_statistics_and_not_counters():
     assert int(m.num_batches_tracked) == 7
 
 
-def test_lookahead_resumes_bit_for_bit(digits, tmp_path, monkeypatch):
-    import kdexport.distill.train as train_mod
-
+def test_lookahead_resumes_bit_for_bit(digits, tmp_path, dies_in_epoch):
     cfg = TrainConfig(epochs=3, batch_size=256, optimizer="sgd", lr=0.2, momentum=0.85, scheduler="triangle",
                       lookahead=True, seed=0)
     torch.manual_seed(0)
     full = build_model(ModelSpec("mlp:32", 10, (1, 8, 8)))
     fit(full, digits, cfg)
-    real_epoch = train_mod.train_epoch
-
-    def dies_in_epoch_3(loop, state, epoch):
-        if epoch == 3:
-            raise KeyboardInterrupt
-        return real_epoch(loop, state, epoch)
-
-    monkeypatch.setattr(train_mod, "train_epoch", dies_in_epoch_3)
+    dies_in_epoch(3)
     torch.manual_seed(0)
     part = build_model(ModelSpec("mlp:32", 10, (1, 8, 8)))
     with pytest.raises(KeyboardInterrupt):
         fit(part, digits, cfg, state_path=tmp_path / "s.pt")
     assert torch.load(tmp_path / "s.pt", weights_only=True)["lookahead"]["updates"] > 0
-    monkeypatch.setattr(train_mod, "train_epoch", real_epoch)
+    dies_in_epoch(None)
     torch.manual_seed(0)
     again = build_model(ModelSpec("mlp:32", 10, (1, 8, 8)))
     fit(again, digits, cfg, state_path=tmp_path / "s.pt", resume=True)

@@ -29,6 +29,7 @@ from ..errors import ConfigError, StateError, TrainingError, first_line
 from ..files import atomic_torch_save
 from ..runs import config_diff
 from .losses import kd_loss
+from .muon import Muon
 from .precision import autocast
 from .teacher import Distillation
 
@@ -100,19 +101,29 @@ def _optimizer(model: nn.Module, cfg: TrainConfig, extra: list[nn.Parameter] | N
     """Adam or SGD, fused (one kernel for all parameters) where torch supports it: on 2 CPU cores
     the unfused Adam update of the 2.4M-parameter MNIST teacher costs as much as its forward and
     backward passes. With ``bias_lr_scale`` != 1, normalization biases are a second group whose learning rate
-    is scaled and whose weight decay is divided by the same factor (the same decay per step)."""
+    is scaled and whose weight decay is divided by the same factor (the same decay per step). ``muon``: the same
+    SGD groups, and every 4-D (convolution filter) parameter in a group that takes Muon's orthogonalized step."""
     params = [p for p in model.parameters() if p.requires_grad] + list(extra or [])
+    filters = [p for p in params if p.ndim == 4] if cfg.optimizer == "muon" else []
+    if cfg.optimizer == "muon" and not filters:
+        raise ConfigError(f"--optimizer muon orthogonalizes convolution filters and {type(model).__name__} has "
+                          "none: use sgd or adam")
     if cfg.optimizer == "adam":
         cls, kw = torch.optim.Adam, {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
     else:
         cls, kw = torch.optim.SGD, {"lr": cfg.lr, "momentum": cfg.momentum, "nesterov": cfg.momentum > 0,
                                     "weight_decay": cfg.weight_decay}
     biases = norm_biases(model) if cfg.bias_lr_scale != 1.0 else []
-    ids = {id(p) for p in biases}
+    ids = {id(p) for p in biases + filters}
     groups: list[dict] = [{"params": [p for p in params if id(p) not in ids]}]
     if biases:
         groups.append({"params": biases, "lr": cfg.lr * cfg.bias_lr_scale,
                        "weight_decay": cfg.weight_decay / cfg.bias_lr_scale})
+    if filters:
+        groups.append({"params": filters, "orthogonal": True, "lr": cfg.muon_lr, "momentum": cfg.muon_momentum,
+                       "weight_decay": 0.0})
+        return Muon([g for g in groups if g["params"]], lr=cfg.lr, momentum=cfg.momentum,
+                    weight_decay=cfg.weight_decay)
     try:
         return cls(groups, fused=True, **kw)
     except (RuntimeError, TypeError, ValueError):  # older torch or an unsupported device
@@ -127,6 +138,8 @@ def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
                                                    total_steps=max(total_steps, 1))
     if cfg.scheduler == "triangle":
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: triangle(step, total_steps))
+    if cfg.scheduler == "linear":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 - step / max(total_steps, 1))
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
 
