@@ -201,6 +201,9 @@ def test_huge_declared_input_is_refused_before_allocating(tmp_path):
     (["--seed", str(2**40)], "seed must be in"),
     (["--lookahead", "--ema", "0.9"], "--lookahead and --ema both average the weights: choose one"),
     (["--scheduler", "triangular"], "scheduler must be one of"),
+    (["--muon-lr", "0"], "muon lr must be > 0"),
+    (["--optimizer", "muon"], "MLP has none: use sgd or adam"),  # before a partial state is written
+    (["--optimizer", "muon", "--student", "resnet8"], "MLP has none"),  # the teacher to be trained is checked too
     (["--augment", "reflect4-altflip"], "reflect2-altflip"),
 ])
 def test_sizes_and_ranges_from_options(tmp_path, args, msg):

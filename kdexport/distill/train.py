@@ -97,6 +97,13 @@ def norm_biases(model: nn.Module) -> list[nn.Parameter]:
             and isinstance(getattr(m, "bias", None), nn.Parameter) and m.bias.requires_grad]
 
 
+def check_optimizer(model: nn.Module, cfg: TrainConfig) -> None:
+    """One line now if ``cfg``'s optimizer cannot train ``model`` (muon without a convolution filter)."""
+    if cfg.optimizer == "muon" and not any(p.ndim == 4 and p.requires_grad for p in model.parameters()):
+        raise ConfigError(f"--optimizer muon orthogonalizes convolution filters and {type(model).__name__} has "
+                          "none: use sgd or adam")
+
+
 def _optimizer(model: nn.Module, cfg: TrainConfig, extra: list[nn.Parameter] | None = None) -> torch.optim.Optimizer:
     """Adam or SGD, fused (one kernel for all parameters) where torch supports it: on 2 CPU cores
     the unfused Adam update of the 2.4M-parameter MNIST teacher costs as much as its forward and
@@ -104,10 +111,8 @@ def _optimizer(model: nn.Module, cfg: TrainConfig, extra: list[nn.Parameter] | N
     is scaled and whose weight decay is divided by the same factor (the same decay per step). ``muon``: the same
     SGD groups, and every 4-D (convolution filter) parameter in a group that takes Muon's orthogonalized step."""
     params = [p for p in model.parameters() if p.requires_grad] + list(extra or [])
+    check_optimizer(model, cfg)
     filters = [p for p in params if p.ndim == 4] if cfg.optimizer == "muon" else []
-    if cfg.optimizer == "muon" and not filters:
-        raise ConfigError(f"--optimizer muon orthogonalizes convolution filters and {type(model).__name__} has "
-                          "none: use sgd or adam")
     if cfg.optimizer == "adam":
         cls, kw = torch.optim.Adam, {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
     else:
