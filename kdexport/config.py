@@ -136,6 +136,14 @@ class TrainConfig:
     eval_every: int = option(1, "Evaluate the test split after every N-th epoch (and always after the last): on a "
                                 "CPU each evaluation costs time a long run can spend training. The other epochs' "
                                 "records have no test metrics.")
+    select_fraction: float = option(1.0, "Train on the hardest part of each batch (airbench96_faster's data "
+                                         "filtering; it uses 0.5): a small proxy network (--select-proxy), trained "
+                                         "beside the model on one batch in four, ranks each batch's examples by its "
+                                         "loss and the model trains on this fraction with the largest, so a step "
+                                         "costs the model about that fraction of a full one. Training metrics are "
+                                         "over the examples trained on. 1: off.")
+    select_proxy: str = option("fastcifar:0.25", "--select-fraction: the proxy's architecture (a model spec, built "
+                                                 "for the same data).")
     augment: str = option("none", "Resolved augmentation (set from RunConfig.augment).", cli=False)
 
     def __post_init__(self) -> None:
@@ -163,6 +171,12 @@ class TrainConfig:
                f"bias lr scale must be > 0, got {self.bias_lr_scale}")
         _check(_finite(self.clip_grad_norm) and self.clip_grad_norm >= 0,
                f"clip grad norm must be >= 0 (0: off), got {self.clip_grad_norm}")
+        _check(_finite(self.select_fraction) and 0 < self.select_fraction <= 1,
+               f"select fraction must be in (0, 1] (1: off), got {self.select_fraction}")
+        if self.select_fraction < 1:
+            from .models.builders import check_arch
+
+            check_arch(self.select_proxy)
         _check(self.precision in PRECISIONS,
                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 

@@ -28,6 +28,7 @@ from ..data.loader import epoch_plan, train_batches
 from ..errors import ConfigError, StateError, TrainingError, first_line
 from ..files import atomic_torch_save
 from ..runs import config_diff
+from .hard_examples import HardExampleSelector
 from .losses import kd_loss
 from .muon import Muon
 from .precision import autocast
@@ -263,6 +264,7 @@ class TrainState:
     distill: Distillation | None = None  # its trained parts (a hint connector) are saved too
     ema: WeightAverage | None = None  # --ema: the averaged weights (saved, evaluated, exported)
     lookahead: Lookahead | None = None  # --lookahead
+    selector: HardExampleSelector | None = None  # --select-fraction: the proxy, its optimizer and schedule
 
     def save(self, path: str | os.PathLike, epoch: int) -> None:
         atomic_torch_save({"config": self.record, "epoch": epoch, "history": self.history,
@@ -270,6 +272,7 @@ class TrainState:
                            "distill": self.distill.state_dict() if self.distill else {},
                            "ema": self.ema.state_dict() if self.ema else None,
                            "lookahead": self.lookahead.state_dict() if self.lookahead else None,
+                           "selector": self.selector.state_dict() if self.selector else None,
                            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                            "order_rng": self.order_gen.get_state(), "aug_rng": self.aug_gen.get_state(),
                            "torch_rng": torch.get_rng_state()}, path)
@@ -295,6 +298,8 @@ class TrainState:
                 self.ema.load_state_dict(state["ema"])
             if self.lookahead is not None:
                 self.lookahead.load_state_dict(state["lookahead"])
+            if self.selector is not None:
+                self.selector.load_state_dict(state["selector"])
             self.opt.load_state_dict(state["optimizer"])
             self.sched.load_state_dict(state["scheduler"])
             self.order_gen.set_state(state["order_rng"])
@@ -381,6 +386,11 @@ def train_epoch(loop: Loop, state: TrainState, epoch: int) -> dict[str, float]:
         if loop.channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
         yb = data.y_train[idx].to(device, non_blocking=True)
+        if state.selector is not None:  # --select-fraction: the batch's hardest examples, by the proxy
+            keep = state.selector.select(xb, yb)
+            xb, yb, raw = xb[keep], yb[keep], raw[keep]
+            idx = idx[keep.to(idx.device)]
+            views = views[keep.to(views.device)] if views is not None else None
         with autocast(cfg.precision, device):
             logits = loop.net(xb)
         out = (loop.distill.loss(logits.float(), idx, raw, yb, epoch=epoch - 1 + step / steps_per_epoch,
@@ -415,6 +425,8 @@ def train_epoch(loop: Loop, state: TrainState, epoch: int) -> dict[str, float]:
     train_seconds = time.perf_counter() - t0
     record = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / seen, "train_ce": ce_sum / seen,
               "train_kd": kd_sum / seen, "train_accuracy": correct / seen}
+    if state.selector is not None:
+        record["trained_examples"] = int(seen)  # of n: the rest were the easy ones the proxy skipped
     if norms:
         n_all = torch.stack(norms).float()
         record.update(grad_norm_median=n_all.median().item(), grad_norm_max=n_all.max().item(),
@@ -457,12 +469,13 @@ def fit(model: nn.Module, data: Dataset, cfg: TrainConfig, *, distill: Distillat
     torch.manual_seed(cfg.seed + 2_000_003)  # dropout masks: a function of the seed alone
     steps_per_epoch = math.ceil(data.x_train.shape[0] / cfg.batch_size)
     opt = _optimizer(model, cfg, distill.parameters() if distill else None)
+    selector = _selector(model, data, cfg, device, steps_per_epoch * cfg.epochs) if cfg.select_fraction < 1 else None
     state = TrainState(model, opt, _scheduler(opt, cfg, steps_per_epoch * cfg.epochs),
                        torch.Generator().manual_seed(cfg.seed), torch.Generator().manual_seed(cfg.seed + 1_000_003),
                        [], {"train": dataclasses.asdict(cfg), "kd": distill.settings() if distill else None,
                             "label": label, "world_size": world_size}, distill,
                        WeightAverage(model, cfg.ema) if cfg.ema > 0 else None,
-                       Lookahead(model, steps_per_epoch * cfg.epochs) if cfg.lookahead else None)
+                       Lookahead(model, steps_per_epoch * cfg.epochs) if cfg.lookahead else None, selector)
     start_epoch = 1
     if state_path is not None and resume and os.path.exists(state_path):
         start_epoch = state.load(state_path, label)
@@ -493,6 +506,24 @@ def fit(model: nn.Module, data: Dataset, cfg: TrainConfig, *, distill: Distillat
         model.to(memory_format=torch.contiguous_format)
     model.eval()
     return state.history
+
+
+def _selector(model: nn.Module, data: Dataset, cfg: TrainConfig, device: torch.device,
+              total_steps: int) -> HardExampleSelector:
+    """--select-fraction's proxy (``cfg.select_proxy`` for ``data``), seeded apart from the model, initialized from
+    the data like it, with an optimizer and schedule of the model's settings."""
+    from ..models.builders import ModelSpec, build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed + 4_000_037)
+        proxy = build_model(ModelSpec(cfg.select_proxy, len(data.class_names), tuple(data.input_shape)))
+    init_from_data(proxy, data, cfg.seed)
+    proxy.to(device)
+    if _uses_conv(proxy):
+        proxy.to(memory_format=torch.channels_last)
+    opt = _optimizer(proxy, cfg)
+    return HardExampleSelector(proxy, opt, _scheduler(opt, cfg, total_steps), cfg.select_fraction, cfg.precision,
+                               device, cfg.label_smoothing)
 
 
 def _fit_members(model: nn.Module, data: Dataset, cfg: TrainConfig, *, distill: Distillation | None, label: str,
