@@ -36,7 +36,15 @@ from .distill.teacher import (
     teacher_logits,
     tta_accuracies,
 )
-from .distill.train import Reporter, check_optimizer, evaluate, fit, remove_training_state, resolve_device
+from .distill.train import (
+    Reporter,
+    check_optimizer,
+    evaluate,
+    fit,
+    remove_training_state,
+    resolve_device,
+    selection_proxy,
+)
 from .envinfo import code_fingerprint, cpu_name, environment, git_commit, now_iso, usable_cores
 from .errors import ConfigError, GateError, ModelError, StateError
 from .export.onnx import export_onnx, save_self_contained
@@ -127,8 +135,13 @@ def prepare(cfg: RunConfig, log: Log = _quiet) -> Context:
         finite_views(augment)  # fails now, before a teacher is trained
     student = build_model(ss, log=log)  # fails now, before anything is written, if it cannot take the input
     check_optimizer(student, ctx.train_config("student"))
-    if not teacher_is_trained(cfg) and ctx.train_config("teacher").optimizer == "muon":  # built only for the check
-        check_optimizer(build_model(ts), ctx.train_config("teacher"))
+    if ctx.train_config("student").select_fraction < 1:  # the proxy, built only for the check
+        selection_proxy(ctx.train_config("student"), data)
+    if not teacher_is_trained(cfg):
+        if ctx.train_config("teacher").optimizer == "muon":  # built only for the check
+            check_optimizer(build_model(ts), ctx.train_config("teacher"))
+        if ctx.train_config("teacher").select_fraction < 1:
+            selection_proxy(ctx.train_config("teacher"), data)
     if cfg.student_weights:
         load_weights(student, cfg.student_weights, ss.arch, "student weights")  # fits, or one line now
     return ctx

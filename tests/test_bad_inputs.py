@@ -205,6 +205,11 @@ def test_huge_declared_input_is_refused_before_allocating(tmp_path):
     (["--optimizer", "muon"], "MLP has none: use sgd or adam"),  # before a partial state is written
     (["--optimizer", "muon", "--student", "resnet8"], "MLP has none"),  # the teacher to be trained is checked too
     (["--augment", "reflect4-altflip"], "reflect2-altflip"),
+    (["--select-fraction", "0"], "select fraction must be in (0, 1]"),
+    (["--select-fraction", "0.5", "--select-proxy", "tinynet"], "tinynet"),
+    # the proxy is built for the data and checked against the optimizer before anything is written
+    (["--select-fraction", "0.5", "--select-proxy", "mlp:16", "--optimizer", "muon", "--teacher", "resnet8",
+      "--student", "resnet8"], "--select-proxy mlp:16: --optimizer muon orthogonalizes"),
 ])
 def test_sizes_and_ranges_from_options(tmp_path, args, msg):
     out = tmp_path / "out"

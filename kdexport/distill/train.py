@@ -508,15 +508,26 @@ def fit(model: nn.Module, data: Dataset, cfg: TrainConfig, *, distill: Distillat
     return state.history
 
 
-def _selector(model: nn.Module, data: Dataset, cfg: TrainConfig, device: torch.device,
-              total_steps: int) -> HardExampleSelector:
-    """--select-fraction's proxy (``cfg.select_proxy`` for ``data``), seeded apart from the model, initialized from
-    the data like it, with an optimizer and schedule of the model's settings."""
+def selection_proxy(cfg: TrainConfig, data: Dataset) -> nn.Module:
+    """--select-fraction's proxy network (``cfg.select_proxy`` for ``data``), seeded apart from the model; one line
+    now (ModelError, ConfigError) if it cannot take the data or the optimizer cannot train it."""
     from ..models.builders import ModelSpec, build_model
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 4_000_037)
         proxy = build_model(ModelSpec(cfg.select_proxy, len(data.class_names), tuple(data.input_shape)))
+    try:
+        check_optimizer(proxy, cfg)
+    except ConfigError as e:
+        raise ConfigError(f"--select-proxy {cfg.select_proxy}: {e}") from None
+    return proxy
+
+
+def _selector(model: nn.Module, data: Dataset, cfg: TrainConfig, device: torch.device,
+              total_steps: int) -> HardExampleSelector:
+    """--select-fraction's proxy, initialized from the data like the model, with an optimizer and schedule of the
+    model's settings."""
+    proxy = selection_proxy(cfg, data)
     init_from_data(proxy, data, cfg.seed)
     proxy.to(device)
     if _uses_conv(proxy):
