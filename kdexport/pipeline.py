@@ -134,14 +134,15 @@ def prepare(cfg: RunConfig, log: Log = _quiet) -> Context:
     if cfg.teacher_view_cache and (augment := ctx.train_config("student").augment) != "none":
         finite_views(augment)  # fails now, before a teacher is trained
     student = build_model(ss, log=log)  # fails now, before anything is written, if it cannot take the input
-    check_optimizer(student, ctx.train_config("student"))
-    if ctx.train_config("student").select_fraction < 1:  # the proxy, built only for the check
-        selection_proxy(ctx.train_config("student"), data)
+    student_train, teacher_train = ctx.train_config("student"), ctx.train_config("teacher")
+    check_optimizer(student, student_train)
+    if student_train.select_fraction < 1:  # the proxy, built only for the check
+        selection_proxy(student_train, data)
     if not teacher_is_trained(cfg):
-        if ctx.train_config("teacher").optimizer == "muon":  # built only for the check
-            check_optimizer(build_model(ts), ctx.train_config("teacher"))
-        if ctx.train_config("teacher").select_fraction < 1:
-            selection_proxy(ctx.train_config("teacher"), data)
+        if teacher_train.optimizer == "muon":  # built only for the check
+            check_optimizer(build_model(ts), teacher_train)
+        if teacher_train.select_fraction < 1:
+            selection_proxy(teacher_train, data)
     if cfg.student_weights:
         load_weights(student, cfg.student_weights, ss.arch, "student weights")  # fits, or one line now
     return ctx

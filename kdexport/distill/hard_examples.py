@@ -3,7 +3,8 @@
 After airbench96_faster.py (Keller Jordan's CIFAR-10 speedrun, 96% with 0.63x airbench96's FLOPs): a proxy much
 smaller than the model (there 32/64/64 channels) sees every batch; the model trains only on the examples the proxy
 finds hardest (there 512 of 1,024, by the proxy's loss), so each step costs the model about half a step. The proxy
-learns from the same stream: on every ``PROXY_EVERY``-th batch it takes an SGD step on the examples it selected.
+learns from the same stream: on every ``PROXY_EVERY``-th batch it takes an optimizer step on the examples it
+selected.
 The proxy is built, seeded and data-initialized like the model, trained with the model's optimizer settings and
 schedule, saved in the training state and thrown away at the end.
 """

@@ -469,7 +469,7 @@ def fit(model: nn.Module, data: Dataset, cfg: TrainConfig, *, distill: Distillat
     torch.manual_seed(cfg.seed + 2_000_003)  # dropout masks: a function of the seed alone
     steps_per_epoch = math.ceil(data.x_train.shape[0] / cfg.batch_size)
     opt = _optimizer(model, cfg, distill.parameters() if distill else None)
-    selector = _selector(model, data, cfg, device, steps_per_epoch * cfg.epochs) if cfg.select_fraction < 1 else None
+    selector = _selector(data, cfg, device, steps_per_epoch * cfg.epochs) if cfg.select_fraction < 1 else None
     state = TrainState(model, opt, _scheduler(opt, cfg, steps_per_epoch * cfg.epochs),
                        torch.Generator().manual_seed(cfg.seed), torch.Generator().manual_seed(cfg.seed + 1_000_003),
                        [], {"train": dataclasses.asdict(cfg), "kd": distill.settings() if distill else None,
@@ -523,8 +523,7 @@ def selection_proxy(cfg: TrainConfig, data: Dataset) -> nn.Module:
     return proxy
 
 
-def _selector(model: nn.Module, data: Dataset, cfg: TrainConfig, device: torch.device,
-              total_steps: int) -> HardExampleSelector:
+def _selector(data: Dataset, cfg: TrainConfig, device: torch.device, total_steps: int) -> HardExampleSelector:
     """--select-fraction's proxy, initialized from the data like the model, with an optimizer and schedule of the
     model's settings."""
     proxy = selection_proxy(cfg, data)
