@@ -49,7 +49,7 @@ def matmul_peak(n: int = 2048, reps: int = 20) -> dict:
     import onnx
     from onnx import TensorProto, helper
 
-    from kdexport.export.onnx import ort_session
+    from kdexport.runtimes.ort import ort_session
 
     a, b = torch.randn(n, n), torch.randn(n, n)
     an, bn = a.numpy(), b.numpy()

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from kdexport.allocator import prefer_kept
-from kdexport.bench.timing import bench_onnx, onnx_accuracy, p50
+from kdexport.bench.timing import bench_onnx, p50
 from kdexport.config import QuantConfig, TrainConfig
 from kdexport.data.datasets import load_dataset
 from kdexport.distill.train import fit
@@ -32,6 +32,7 @@ from kdexport.export.quantize import quantize_onnx
 from kdexport.files import atomic_write_json, atomic_write_text
 from kdexport.models.builders import ModelSpec, build_model
 from kdexport.models.checkpoint import load_model, save_checkpoint
+from kdexport.runtimes.base import file_accuracy
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -67,7 +68,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         export_onnx(model, fp32, data.normalize(data.x_test[data.test_sample(256)]))
-        acc32 = onnx_accuracy(fp32, data)
+        acc32 = file_accuracy(fp32, data)
         files = {"fp32": fp32}
         quants = {f"int8 {args.calibration}": QuantConfig(calibration=args.calibration, max_accuracy_drop=100.0),
                   f"int8 {args.calibration} + fallback auto": QuantConfig(calibration=args.calibration,

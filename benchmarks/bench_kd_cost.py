@@ -28,13 +28,13 @@ from kdexport.allocator import prefer_kept
 from kdexport.config import KDConfig, TrainConfig
 from kdexport.data.datasets import load_dataset
 from kdexport.distill.teacher import (
-    TTA,
     Distillation,
     LiveLogits,
     TorchTeacher,
     ViewCachedLogits,
     finite_views,
     view_cache_key,
+    with_tta,
 )
 from kdexport.distill.train import fit
 from kdexport.envinfo import result_stamp, stamp_markdown, usable_cores
@@ -75,7 +75,7 @@ def main() -> None:
         modes = ("alone", "none", "flip") + (() if args.no_view_cache else ("flip-views",))
         for mode in modes:
             if mode == "flip-views":
-                teacher = TTA["flip"](base)
+                teacher = with_tta(base, "flip")
                 views = finite_views(cfg.augment)
                 fresh = not (cache_dir / f"{view_cache_key(teacher, data, views)}.npy").exists()
                 t0 = time.perf_counter()
@@ -88,7 +88,7 @@ def main() -> None:
                 print(tables[-1], flush=True)
                 distill = Distillation(source, kd)
             else:
-                distill = None if mode == "alone" else Distillation(LiveLogits(TTA[mode](base)), kd)
+                distill = None if mode == "alone" else Distillation(LiveLogits(with_tta(base, mode)), kd)
             torch.manual_seed(0)  # the same initial student in every row
             model = build_model(ModelSpec(args.student, data.num_classes, data.input_shape))
             rec = fit(model, data, cfg, distill=distill, label=f"{precision} {mode}")[0]

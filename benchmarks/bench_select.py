@@ -23,12 +23,13 @@ import time
 from pathlib import Path
 
 from kdexport.allocator import prefer_kept
-from kdexport.bench.select import Candidate, LatencyBudget, choose, default_candidates, measure, parse_latency_budget
+from kdexport.bench.select import Candidate, choose, default_candidates, measure
+from kdexport.config import LatencyBudget, config_diff, parse_latency_budget
 from kdexport.data.datasets import load_dataset
 from kdexport.envinfo import result_stamp, stamp_markdown
 from kdexport.errors import ConfigError, GateError
 from kdexport.files import atomic_write_json, atomic_write_text
-from kdexport.runs import RESUME_IGNORES, config_diff
+from kdexport.runs import RESUME_IGNORES
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

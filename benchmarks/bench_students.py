@@ -28,12 +28,13 @@ from pathlib import Path
 
 from kdexport.allocator import prefer_kept
 from kdexport.bench.command import pareto_front, plot_pareto
-from kdexport.bench.timing import bench_onnx, onnx_accuracy, p50
+from kdexport.bench.timing import bench_onnx, p50
 from kdexport.config import QuantConfig
 from kdexport.envinfo import result_stamp, stamp_markdown, usable_cores
-from kdexport.export.onnx import data_for_model, inspect_classifier
 from kdexport.export.quantize import quantize_onnx
 from kdexport.files import atomic_write_json, atomic_write_text
+from kdexport.runtimes.base import file_accuracy as onnx_accuracy
+from kdexport.runtimes.ort import data_for_model, inspect_classifier
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

@@ -28,7 +28,6 @@ import onnx
 import torch
 
 from kdexport.allocator import prefer_kept
-from kdexport.bench.timing import onnx_accuracy
 from kdexport.data.datasets import load_dataset
 from kdexport.envinfo import git_commit, result_stamp
 from kdexport.export.calibration import batch_ranges
@@ -36,6 +35,7 @@ from kdexport.export.onnx import export_onnx
 from kdexport.export.quantize import CalibrationReader, calibration_batches, default_reduce_range
 from kdexport.files import atomic_write_json, atomic_write_text
 from kdexport.models.checkpoint import load_model
+from kdexport.runtimes.base import file_accuracy
 
 HERE = Path(__file__).resolve().parent
 THREADS = 2
@@ -91,13 +91,13 @@ def main() -> None:
         rows.sort(key=lambda e: -e["outlier_ratio"])
         res.update(calibration_batches=len(batches), tensors=len(rows), top_outliers=rows[:args.top],
                    tensors_with_a_batch_over_4x_median=sum(e["outlier_ratio"] > 4 for e in rows))
-        acc32 = onnx_accuracy(pre, data, THREADS)
+        acc32 = file_accuracy(pre, data, THREADS)
         res["accuracy_fp32"] = acc32
         res["moving_average_drop_points"] = {}
         for a, w in ((8, 8), (16, 8), (8, 16)):
             print(f"moving-average static quantization, {a}-bit activations, {w}-bit weights", flush=True)
             quantize(pre, f"{tmp}/a{a}w{w}.onnx", batches, a, w)
-            acc = onnx_accuracy(f"{tmp}/a{a}w{w}.onnx", data, THREADS)
+            acc = file_accuracy(f"{tmp}/a{a}w{w}.onnx", data, THREADS)
             res["moving_average_drop_points"][f"a{a}w{w}"] = (acc32 - acc) * 100
     atomic_write_json(HERE / "results" / f"{args.out}.json", res)
     atomic_write_text(HERE / "results" / f"{args.out}.md", to_markdown(res))

@@ -21,7 +21,7 @@ import torch
 
 from kdexport.allocator import prefer_kept
 from kdexport.data.datasets import load_dataset
-from kdexport.distill.teacher import TTA, TorchTeacher, logits_over
+from kdexport.distill.teacher import TorchTeacher, logits_over, with_tta
 from kdexport.envinfo import result_stamp, stamp_markdown, usable_cores
 from kdexport.files import atomic_write_json, atomic_write_text
 from kdexport.models.checkpoint import load_model
@@ -69,7 +69,7 @@ def main() -> None:
     for spec in args.teachers:
         label, ckpt, tta, result = spec.split("|")
         model, arch, _ = load_model(ROOT / ckpt)
-        teacher = TTA[tta](TorchTeacher.for_data(model, data, "cpu", "bf16"))
+        teacher = with_tta(TorchTeacher.for_data(model, data, "cpu", "bf16"), tta)
         row = {"label": label, "arch": arch.arch, "checkpoint": ckpt, "tta": tta, "result": result,
                "train": target_stats(logits_over(teacher, data.x_train), data.y_train),
                "test": target_stats(logits_over(teacher, data.x_test), data.y_test), **kd_gain(result)}

@@ -1,10 +1,16 @@
 """Typer CLI: commands are adapters. Each command's options are generated from its config dataclass
-(``kdexport.config``: default, help and validation live there and nowhere else); a command builds
-the config, calls the library, and turns a KdexportError into one line on stderr and an exit code."""
+(``kdexport.config``: default, help, panel, choices and validation live there and nowhere else); a command
+builds the config (from ``--config FILE`` and the command line), calls the library, and turns a KdexportError
+into one line on stderr and an exit code.
+
+Nothing heavy is imported here: torch, onnx and onnxruntime load inside the command that needs them, so
+``kdexport --help``, ``--version`` and ``COMMAND --help`` answer at once (``tests/test_cli_startup.py`` guards it).
+"""
 
 import contextlib
 import dataclasses
 import inspect
+import json
 import os
 import sys
 import time
@@ -14,21 +20,14 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+import typer.core
 import typer.rich_utils
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
 
 from .allocator import prefer_kept
 from .config import (
+    CONFIG_FILE,
     REQUIRED,
     SWEEP_REPLACES,
     BenchOptions,
@@ -44,15 +43,30 @@ from .config import (
     RunConfig,
     SelectOptions,
     VerifyOptions,
+    choice_help,
+    choice_names,
     cli_fields,
+    file_values,
     format_default,
     from_flat,
+    to_file_dict,
 )
 from .errors import KdexportError, first_line
 from .version import __version__
 
 if not sys.stdout.isatty():  # --help piped to a file or a log: never cut option names at 80 columns
     typer.rich_utils.MAX_WIDTH = typer.rich_utils.MAX_WIDTH or 160
+
+_display_type = getattr(typer.core.TyperOption, "display_type_rich", None)
+
+
+def _flag_display(self, ctx):
+    """A flag reads as a flag: no ``<bool>`` type column (Typer 0.2x shows one for --help and every boolean)."""
+    return "" if self.is_flag and self.metavar is None else _display_type(self, ctx)
+
+
+if _display_type is not None:
+    typer.core.TyperOption.display_type_rich = _flag_display
 
 app = typer.Typer(name="kdexport", add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
                   pretty_exceptions_enable=False,
@@ -108,7 +122,7 @@ def _test_acc(record: dict[str, float], sep: str) -> str:
 class RichReporter:
     """Training progress on a terminal: one bar per model with live loss and accuracy."""
 
-    def __init__(self, progress: Progress):
+    def __init__(self, progress):
         self.progress = progress
         self.task = None
         self.label = ""
@@ -158,6 +172,15 @@ def progress_reporter() -> Iterator[RichReporter | LineReporter]:
     if not console.is_terminal:
         yield LineReporter(_log)
         return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     with Progress(TextColumn("[bold]{task.description:<16}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[metrics]}"),
                   console=console, transient=False) as progress:
@@ -175,8 +198,8 @@ def version_callback(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: Annotated[bool, typer.Option("--version", callback=version_callback,
-                                                 is_eager=True, help="Print the version.")] = False) -> None:
+def _root(version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
+                                                 help="Print the version and exit.")] = False) -> None:
     pass
 
 
@@ -190,17 +213,48 @@ def _cli_type(t: Any) -> Any:
     return t
 
 
-def _parameter(f: CliField) -> inspect.Parameter:
+def _choices_text(choices: tuple[str, ...], described: set[str]) -> str:
+    """What --help adds to an option with choices: each registry name with its one-line help (the first time a
+    command lists that registry; ``described`` remembers which it did), else the names."""
+    fresh = tuple(c for c in choices if ":" in c and c not in described)
+    described.update(fresh)
+    lines = choice_help(fresh) if fresh else []
+    if lines:
+        plain = [f"**{n}**" for n in choices if ":" not in n]
+        return " Choices: " + "; ".join(plain + [f"**{n}**: {h}" for n, h in lines]) + "."
+    return f" [choices: {', '.join(choice_names(choices))}]"
+
+
+def _parameter(f: CliField, described: set[str]) -> inspect.Parameter:
     help_text = f.meta["help"]() if callable(f.meta["help"]) else f.meta["help"]
+    if f.meta.get("choices"):
+        help_text += _choices_text(f.meta["choices"], described)
     cli_type = f.meta["cli_type"]
     default = f.default
     if default is REQUIRED:
         default = inspect.Parameter.empty
     elif isinstance(default, tuple):
         default = format_default(default) if cli_type is str else (list(default) or None)
-    info = typer.Argument(help=help_text) if f.meta["argument"] else typer.Option(*f.meta["flags"], help=help_text)
+    panel = f.meta.get("panel")
+    info = (typer.Argument(help=help_text) if f.meta["argument"]
+            else typer.Option(*f.meta["flags"], help=help_text, rich_help_panel=panel))
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
                              annotation=Annotated[_cli_type(cli_type or f.type), info])
+
+
+# The options every command with options gets: a config file, and printing the effective config.
+_FILE_PARAMETERS = [
+    inspect.Parameter("config_file", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        Optional[str], typer.Option("--config", rich_help_panel=CONFIG_FILE, help=(
+            "Read option values from this YAML or JSON file (the options' names as keys, nested under kd, train, "
+            "quant or gates as run-config.json writes them, or flat); the command line overrides it. A run's "
+            "run-config.json is such a file."))]),
+    inspect.Parameter("print_config", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
+        bool, typer.Option("--print-config", rich_help_panel=CONFIG_FILE,
+                           help="Print the effective config (file and command line merged, as JSON) and exit.")]),
+]
+_CONTEXT = inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
+_EXPLICIT = ("COMMANDLINE", "ENVIRONMENT")  # click's ParameterSource names of a value the user gave
 
 
 cache_app = typer.Typer(name="cache", no_args_is_help=True, rich_markup_mode="markdown",
@@ -217,13 +271,26 @@ def config_command(name: str, cls: type, *, exclude: tuple[str, ...] = (), extra
         fields = [*cli_fields(cls, exclude), *(cli_fields(extra) if extra else ())]
         names = [f.name for f in fields]
         assert len(names) == len(set(names)), f"{name}: option names repeat across nested configs"
+        classes = ((cls, exclude), *(((extra, ()),) if extra else ()))
+        has_options = any(not f.meta["argument"] for f in fields)
 
-        def command(**values: Any) -> None:
+        def command(ctx: typer.Context, **values: Any) -> None:
             with errors_to_exit():
-                cfg = from_flat(cls, values, exclude)
-                fn(cfg, from_flat(extra, values)) if extra else fn(cfg)
+                path, show = values.pop("config_file", None), values.pop("print_config", False)
+                if path:
+                    given = {n for n in values if getattr(ctx.get_parameter_source(n), "name", None) in _EXPLICIT}
+                    from_file = file_values(path, classes, command=name)
+                    values = {**values, **{k: v for k, v in from_file.items() if k not in given}}
+                configs = [from_flat(c, values, ex) for c, ex in classes]
+                if show:
+                    merged = {k: v for c, (kls, ex) in zip(configs, classes) for k, v in to_file_dict(c, ex).items()}
+                    out_console.print_json(json.dumps(merged))
+                    return
+                fn(*configs)
 
-        command.__signature__ = inspect.Signature([_parameter(f) for f in fields])
+        described: set[str] = set()
+        params = [_CONTEXT, *(_parameter(f, described) for f in fields), *(_FILE_PARAMETERS if has_options else [])]
+        command.__signature__ = inspect.Signature(params)
         command.__doc__ = fn.__doc__
         command.__name__ = fn.__name__
         (group or app).command(name)(command)
@@ -241,6 +308,8 @@ def print_summary(report: dict) -> None:
     from .report.write import summary_table
 
     cfg = report["config"]
+    from rich.table import Table
+
     table = Table(title=f"{report['dataset']['name']}: {cfg['teacher']} -> {report['models']['student']['arch']}")
     for col in SUMMARY_COLUMNS:
         table.add_column(col, no_wrap=True)
@@ -286,7 +355,7 @@ def sweep_cmd(cfg: RunConfig, grid: Grid) -> None:
 
 def _dataset_for(model: Path, dataset: str | None, data_dir: str | None, required: bool):
     from .errors import DataError
-    from .export.onnx import data_for_model, read_metadata
+    from .runtimes.ort import data_for_model, read_metadata
 
     if dataset is None:
         try:
@@ -303,12 +372,13 @@ def _dataset_for(model: Path, dataset: str | None, data_dir: str | None, require
 @config_command("quantize", QuantizeOptions)
 def quantize_cmd(o: QuantizeOptions) -> None:
     """INT8-quantize an ONNX classifier with onnxruntime and check its accuracy against FP32."""
-    from .export.onnx import inspect_classifier
+    from .bench.timing import quick_p50
     from .export.quantize import quantize_onnx
+    from .runtimes.ort import inspect_classifier
 
     inspect_classifier(o.model)
     data = _dataset_for(Path(o.model), o.dataset, o.data_dir, required=True)
-    r = quantize_onnx(o.model, o.out, data, mode=o.mode, quant=o.quant)
+    r = quantize_onnx(o.model, o.out, data, mode=o.mode, quant=o.quant, latency=quick_p50(data))
     out_console.print(f"{r.mode} INT8: accuracy {r.accuracy_int8 * 100:.2f}% (FP32 {r.accuracy_fp32 * 100:.2f}%, "
                       f"drop {r.accuracy_drop_points:.2f} points), {r.onnx_bytes:,} bytes "
                       f"({r.onnx_bytes / r.fp32_bytes * 100:.0f}% of FP32) -> {o.out}")
@@ -348,6 +418,8 @@ def predict_cmd(o: PredictOptions) -> None:
 @config_command("check", CheckOptions)
 def check_cmd(o: CheckOptions) -> None:
     """Regression gate: exit 0 when every gate passes, 1 on a regression, 2 on unusable input."""
+    from rich.table import Table
+
     from .files import atomic_write_text
     from .report.check import HEADER, check_reports, load_report, rows, to_junit, to_markdown
 
@@ -373,7 +445,7 @@ def check_cmd(o: CheckOptions) -> None:
 def package_cmd(o: PackageOptions) -> None:
     """An app-ready folder: model.onnx (+ INT8), model.ort, labels.txt, preprocess.json, test data, a model
     card and SHA256SUMS, written atomically; `kdexport verify` checks it anywhere."""
-    from .export.package import package
+    from .report.package import package
 
     path = package(o.source, o.out, dataset=o.dataset, data_dir=o.data_dir, labels=o.labels, mean=o.mean,
                    std=o.std, samples=o.samples, overwrite=o.overwrite)
@@ -384,7 +456,7 @@ def package_cmd(o: PackageOptions) -> None:
 def verify_cmd(o: VerifyOptions) -> None:
     """Check a package on this machine: checksums, and every model file against its test data.
     Exit 0 when all hold, 1 with one line per failure."""
-    from .export.package import verify
+    from .report.package import verify
 
     failures = verify(o.package)
     for f in failures:
@@ -409,14 +481,8 @@ def ensemble_cmd(o: EnsembleOptions) -> None:
 def select_cmd(o: SelectOptions) -> None:
     """Measure candidate students on this machine (ONNX, onnxruntime, as bench times them) and pick the one
     with the most FLOPs within a latency (and size) budget. Writes select.json, select.md and select.png."""
-    from .bench.select import (
-        int8_mode,
-        parse_latency_budget,
-        parse_size_budget,
-        select_student,
-        to_markdown,
-        write_select,
-    )
+    from .bench.select import int8_mode, select_student, to_markdown, write_select
+    from .config import parse_latency_budget, parse_size_budget
     from .data.datasets import load_dataset
     from .envinfo import environment
 

@@ -1,41 +1,98 @@
 """Every option of every command, once: a field of a frozen dataclass with its default, its help
-text and (in ``__post_init__``) its validation.
+text, its help panel, its choices and (in ``__post_init__``) its validation.
 
 The CLI is generated from these fields (``kdexport.cli`` walks them with :func:`cli_fields`) and
 holds no defaults of its own, so ``RunConfig()`` through the Python API and ``kdexport
 distill-export`` with no flags are the same run. Nested configs (``kd``, ``train``, ``quant``,
 ``gates``) flatten into one set of flags; every flag name is unique across the nesting.
+
+This module imports no stage (data, models, runtimes, distill, export, bench, report): an option whose
+values come from a stage's registry names it as ``"kdexport.STAGE:REGISTRY"`` in ``choices``, and
+:func:`check_choices` resolves it when a config is validated. The registries declare their names in the
+stages' light ``__init__`` modules, so listing or checking them imports no torch (``kdexport.registry``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
+import re
 import typing
 from collections.abc import Callable, Iterator
 from dataclasses import MISSING, dataclass, field
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, UnknownNameError
+from .files import CACHE_PARTS
 
 REQUIRED = MISSING
+
+# Help panels, in the order --help shows them (Typer's rich_help_panel). COMMON holds the options most runs need.
+COMMON, DATA, MODELS, DISTILLATION, TRAINING = "Common", "Data", "Models", "Distillation", "Training"
+TEACHER_CACHE, EXPORT, BENCHMARK, BUDGET, OUTPUT = "Teacher cache", "Export & INT8", "Benchmark", "Budget", "Output"
+CONFIG_FILE = "Config file"
+PANELS = (COMMON, DATA, MODELS, DISTILLATION, TRAINING, TEACHER_CACHE, EXPORT, BENCHMARK, BUDGET, OUTPUT, CONFIG_FILE)
 
 
 def option(default: Any = REQUIRED, help: str | Callable[[], str] = "", *, flags: tuple[str, ...] = (),
            parse: Callable[[Any], Any] | None = None, argument: bool = False, cli: bool = True,
-           cli_type: Any = None) -> Any:
+           cli_type: Any = None, panel: str | None = None, choices: tuple[str, ...] = (), kind: str = "") -> Any:
     """A config field with what the CLI needs to offer it.
 
-    ``help`` may be a function (help built from a registry when the CLI is built); ``flags`` the
-    option's names (default ``--field-name``); ``parse`` turns the CLI's raw value (of ``cli_type``,
-    e.g. a comma-separated string) into the field's value; ``argument`` makes it positional;
-    ``cli=False`` keeps a field out of the CLI (set by the library)."""
-    meta = {"help": help, "flags": flags, "parse": parse, "argument": argument, "cli": cli, "cli_type": cli_type}
+    ``help`` may be a function (help built when the CLI is built); ``flags`` the option's names (default
+    ``--field-name``); ``parse`` turns the CLI's raw value (of ``cli_type``, e.g. a comma-separated string)
+    into the field's value; ``argument`` makes it positional; ``cli=False`` keeps a field out of the CLI (set
+    by the library); ``panel`` the --help panel it is listed in; ``choices`` the values it takes: names, and
+    ``"module:REGISTRY"`` references whose names are added lazily (:func:`choice_names`); ``kind`` what an
+    error calls a value that is not one of them (default: the registry's kind, else the field's name)."""
+    meta = {"help": help, "flags": flags, "parse": parse, "argument": argument, "cli": cli, "cli_type": cli_type,
+            "panel": panel, "choices": choices, "kind": kind}
     return field(default=default, metadata=meta)
 
 
 def nested(cls: type) -> Any:
     return field(default_factory=cls, metadata={"nested": True})
+
+
+def _registry(ref: str):
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def choice_names(choices: tuple[str, ...]) -> list[str]:
+    """The values ``choices`` allows, registry references expanded to their names (declaration order)."""
+    out: list[str] = []
+    for c in choices:
+        out += _registry(c).names(sort=False) if ":" in c else [c]
+    return list(dict.fromkeys(out))
+
+
+def choice_help(choices: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(name, one-line help) of the registry entries of ``choices`` that have a help line (what --help lists)."""
+    parts = []
+    for c in choices:
+        if ":" in c:
+            reg = _registry(c)
+            parts += [(n, reg.help(n)) for n in reg.names(sort=False) if reg.help(n)]
+    return parts
+
+
+def check_choices(cfg: Any) -> None:
+    """Every field of ``cfg`` with ``choices`` holds one of them (None is "not given" where the default is
+    None); else UnknownNameError naming the option and listing the values."""
+    for f in dataclasses.fields(cfg):
+        choices = f.metadata.get("choices")
+        value = getattr(cfg, f.name)
+        if not choices or value is None:
+            continue
+        allowed = choice_names(choices)
+        for v in value if isinstance(value, tuple) else (value,):
+            if v not in allowed:
+                regs = [c for c in choices if ":" in c]
+                kind = (f.metadata.get("kind") or (_registry(regs[0]).kind if len(regs) == 1 else "")
+                        or f.name.replace("_", " "))
+                raise UnknownNameError(kind, v, allowed)
 
 
 # -- parsers for list options given as comma-separated text ------------------------------------------
@@ -80,6 +137,58 @@ def format_default(value: Any) -> str:
     return value
 
 
+# -- parsers of single option values (budgets, sizes, hints): pure text -> value --------------------------
+
+_UNITS_MS = {"ms": 1.0, "us": 1e-3, "µs": 1e-3, "s": 1e3}
+_UNITS_BYTES = {"b": 1, "kb": 1024, "kib": 1024, "mb": 1024 ** 2, "mib": 1024 ** 2, "gb": 1024 ** 3}
+
+
+@dataclass(frozen=True)
+class LatencyBudget:
+    ms: float
+    stat: str = "p50"  # p50 or p90
+
+    def __str__(self) -> str:
+        return f"{self.ms:g} ms ({self.stat})"
+
+
+def parse_latency_budget(text: str) -> LatencyBudget:
+    """``2ms``, ``500us``, ``1.5 ms``, ``2ms@p90`` -> a budget in milliseconds on p50 (default) or p90."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zµ]+)\s*(?:@\s*(p50|p90))?\s*", str(text).lower())
+    if not m or m.group(2) not in _UNITS_MS or float(m.group(1)) <= 0:
+        raise ConfigError(f"latency budget {text!r}: use a positive number with ms, us or s, e.g. 2ms, 500us, "
+                          "1.5 ms, 2ms@p90")
+    return LatencyBudget(float(m.group(1)) * _UNITS_MS[m.group(2)], m.group(3) or "p50")
+
+
+def parse_size_budget(text: str) -> int:
+    """``500KB``, ``1.5 MB``, ``20000B`` -> bytes (KB = 1024 bytes, as kdexport's reports print sizes)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-z]+)\s*", str(text).lower())
+    if not m or m.group(2) not in _UNITS_BYTES or float(m.group(1)) <= 0:
+        raise ConfigError(f"size budget {text!r}: use a positive number with B, KB or MB, e.g. 500KB")
+    return int(float(m.group(1)) * _UNITS_BYTES[m.group(2)])
+
+
+def parse_memory_budget(text: str) -> int:
+    """``--memory-budget`` (e.g. 4GB, 512MB, 0 for none) in bytes."""
+    units = {"b": 1, "kb": 2**10, "mb": 2**20, "gb": 2**30, "tb": 2**40}
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-z]*)\s*", str(text).lower())
+    if not m or (m.group(2) or "b") not in units:
+        raise ConfigError(f"memory budget {text!r}: use a number with B, KB, MB, GB or TB, e.g. 4GB")
+    return int(float(m.group(1)) * units[m.group(2) or "b"])
+
+
+def parse_hint(text: str) -> tuple[str, str]:
+    """``teacher.LAYER:student.LAYER`` -> (teacher layer, student layer)."""
+    parts = text.split(":")
+    if len(parts) != 2 or not parts[0].startswith("teacher.") or not parts[1].startswith("student."):
+        raise ConfigError(f"--hint takes teacher.LAYER:student.LAYER (dotted module names), got {text!r}")
+    t, s = parts[0][len("teacher."):], parts[1][len("student."):]
+    if not t or not s:
+        raise ConfigError(f"--hint names no layer: {text!r}")
+    return t, s
+
+
 # -- the configs --------------------------------------------------------------------------------------
 
 OPTIMIZERS = ("adam", "sgd", "muon")
@@ -88,76 +197,77 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 QUANTIZE_MODES = ("none", "static", "dynamic")
 GRAPH_OPTS = ("none", "basic", "extended", "all")
-TTAS = ("none", "flip", "flip-shift")
+DATA_MODES = ("auto", "memory", "stream")
+FALLBACKS = ("none", "auto")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """What one call of :func:`kdexport.distill.train.fit` needs. Identical for baseline and student."""
 
-    epochs: int = option(30, "Epochs for every model (baseline and student always match).")
-    batch_size: int = option(64, "Training batch size.")
+    epochs: int = option(30, "Epochs for every model (baseline and student always match).", panel=COMMON)
+    batch_size: int = option(64, "Training batch size.", panel=TRAINING)
     optimizer: str = option("adam", "adam, sgd (momentum, Nesterov) or muon (airbench94_muon's: every convolution "
                                     "filter bank steps by its orthogonalized Nesterov momentum at --muon-lr and "
                                     "--muon-momentum, rescaled to norm sqrt(out channels), no weight decay; the other "
-                                    "parameters by Nesterov SGD with --lr, --momentum and --weight-decay).")
-    lr: float = option(3e-3, "Peak learning rate.")
-    weight_decay: float = option(0.0, "Weight decay.")
-    momentum: float = option(0.9, "SGD momentum.")
+                                    "parameters by Nesterov SGD with --lr, --momentum and --weight-decay).",
+                            panel=TRAINING, choices=OPTIMIZERS)
+    lr: float = option(3e-3, "Peak learning rate.", panel=TRAINING)
+    weight_decay: float = option(0.0, "Weight decay.", panel=TRAINING)
+    momentum: float = option(0.9, "SGD momentum.", panel=TRAINING)
     scheduler: str = option("cosine", "Learning-rate schedule: cosine, onecycle (PyTorch's OneCycleLR; it also cycles "
                                       "SGD's momentum between 0.85 and 0.95), triangle (airbench's: linear from 0.2x "
                                       "the peak to the peak at 23% of the steps, then linear to 0.07x; momentum as "
                                       "given), linear (from the peak to 0 at the last step; airbench94_muon's) or "
-                                      "none. It scales every parameter group, --muon-lr's too.")
+                                      "none. It scales every parameter group, --muon-lr's too.",
+                            panel=TRAINING, choices=SCHEDULERS)
     muon_lr: float = option(0.24, "--optimizer muon: learning rate of the orthogonalized filter updates (scale-free: "
-                                  "an orthogonalized step has the same size whatever the loss's scale).")
-    muon_momentum: float = option(0.6, "--optimizer muon: Nesterov momentum of the filter updates.")
-    seed: int = option(0, "Seed for initialization, data order, augmentation and dropout.")
+                                  "an orthogonalized step has the same size whatever the loss's scale).",
+                            panel=TRAINING)
+    muon_momentum: float = option(0.6, "--optimizer muon: Nesterov momentum of the filter updates.", panel=TRAINING)
+    seed: int = option(0, "Seed for initialization, data order, augmentation and dropout.", panel=TRAINING)
     label_smoothing: float = option(0.0, "Label smoothing of the cross-entropy term (baseline, student and a "
-                                         "trained teacher alike), in [0, 1).")
-    device: str = option("auto", "auto, cpu or cuda (training only; benchmarks run on CPU).")
+                                         "trained teacher alike), in [0, 1).", panel=TRAINING)
+    device: str = option("auto", "auto, cpu or cuda (training only; benchmarks run on CPU).", panel=TRAINING)
     ema: float = option(0.0, "Keep an exponential moving average of the weights with this decay per step (e.g. "
                              "0.999; warmed up as min(decay, (1+t)/(10+t))); the average is what is evaluated, "
-                             "saved and exported. 0: off.")
+                             "saved and exported. 0: off.", panel=TRAINING)
     lookahead: bool = option(False, "airbench's lookahead: every 5 steps, move a running average of the weights "
                                     "(and BatchNorm statistics) toward them by 1 - d and copy it back into the model, "
                                     "with d = 0.95^5 * (progress)^3 growing from 0 to 0.77; the model ends as the "
-                                    "average. Not with --ema.")
+                                    "average. Not with --ema.", panel=TRAINING)
     bias_lr_scale: float = option(1.0, "Multiply the learning rate of normalization-layer biases (BatchNorm, "
                                        "LayerNorm, GroupNorm) by this (airbench: 64); their weight decay per step "
-                                       "stays that of the other weights.")
+                                       "stays that of the other weights.", panel=TRAINING)
     precision: str = option("auto", "Arithmetic of the training forward passes and of a live PyTorch teacher: fp32, "
                                     "bf16 (autocast; about 2x faster on a CPU with AMX or AVX-512 BF16) or auto "
                                     "(bf16 on CUDA, fp32 on the CPU). Evaluation, export and every reported accuracy "
-                                    "stay fp32.")
+                                    "stay fp32.", panel=TRAINING, choices=PRECISIONS)
     clip_grad_norm: float = option(0.0, "Rescale the gradient before each step so that its global L2 norm is at most "
                                         "this (all trained parameters together; 0: off): a guard against a loss "
-                                        "whose gradient can spike.")
+                                        "whose gradient can spike.", panel=TRAINING)
     eval_every: int = option(1, "Evaluate the test split after every N-th epoch (and always after the last): on a "
                                 "CPU each evaluation costs time a long run can spend training. The other epochs' "
-                                "records have no test metrics.")
+                                "records have no test metrics.", panel=TRAINING)
     select_fraction: float = option(1.0, "Train on the hardest part of each batch (airbench96_faster's data "
                                          "filtering; it uses 0.5): a small proxy network (--select-proxy), trained "
                                          "beside the model on one batch in four, ranks each batch's examples by its "
                                          "loss and the model trains on this fraction with the largest, so a step "
                                          "costs the model about that fraction of a full one. Training metrics are "
-                                         "over the examples trained on. 1: off.")
+                                         "over the examples trained on. 1: off.", panel=TRAINING)
     select_proxy: str = option("fastcifar:0.25", "--select-fraction: the proxy's architecture (a model spec, built "
-                                                 "for the same data).")
-    augment: str = option("none", "Resolved augmentation (set from RunConfig.augment).", cli=False)
+                                                 "for the same data).", panel=TRAINING)
+    augment: str = option("none", "Resolved augmentation (set from RunConfig.augment).", cli=False,
+                          choices=("kdexport.data:AUGMENTATIONS",))
 
     def __post_init__(self) -> None:
-        from .data.augment import AUGMENTATIONS
-
+        check_choices(self)
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         _check_seed(self.seed)
         _check(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
         _check(self.eval_every >= 1, f"eval every must be >= 1 (epochs), got {self.eval_every}")
-        AUGMENTATIONS.get(self.augment)
-        _check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        _check(self.scheduler in SCHEDULERS, f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
         _check(self.device in DEVICES or self.device.startswith("cuda:"),
-               f"device must be one of {DEVICES}, got {self.device!r}")
+               f"device must be one of {', '.join(DEVICES)} or cuda:N, got {self.device!r}")
         _check(_finite(self.lr) and self.lr > 0, f"learning rate must be > 0, got {self.lr}")
         _check(_finite(self.weight_decay) and self.weight_decay >= 0, "weight decay must be >= 0")
         _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
@@ -173,45 +283,38 @@ class TrainConfig:
                f"clip grad norm must be >= 0 (0: off), got {self.clip_grad_norm}")
         _check(_finite(self.select_fraction) and 0 < self.select_fraction <= 1,
                f"select fraction must be in (0, 1] (1: off), got {self.select_fraction}")
-        if self.select_fraction < 1:
-            from .models.builders import check_arch
-
-            check_arch(self.select_proxy)
-        _check(self.precision in PRECISIONS,
-               f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 @dataclass(frozen=True)
 class KDConfig:
     """The distillation loss: (1-beta)*CE + beta*[T^2]*KL(teacher_T || student_T)."""
 
-    temperature: float = option(4.0, "Distillation temperature T > 0.", flags=("--temperature", "-T"))
-    soft_weight: float = option(0.5, "beta: weight of the soft (KD) loss; the hard CE weight is 1 - beta.")
+    temperature: float = option(4.0, "Distillation temperature T > 0.", flags=("--temperature", "-T"), panel=COMMON)
+    soft_weight: float = option(0.5, "beta: weight of the soft (KD) loss; the hard CE weight is 1 - beta.",
+                                panel=COMMON)
     scale_t2: bool = option(True, "Multiply the soft loss by T^2 (Hinton et al.).",
-                            flags=("--scale-t2/--no-scale-t2",))
-    soft_loss: str = option("kl", "kd loss: kl (Hinton) or mse (logit matching).")
-    loss: str = option("kd", "Distillation loss: kd (Hinton et al. 2015), dkd (Decoupled KD, Zhao et al. 2022) or "
-                             "dist (DIST, Huang et al. 2022); mixed with CE by --soft-weight.",
-                       flags=("--kd-loss",))
+                            flags=("--scale-t2/--no-scale-t2",), panel=DISTILLATION)
+    soft_loss: str = option("kl", "--kd-loss kd: how the softened logits are compared.", panel=DISTILLATION,
+                            choices=("kdexport.distill:SOFT_LOSSES",))
+    loss: str = option("kd", "Distillation loss, mixed with the labels' cross-entropy by --soft-weight.",
+                       flags=("--kd-loss",), panel=DISTILLATION, choices=("kdexport.distill:LOSSES",))
     logit_standardization: bool = option(False, "z-score teacher and student logits per sample before the "
-                                                "temperature (Sun et al. 2024); works with every --kd-loss.")
-    dkd_alpha: float = option(1.0, "DKD: weight of the target-class term (TCKD).")
-    dkd_beta: float = option(8.0, "DKD: weight of the non-target-class term (NCKD).")
-    dkd_warmup: float = option(20.0, "DKD: epochs over which its term ramps up linearly from 0 (0: none).")
-    dist_beta: float = option(1.0, "DIST: weight of the inter-class relation term.")
-    dist_gamma: float = option(1.0, "DIST: weight of the intra-class relation term.")
+                                                "temperature (Sun et al. 2024); works with every --kd-loss.",
+                                         panel=DISTILLATION)
+    dkd_alpha: float = option(1.0, "DKD: weight of the target-class term (TCKD).", panel=DISTILLATION)
+    dkd_beta: float = option(8.0, "DKD: weight of the non-target-class term (NCKD).", panel=DISTILLATION)
+    dkd_warmup: float = option(20.0, "DKD: epochs over which its term ramps up linearly from 0 (0: none).",
+                               panel=DISTILLATION)
+    dist_beta: float = option(1.0, "DIST: weight of the inter-class relation term.", panel=DISTILLATION)
+    dist_gamma: float = option(1.0, "DIST: weight of the intra-class relation term.", panel=DISTILLATION)
     hint: str | None = option(None, "Add a FitNets feature-hint term: teacher.LAYER:student.LAYER (dotted module "
-                                    "names); a trained 1x1-conv connector, dropped before export.")
-    hint_weight: float = option(1.0, "Weight of the hint term (MSE between connected student and teacher features).")
+                                    "names); a trained 1x1-conv connector, dropped before export.", panel=DISTILLATION)
+    hint_weight: float = option(1.0, "Weight of the hint term (MSE between connected student and teacher features).",
+                                panel=DISTILLATION)
 
     def __post_init__(self) -> None:
-        from .distill.losses import LOSSES, SOFT_LOSSES
-
-        SOFT_LOSSES.get(self.soft_loss)
-        LOSSES.get(self.loss)
+        check_choices(self)
         if self.hint is not None:
-            from .distill.hint import parse_hint
-
             parse_hint(self.hint)
         for name in ("dkd_alpha", "dkd_beta", "dkd_warmup", "dist_beta", "dist_gamma", "hint_weight"):
             v = getattr(self, name)
@@ -222,34 +325,27 @@ class KDConfig:
                f"soft weight (beta) must be in [0, 1], got {self.soft_weight}")
 
 
-def _calibration_help() -> str:
-    from .export.calibration import calibration_help
-
-    return f"INT8 static activation ranges. {calibration_help()}."
-
-
 @dataclass(frozen=True)
 class QuantConfig:
     """How an INT8 copy is made and when it is refused (``kdexport quantize``, ``distill-export --quantize``)."""
 
-    calibration: str = option("median", _calibration_help)
-    calibration_samples: int = option(300, "INT8 static: training images used for calibration.")
+    calibration: str = option("median", "INT8 static: how each activation's range is chosen from the calibration "
+                                        "images.", panel=EXPORT, choices=("kdexport.export:CALIBRATIONS",))
+    calibration_samples: int = option(300, "INT8 static: training images used for calibration.", panel=EXPORT)
     equalize: bool = option(False, "INT8 static: first rescale the channels of residual streams so that one outlier "
                                    "channel does not take the whole 8-bit range (exact in FP32; skips graphs "
-                                   "without them). Try it when a ResNet-like model fails the accuracy gate.")
+                                   "without them). Try it when a ResNet-like model fails the accuracy gate.",
+                            panel=EXPORT)
     reduce_range: bool | None = option(None, "7-bit weights; default: on for CPUs without VNNI.",
-                                       flags=("--reduce-range/--no-reduce-range",))
+                                       flags=("--reduce-range/--no-reduce-range",), panel=EXPORT)
     max_accuracy_drop: float = option(1.0, "INT8: reject the quantized model (exit 1, no file) if it loses more "
-                                           "accuracy points than this.")
+                                           "accuracy points than this.", panel=EXPORT)
     fallback: str = option("none", "INT8 static over the accuracy budget: auto keeps the layers whose quantization "
                                    "errs most (onnxruntime's qdq_loss_debug) in FP32, in growing groups, until it "
-                                   "fits; none refuses the model.")
+                                   "fits; none refuses the model.", panel=EXPORT, choices=FALLBACKS)
 
     def __post_init__(self) -> None:
-        from .export.calibration import CALIBRATIONS
-
-        CALIBRATIONS.get(self.calibration)
-        _check(self.fallback in ("none", "auto"), f"fallback must be none or auto, got {self.fallback!r}")
+        check_choices(self)
         _check(_finite(self.max_accuracy_drop) and self.max_accuracy_drop >= 0, "max accuracy drop must be >= 0")
         _check(self.calibration_samples >= 1, "calibration samples must be >= 1")
 
@@ -260,119 +356,122 @@ class RunConfig:
     T^2 scaling and the seed). Recorded verbatim in report.json."""
 
     # data
-    dataset: str = option("digits", "digits (bundled), mnist, cifar10 or imagefolder.")
+    dataset: str = option("digits", "The data to distil on.", panel=COMMON, choices=("kdexport.data:DATASETS",))
     data_dir: str | None = option(None, "Local dataset folder (default: $KDEXPORT_DATA_DIR or "
-                                        "~/.cache/kdexport/data).")
-    download: bool = option(True, "Download mnist/cifar10 when not found locally.")
+                                        "~/.cache/kdexport/data).", panel=COMMON)
+    download: bool = option(True, "Download mnist/cifar10 when not found locally.", panel=DATA)
     image_size: int | None = option(None, "imagefolder: the square input size (default: the median shorter side of "
-                                          "the training images, at most 224).")
+                                          "the training images, at most 224).", panel=DATA)
     crop_ratio: float | None = option(None, "imagefolder: resize the shorter side to image-size / ratio, then "
                                             "center-crop (torchvision: 0.875 = 256 -> 224); default 0.875 for RGB "
-                                            "photos of 64 px and more, else 1 (whole image).")
+                                            "photos of 64 px and more, else 1 (whole image).", panel=DATA)
     data_mode: str = option("auto", "imagefolder: memory (decode every image once, hold them in RAM), stream (decode "
                                     "each batch from the files in --workers processes) or auto (memory when the "
-                                    "decoded set fits --memory-budget; the log says which).")
+                                    "decoded set fits --memory-budget; the log says which).",
+                            panel=DATA, choices=DATA_MODES)
     memory_budget: str | None = option(None, "--data-mode auto: most decoded image data to hold in memory, e.g. 4GB "
-                                             "(default: half the available memory).")
+                                             "(default: half the available memory).", panel=DATA)
     workers: int | None = option(None, "Stream mode: decoding worker processes (default: usable cores; 0 decodes "
-                                       "in the training process).")
-    augment: str = option("auto", "Training augmentation: auto (rrc-flip for RGB photos of 64 px and more, crop-flip "
-                                  "for smaller RGB images, else none), none, crop-flip, shift2, shift2-flip, "
-                                  "shift2-altflip (alternating flip: each image mirrored every other epoch), "
-                                  "reflect2-flip and reflect2-altflip (the border reflected instead of zeros; the "
-                                  "latter is airbench94's), crop-flip-cutout (crop-flip plus a 12-pixel cutout, "
-                                  "airbench96's), rrc-flip (RandomResizedCrop + flip).")
-    teacher_augment: str | None = option(None, "The teacher's augmentation, if different (default: --augment).")
-    teacher_tta: str = option("none", "Test-time augmentation of the teacher's logits that students learn from: none, "
-                                      "flip (the mean of the image's and its mirror's logits) or flip-shift "
-                                      "(airbench's: flip plus 1-pixel translations, 6 passes). Its accuracy with it "
-                                      "is logged and in report.json (teacher_tta).")
+                                       "in the training process).", panel=DATA)
+    augment: str = option("auto", "Training augmentation; auto: rrc-flip for RGB photos of 64 px and more, crop-flip "
+                                  "for smaller RGB images, else none.", panel=DATA,
+                          choices=("auto", "kdexport.data:AUGMENTATIONS"))
+    teacher_augment: str | None = option(None, "The teacher's augmentation, if different (default: --augment).",
+                                         panel=DATA, choices=("kdexport.data:AUGMENTATIONS",))
+    teacher_tta: str = option("none", "Test-time augmentation of the teacher's logits that students learn from; its "
+                                      "accuracy with it is logged and in report.json (teacher_tta).",
+                              panel=DISTILLATION, choices=("kdexport.distill:TTAS",))
     # models
     teacher: str = option("mlp:1200,1200", "Teacher: mlp:SIZES (e.g. mlp:1200,1200), any torchvision classifier "
                                            "name, a CIFAR ResNet or fastcifar[:WIDTH], timm:NAME, ensemble:NxARCH "
                                            "(N members trained on their own, logits averaged), or a trained model "
-                                           "as an ONNX file (PATH.onnx).")
+                                           "as an ONNX file (PATH.onnx).", panel=COMMON)
     student: str = option("mlp:14", "Student: mlp:SIZES (e.g. mlp:14), any torchvision classifier name, "
-                                    "a CIFAR ResNet or fastcifar[:WIDTH], or timm:NAME.")
-    teacher_dropout: float = option(0.5, "Dropout between MLP hidden layers of the teacher.")
-    student_dropout: float = option(0.0, "Dropout between MLP hidden layers of the student.")
+                                    "a CIFAR ResNet or fastcifar[:WIDTH], or timm:NAME.", panel=COMMON)
+    teacher_dropout: float = option(0.5, "Dropout between MLP hidden layers of the teacher.", panel=MODELS)
+    student_dropout: float = option(0.0, "Dropout between MLP hidden layers of the student.", panel=MODELS)
     cifar_stem: bool = option(False, "CNNs: stride-1 stem for 32x32 inputs (ResNets: 3x3 conv, no max-pool; others: "
-                                     "first conv at stride 1).")
+                                     "first conv at stride 1).", panel=MODELS)
     pretrained: bool = option(False, "Start the teacher from torchvision's (or timm's) pretrained weights (needs "
-                                     "network once).")
+                                     "network once).", panel=MODELS)
     teacher_checkpoint: str | None = option(None, "Use this trained teacher (a kdexport checkpoint) instead of "
-                                                  "training one.")
+                                                  "training one.", panel=MODELS)
     teacher_weights: str | None = option(None, "Use the teacher --teacher ARCH with these trained weights (a "
                                                "state_dict saved with torch.save, or .safetensors) instead of "
-                                               "training one.")
+                                               "training one.", panel=MODELS)
     teacher_mean: tuple[float, ...] | None = option(None, "ONNX teacher: per-channel mean it expects, comma-separated "
                                                           "(default: its metadata, else the dataset's).",
-                                                    cli_type=str, parse=lambda v: parse_floats(v, "--teacher-mean"))
+                                                    cli_type=str, parse=lambda v: parse_floats(v, "--teacher-mean"),
+                                                    panel=MODELS)
     teacher_std: tuple[float, ...] | None = option(None, "ONNX teacher: per-channel std it expects (default: its "
                                                          "metadata, else the dataset's).",
-                                                   cli_type=str, parse=lambda v: parse_floats(v, "--teacher-std"))
+                                                   cli_type=str, parse=lambda v: parse_floats(v, "--teacher-std"),
+                                                   panel=MODELS)
     student_weights: str | None = option(None, "Start baseline and distilled student from these weights "
-                                               "(state_dict or .safetensors).")
+                                               "(state_dict or .safetensors).", panel=MODELS)
     student_pretrained: bool = option(False, "Start baseline and distilled student from torchvision's (or timm's) "
-                                             "pretrained weights (needs network once).")
-    force: bool = option(False, "Distil even from a teacher no better than chance on this data.")
+                                             "pretrained weights (needs network once).", panel=MODELS)
+    force: bool = option(False, "Distil even from a teacher no better than chance on this data.", panel=MODELS)
     # distillation
     kd: KDConfig = nested(KDConfig)
     # training (baseline and student share it; the teacher may override epochs)
     train: TrainConfig = nested(TrainConfig)
-    teacher_epochs: int | None = option(None, "Override the teacher's epochs (an ensemble's: each member's).")
+    teacher_epochs: int | None = option(None, "Override the teacher's epochs (an ensemble's: each member's).",
+                                        panel=TRAINING)
     baseline_cache: bool = option(True, "Keep each baseline student (weights and record) in the cache "
                                         "($KDEXPORT_CACHE_DIR/baselines) under a key of everything its training "
                                         "depends on (student, data, training options, seed, kdexport's code, torch, "
                                         "CPU, threads) and reuse it in a later run or sweep with the same key, e.g. "
                                         "the same student under another teacher or T: the baseline does not see "
-                                        "the teacher. Not under torchrun.")
+                                        "the teacher. Not under torchrun.", panel=TRAINING)
     teacher_cache: bool = option(True, "Without augmentation, keep the teacher's logits on disk ($KDEXPORT_CACHE_DIR "
-                                       "or ~/.cache/kdexport) and reuse them across runs, seeds and sweep cells.")
+                                       "or ~/.cache/kdexport) and reuse them across runs, seeds and sweep cells.",
+                                 panel=TEACHER_CACHE)
     teacher_view_cache: bool = option(False, "With an augmentation of finitely many views (shift2: 25, "
                                              "shift2-flip: 50, crop-flip: 162), run the teacher once on every view "
                                              "of every training image (views x one pass over the training set, kept "
                                              "like --teacher-cache's table) and look its logits up on each batch "
                                              "instead of running it live: the same logits, and a distilled epoch "
                                              "costs about what the baseline's does. Pays once the students' epochs "
-                                             "together outnumber the views (seeds and sweep cells share the table).")
+                                             "together outnumber the views (seeds and sweep cells share the table).",
+                                      panel=TEACHER_CACHE)
     # export + quantization + benchmark
     parity_rtol: float = option(1e-3, "Max logit difference allowed between onnxruntime and PyTorch, relative to "
-                                      "the logits' scale (max |logit|, at least 1).")
-    parity_atol: float | None = option(None, "Override --parity-rtol with an absolute max logit difference.")
+                                      "the logits' scale (max |logit|, at least 1).", panel=EXPORT)
+    parity_atol: float | None = option(None, "Override --parity-rtol with an absolute max logit difference.",
+                                       panel=EXPORT)
     quantize: str = option("none", "Also make an INT8 student with onnxruntime: none, static (QDQ, calibrated; "
-                                   "CNNs) or dynamic (MLPs).")
+                                   "CNNs) or dynamic (MLPs).", panel=COMMON, choices=QUANTIZE_MODES)
     quant: QuantConfig = nested(QuantConfig)
-    bench_batch: int = option(32, "The larger batch size to benchmark, beside batch 1.")
-    bench_iters: int = option(100, "Timed runs per latency measurement.")
-    bench_warmup: int = option(10, "Untimed warm-up runs before each latency measurement.")
+    bench_batch: int = option(32, "The larger batch size to benchmark, beside batch 1.", panel=BENCHMARK)
+    bench_iters: int = option(100, "Timed runs per latency measurement.", panel=BENCHMARK)
+    bench_warmup: int = option(10, "Untimed warm-up runs before each latency measurement.", panel=BENCHMARK)
     bench_max_seconds: float = option(20.0, "Time budget per latency measurement; stops early once spent "
-                                            "(after at least 5 runs).")
-    threads: int | None = option(None, "CPU threads for training and inference (default: all usable cores).")
-    package: bool = option(False, "Also write OUT/package/: the student as an app-ready folder (kdexport package).")
+                                            "(after at least 5 runs).", panel=BENCHMARK)
+    threads: int | None = option(None, "CPU threads for training and inference (default: all usable cores).",
+                                 panel=BENCHMARK)
+    package: bool = option(False, "Also write OUT/package/: the student as an app-ready folder (kdexport package).",
+                           panel=EXPORT)
     # a budget for the shipped student (--student auto picks the largest candidate that meets it)
     latency_budget: str | None = option(None, "Latency budget for the shipped student, e.g. 2ms, 500us, 2ms@p90 "
                                               "(timed at --budget-batch with --budget-threads). With --student auto "
                                               "the candidate with the most FLOPs that fits is distilled; the shipped "
-                                              "file is timed again after training and a miss exits 1.")
-    size_budget: str | None = option(None, "Size budget for the shipped ONNX file, e.g. 500KB.")
-    budget_margin: float = option(0.1, "--student auto: keep this fraction of the latency budget as a margin.")
-    budget_threads: int = option(1, "Threads the budget is measured with.")
-    budget_batch: int = option(1, "Batch size the budget is measured at.")
+                                              "file is timed again after training and a miss exits 1.", panel=BUDGET)
+    size_budget: str | None = option(None, "Size budget for the shipped ONNX file, e.g. 500KB.", panel=BUDGET)
+    budget_margin: float = option(0.1, "--student auto: keep this fraction of the latency budget as a margin.",
+                                  panel=BUDGET)
+    budget_threads: int = option(1, "Threads the budget is measured with.", panel=BUDGET)
+    budget_batch: int = option(1, "Batch size the budget is measured at.", panel=BUDGET)
     candidates: tuple[str, ...] = option((), "--student auto: comma-separated candidate architectures (default: "
-                                             "kdexport select's).", cli_type=str, parse=parse_names)
+                                             "kdexport select's).", cli_type=str, parse=parse_names, panel=BUDGET)
     # output
-    out: str | None = option(None, "Output folder (default: runs/<command>-<timestamp>).")
-    overwrite: bool = option(False, "Replace an existing --out folder.")
-    resume: bool = option(False, "Continue an interrupted run with the same --out and options (per-epoch state).")
+    out: str | None = option(None, "Output folder (default: runs/COMMAND-YYYYmmdd-HHMMSS).", panel=COMMON)
+    overwrite: bool = option(False, "Replace an existing --out folder.", panel=OUTPUT)
+    resume: bool = option(False, "Continue an interrupted run with the same --out and options (per-epoch state).",
+                          panel=OUTPUT)
 
     def __post_init__(self) -> None:
-        from .data.augment import AUGMENTATIONS
-
-        _check(self.teacher_tta in TTAS, f"teacher tta must be one of {', '.join(TTAS)}, got {self.teacher_tta!r}")
-        for a in (self.augment, self.teacher_augment):
-            if a is not None and a != "auto":
-                AUGMENTATIONS.get(a)
+        check_choices(self)
         for name in ("teacher_dropout", "student_dropout"):
             v = getattr(self, name)
             _check(0.0 <= v < 1.0, f"{name.replace('_', ' ')} must be in [0, 1), got {v}")
@@ -398,12 +497,10 @@ class RunConfig:
         _check(self.teacher_epochs is None or self.teacher_epochs >= 1,
                f"teacher epochs must be >= 1, got {self.teacher_epochs}")
         _check_image_size(self.dataset, self.image_size)
-        _check_data_options(self.dataset, self.crop_ratio, self.data_mode, self.memory_budget, self.workers)
+        _check_data_options(self.dataset, self.crop_ratio, self.memory_budget, self.workers)
         _check(self.parity_atol is None or (_finite(self.parity_atol) and self.parity_atol > 0),
                "parity tolerance must be > 0")
         _check(_finite(self.parity_rtol) and self.parity_rtol > 0, "relative parity tolerance must be > 0")
-        _check(self.quantize in QUANTIZE_MODES,
-               f"quantize must be none, static or dynamic, got {self.quantize!r}")
         _check(self.bench_batch >= 1, "benchmark batch must be >= 1")
         _check(self.bench_iters >= 1, "benchmark iterations must be >= 1")
         _check(self.bench_warmup >= 0, "benchmark warm-up must be >= 0")
@@ -438,16 +535,18 @@ class Grid:
 
     temperatures: tuple[float, ...] = option((2.0, 4.0, 8.0), "Temperatures, comma-separated.",
                                               flags=("--temperature", "-T"), cli_type=str,
-                                              parse=lambda v: parse_floats(v, "--temperature"))
+                                              parse=lambda v: parse_floats(v, "--temperature"), panel=COMMON)
     soft_weights: tuple[float, ...] = option((0.5, 0.9), "Soft-loss weights beta, comma-separated.",
                                              flags=("--soft-weight",), cli_type=str,
-                                             parse=lambda v: parse_floats(v, "--soft-weight"))
+                                             parse=lambda v: parse_floats(v, "--soft-weight"), panel=COMMON)
     seeds: tuple[int, ...] = option((0, 1, 2), "Seeds, comma-separated; each cell is mean +/- std over them.",
-                                    cli_type=str, parse=lambda v: parse_ints(v, "--seeds"))
+                                    cli_type=str, parse=lambda v: parse_ints(v, "--seeds"), panel=COMMON)
     scale_t2: tuple[bool, ...] = option((True,), "T^2 scaling of the soft loss: on, off, or on,off for both.",
-                                        cli_type=str, parse=lambda v: parse_switches(v, "--scale-t2"))
-    losses: tuple[str, ...] = option(("kd",), "Distillation losses, comma-separated (kd, dkd, dist).",
-                                     flags=("--kd-loss",), cli_type=str, parse=parse_names)
+                                        cli_type=str, parse=lambda v: parse_switches(v, "--scale-t2"),
+                                        panel=DISTILLATION)
+    losses: tuple[str, ...] = option(("kd",), "Distillation losses, comma-separated.", flags=("--kd-loss",),
+                                     cli_type=str, parse=parse_names, panel=DISTILLATION,
+                                     choices=("kdexport.distill:LOSSES",))
 
     def __post_init__(self) -> None:
         for name in ("temperatures", "soft_weights", "seeds", "scale_t2", "losses"):
@@ -485,14 +584,15 @@ class QuantizeOptions:
 
     model: str = option(REQUIRED, "FP32 ONNX classifier to quantize.", argument=True)
     out: str = option(REQUIRED, "Where to write the INT8 model.")
-    mode: str = option("static", "static (QDQ, calibrated; for CNNs) or dynamic (for MLPs).")
+    mode: str = option("static", "static (QDQ, calibrated; for CNNs) or dynamic (for MLPs).",
+                       choices=("static", "dynamic"))
     dataset: str | None = option(None, "Dataset for accuracy/calibration (default: the one named in the model's "
-                                       "metadata).")
+                                       "metadata).", choices=("kdexport.data:DATASETS",))
     data_dir: str | None = option(None, "Local dataset folder.")
     quant: QuantConfig = nested(QuantConfig)
 
     def __post_init__(self) -> None:
-        _check(self.mode in ("static", "dynamic"), f"quantization mode must be static or dynamic, got {self.mode!r}")
+        check_choices(self)
 
 
 @dataclass(frozen=True)
@@ -509,14 +609,16 @@ class BenchOptions:
     iters: int = option(RunConfig.bench_iters, "Timed runs per measurement (after warm-up).")
     warmup: int = option(RunConfig.bench_warmup, "Untimed warm-up runs.")
     max_seconds: float | None = option(None, "Time budget per measurement; stops early once spent.")
-    graph_opt: str = option("all", "onnxruntime graph optimization: none, basic, extended, all.")
-    dataset: str | None = option(None, "Measure accuracy on this dataset's test split too.")
+    graph_opt: str = option("all", "onnxruntime graph optimization: none, basic, extended, all.", choices=GRAPH_OPTS)
+    dataset: str | None = option(None, "Measure accuracy on this dataset's test split too.",
+                                 choices=("kdexport.data:DATASETS",))
     data_dir: str | None = option(None, "Local dataset folder.")
     checkpoint: str | None = option(None, "A kdexport checkpoint to time under PyTorch eager for comparison.")
     input_shape: tuple[int, ...] | None = option(None, "C,H,W for models whose input size is dynamic.",
                                                  cli_type=str, parse=lambda v: parse_ints(v, "--input-shape"))
 
     def __post_init__(self) -> None:
+        check_choices(self)
         _check(bool(self.models), "bench needs at least one model")
         _check(bool(self.batch_sizes) and min(self.batch_sizes) >= 1, "batch sizes must be >= 1")
         _check(all(t >= 1 for t in self.threads), "threads must be >= 1")
@@ -524,8 +626,6 @@ class BenchOptions:
         _check(self.warmup >= 0, "warm-up must be >= 0")
         _check(self.max_seconds is None or (_finite(self.max_seconds) and self.max_seconds > 0),
                "max seconds must be > 0")
-        _check(self.graph_opt in GRAPH_OPTS,
-               f"graph optimization must be none, basic, extended or all, got {self.graph_opt!r}")
         _check(self.input_shape is None or len(self.input_shape) == 3, "input shape must be C,H,W")
 
 
@@ -551,7 +651,7 @@ class PackageOptions:
                          argument=True)
     out: str = option(REQUIRED, "The package folder to write.")
     dataset: str | None = option(None, "Dataset for the test images and accuracy (default: the model's metadata, "
-                                       "or the run's).")
+                                       "or the run's).", choices=("kdexport.data:DATASETS",))
     data_dir: str | None = option(None, "Local dataset folder.")
     labels: str | None = option(None, "A text file of class names, one per line, in index order (default: the "
                                       "model's metadata, else the dataset's).")
@@ -564,11 +664,9 @@ class PackageOptions:
     overwrite: bool = option(False, "Replace an existing --out folder.")
 
     def __post_init__(self) -> None:
+        check_choices(self)
         _check(self.samples >= 1, "samples must be >= 1")
         _check(self.std is None or all(_finite(v) and v > 0 for v in self.std), "std must be > 0")
-
-
-CACHE_PARTS = ("imagefolder", "teacher-logits", "baselines")
 
 
 @dataclass(frozen=True)
@@ -581,11 +679,10 @@ class CacheClearOptions:
     """``kdexport cache clear [--part imagefolder|teacher-logits|baselines|all]``."""
 
     part: str = option("all", "What to clear: imagefolder (decoded images), teacher-logits, baselines (sweeps' "
-                              "baseline students), or all.")
+                              "baseline students), or all.", choices=(*CACHE_PARTS, "all"))
 
     def __post_init__(self) -> None:
-        _check(self.part in (*CACHE_PARTS, "all"), f"--part must be one of {', '.join(CACHE_PARTS)}, all; "
-                                                   f"got {self.part!r}")
+        check_choices(self)
 
 
 @dataclass(frozen=True)
@@ -612,7 +709,8 @@ class SelectOptions:
 
     latency_budget: str | None = option(None, "Latency budget: 2ms, 500us, 1.5 ms, or 2ms@p90 for the p90.")
     size_budget: str | None = option(None, "Size budget for the ONNX file, e.g. 500KB.")
-    dataset: str = option(RunConfig.dataset, "digits (bundled), mnist, cifar10 or imagefolder.")
+    dataset: str = option(RunConfig.dataset, "digits (bundled), mnist, cifar10 or imagefolder.",
+                          choices=("kdexport.data:DATASETS",))
     data_dir: str | None = option(None, "Local dataset folder.")
     image_size: int | None = option(None, "imagefolder: resize images to this square size.")
     threads: int = option(1, "Intra-op threads the budget is measured with.")
@@ -627,14 +725,13 @@ class SelectOptions:
     out: str = option("runs/select", "Folder for select.json, select.md and select.png.")
 
     def __post_init__(self) -> None:
+        check_choices(self)
         _check_budgets(self.latency_budget, self.size_budget, self.margin, self.threads, self.batch)
         _check(bool(self.latency_budget or self.size_budget), "select needs --latency-budget or --size-budget")
         _check_image_size(self.dataset, self.image_size)
 
 
 def _check_budgets(latency: str | None, size: str | None, margin: float, threads: int, batch: int) -> None:
-    from .bench.select import parse_latency_budget, parse_size_budget
-
     if latency:
         parse_latency_budget(latency)
     if size:
@@ -656,13 +753,13 @@ class GateConfig:
     max_size_ratio: float = option(1.05, "Largest allowed current/baseline ONNX file size.")
     models: tuple[str, ...] = option(("student",), "Comma-separated report entries to gate (teacher, baseline, "
                                                    "student).", cli_type=str, parse=parse_names)
-    skip: tuple[str, ...] = option((), "Skip a metric: accuracy, latency or size (repeatable). Skip latency when "
-                                       "the two reports come from different machines.",
-                                   cli_type=list[str] | None, parse=parse_names)
+    skip: tuple[str, ...] = option((), "Skip a metric (repeatable). Skip latency when the two reports come from "
+                                       "different machines.",
+                                   cli_type=list[str] | None, parse=parse_names, choices=CHECK_METRICS,
+                                   kind="metric to skip")
 
     def __post_init__(self) -> None:
-        unknown = set(self.skip) - set(CHECK_METRICS)
-        _check(not unknown, f"--skip takes {', '.join(CHECK_METRICS)}; got {', '.join(sorted(unknown))}")
+        check_choices(self)
         _check(bool(set(CHECK_METRICS) - set(self.skip)),
                "every gate is skipped (--skip accuracy, latency and size): nothing would be checked")
         _check(bool(self.models), "--models names no report entry to gate")
@@ -724,25 +821,167 @@ def from_flat(cls: type, values: dict[str, Any], exclude: tuple[str, ...] = ()) 
     return from_dict(cls, tree)
 
 
-def from_dict(cls: type, d: dict[str, Any]) -> Any:
-    """Build a (nested) config from a dict such as ``to_dict()`` wrote; unknown keys are an error."""
+def _type_name(t: Any) -> str:
+    args = typing.get_args(t)
+    if type(None) in args:
+        return " or ".join(_type_name(a) for a in args if a is not type(None)) + " or null"
+    if typing.get_origin(t) is tuple:
+        return f"a list of {_type_name(args[0])}s"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(t, str(t))
+
+
+def coerce(value: Any, t: Any, where: str, parse: Callable[[Any], Any] | None = None) -> Any:
+    """``value`` (read from a JSON/YAML file or a dict) as a field of type ``t``: lists become tuples, integers
+    floats where a number is wanted, text of a list option is parsed as the CLI parses it; anything else of the
+    wrong type is one line naming ``where``."""
+    args = typing.get_args(t)
+    if type(None) in args:
+        if value is None:
+            return None
+        t = next(a for a in args if a is not type(None))
+    if typing.get_origin(t) is tuple:
+        if isinstance(value, str) and parse is not None:
+            return parse(value)
+        if isinstance(value, (list, tuple)):
+            item = typing.get_args(t)[0]
+            return tuple(coerce(v, item, where) for v in value)
+    elif t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif t in (bool, str) and isinstance(value, t):
+        return value
+    elif t is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif t is Any:
+        return value
+    raise ConfigError(f"{where} must be {_type_name(t)}, got {value!r}")
+
+
+def from_dict(cls: type, d: dict[str, Any], where: str = "") -> Any:
+    """Build a (nested) config from a dict such as ``to_dict()`` wrote; unknown keys and values of the wrong type
+    are an error naming the key (prefixed by ``where``)."""
     if not isinstance(d, dict):
-        raise ConfigError(f"{cls.__name__}: expected a mapping, got {type(d).__name__}")
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(d).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(d) - set(fields)
     if unknown:
-        raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        raise ConfigError(f"unknown config keys{' in ' + where if where else ''}: {', '.join(sorted(unknown))}")
     kw = {}
     for k, v in d.items():
+        key = f"{where}.{k}" if where else k
         if fields[k].metadata.get("nested"):
-            kw[k] = from_dict(hints[k], v)
+            kw[k] = from_dict(hints[k], v, key)
         else:
-            kw[k] = tuple(v) if isinstance(v, list) else v
+            kw[k] = coerce(v, hints[k], key)
     try:
         return cls(**kw)
     except TypeError as e:  # a required field is missing
         raise ConfigError(f"{cls.__name__}: {e}") from None
+
+
+# -- config files (--config FILE) --------------------------------------------------------------------------
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """A YAML or JSON config file's mapping (JSON for .json, YAML otherwise; YAML reads JSON too)."""
+    from pathlib import Path
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path!r} cannot be read: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        if path.lower().endswith(".json"):
+            import json
+
+            value = json.loads(text)
+        else:
+            import yaml
+
+            value = yaml.safe_load(text)
+    except Exception as e:  # json.JSONDecodeError, yaml.YAMLError: the parser's first line says where
+        raise ConfigError(f"config file {path!r} is not valid {'JSON' if path.lower().endswith('.json') else 'YAML'}: "
+                          f"{str(e).splitlines()[0][:160]}") from None
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"config file {path!r} must hold a mapping of option names to values, not a "
+                          f"{type(value).__name__}")
+    return value
+
+
+RECIPE_KEY = "recipe"  # a config file's metadata for benchmarks/run_recipe.py, which the commands skip
+
+
+def file_values(path: str, classes: tuple[tuple[type, tuple[str, ...]], ...], command: str = "") -> dict[str, Any]:
+    """The options a config file gives, flat (field name -> value), for a command built from ``classes`` (each a
+    config class and the fields it excludes). Keys are option names (as run-config.json writes them, or as the
+    flags spell them: ``kd-loss``), at the top or under the nested section they belong to (``kd``, ``train``,
+    ``quant``, ``gates``); an unknown key or a value of the wrong type is one line naming it."""
+    raw = dict(read_config_file(path))
+    raw.pop(RECIPE_KEY, None)
+    fields = [f for cls, ex in classes for f in cli_fields(cls, ex) if not f.meta["argument"]]
+    arguments = {f.name for cls, ex in classes for f in cli_fields(cls, ex) if f.meta["argument"]}
+    sections = {f.path[0] for f in fields if len(f.path) > 1}
+    cmd = f"kdexport {command}" if command else "this command"
+
+    def aliases(f: CliField) -> set[str]:
+        names = {f.name}
+        for flag in f.meta["flags"]:
+            for part in flag.split("/"):
+                if part.startswith("--") and not part.startswith("--no-"):
+                    names.add(part[2:].replace("-", "_"))
+        return names
+
+    out: dict[str, Any] = {}
+
+    def take(mapping: dict, section: str | None) -> None:
+        for key, value in mapping.items():
+            name = str(key).replace("-", "_")
+            if section is None and name in sections and isinstance(value, dict):
+                take(value, name)
+                continue
+            where = f"{section}.{key}" if section else str(key)
+            match = [f for f in fields if name in aliases(f) and (section is None or f.path[0] == section)]
+            if not match:
+                why = (" (a positional argument: give it on the command line)" if name in arguments else "")
+                raise ConfigError(f"config file {path!r}: {where!r} is not an option of {cmd}{why}")
+            f = match[0]
+            if f.name in out:
+                raise ConfigError(f"config file {path!r} gives {f.name!r} twice")
+            out[f.name] = coerce(value, f.type, f"config file {path!r}: {where}", f.meta.get("parse"))
+
+    take(raw, None)
+    return out
+
+
+def to_file_dict(cfg: Any, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``cfg``'s options as a config file holds them (nested sections, lists; no positional arguments and no
+    field the CLI does not offer): what ``--print-config`` prints and a run records as run-config.json."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if f.metadata.get("nested"):
+            sub = to_file_dict(v, exclude)
+            if sub:
+                out[f.name] = sub
+        elif f.metadata.get("cli", True) and not f.metadata.get("argument") and f.name not in exclude:
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the keys whose values differ between two (nested) config dicts: the one comparison of
+    configs (a resumed run against its recorded options, a training state against its loop's settings)."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}")
+    return out
 
 
 def _finite(x: float) -> bool:
@@ -766,17 +1005,13 @@ def _check_image_size(dataset: str, image_size: int | None) -> None:
     _check(8 <= image_size <= MAX_IMAGE_SIZE, f"image size must be in [8, {MAX_IMAGE_SIZE}], got {image_size}")
 
 
-def _check_data_options(dataset: str, crop_ratio: float | None, mode: str, budget: str | None,
-                        workers: int | None) -> None:
-    from .data.datasets import DATA_MODES, memory_budget
-
+def _check_data_options(dataset: str, crop_ratio: float | None, budget: str | None, workers: int | None) -> None:
     _check(crop_ratio is None or dataset in ("imagefolder", "cifar10"),
            f"--crop-ratio applies to image files (imagefolder); {dataset} has a fixed size")
     _check(crop_ratio is None or (_finite(crop_ratio) and 0.1 <= crop_ratio <= 1),
            f"crop ratio must be in [0.1, 1], got {crop_ratio}")
-    _check(mode in DATA_MODES, f"data mode must be one of {', '.join(DATA_MODES)}, got {mode!r}")
     if budget is not None:
-        memory_budget(budget)
+        parse_memory_budget(budget)
     _check(workers is None or 0 <= workers <= 256, f"workers must be in [0, 256], got {workers}")
 
 

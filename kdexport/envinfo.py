@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 
 
-def _version(dist: str) -> str | None:
+def package_version(dist: str) -> str | None:
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
@@ -104,10 +104,10 @@ def environment(threads: int | None = None) -> dict:
         "git_commit": git_commit(),
         "python": platform.python_version(),
         "torch": str(torch.__version__),
-        "torchvision": _version("torchvision"),
-        "onnx": _version("onnx"),
-        "onnxruntime": _version("onnxruntime"),
-        "numpy": _version("numpy"),
+        "torchvision": package_version("torchvision"),
+        "onnx": package_version("onnx"),
+        "onnxruntime": package_version("onnxruntime"),
+        "numpy": package_version("numpy"),
         "platform": platform.platform(),
         "cpu": cpu_name(),
         "cpu_flags": cpu_flags(),

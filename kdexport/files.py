@@ -24,10 +24,11 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kdexport"
 
 
+CACHE_PARTS = ("imagefolder", "teacher-logits", "baselines")  # kdexport cache's parts (``kdexport cache``)
+
+
 def cache_usage() -> tuple[Path, dict[str, tuple[int, int]]]:
     """The cache folder and, per part (decoded images, teacher logits, baselines), its number of files and bytes."""
-    from .config import CACHE_PARTS
-
     root = cache_root()
     parts = {}
     for name in CACHE_PARTS:
@@ -38,8 +39,6 @@ def cache_usage() -> tuple[Path, dict[str, tuple[int, int]]]:
 
 def cache_clear(part: str = "all") -> int:
     """Delete one part of the cache (or all of it); return the bytes freed."""
-    from .config import CACHE_PARTS
-
     root, usage = cache_usage()
     freed = 0
     for name in (CACHE_PARTS if part == "all" else (part,)):

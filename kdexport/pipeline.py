@@ -1,106 +1,81 @@
 """``distill_export``: data -> teacher -> baseline + distilled student -> ONNX -> benchmark -> report.
 
-Everything is written into a staging folder beside ``--out`` and renamed into place at the end,
-so a failed run leaves no half-written output folder behind. The pieces (``prepare``,
-``train_teacher``, ``train_student``, ``export_and_bench``) are shared with ``kdexport sweep``.
+This module orders the steps; each lives with its stage (the teacher's in :mod:`kdexport.distill.sources`, the
+students' in :mod:`kdexport.distill.students`, export in :mod:`kdexport.export`, timing in
+:mod:`kdexport.bench`). Everything is written into a staging folder beside ``--out`` and renamed into place at
+the end, so a failed run leaves no half-written output folder behind. ``kdexport sweep`` uses the same public
+steps (``prepare``, ``export_and_bench``, ``teacher_entry``, ``models_report``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .bench.timing import bench_onnx, bench_torch, onnx_predictions, p50, prediction_health, real_images
-from .config import KDConfig, RunConfig, TrainConfig
-from .data.augment import resolve_augment
-from .data.datasets import DATASETS, Dataset, load_dataset, memory_budget
-from .distill.hint import Hint
-from .distill.teacher import (
-    TTA,
-    Distillation,
-    OnnxTeacher,
-    Teacher,
-    TeacherLogits,
-    TorchTeacher,
-    finite_views,
-    teacher_accuracy,
-    teacher_logits,
-    tta_accuracies,
+from .bench.timing import bench_onnx, bench_torch, p50, quick_p50
+from .config import KDConfig, RunConfig, parse_latency_budget, parse_size_budget
+from .data.datasets import Dataset, load_dataset, memory_budget, real_images
+from .distill.context import Context, Log, quiet
+from .distill.sources import (
+    TeacherModel,
+    build_teacher,
+    check_hint,
+    check_teacher,
+    check_teacher_source,
+    split_tta,
+    teacher_is_trained,
+    teacher_logits_for,
+    teacher_name,
+    train_teacher,
 )
+from .distill.students import (
+    baseline_cache_dir,
+    cached_baseline,
+    keep_baseline,
+    train_student,
+    unit_record,
+)
+from .distill.teacher import Distillation, OnnxTeacher, TorchTeacher, finite_views, tta_accuracies
 from .distill.train import (
     Reporter,
     check_optimizer,
     evaluate,
-    fit,
     remove_training_state,
     resolve_device,
     selection_proxy,
 )
-from .envinfo import code_fingerprint, cpu_name, environment, git_commit, now_iso, usable_cores
-from .errors import ConfigError, GateError, ModelError, StateError
+from .envinfo import environment, git_commit, now_iso, usable_cores
+from .errors import ConfigError, GateError, StateError
 from .export.onnx import export_onnx, save_self_contained
-from .files import atomic_write_json, cache_root, hash_file, read_json, staged_file
+from .files import atomic_write_json, read_json, staged_file
 from .models.builders import ModelSpec, build_model, check_arch, count_flops, count_params
-from .models.checkpoint import load_model, read_checkpoint, save_checkpoint
+from .models.checkpoint import load_model, save_checkpoint
 from .models.weights import load_weights, read_state_dict
+from .outputs import staging_dir
 from .report.entry import ModelEntry, entry_dicts
 from .report.write import write_report
-from .runs import SELECTION, commit_run_dir, open_run_dir, staging_dir
+from .runs import SELECTION, commit_run_dir, open_run_dir, write_run_config
+from .runtimes.base import load as load_model_file
+from .runtimes.base import prediction_health, predictions
 from .version import __version__
 
 PARITY_SAMPLES = 256
-Log = Callable[[str], None]
 
 
-def _quiet(msg: str) -> None:
-    pass
-
-
-@dataclass
-class Context:
-    """Loaded data and validated model specs of one run."""
-
-    cfg: RunConfig
-    data: Dataset
-    teacher_spec: ModelSpec | None  # None for an ONNX teacher
-    student_spec: ModelSpec
-    threads: int
-    device: torch.device
-    selection: dict | None = None  # --student auto: every candidate measured, and the choice
-
-    def train_config(self, role: str, seed: int | None = None) -> TrainConfig:
-        cfg = self.cfg
-        base = cfg.teacher_train() if role == "teacher" else cfg.train
-        aug = cfg.teacher_augment if role == "teacher" and cfg.teacher_augment else cfg.augment
-        return dataclasses.replace(base, augment=resolve_augment(aug, self.data), device=str(self.device),
-                                   seed=base.seed if seed is None else seed)
-
-
-def prepare(cfg: RunConfig, log: Log = _quiet) -> Context:
+def prepare(cfg: RunConfig, log: Log = quiet) -> Context:
     """Validate names and files (cheap checks first), set threads, load the data, build specs."""
     git_commit()  # stamp reports with the code this run starts from, even if the checkout moves on
-    DATASETS.get(cfg.dataset)
-    if cfg.teacher_is_onnx:
-        if not Path(cfg.teacher).is_file():
-            raise ModelError(f"teacher {cfg.teacher!r} does not exist")
-    else:
-        check_arch(cfg.teacher)
+    check_teacher_source(cfg)
     if cfg.student != "auto":
         check_arch(cfg.student)
-    if cfg.teacher_checkpoint:
-        read_checkpoint(cfg.teacher_checkpoint)
-    for path in (cfg.teacher_weights, cfg.student_weights):
-        if path:
-            read_state_dict(path)
+    if cfg.train.select_fraction < 1:
+        check_arch(cfg.train.select_proxy)
+    if cfg.student_weights:
+        read_state_dict(cfg.student_weights)
     device = resolve_device(cfg.train.device)
     threads = cfg.threads or usable_cores()
     torch.set_num_threads(threads)
@@ -149,8 +124,6 @@ def prepare(cfg: RunConfig, log: Log = _quiet) -> Context:
 
 
 def _budgets(cfg: RunConfig):
-    from .bench.select import parse_latency_budget, parse_size_budget
-
     return (parse_latency_budget(cfg.latency_budget) if cfg.latency_budget else None,
             parse_size_budget(cfg.size_budget) if cfg.size_budget else None)
 
@@ -187,174 +160,6 @@ def check_budget(ctx: Context, models: dict, out: Path) -> dict | None:
             "size_budget_bytes": size, "met": met_time and met_size}
 
 
-TeacherModel = torch.nn.Module | OnnxTeacher
-
-
-def build_teacher(ctx: Context) -> TeacherModel:
-    """The teacher: an ONNX file, a kdexport checkpoint, an architecture with a weights file, or an
-    architecture to train (optionally from pretrained weights)."""
-    cfg = ctx.cfg
-    if cfg.teacher_is_onnx:
-        return OnnxTeacher(cfg.teacher, ctx.data, mean=cfg.teacher_mean, std=cfg.teacher_std, threads=ctx.threads)
-    if cfg.teacher_checkpoint:
-        model, _, _ = load_model(cfg.teacher_checkpoint, expect=ctx.teacher_spec)
-        return model
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(ctx.teacher_spec, pretrained=cfg.pretrained)
-    if cfg.teacher_weights:
-        load_weights(model, cfg.teacher_weights, ctx.teacher_spec.arch, "teacher weights")
-    return model
-
-
-def check_hint(ctx: Context, teacher: TeacherModel) -> None:
-    """``--hint``: both named layers exist and their features connect, checked before anything is written."""
-    if ctx.cfg.kd.hint and isinstance(teacher, torch.nn.Module):
-        Hint(ctx.cfg.kd.hint, teacher, build_model(ctx.student_spec), ctx.data.input_shape, ctx.cfg.kd.hint_weight
-             ).close()
-
-
-def teacher_name(cfg: RunConfig) -> str:
-    """The teacher as reports and metadata name it: its architecture, or an ONNX teacher's file name."""
-    return f"onnx:{Path(cfg.teacher).name}" if cfg.teacher_is_onnx else cfg.teacher
-
-
-def teacher_is_trained(cfg: RunConfig) -> bool:
-    """Whether the teacher comes trained (ONNX file, checkpoint, weights file) rather than trained here."""
-    return bool(cfg.teacher_is_onnx or cfg.teacher_checkpoint or cfg.teacher_weights)
-
-
-def train_teacher(ctx: Context, teacher: TeacherModel, reporter: Reporter | None, log: Log,
-                  state_path: Path | None = None, resume: bool | None = None) -> list[dict]:
-    cfg = ctx.cfg
-    if teacher_is_trained(cfg):
-        log(f"teacher: {cfg.teacher_checkpoint or cfg.teacher_weights or cfg.teacher} (trained; not retrained)")
-        if isinstance(teacher, torch.nn.Module):
-            teacher.to(ctx.device).eval()
-        return []
-    return fit(teacher, ctx.data, ctx.train_config("teacher"), label="teacher", reporter=reporter,
-               state_path=state_path, resume=cfg.resume if resume is None else resume)
-
-
-def as_teacher(ctx: Context, teacher: TeacherModel, tta: bool = True) -> Teacher:
-    """The teacher as students see it: its logits with ``--teacher-tta`` applied (``tta=False``: the plain model)."""
-    t = (teacher if isinstance(teacher, OnnxTeacher)
-         else TorchTeacher.for_data(teacher, ctx.data, ctx.device, ctx.cfg.train.precision))
-    return TTA[ctx.cfg.teacher_tta](t) if tta else t
-
-
-def check_teacher(ctx: Context, teacher: TeacherModel, log: Log) -> float:
-    """The teacher's test accuracy, before any student learns from it. A teacher no better than
-    predicting the most common class stops the run (``--force`` goes on): its classes, their order or
-    its normalization do not match this data."""
-    acc = teacher_accuracy(as_teacher(ctx, teacher), ctx.data)
-    counts = torch.bincount(ctx.data.y_test, minlength=ctx.data.num_classes)
-    chance = float(counts.max()) / max(len(ctx.data.y_test), 1)
-    tta = f" with --teacher-tta {ctx.cfg.teacher_tta}" if ctx.cfg.teacher_tta != "none" else ""
-    log(f"teacher: {acc * 100:.2f}% on the test split{tta} (chance: {chance * 100:.2f}%)")
-    if acc <= chance and not ctx.cfg.force:
-        hint = (" (check its class order and normalization: --teacher-mean/--teacher-std)"
-                if ctx.cfg.teacher_is_onnx else "")
-        raise ModelError(f"the teacher is no better than chance on this data: {acc * 100:.2f}% on the test split, "
-                         f"the most common class is {chance * 100:.2f}%{hint}; pass --force to distil anyway")
-    return acc
-
-
-def teacher_source(ctx: Context, teacher: TeacherModel, log: Log = _quiet) -> TeacherLogits:
-    """How the students get the teacher's logits: cached (and kept on disk with ``--teacher-cache``)
-    when their inputs are not augmented, cached per view with ``--teacher-view-cache``, else live."""
-    augment = ctx.train_config("student").augment
-    progress = None
-    if ctx.cfg.teacher_view_cache and augment != "none":
-        views = finite_views(augment)
-        t0, shown = time.perf_counter(), [0]
-        log(f"teacher: its logits on all {views.count} views of the {len(ctx.data.y_train):,} training images "
-            f"({augment}), once{' (kept in the cache)' if ctx.cfg.teacher_cache else ''}")
-
-        def progress(done: int, total: int) -> None:  # a line per tenth: the table can take minutes
-            if done * 10 // total > shown[0] or done == total:
-                shown[0] = done * 10 // total
-                log(f"teacher views: {done}/{total} batches ({time.perf_counter() - t0:.0f} s)")
-
-    t0 = time.perf_counter()
-    source = teacher_logits(as_teacher(ctx, teacher), ctx.data, augment=augment, device=ctx.device,
-                            live=bool(ctx.cfg.kd.hint), view_cache=ctx.cfg.teacher_view_cache, progress=progress,
-                            cache_dir=cache_root() / "teacher-logits" if ctx.cfg.teacher_cache else None)
-    if progress is not None:
-        log(f"teacher views: ready in {time.perf_counter() - t0:.1f} s")
-    return source
-
-
-def train_student(ctx: Context, *, seed: int, distill: Distillation | None, label: str,
-                  reporter: Reporter | None, state_path: Path | None = None,
-                  resume: bool | None = None) -> tuple[torch.nn.Module, list[dict]]:
-    """Baseline (``distill=None``) or distilled student. Same seed -> same init, data order, schedule."""
-    torch.manual_seed(seed)
-    model = build_model(ctx.student_spec, pretrained=ctx.cfg.student_pretrained)
-    if ctx.cfg.student_weights:  # baseline and distilled student start from the same weights
-        load_weights(model, ctx.cfg.student_weights, ctx.student_spec.arch, "student weights")
-    if distill is not None and distill.kd.hint:  # hooks and a connector on this student (removed after fit)
-        distill = Distillation.for_student(distill.logits, distill.kd, model, ctx.data.input_shape, ctx.device)
-    history = fit(model, ctx.data, ctx.train_config("student", seed), distill=distill, label=label,
-                  reporter=reporter, state_path=state_path, resume=ctx.cfg.resume if resume is None else resume,
-                  data_init=not ctx.cfg.student_weights)
-    return model.eval(), history
-
-
-def baseline_key(ctx: Context, seed: int) -> str:
-    """Everything a baseline student's training depends on, hashed (``--baseline-cache``): the student and how it
-    starts, the training pixels and labels, the training options with this seed, kdexport's code, torch, the CPU
-    and the threads (one process: the cache is off under torchrun). Not the teacher: a baseline never sees it."""
-    cfg = ctx.cfg
-    parts = {"format": 2, "student": ctx.student_spec.to_dict(), "pretrained": cfg.student_pretrained,
-             "weights": hash_file(cfg.student_weights).hexdigest() if cfg.student_weights else None,
-             "data": ctx.data.fingerprint(), "train": dataclasses.asdict(ctx.train_config("student", seed)),
-             "code": code_fingerprint(), "torch": str(torch.__version__), "cpu": cpu_name(), "threads": ctx.threads}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
-
-
-def unit_record(name: str, seed: int, kd: KDConfig | None, accuracy: float, train_seconds: float,
-                history: list[dict]) -> dict:
-    """A trained student's result record: a sweep unit's file, a cached baseline's ``record.json``."""
-    return {"name": name, "seed": seed, "kd": dataclasses.asdict(kd) if kd else None, "accuracy": accuracy,
-            "train_seconds": train_seconds, "history": history}
-
-
-def read_unit(path: Path, what: str = "sweep result") -> dict:
-    """A trained student's result record (a sweep unit's, a cached baseline's), checked: a corrupt one is one
-    line saying how to retrain it."""
-    remedy = "delete it to retrain this unit"
-    rec = read_json(path, what, remedy)
-    acc, secs = rec.get("accuracy"), rec.get("train_seconds")
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (acc, secs)) \
-            or not 0 <= acc <= 1:
-        raise StateError(f"{what} {str(path)!r} has no valid accuracy/train_seconds; {remedy}")
-    return rec
-
-
-def baseline_cache_dir(ctx: Context, seed: int) -> Path | None:
-    """Where ``--baseline-cache`` keeps this baseline student (``model.pt``, ``record.json``); None when the option
-    is off or under torchrun (every rank must train it or none, and ranks need not share a cache)."""
-    from .distributed import world
-
-    if not ctx.cfg.baseline_cache or world()[1] > 1:
-        return None
-    return cache_root() / "baselines" / baseline_key(ctx, seed)
-
-
-def cached_baseline(cached: Path | None) -> dict | None:
-    """The cached baseline's record, with ``reused`` naming where it came from; None when there is none."""
-    if cached is None or not (cached / "record.json").exists():
-        return None
-    return {**read_unit(cached / "record.json", "cached baseline"), "reused": str(cached)}
-
-
-def keep_baseline(cached: Path, ctx: Context, model: torch.nn.Module, rec: dict) -> None:
-    """Put a freshly trained baseline into the cache: the checkpoint first, so a record implies its weights."""
-    save_checkpoint(cached / "model.pt", model, ctx.student_spec, role="baseline", config=ctx.cfg.to_dict(),
-                    metrics={"accuracy": rec["accuracy"]}, history=rec["history"])
-    atomic_write_json(cached / "record.json", rec)
-
-
 def onnx_metadata(cfg: RunConfig, data: Dataset, role: str, spec: ModelSpec, accuracy: float,
                   kd: KDConfig | None = None) -> dict:
     """What an app needs from the file alone: labels, input shape, normalization, provenance."""
@@ -383,7 +188,7 @@ def _bench(ctx: Context, path: Path) -> dict:
 
 def export_and_bench(ctx: Context, model: torch.nn.Module, spec: ModelSpec, role: str, out: Path, *,
                      history: list[dict], kd: KDConfig | None = None, eager: bool = False,
-                     log: Log = _quiet, train_seconds: float | None = None) -> ModelEntry:
+                     log: Log = quiet, train_seconds: float | None = None) -> ModelEntry:
     """Checkpoint, export (with parity), benchmark one model; return its report entry.
 
     Paths in the entry are relative to ``out`` (the report's folder)."""
@@ -397,7 +202,7 @@ def export_and_bench(ctx: Context, model: torch.nn.Module, spec: ModelSpec, role
     parity_x = data.normalize(data.x_test[data.test_sample(PARITY_SAMPLES)])
     res = export_onnx(model, onnx_path, parity_x, rtol=cfg.parity_rtol, atol=cfg.parity_atol,
                       metadata=onnx_metadata(cfg, data, role, spec, acc_torch, kd))
-    pred = onnx_predictions(onnx_path, data, ctx.threads)
+    pred = predictions(load_model_file(onnx_path, ctx.threads), data)
     accuracy_onnx = float((pred == data.y_test.numpy()).sum()) / max(len(pred), 1)
     health = prediction_health(pred, data.y_test.numpy(), data.num_classes)
     if health["flag"]:
@@ -439,21 +244,8 @@ def onnx_teacher_entry(ctx: Context, teacher: OnnxTeacher, out: Path, accuracy: 
                       history=[])
 
 
-def split_tta(ctx: Context, teacher: TeacherModel, accuracy: float) -> tuple[float, dict | None]:
-    """``accuracy`` (the teacher's as the students see it, :func:`check_teacher`) as the report needs it: the
-    accuracy for the teacher's own entry, which is the plain network, and under ``--teacher-tta`` the record
-    ``{"mode", "accuracy"}`` of the TTA'd one beside it (else None). A PyTorch teacher's entry measures its own
-    accuracy on export; an ONNX teacher's is measured here."""
-    if ctx.cfg.teacher_tta == "none":
-        return accuracy, None
-    tta = {"mode": ctx.cfg.teacher_tta, "accuracy": accuracy}
-    if isinstance(teacher, OnnxTeacher):
-        accuracy = teacher_accuracy(as_teacher(ctx, teacher, tta=False), ctx.data)
-    return accuracy, tta
-
-
 def teacher_entry(ctx: Context, teacher: TeacherModel, out: Path, *, accuracy: float, history: list[dict],
-                  log: Log = _quiet, train_seconds: float | None = None) -> ModelEntry:
+                  log: Log = quiet, train_seconds: float | None = None) -> ModelEntry:
     if isinstance(teacher, OnnxTeacher):
         log(f"teacher: benchmarking {teacher.path.name} with onnxruntime ({ctx.threads} threads)")
         return onnx_teacher_entry(ctx, teacher, out, accuracy)
@@ -488,7 +280,7 @@ def models_report(ctx: Context, final: Path, models: dict[str, ModelEntry | dict
     return {**report_header(ctx, final), "models": entry_dicts(models), **comparison(entries), **extra}
 
 
-def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log = _quiet) -> dict | None:
+def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log = quiet) -> dict | None:
     """Run the whole job; return the report (also written to OUT/report.json).
 
     Under torchrun every rank trains; only rank 0 writes, exports, benchmarks and returns the report."""
@@ -498,7 +290,7 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
     init_from_env(cfg.train.device)
     main = is_main()
     if not main:
-        reporter, log = None, _quiet
+        reporter, log = None, quiet
     ctx = prepare(cfg, log)
     if world()[1] > 1 and not cfg.threads:
         ctx.threads = max(1, ctx.threads // world()[1])
@@ -522,7 +314,7 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
         t_hist = train_teacher(ctx, teacher, reporter, log, state("teacher"))
         t_secs = time.perf_counter() - t0
         t_acc, tta = split_tta(ctx, teacher, check_teacher(ctx, teacher, log))
-        source = teacher_source(ctx, teacher, log)
+        source = teacher_logits_for(ctx, teacher, log)
         trained = {}
         cached = baseline_cache_dir(ctx, cfg.train.seed)
         reused = cached_baseline(cached)
@@ -570,8 +362,9 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
         report = models_report(ctx, final, models, world_size=world()[1],
                                wall_seconds=time.perf_counter() - t_start, **extra)
         write_report(report, staging)
+        write_run_config(staging, cfg)
         if cfg.package:
-            from .export.package import package
+            from .report.package import package
 
             log("student: packaging for apps (kdexport package)")
             package(staging, staging / "package", data_dir=cfg.data_dir)
@@ -587,7 +380,7 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
 
 
 def teacher_only(cfg: RunConfig, path: str | Path, *, resume: bool = False, reporter: Reporter | None = None,
-                 log: Log = _quiet) -> dict:
+                 log: Log = quiet) -> dict:
     """Train the teacher alone (no students), save it to ``path`` (reusable with ``--teacher-checkpoint``) and
     measure its test accuracy under each ``--teacher-tta`` mode in fp32; return the report. Its per-epoch state
     is kept beside ``path`` until the checkpoint is written, so ``resume`` continues an interrupted run."""
@@ -611,7 +404,7 @@ def teacher_only(cfg: RunConfig, path: str | Path, *, resume: bool = False, repo
                         "train_seconds": sum(h["seconds"] for h in history), "tta": rows, "history": history}}
 
 
-def quantize_and_bench(ctx: Context, fp32: ModelEntry, out: Path, log: Log = _quiet) -> ModelEntry:
+def quantize_and_bench(ctx: Context, fp32: ModelEntry, out: Path, log: Log = quiet) -> ModelEntry:
     """INT8 copy of the exported student, accuracy-gated, benchmarked like the FP32 file."""
     from .export.quantize import quantize_onnx
 
@@ -619,7 +412,7 @@ def quantize_and_bench(ctx: Context, fp32: ModelEntry, out: Path, log: Log = _qu
     log(f"student: {cfg.quantize} INT8 quantization with onnxruntime")
     rel = "onnx/student.int8.onnx"
     q = quantize_onnx(out / fp32.onnx_path, out / rel, ctx.data, mode=cfg.quantize, quant=cfg.quant,
-                      threads=ctx.threads, accuracy_fp32=fp32.accuracy_onnx)
+                      threads=ctx.threads, accuracy_fp32=fp32.accuracy_onnx, latency=quick_p50(ctx.data, ctx.threads))
     bench = _bench(ctx, out / rel)
     return ModelEntry(
         arch=fp32.arch, spec=fp32.spec, params=fp32.params, flops=fp32.flops, onnx_path=rel,

@@ -1,28 +1,34 @@
 """Run folders: where a run writes, how it becomes visible, and how it is resumed.
 
 - A ``distill-export`` run works in a hidden staging folder beside ``--out`` (``.NAME.partial``) and
-  is renamed into place only when everything succeeded (:func:`open_run_dir`, :func:`commit_run_dir`).
+  is renamed into place only when everything succeeded (:func:`open_run_dir`, :func:`commit_run_dir`;
+  the folder mechanics are :mod:`kdexport.outputs`').
 - A sweep folder is written unit by unit, so it is its own staging area (:func:`open_sweep_dir`).
 - Both record the options that decide what they train (:func:`resume_options`) and refuse to
-  continue with others, naming them (:func:`config_diff`, the one comparison of configs, also used by
-  the training loop's per-epoch state).
+  continue with others, naming them (``config_diff``, the one comparison of configs).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig
+from .config import RunConfig, config_diff
 from .errors import OutputError
 from .files import atomic_write_json, read_json
+from .outputs import (
+    commit_out_dir,
+    default_out_dir,
+    lock_output,
+    make_dir,
+    prepare_out_dir,
+    staging_dir,
+)
 
-RUN_CONFIG = "run-config.json"
+RUN_CONFIG = "run-config.json"  # a finished run's (or sweep's) options: a valid --config file that reruns it
+RESUME_OPTIONS = "resume-options.json"  # in an unfinished run's staging folder: what --resume must match
 SELECTION = "selection.json"  # --student auto: the interrupted run's choice, reused on --resume
 SWEEP_CONFIG = "sweep-config.json"
 # Options that do not change what is trained: they may differ between an interrupted run and its resume.
@@ -31,81 +37,6 @@ RESUME_IGNORES = ("out", "overwrite", "resume", "teacher_cache", "bench_iters", 
                   "data_mode", "memory_budget", "workers",  # memory and stream mode give the same batches
                   "teacher_view_cache",  # the live teacher's logits, looked up
                   "baseline_cache")  # a cached baseline was trained under the same key
-
-
-_HELD: dict[str, int] = {}  # lock file -> its open descriptor, for the locks this process holds
-
-
-def lock_path(final: Path) -> Path:
-    return final.parent / f".{final.name}.lock"
-
-
-def lock_output(final: Path) -> None:
-    """An exclusive lock on an output folder (``.NAME.lock`` beside it, holding the owner's PID), held until
-    :func:`release_output` or the process ends. A folder another process holds is refused in one line
-    naming it: two runs never write (or delete) the same output. Re-entrant within a process."""
-    if sys.platform == "win32":  # no flock; the staging-folder checks still apply
-        return
-    import fcntl
-
-    lock = lock_path(final)
-    key = str(lock.absolute())
-    if key in _HELD:
-        return
-    _mkdir(final.parent, final, exist_ok=True)
-    while True:
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as e:
-            raise OutputError(f"cannot lock output folder {str(final)!r}: {e.strerror or e}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            try:
-                owner = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-            finally:
-                os.close(fd)
-            raise OutputError(f"output folder {str(final)!r} is in use by another kdexport process (pid {owner}); "
-                              "wait for it to finish or choose another --out") from None
-        try:  # the holder before us may have removed the file between our open and flock: lock the new one
-            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    _HELD[key] = fd
-
-
-def release_output(final: Path) -> None:
-    """Drop this process's lock on ``final`` (and its lock file)."""
-    lock = lock_path(final)
-    fd = _HELD.pop(str(lock.absolute()), None)
-    if fd is not None:
-        lock.unlink(missing_ok=True)
-        os.close(fd)
-
-
-def default_out_dir(prefix: str = "distill") -> Path:
-    return Path("runs") / datetime.now().strftime(f"{prefix}-%Y%m%d-%H%M%S")
-
-
-def staging_dir(final: Path) -> Path:
-    return final.parent / f".{final.name}.partial"
-
-
-def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """Dotted names of the keys whose values differ between two (nested) config dicts."""
-    out = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += config_diff(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            out.append(f"{prefix}{k}")
-    return out
 
 
 def resume_options(cfg: RunConfig, *, sweep: bool = False) -> dict[str, Any]:
@@ -122,38 +53,12 @@ def _recorded_diff(path: Path, want: dict, remedy: str) -> list[str]:
     return config_diff(read_json(path, "recorded options", remedy), want)
 
 
-def _mkdir(path: Path, final: Path, exist_ok: bool) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=exist_ok)
-    except OSError as e:
-        raise OutputError(f"cannot write output folder {str(final)!r}: {e.strerror or e}") from None
-
-
-def prepare_out_dir(out: str | os.PathLike | None, overwrite: bool, resume: bool = False) -> tuple[Path, Path]:
-    """Check the output folder can be created; return (final, staging) paths.
-
-    Work happens in the staging folder; with ``resume`` an interrupted run's staging folder is reused."""
-    final = Path(out) if out else default_out_dir()
-    if final.exists() and not final.is_dir():
-        raise OutputError(f"output path {str(final)!r} exists and is not a folder")
-    if final.exists() and not overwrite:
-        raise OutputError(f"output folder {str(final)!r} exists; pass --overwrite to replace it")
-    staging = staging_dir(final)
-    if resume and not staging.is_dir():
-        raise OutputError(f"nothing to resume: no interrupted run at {str(staging)!r}")
-    lock_output(final)  # before touching the staging folder: it may be another live run's
-    if staging.exists() and not resume:
-        shutil.rmtree(staging, ignore_errors=True)
-    _mkdir(staging, final, exist_ok=resume)
-    return final, staging
-
-
 def open_run_dir(cfg: RunConfig) -> tuple[Path, Path]:
     """``prepare_out_dir`` for ``cfg`` plus its recorded options; on ``--resume``, a run whose
     options changed is refused, naming them."""
     final, staging = prepare_out_dir(cfg.out, cfg.overwrite, cfg.resume)
     want = resume_options(cfg)
-    path = staging / RUN_CONFIG
+    path = staging / RESUME_OPTIONS
     if cfg.resume and path.exists():
         diff = _recorded_diff(path, want, "rerun without --resume to start afresh")
         if diff:
@@ -162,31 +67,27 @@ def open_run_dir(cfg: RunConfig) -> tuple[Path, Path]:
     return final, staging
 
 
-def commit_out_dir(staging: Path, final: Path) -> None:
-    """Move a finished staging folder into place and release the output's lock. An older ``final`` is
-    renamed aside first and deleted only once the new one is in place (put back if that fails)."""
-    old = final.parent / f".{final.name}.old"
-    try:
-        if final.exists():
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(final, old)
-        try:
-            os.replace(staging, final)
-        except OSError:
-            if old.exists() and not final.exists():
-                os.replace(old, final)
-            raise
-    except OSError as e:
-        raise OutputError(f"cannot move the finished output into {str(final)!r}: {e.strerror or e}") from None
-    shutil.rmtree(old, ignore_errors=True)
-    release_output(final)
+# Where a run writes, not what it computes: left out of run-config.json, so `--config run-config.json` reruns the
+# run's options into a new folder.
+PLACE_OPTIONS = ("out", "overwrite", "resume")
+
+
+def write_run_config(folder: Path, cfg: RunConfig, grid: Any = None) -> Path:
+    """``folder/run-config.json``: the run's options as a config file (``--config``) holds them; a sweep's with its
+    grid, and without the single values the grid replaces."""
+    from .config import SWEEP_REPLACES, to_file_dict
+
+    if grid is None:
+        d = to_file_dict(cfg)
+    else:
+        d = {**to_file_dict(cfg, SWEEP_REPLACES), **to_file_dict(grid)}
+    return atomic_write_json(folder / RUN_CONFIG, {k: v for k, v in d.items() if k not in PLACE_OPTIONS})
 
 
 def commit_run_dir(staging: Path, final: Path) -> None:
     """Drop the resume bookkeeping and move the finished run into place."""
     shutil.rmtree(staging / "train-state", ignore_errors=True)
-    (staging / RUN_CONFIG).unlink(missing_ok=True)
+    (staging / RESUME_OPTIONS).unlink(missing_ok=True)
     (staging / SELECTION).unlink(missing_ok=True)  # the report holds it
     commit_out_dir(staging, final)
 
@@ -214,6 +115,6 @@ def open_sweep_dir(cfg: RunConfig, log=None) -> tuple[Path, Path]:
                               "use another --out or --overwrite")
         if log:
             log(f"resuming the sweep in {out}")
-    _mkdir(out / "cells", out, exist_ok=True)
+    make_dir(out / "cells", out, exist_ok=True)
     atomic_write_json(state, want)
     return out, final

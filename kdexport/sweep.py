@@ -20,36 +20,33 @@ from pathlib import Path
 import torch
 
 from .config import Grid, KDConfig, RunConfig
+from .distill.context import Context, Log, quiet
+from .distill.sources import (
+    TeacherModel,
+    build_teacher,
+    check_hint,
+    check_teacher,
+    split_tta,
+    teacher_is_trained,
+    teacher_logits_for,
+    train_teacher,
+)
+from .distill.students import (
+    baseline_cache_dir,
+    cached_baseline,
+    keep_baseline,
+    read_unit,
+    train_student,
+    unit_record,
+)
 from .distill.teacher import Distillation, TeacherLogits
 from .distill.train import Reporter, evaluate, remove_training_state
 from .files import atomic_write, atomic_write_json, atomic_write_text
 from .models.checkpoint import load_model, save_checkpoint
-from .pipeline import (
-    Context,
-    Log,
-    TeacherModel,
-    _quiet,
-    baseline_cache_dir,
-    build_teacher,
-    cached_baseline,
-    check_hint,
-    check_teacher,
-    export_and_bench,
-    keep_baseline,
-    models_report,
-    prepare,
-    read_unit,
-    report_header,
-    split_tta,
-    teacher_entry,
-    teacher_is_trained,
-    teacher_source,
-    train_student,
-    train_teacher,
-    unit_record,
-)
+from .outputs import commit_out_dir, prepare_out_dir, release_output
+from .pipeline import export_and_bench, models_report, prepare, report_header, teacher_entry
 from .report.write import write_report
-from .runs import commit_out_dir, commit_run_dir, open_sweep_dir, prepare_out_dir, release_output
+from .runs import commit_run_dir, open_sweep_dir, write_run_config
 
 __all__ = ["Grid", "cell_key", "mean_std", "run_sweep", "sweep_markdown"]
 
@@ -83,7 +80,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def _unit(out: Path, ctx: Context, name: str, seed: int, kd: KDConfig | None, source: TeacherLogits | None,
-          reporter: Reporter | None, save: bool, log: Log = _quiet) -> dict:
+          reporter: Reporter | None, save: bool, log: Log = quiet) -> dict:
     """Train one student (baseline when kd is None) unless its result file already exists, or, for a baseline,
     unless the baseline cache holds it (``--baseline-cache``)."""
     path = out / "cells" / f"{name}-s{seed}.json"
@@ -115,7 +112,7 @@ def _unit(out: Path, ctx: Context, name: str, seed: int, kd: KDConfig | None, so
     return rec
 
 
-def run_sweep(cfg: RunConfig, grid: Grid, *, reporter: Reporter | None = None, log: Log = _quiet) -> dict:
+def run_sweep(cfg: RunConfig, grid: Grid, *, reporter: Reporter | None = None, log: Log = quiet) -> dict:
     t_start = time.perf_counter()
     ctx = prepare(cfg, log)
     teacher = build_teacher(ctx)
@@ -137,7 +134,7 @@ def run_sweep(cfg: RunConfig, grid: Grid, *, reporter: Reporter | None = None, l
     if isinstance(teacher, torch.nn.Module):
         teacher = teacher.to(ctx.device).eval()
     teacher_acc = check_teacher(ctx, teacher, log)
-    source = teacher_source(ctx, teacher, log)
+    source = teacher_logits_for(ctx, teacher, log)
     kds = grid.kd_configs(cfg.kd)
     first = grid.seeds[0]
     baselines = {s: _unit(out, ctx, "baseline", s, None, None, reporter, s == first, log) for s in grid.seeds}
@@ -180,6 +177,7 @@ def run_sweep(cfg: RunConfig, grid: Grid, *, reporter: Reporter | None = None, l
     result["wall_seconds"] = time.perf_counter() - t_start
     result["train_seconds_total"] = t_secs + sum(u["train_seconds"] for u in units.values())
     atomic_write_json(out / "sweep.json", result)
+    write_run_config(out, cfg, grid)
     atomic_write_text(out / "sweep.md", sweep_markdown(result))
     plot_heatmap(result, out / "heatmap.png")
     if out != final:  # --overwrite: the finished sweep replaces the old folder now

@@ -18,8 +18,9 @@ glibc_only = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ve
 
 # A fresh process does what a training loop does with one activation: allocate and touch a 256 MB tensor, free it,
 # again and again, counting each cycle's minor page faults (the kernel mapping and zero-filling a page on first
-# touch). The median over eight cycles: the heap grows once or twice before a freed chunk fits glibc's aligned
-# allocation, then kept memory is reused fault-free, while glibc's default maps and faults it anew every cycle.
+# touch). The median over the last eight of sixteen cycles: the heap grows a few times (up to six seen, in a process
+# that has allocated little before) until a freed chunk fits glibc's aligned allocation, then kept memory is reused
+# fault-free, while glibc's default maps and faults it anew every cycle.
 _PROBE = """
 import json, resource, statistics, sys
 import torch
@@ -28,11 +29,11 @@ state = keep_freed_memory() if sys.argv[1] == "keep" else "untouched"
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 per_cycle = []
-for cycle in range(8):
+for cycle in range(16):
     before = faults()
     x = torch.ones(64 * 2**20); del x
     per_cycle.append(faults() - before)
-print(json.dumps({"state": state, "faults": statistics.median(per_cycle)}))
+print(json.dumps({"state": state, "faults": statistics.median(per_cycle[8:])}))
 """
 
 

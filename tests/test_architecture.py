@@ -21,11 +21,11 @@ from kdexport.config import (
     QuantizeOptions,
     RunConfig,
     cli_fields,
+    config_diff,
     from_flat,
 )
 from kdexport.errors import KdexportError, UnknownNameError
 from kdexport.report.entry import ModelEntry, model_entries
-from kdexport.runs import config_diff
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -71,12 +71,14 @@ def test_other_commands_build_their_dataclass_defaults(monkeypatch, tmp_path):
     import kdexport.cli as cli
     import kdexport.export.predict  # noqa: F401
 
-    monkeypatch.setattr("kdexport.export.onnx.inspect_classifier", lambda p: {})
+    monkeypatch.setattr("kdexport.runtimes.ort.inspect_classifier", lambda p: {})
     monkeypatch.setattr(cli, "_dataset_for", lambda *a, **k: None)
     seen = _capture(monkeypatch, "kdexport.export.quantize", "quantize_onnx")
     assert runner.invoke(app, ["quantize", "m.onnx", "--out", "q.onnx"]).exit_code == 3
     want = QuantizeOptions(model="m.onnx", out="q.onnx")
-    assert seen == [(("m.onnx", "q.onnx", None), {"mode": want.mode, "quant": want.quant})]
+    (args, kwargs), = seen
+    assert args == ("m.onnx", "q.onnx", None) and callable(kwargs.pop("latency"))  # --fallback auto times steps
+    assert kwargs == {"mode": want.mode, "quant": want.quant}
     assert want.quant == QuantConfig() and want.mode == "static"
 
     seen = _capture(monkeypatch, "kdexport.bench.command", "bench_models")

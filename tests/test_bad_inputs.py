@@ -22,7 +22,8 @@ from typer.testing import CliRunner
 from kdexport.cli import app
 from kdexport.config import RunConfig, TrainConfig
 from kdexport.errors import OutputError
-from kdexport.runs import commit_out_dir, lock_output, release_output, resume_options, staging_dir
+from kdexport.outputs import commit_out_dir, lock_output, release_output, staging_dir
+from kdexport.runs import resume_options
 
 runner = CliRunner()
 FAST = ["--dataset", "digits", "--teacher", "mlp:32", "--student", "mlp:8", "--epochs", "1", "--bench-iters", "3",
@@ -200,7 +201,7 @@ def test_huge_declared_input_is_refused_before_allocating(tmp_path):
     (["--seed", "-1"], "seed must be in"),
     (["--seed", str(2**40)], "seed must be in"),
     (["--lookahead", "--ema", "0.9"], "--lookahead and --ema both average the weights: choose one"),
-    (["--scheduler", "triangular"], "scheduler must be one of"),
+    (["--scheduler", "triangular"], "unknown scheduler 'triangular'; choose one of:"),
     (["--muon-lr", "0"], "muon lr must be > 0"),
     (["--optimizer", "muon"], "MLP has none: use sgd or adam"),  # before a partial state is written
     (["--optimizer", "muon", "--student", "resnet8"], "MLP has none"),  # the teacher to be trained is checked too
@@ -286,7 +287,7 @@ def test_corrupt_training_state_says_how_to_start_afresh(tmp_path):
 def test_corrupt_recorded_options(tmp_path):
     out = tmp_path / "o"
     staging = _staging_for(out)
-    (staging / "run-config.json").write_text("{not json")
+    (staging / "resume-options.json").write_text("{not json")
     _one_line_error(*_cli("distill-export", "--out", out, *FAST, "--resume"), 2, "rerun without --resume")
 
 
@@ -318,7 +319,7 @@ def test_corrupt_sweep_files(sweep, tmp_path, damage, msg):
 def test_second_run_on_a_locked_output_is_refused_naming_the_holder(tmp_path):
     out = tmp_path / "o"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time, pathlib; from kdexport.runs import lock_output; "
+        "import sys, time, pathlib; from kdexport.outputs import lock_output; "
         "lock_output(pathlib.Path(sys.argv[1])); print('locked', flush=True); time.sleep(60)"), str(out)],
         stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
@@ -448,7 +449,7 @@ def test_decompression_bomb_is_skipped(odd_photos, monkeypatch, tmp_path):
 
 # -- silent wrong results: a collapsed model is flagged ------------------------------------------------------
 def test_prediction_health_flags_collapse_and_below_majority():
-    from kdexport.bench.timing import prediction_health
+    from kdexport.runtimes.base import prediction_health
 
     labels = np.array([0] * 5 + [1] * 3 + [2] * 2)  # majority class rate 50%
     h = prediction_health(np.full(10, 2), labels, 3)  # one class for everything

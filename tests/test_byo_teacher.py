@@ -12,10 +12,11 @@ from kdexport.cli import app
 from kdexport.config import RunConfig, TrainConfig
 from kdexport.distill.teacher import OnnxTeacher, TorchTeacher
 from kdexport.errors import CheckpointError, DataError
-from kdexport.export.onnx import onnx_files, save_self_contained
+from kdexport.export.onnx import save_self_contained
 from kdexport.models.builders import ModelSpec, build_model
 from kdexport.models.weights import load_weights, read_state_dict
 from kdexport.pipeline import distill_export
+from kdexport.runtimes.ort import onnx_files
 
 runner = CliRunner()
 FAST = ["--epochs", "3", "--bench-iters", "3", "--bench-batch", "4"]

@@ -6,11 +6,11 @@ from xml.etree import ElementTree as ET
 import pytest
 from typer.testing import CliRunner
 
-from kdexport.bench.timing import onnx_accuracy
 from kdexport.cli import app
 from kdexport.config import GateConfig
 from kdexport.errors import ConfigError
-from kdexport.export.onnx import read_metadata
+from kdexport.runtimes.base import file_accuracy
+from kdexport.runtimes.ort import read_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "models" / "digits"
@@ -85,10 +85,10 @@ def test_unusable_input_exits_2(tmp_path, base):
     assert res.exit_code == 2 and "current report has no key models.student.onnx_bytes" in " ".join(res.output.split())
     res = runner.invoke(app, ["check", str(tmp_path / "missing.json"), "--baseline", _write(tmp_path, "b.json", base)])
     assert res.exit_code == 2 and "does not exist" in res.output
-    with pytest.raises(ConfigError, match="--skip takes"):
+    with pytest.raises(ConfigError, match="unknown metric to skip 'speed'; choose one of: accuracy, latency, size"):
         GateConfig(skip=("speed",))
     res = _check(tmp_path, base, base, "--skip", "speed")
-    assert res.exit_code == 2 and "--skip takes accuracy, latency, size; got speed" in res.output
+    assert res.exit_code == 2 and "unknown metric to skip 'speed'; choose one of: accuracy, latency, size" in res.output
 
 
 def test_shipped_onnx_reproduces_stored_accuracy_exactly(base, digits):
@@ -96,6 +96,6 @@ def test_shipped_onnx_reproduces_stored_accuracy_exactly(base, digits):
         m = base["models"][role]
         onnx = SHIPPED / m["onnx_path"]
         assert onnx.stat().st_size == m["onnx_bytes"]
-        assert onnx_accuracy(onnx, digits) == m["accuracy_onnx"]
+        assert file_accuracy(onnx, digits) == m["accuracy_onnx"]
     meta = read_metadata(SHIPPED / "onnx" / "student.onnx")
     assert meta["class_names"] == [str(i) for i in range(10)] and meta["distillation"]["temperature"] == 4.0

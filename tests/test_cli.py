@@ -84,14 +84,14 @@ def _bad(tmp_path, *args):
     (["--dataset", "svhn"], "unknown dataset 'svhn'; choose one of: cifar10, digits"),
     (["-T", "0"], "temperature must be > 0"),
     (["--soft-weight", "1.5"], "soft weight (beta) must be in [0, 1]"),
-    (["--optimizer", "lbfgs"], "optimizer must be one of"),
+    (["--optimizer", "lbfgs"], "unknown optimizer 'lbfgs'; choose one of: adam, muon, sgd"),
     (["--dataset", "mnist", "--data-dir", "/nonexistent/kd"], "does not exist"),
     (["--teacher-checkpoint", "/nonexistent/t.pt"], "does not exist"),
     (["--kd-loss", "crd"], "unknown distillation loss 'crd'"),
     (["--dkd-beta", "-1"], "dkd beta must be a number >= 0"),
     (["--hint", "layer1:layer2"], "--hint takes teacher.LAYER:student.LAYER"),
     (["--hint", "teacher.nope:student.net.1"], "the teacher has no module 'nope'"),
-    (["--fallback", "sometimes"], "fallback must be none or auto"),
+    (["--fallback", "sometimes"], "unknown fallback 'sometimes'; choose one of: auto, none"),
     (["--latency-budget", "2 parsecs"], "latency budget '2 parsecs'"),
     (["--size-budget", "big"], "size budget 'big'"),
     (["--budget-margin", "1.5"], "budget margin must be in [0, 1)"),
@@ -102,7 +102,7 @@ def _bad(tmp_path, *args):
     (["--teacher-std", "0.5"], "applies to an ONNX teacher only"),
     (["--student", "auto"], "--student auto needs --latency-budget"),
     (["--student-weights", "/nonexistent/s.pt"], "does not exist"),
-    (["--data-mode", "disk"], "data mode must be one of auto, memory, stream"),
+    (["--data-mode", "disk"], "unknown data mode 'disk'; choose one of: auto, memory, stream"),
     (["--data-mode", "stream"], "--data-mode stream applies to image files"),
     (["--memory-budget", "lots"], "memory budget 'lots'"),
     (["--workers", "-1"], "workers must be in [0, 256]"),
@@ -114,8 +114,8 @@ def _bad(tmp_path, *args):
     (["--clip-grad-norm", "-1"], "clip grad norm must be >= 0 (0: off)"),
     (["--student", "ensemble:2xmlp:8", "--hint", "teacher.net.1:student.members.0.net.1"],
      "--hint on an ensemble student"),
-    (["--teacher-tta", "five-crop"], "teacher tta must be one of none, flip, flip-shift"),
-    (["--precision", "fp16"], "precision must be one of auto, fp32, bf16"),
+    (["--teacher-tta", "five-crop"], "unknown teacher tta 'five-crop'; choose one of: flip, flip-shift, none"),
+    (["--precision", "fp16"], "unknown precision 'fp16'; choose one of: auto, bf16, fp32"),
     (["--augment", "mixup"], "unknown augmentation 'mixup'"),
     (["--teacher-view-cache", "--augment", "rrc-flip"], "--teacher-view-cache needs an augmentation with finitely"),
     (["--teacher-view-cache", "--hint", "teacher.net.1:student.net.1"], "drop --teacher-view-cache"),
@@ -170,7 +170,7 @@ def test_distill_export_with_another_loss_records_it(tmp_path):
     report = json.loads((tmp_path / "dkd" / "report.json").read_text())
     kd = report["config"]["kd"]
     assert (kd["loss"], kd["logit_standardization"], kd["dkd_beta"], kd["dkd_warmup"]) == ("dkd", True, 2.0, 1.0)
-    from kdexport.export.onnx import read_metadata
+    from kdexport.runtimes.ort import read_metadata
 
     meta = read_metadata(tmp_path / "dkd" / "onnx" / "student.onnx")
     assert meta["distillation"]["loss"] == "dkd" and meta["distillation"]["logit_standardization"] is True
@@ -179,7 +179,7 @@ def test_distill_export_with_another_loss_records_it(tmp_path):
 
 
 @pytest.mark.parametrize("args,msg", [
-    (["quantize", "m.onnx", "--out", "q.onnx", "--fallback", "sometimes"], "fallback must be none or auto"),
+    (["quantize", "m.onnx", "--out", "q.onnx", "--fallback", "sometimes"], "unknown fallback 'sometimes'"),
     (["package", "run", "--out", "pkg", "--samples", "0"], "samples must be >= 1"),
     (["select", "--latency-budget", "1ms", "--budget-margin", "2"], "budget margin must be in [0, 1)"),
     (["select", "--latency-budget", "1ms", "--batch", "0"], "budget threads and batch must be >= 1"),
@@ -208,4 +208,4 @@ def test_cache_list_and_clear(tmp_path, monkeypatch):
     assert res.exit_code == 0 and "1.0 MB freed" in res.output
     assert not (tmp_path / "teacher-logits").exists() and (tmp_path / "imagefolder" / "a.pt").exists()
     res = runner.invoke(app, ["cache", "clear", "--part", "everything"])
-    assert res.exit_code == 2 and "--part must be one of" in res.output
+    assert res.exit_code == 2 and "unknown part 'everything'; choose one of: all, baselines" in res.output

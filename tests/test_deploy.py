@@ -12,9 +12,10 @@ from kdexport.cli import app
 from kdexport.config import QuantConfig, RunConfig, TrainConfig
 from kdexport.data.datasets import Dataset
 from kdexport.distill.train import fit
-from kdexport.export.onnx import export_onnx, ort_logits, ort_session, read_metadata
+from kdexport.export.onnx import export_onnx
 from kdexport.models.builders import ModelSpec, build_model
 from kdexport.pipeline import onnx_metadata
+from kdexport.runtimes.ort import ort_logits, ort_session, read_metadata
 
 runner = CliRunner()
 
@@ -37,7 +38,7 @@ def test_quantize_dynamic_keeps_accuracy_and_shrinks(student, tmp_path):
     assert res.exit_code == 0, res.output
     assert out.stat().st_size < student.stat().st_size
     assert "dynamic INT8: accuracy" in res.output
-    from kdexport.export.onnx import read_metadata
+    from kdexport.runtimes.ort import read_metadata
 
     meta = read_metadata(out)
     assert meta["quantization"]["mode"] == "dynamic" and meta["class_names"][0] == "0"
@@ -47,8 +48,8 @@ def test_quantize_dynamic_keeps_accuracy_and_shrinks(student, tmp_path):
 def test_quantize_accuracy_gate_rejects_and_keeps_no_file(student, tmp_path, monkeypatch, mode):
     import kdexport.export.quantize as q
 
-    real = q.onnx_accuracy
-    monkeypatch.setattr(q, "onnx_accuracy", lambda p, d, t=None: real(p, d, t) - (0.02 if "partial" in str(p) else 0))
+    real = q.file_accuracy
+    monkeypatch.setattr(q, "file_accuracy", lambda p, d, t=None: real(p, d, t) - (0.02 if "partial" in str(p) else 0))
     out = tmp_path / "q.onnx"
     res = runner.invoke(app, ["quantize", str(student), "--out", str(out), "--mode", mode,
                               "--calibration-samples", "64"])
@@ -167,7 +168,7 @@ def test_percentile_calibration_and_bad_calibration_name(student, tmp_path):
     res = runner.invoke(app, ["quantize", str(student), "--out", str(out), "--mode", "static",
                               "--calibration", "percentile", "--calibration-samples", "100"])
     assert res.exit_code == 0, res.output
-    from kdexport.export.onnx import read_metadata
+    from kdexport.runtimes.ort import read_metadata
 
     assert read_metadata(out)["quantization"]["calibration"] == "percentile"
     res = runner.invoke(app, ["quantize", str(student), "--out", str(out), "--calibration", "magic"])
@@ -185,7 +186,7 @@ def test_distill_export_quantize_static_records_calibration(tmp_path):
     assert q["mode"] == "static" and q["calibration"] == "percentile" and q["calibration_samples"] == 64
     assert q["equalization"]["streams"] == 0 and report["config"]["quant"]["equalize"]  # reached; an MLP has no streams
     assert report["config"]["quant"]["calibration"] == "percentile"
-    from kdexport.export.onnx import read_metadata
+    from kdexport.runtimes.ort import read_metadata
 
     assert read_metadata(out / "onnx" / "student.int8.onnx")["quantization"]["calibration"] == "percentile"
     assert "static, percentile calibration" in (out / "report.md").read_text()
@@ -260,8 +261,8 @@ def test_fallback_auto_keeps_exactly_the_nodes_around_a_deliberately_bad_range(t
     fit(m, digits, TrainConfig(epochs=5))
     export_onnx(m, tmp_path / "m.onnx", digits.normalize(digits.x_test[:16]))
     bad = {"relu": [{"rmin": np.float32(0.0), "rmax": np.float32(2000.0)}]}
-    monkeypatch.setitem(CALIBRATIONS._items, "bad", Calibration("a deliberately bad range", "MinMax",
-                                                                 overrides=lambda model, calib: bad))
+    monkeypatch.setitem(CALIBRATIONS._help, "bad", "a deliberately bad range")
+    monkeypatch.setitem(CALIBRATIONS._items, "bad", Calibration("MinMax", overrides=lambda model, calib: bad))
     with pytest.raises(GateError, match="or --fallback auto may do better"):
         quantize_onnx(tmp_path / "m.onnx", tmp_path / "q.onnx", digits, mode="static",
                       quant=QuantConfig(calibration="bad"))
@@ -294,18 +295,18 @@ def test_fallback_search_grows_then_bisects(tmp_path, monkeypatch, digits):
     monkeypatch.setattr(fb, "rank_tensors", lambda *a: ranked)
     monkeypatch.setattr(fb, "ranking_batches", lambda *a: [])
     monkeypatch.setattr(fb, "tensor_nodes", lambda model: (lambda t: [f"n_{t}"]))
-    monkeypatch.setattr(fb, "_p50", lambda *a: 1.0)
     excluded = {}
 
     def quantize(path, nodes):
         excluded[str(path)] = len(nodes)
         path.write_bytes(str(len(nodes)).encode())
 
-    monkeypatch.setattr(fb, "onnx_accuracy", lambda path, *a: 0.9 if int(path.read_bytes()) >= 11 else 0.5)
+    monkeypatch.setattr(fb, "file_accuracy", lambda path, *a: 0.9 if int(path.read_bytes()) >= 11 else 0.5)
     dest = tmp_path / "q.onnx"
     dest.write_bytes(b"0")
     r = fb.fallback_search(SimpleNamespace(pre=tmp_path / "pre.onnx", calib=[]), dest, digits,
-                           QuantConfig(max_accuracy_drop=1.0), 0.9, 0.5, 2, quantize=quantize)
+                           QuantConfig(max_accuracy_drop=1.0), 0.9, 0.5, 2, quantize=quantize,
+                           latency=lambda path: 1.0)
     tried = [s["tensors"] for s in r["steps"][1:]]
     assert tried[:5] == [1, 2, 4, 8, 16] and 11 <= len(r["fp32_nodes"]) <= 12 < 16
     assert int(dest.read_bytes()) == len(r["fp32_nodes"])  # the file kept is the smallest group that passed

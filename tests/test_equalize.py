@@ -9,8 +9,9 @@ from torch import nn
 from kdexport.config import QuantConfig
 from kdexport.data.datasets import Dataset
 from kdexport.export.equalize import equalize_residual_streams, find_streams
-from kdexport.export.onnx import export_onnx, ort_logits, ort_session, read_metadata
+from kdexport.export.onnx import export_onnx
 from kdexport.models.builders import ModelSpec, build_model
+from kdexport.runtimes.ort import ort_logits, ort_session, read_metadata
 
 
 def _data(n: int = 64, seed: int = 0) -> Dataset:

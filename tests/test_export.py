@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from kdexport.errors import ParityError
-from kdexport.export.onnx import check_parity, export_onnx, ort_logits, ort_session, read_metadata
+from kdexport.export.onnx import check_parity, export_onnx
 from kdexport.models.builders import ModelSpec, build_model
+from kdexport.runtimes.ort import ort_logits, ort_session, read_metadata
 
 
 @pytest.fixture()

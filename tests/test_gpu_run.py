@@ -134,7 +134,7 @@ def test_set_needs_its_own_results_and_workroot(monkeypatch, extra):
 def test_a_bad_set_is_one_line_and_writes_nothing(monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "argv", ["run_recipe.py", "digits-default", "--set", "train.epoch=1", "--results-dir",
                                       str(tmp_path / "r"), "--workroot", str(tmp_path / "w")])
-    with pytest.raises(SystemExit, match=r"^run_recipe.py digits-default: unknown config keys: epoch$"):
+    with pytest.raises(SystemExit, match=r"^run_recipe.py digits-default: unknown config keys in train: epoch$"):
         run_recipe.main()
     assert not (tmp_path / "r").exists()
 

@@ -85,6 +85,9 @@ def test_bad_selection_options():
     for bad in (0.0, 1.5, float("nan")):
         with pytest.raises(ConfigError, match="select fraction"):
             TrainConfig(select_fraction=bad)
-    with pytest.raises(UnknownNameError):
-        TrainConfig(select_fraction=0.5, select_proxy="tinynet")
+    from kdexport.config import RunConfig
+    from kdexport.pipeline import prepare
+
+    with pytest.raises(UnknownNameError, match="unknown model 'tinynet'"):  # before any data is loaded
+        prepare(RunConfig(train=TrainConfig(select_fraction=0.5, select_proxy="tinynet")))
     TrainConfig(select_proxy="tinynet")  # not used when off, so not checked

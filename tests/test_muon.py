@@ -124,7 +124,7 @@ def test_fit_with_muon_learns_and_resumes_bit_for_bit(digits, tmp_path, dies_in_
 
 
 @pytest.mark.parametrize("kw,msg", [({"muon_lr": 0.0}, "muon lr"), ({"muon_momentum": 1.0}, "muon momentum"),
-                                    ({"optimizer": "lion"}, "optimizer must be one of")])
+                                    ({"optimizer": "lion"}, "unknown optimizer 'lion'; choose one of:")])
 def test_bad_muon_options(kw, msg):
     with pytest.raises(ConfigError, match=msg):
         TrainConfig(**kw)

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from kdexport.cli import app
 from kdexport.config import QuantConfig, RunConfig, TrainConfig
-from kdexport.export.package import verify
 from kdexport.models.builders import ModelSpec, build_model
 from kdexport.pipeline import distill_export
+from kdexport.report.package import verify
 
 runner = CliRunner()
 FILES = {"README.md", "SHA256SUMS", "labels.txt", "model.onnx", "model.int8.onnx", "model.ort",
@@ -63,8 +63,8 @@ def test_model_card_front_matter_parses_and_states_the_measured_accuracy(run):
 
 
 def test_ort_file_and_metadata(run):
-    from kdexport.export.onnx import ort_session, read_metadata
-    from kdexport.export.package import _read_tensor
+    from kdexport.report.package import _read_tensor
+    from kdexport.runtimes.ort import ort_session, read_metadata
 
     pkg = run[0] / "package"
     x = _read_tensor(pkg / "test_data_set_0" / "input_0.pb")
@@ -85,7 +85,7 @@ def _copy(run, tmp_path):
 
 
 def test_verify_fails_on_a_flipped_byte_a_missing_file_and_a_wrong_output(run, tmp_path):
-    from kdexport.export.package import _write_tensor, write_sums
+    from kdexport.report.package import _write_tensor, write_sums
 
     pkg = _copy(run, tmp_path)
     data = bytearray((pkg / "model.onnx").read_bytes())
@@ -98,7 +98,7 @@ def test_verify_fails_on_a_flipped_byte_a_missing_file_and_a_wrong_output(run, t
     assert verify(pkg) == ["labels.txt: missing"]
 
     pkg = _copy(run, tmp_path / "c")
-    from kdexport.export.package import _read_tensor
+    from kdexport.report.package import _read_tensor
 
     y = _read_tensor(pkg / "test_data_set_0" / "output_0.pb")
     _write_tensor(pkg / "test_data_set_0" / "output_0.pb", y + 1.0, "logits")

@@ -64,7 +64,8 @@ def test_teacher_recipe_trains_saves_and_resumes(tmp_path, monkeypatch):
     import torch
     from run_recipe import teacher_markdown
 
-    from kdexport.config import TTAS, RunConfig, TrainConfig
+    from kdexport.config import RunConfig, TrainConfig
+    from kdexport.distill import TTAS
     from kdexport.distill import train as train_mod
     from kdexport.errors import ConfigError
     from kdexport.models.checkpoint import load_model
@@ -74,7 +75,7 @@ def test_teacher_recipe_trains_saves_and_resumes(tmp_path, monkeypatch):
     r = teacher_only(cfg, tmp_path / "a" / "teacher.pt")
     model, spec, blob = load_model(r["teacher"]["checkpoint"])
     assert spec.arch == "mlp:64" and len(blob["history"]) == 3 and not (tmp_path / "a" / "teacher.state.pt").exists()
-    assert [row["tta"] for row in r["teacher"]["tta"]] == list(TTAS)
+    assert [row["tta"] for row in r["teacher"]["tta"]] == TTAS.names(sort=False)
     assert r["teacher"]["tta"][0]["accuracy"] == pytest.approx(blob["history"][-1]["test_accuracy"], abs=1e-6)
     md = teacher_markdown(r)  # --eval-every 2: epoch 1 has no test accuracy
     assert "| none |" in md and "(plain model): 2: " in md and ", 3: " in md

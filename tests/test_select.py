@@ -5,8 +5,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from kdexport.bench.select import Candidate, LatencyBudget, choose, parse_latency_budget, parse_size_budget
+from kdexport.bench.select import Candidate, choose
 from kdexport.cli import app
+from kdexport.config import LatencyBudget, parse_latency_budget, parse_size_budget
 from kdexport.errors import ConfigError
 
 runner = CliRunner()

@@ -243,8 +243,9 @@ def test_baselines_are_reused_across_sweeps_and_only_with_the_same_key(tmp_path,
 
 
 def test_baseline_key_covers_what_training_depends_on(monkeypatch):
-    import kdexport.pipeline as pipeline
-    from kdexport.pipeline import baseline_key, prepare
+    import kdexport.distill.students as students
+    from kdexport.distill.students import baseline_key
+    from kdexport.pipeline import prepare
 
     cfg = _cfg("unused")
     ctx = prepare(cfg)
@@ -253,7 +254,7 @@ def test_baseline_key_covers_what_training_depends_on(monkeypatch):
     assert key != baseline_key(ctx, 1)
     assert key != baseline_key(prepare(dataclasses.replace(cfg, student="mlp:16")), 0)
     assert key != baseline_key(prepare(dataclasses.replace(cfg, augment="shift2")), 0)
-    monkeypatch.setattr(pipeline, "code_fingerprint", lambda: "other code")
+    monkeypatch.setattr(students, "code_fingerprint", lambda: "other code")
     assert key != baseline_key(ctx, 0)
 
 

@@ -8,13 +8,14 @@ from pathlib import Path
 import torch
 
 from ..config import BenchOptions
-from ..data.datasets import Dataset
+from ..data.datasets import Dataset, real_inputs
 from ..envinfo import check_fits_memory, environment, now_iso, usable_cores
 from ..errors import DataError, ModelFileError
-from ..export.onnx import data_for_model, inspect_classifier, ort_logits, ort_session
 from ..files import atomic_write, atomic_write_json, atomic_write_text
 from ..models.checkpoint import load_model
-from .timing import InputsFor, bench_onnx, bench_torch, onnx_accuracy, p50, real_inputs
+from ..runtimes.base import file_accuracy
+from ..runtimes.ort import data_for_model, inspect_classifier, ort_logits, ort_session
+from .timing import InputsFor, bench_onnx, bench_torch, p50
 
 
 def bench_models(o: BenchOptions) -> dict:
@@ -56,7 +57,7 @@ def bench_models(o: BenchOptions) -> dict:
             entry["runs"].append(_run(t, bench_onnx(path, _inputs(data, chw), batches, threads=t,
                                                     graph_opt=o.graph_opt, **timing)))
         if data is not None:
-            entry["accuracy_onnx"] = onnx_accuracy(path, data, max(threads))
+            entry["accuracy_onnx"] = file_accuracy(path, data, max(threads))
         models[path.stem if path.stem not in models else str(path)] = entry
     result = {
         "created": now_iso(),

@@ -11,13 +11,13 @@ are kept in the table, marked, not hidden.
 from __future__ import annotations
 
 import math
-import re
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from ..config import LatencyBudget
 from ..data.datasets import Dataset
 from ..errors import ConfigError, KdexportError, first_line
 from ..files import atomic_write, atomic_write_json, atomic_write_text
@@ -32,36 +32,6 @@ SMALL_IMAGE_MAX_SIDE = 64  # images up to this size (CIFAR, MNIST) also get kdex
 MLP_CANDIDATES = ("mlp:8", "mlp:16", "mlp:32", "mlp:64", "mlp:128", "mlp:256", "mlp:512", "mlp:1024",
                   "mlp:256,256", "mlp:512,512", "mlp:1200,1200")
 FLAT_MAX_INPUTS = 1024  # inputs up to this many values (8x8 digits, 28x28 MNIST) also get MLP candidates
-
-_UNITS_MS = {"ms": 1.0, "us": 1e-3, "µs": 1e-3, "s": 1e3}
-_UNITS_BYTES = {"b": 1, "kb": 1024, "kib": 1024, "mb": 1024 ** 2, "mib": 1024 ** 2, "gb": 1024 ** 3}
-
-
-@dataclass(frozen=True)
-class LatencyBudget:
-    ms: float
-    stat: str = "p50"  # p50 or p90
-
-    def __str__(self) -> str:
-        return f"{self.ms:g} ms ({self.stat})"
-
-
-def parse_latency_budget(text: str) -> LatencyBudget:
-    """``2ms``, ``500us``, ``1.5 ms``, ``2ms@p90`` -> a budget in milliseconds on p50 (default) or p90."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zµ]+)\s*(?:@\s*(p50|p90))?\s*", str(text).lower())
-    if not m or m.group(2) not in _UNITS_MS or float(m.group(1)) <= 0:
-        raise ConfigError(f"latency budget {text!r}: use a positive number with ms, us or s, e.g. 2ms, 500us, "
-                          "1.5 ms, 2ms@p90")
-    return LatencyBudget(float(m.group(1)) * _UNITS_MS[m.group(2)], m.group(3) or "p50")
-
-
-def parse_size_budget(text: str) -> int:
-    """``500KB``, ``1.5 MB``, ``20000B`` -> bytes (KB = 1024 bytes, as kdexport's reports print sizes)."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-z]+)\s*", str(text).lower())
-    if not m or m.group(2) not in _UNITS_BYTES or float(m.group(1)) <= 0:
-        raise ConfigError(f"size budget {text!r}: use a positive number with B, KB or MB, e.g. 500KB")
-    return int(float(m.group(1)) * _UNITS_BYTES[m.group(2)])
-
 
 @dataclass
 class Candidate:

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from ..config import RunConfig
-from ..data.datasets import Dataset, eval_batch
+from ..data.datasets import Dataset, real_inputs
 from ..envinfo import usable_cores
-from ..export.onnx import ort_logits, ort_session
+from ..runtimes.ort import ort_logits, ort_session
 
 
 def percentiles(samples_ms: list[float]) -> dict[str, float]:
@@ -49,19 +49,6 @@ def torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(old)
-
-
-def real_images(data: Dataset, batch: int) -> torch.Tensor:
-    """``batch`` raw test images (repeated when the test set is smaller)."""
-    x = data.x_test[:batch]
-    if x.shape[0] < batch:  # tiny test sets: repeat real images
-        x = x.repeat((batch + x.shape[0] - 1) // x.shape[0], 1, 1, 1)[:batch]
-    return x
-
-
-def real_inputs(data: Dataset, batch: int) -> torch.Tensor:
-    """``batch`` normalized test images (repeated when the test set is smaller)."""
-    return data.normalize(real_images(data, batch)).contiguous()
 
 
 def p50(result: dict, batch: int = 1) -> float:
@@ -128,41 +115,12 @@ def bench_torch(model: nn.Module, data: Dataset | InputsFor, batches: list[int],
     return res
 
 
-def onnx_predictions(path: str | os.PathLike, data: Dataset, threads: int | None = None, batch_size: int = 256,
-                     normalize: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
-    """Predicted class of an ONNX classifier for every image of the dataset's test split."""
-    sess = ort_session(path, threads=threads or usable_cores())
-    normalize = normalize or data.normalize
-    batch_size = eval_batch(data.x_test.shape, batch_size)
-    preds = [ort_logits(sess, normalize(data.x_test[i:i + batch_size]).numpy(), batch_size).argmax(1)
-             for i in range(0, data.x_test.shape[0], batch_size)]
-    return np.concatenate(preds) if preds else np.empty(0, dtype=np.int64)
+def quick_p50(data: Dataset, threads: int | None = None) -> Callable[[str | os.PathLike], float]:
+    """A function giving an ONNX file's batch-1 p50 (ms) on ``data``'s test images from a short measurement (5
+    warm-up and up to 50 timed runs, 5 s at most): what ``--fallback auto`` weighs each step with."""
 
+    def p50_ms(path: str | os.PathLike) -> float:
+        r = bench_onnx(path, data, [1], threads=threads, warmup=5, iters=50, max_seconds=5.0)
+        return p50(r, 1)
 
-def onnx_accuracy(path: str | os.PathLike, data: Dataset, threads: int | None = None,
-                  batch_size: int = 256, normalize: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
-    """Top-1 accuracy of an ONNX classifier on the dataset's test split; ``normalize`` when the model
-    expects another normalization than the dataset's."""
-    pred = onnx_predictions(path, data, threads, batch_size, normalize)
-    return int((pred == data.y_test.numpy()).sum()) / max(data.x_test.shape[0], 1)
-
-
-COLLAPSE_SHARE = 0.9  # a model that gives one class to this share of the test images has collapsed
-
-
-def prediction_health(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
-    """How a model's test predictions spread over the classes, and a flag when they are degenerate: one
-    class for at least 90% of the images (``collapsed``, unless the test set is that skewed) or an accuracy
-    no better than always answering the most common class (``below majority-class rate``)."""
-    n = max(len(labels), 1)
-    counts = np.bincount(pred.astype(np.int64), minlength=num_classes)
-    majority = float(np.bincount(labels.astype(np.int64), minlength=num_classes).max()) / n
-    share = float(counts.max()) / n
-    acc = float((pred == labels).sum()) / n
-    flag = None
-    if num_classes > 1 and share >= COLLAPSE_SHARE and share > majority + 0.05:
-        flag = f"collapsed: predicts class {int(counts.argmax())} for {share:.0%} of the test images"
-    elif num_classes > 1 and acc <= majority:
-        flag = f"below the majority-class rate: {acc:.2%} <= {majority:.2%} (always answering the most common class)"
-    return {"classes_predicted": int((counts > 0).sum()), "top_class_share": share, "majority_class_rate": majority,
-            "flag": flag}
+    return p50_ms

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..registry import Registry
+from . import AUGMENTATIONS
 from .images import random_resized_crop_flip
 
 if TYPE_CHECKING:
@@ -131,7 +131,6 @@ def shifts(pad: int, flip: bool, reflect: bool = False, alternate: bool = False)
     return Augmentation(views.batch, views=views)
 
 
-AUGMENTATIONS: Registry[Augmentation | None] = Registry("augmentation")
 AUGMENTATIONS.register("none")(None)
 AUGMENTATIONS.register("crop-flip")(shifts(4, flip=True))
 AUGMENTATIONS.register("shift2")(shifts(2, flip=False))

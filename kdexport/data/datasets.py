@@ -19,10 +19,11 @@ from pathlib import Path
 import torch
 
 from ..allocator import settle as settle_malloc
+from ..config import DATA_MODES, parse_memory_budget
 from ..envinfo import check_fits_memory
 from ..errors import ConfigError, DataError, first_line
 from ..files import cache_root
-from ..registry import Registry
+from . import DATASETS
 from .images import GRAY_MODES, Geometry, ImageFiles, decode_all, pool_map, probe
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
@@ -124,6 +125,19 @@ class Dataset:
         }
 
 
+def real_images(data: Dataset, batch: int) -> torch.Tensor:
+    """``batch`` raw test images (repeated when the test set is smaller): what latency is measured on."""
+    x = data.x_test[:batch]
+    if x.shape[0] < batch:  # tiny test sets: repeat real images
+        x = x.repeat((batch + x.shape[0] - 1) // x.shape[0], 1, 1, 1)[:batch]
+    return x
+
+
+def real_inputs(data: Dataset, batch: int) -> torch.Tensor:
+    """``batch`` normalized test images (repeated when the test set is smaller)."""
+    return data.normalize(real_images(data, batch)).contiguous()
+
+
 EVAL_VALUES = 2**23  # an inference batch holds at most this many input values (32 MB as float32)
 
 
@@ -137,8 +151,7 @@ def eval_batch(shape: tuple[int, ...] | torch.Size, batch_size: int = 512) -> in
     return max(1, min(batch_size, EVAL_VALUES // max(per, 1)))
 
 
-Loader = Callable[..., Dataset]
-DATASETS: Registry[Loader] = Registry("dataset")
+Loader = Callable[..., Dataset]  # what DATASETS (declared in kdexport.data) holds
 
 
 def default_data_dir() -> Path:
@@ -295,7 +308,6 @@ MAX_DEFAULT_SIZE = 224  # the default --image-size: the median shorter side of t
 PHOTO_MIN_SIZE = 64  # RGB sets at least this large are photos: crop ratio 0.875 and rrc-flip by default
 PHOTO_CROP_RATIO = 0.875  # torchvision's convention: resize the shorter side to 256, center-crop 224
 IMAGEFOLDER_CACHE_FORMAT = 3
-DATA_MODES = ("auto", "memory", "stream")
 MEMORY_BUDGET_FRACTION = 0.5  # --data-mode auto: decoded data up to this share of available memory stays in RAM
 
 
@@ -308,18 +320,12 @@ def _scan(items: list[tuple[Path, int]]) -> tuple[list[tuple[Path, int]], list[t
 
 def memory_budget(text: str | None) -> int | None:
     """``--memory-budget`` (e.g. 4GB, 512MB, 0 for none) in bytes; None -> half the available memory."""
-    import re
-
     if text is None:
         from ..envinfo import available_memory
 
         avail = available_memory()
         return int(avail * MEMORY_BUDGET_FRACTION) if avail is not None else None
-    units = {"b": 1, "kb": 2**10, "mb": 2**20, "gb": 2**30, "tb": 2**40}
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-z]*)\s*", str(text).lower())
-    if not m or (m.group(2) or "b") not in units:
-        raise ConfigError(f"memory budget {text!r}: use a number with B, KB, MB, GB or TB, e.g. 4GB")
-    return int(float(m.group(1)) * units[m.group(2) or "b"])
+    return parse_memory_budget(text)
 
 
 @DATASETS.register("imagefolder")

@@ -34,8 +34,9 @@ from ..config import KDConfig
 from ..data.augment import AUGMENTATIONS, Shifts
 from ..data.datasets import Dataset, Normalization, eval_batch
 from ..errors import ConfigError, DataError, ModelError
-from ..export.onnx import ort_logits
 from ..files import atomic_write, hash_file, optional_write
+from ..runtimes.ort import inspect_classifier, onnx_files, ort_logits, ort_session
+from . import TTAS
 from .hint import Hint
 from .losses import kd_loss
 from .precision import autocast, resolve_precision
@@ -106,8 +107,6 @@ class OnnxTeacher:
 
     def __init__(self, path: str | os.PathLike, data: Dataset, *, mean: tuple[float, ...] | None = None,
                  std: tuple[float, ...] | None = None, threads: int | None = None):
-        from ..export.onnx import inspect_classifier, ort_session
-
         self.path = Path(path)
         info = inspect_classifier(self.path)
         meta = info["metadata"]
@@ -147,8 +146,6 @@ class OnnxTeacher:
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:  # the file's bytes and the normalization applied before it
-            from ..export.onnx import onnx_files
-
             h = hashlib.sha256()
             for file in onnx_files(self.path):  # the graph and its external weights
                 hash_file(file, h)
@@ -193,7 +190,10 @@ class FlipShiftTTA(FlipTTA):
         return f"{self.teacher.fingerprint()}|tta=flip-shift"
 
 
-TTA = {"none": lambda t: t, "flip": FlipTTA, "flip-shift": FlipShiftTTA}
+# teacher -> teacher with test-time augmentation, by --teacher-tta (names declared in kdexport.distill)
+TTAS.register("none")(lambda t: t)
+TTAS.register("flip")(FlipTTA)
+TTAS.register("flip-shift")(FlipShiftTTA)
 
 
 def teacher_accuracy(teacher: Teacher, data: Dataset) -> float:
@@ -208,13 +208,18 @@ def teacher_accuracy(teacher: Teacher, data: Dataset) -> float:
     return int((pred == data.y_test).sum()) / max(len(data.y_test), 1)
 
 
-def tta_accuracies(base: Teacher, data: Dataset, modes=tuple(TTA)) -> list[dict]:
+def with_tta(teacher: Teacher, mode: str) -> Teacher:
+    """``teacher`` under ``--teacher-tta mode``."""
+    return TTAS.get(mode)(teacher)
+
+
+def tta_accuracies(base: Teacher, data: Dataset, modes: tuple[str, ...] | None = None) -> list[dict]:
     """``base``'s test accuracy under each ``--teacher-tta`` mode in ``modes``, with the seconds each pass over the
     test split took."""
     rows = []
-    for mode in modes:
+    for mode in modes or TTAS.names(sort=False):
         t0 = time.perf_counter()
-        rows.append({"tta": mode, "accuracy": teacher_accuracy(TTA[mode](base), data),
+        rows.append({"tta": mode, "accuracy": teacher_accuracy(with_tta(base, mode), data),
                      "seconds": time.perf_counter() - t0})
     return rows
 

@@ -22,12 +22,11 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from ..config import TrainConfig
+from ..config import TrainConfig, config_diff
 from ..data.datasets import Dataset, eval_batch
 from ..data.loader import epoch_plan, train_batches
 from ..errors import ConfigError, StateError, TrainingError, first_line
 from ..files import atomic_torch_save
-from ..runs import config_diff
 from .hard_examples import HardExampleSelector
 from .losses import kd_loss
 from .muon import Muon

@@ -1,1 +1,15 @@
-"""Export: PyTorch -> ONNX with a parity proof, INT8 quantization, and prediction from a file."""
+"""Export: PyTorch -> ONNX with a parity proof, INT8 quantization (calibrations, FP32 fallback, equalization),
+and prediction from a file.
+
+The INT8 calibrations' names are declared here, without importing onnx or torch (the CLI lists them);
+their items live in :mod:`.calibration`.
+"""
+
+from ..registry import Registry
+
+CALIBRATIONS = Registry("calibration", home="kdexport.export.calibration")
+CALIBRATIONS.declare("median", "median of each 32-image batch's min and max (ignores rare outlier images)")
+CALIBRATIONS.declare("moving-average", "mean of each 32-image batch's min and max (dampens rare outliers)")
+CALIBRATIONS.declare("minmax", "min and max over all calibration images")
+CALIBRATIONS.declare("percentile", "99.999th percentile of a histogram")
+CALIBRATIONS.declare("entropy", "KL-divergence-optimal threshold of a histogram")

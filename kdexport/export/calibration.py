@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..registry import Registry
+from . import CALIBRATIONS
 
 
 def batch_ranges(model, batches: list[np.ndarray]) -> dict[str, np.ndarray]:
@@ -26,7 +26,7 @@ def batch_ranges(model, batches: list[np.ndarray]) -> dict[str, np.ndarray]:
     import onnx
     from onnx import TensorProto, helper
 
-    from .onnx import ort_session
+    from ..runtimes.ort import ort_session
 
     probe = onnx.shape_inference.infer_shapes(model)
     g = probe.graph
@@ -55,21 +55,14 @@ def median_ranges(model, batches: list[np.ndarray]) -> dict[str, list[dict]]:
 
 @dataclass(frozen=True)
 class Calibration:
-    help: str  # one line for --help
     method: str  # onnxruntime CalibrationMethod name
     extra_options: dict = field(default_factory=dict)
     overrides: Callable[..., dict] | None = None  # (pre-processed model, batches) -> TensorQuantOverrides
 
 
-CALIBRATIONS: Registry[Calibration] = Registry("calibration")
-CALIBRATIONS.add("median", Calibration("median of each 32-image batch's min and max (ignores rare outlier images)",
-                                       "MinMax", overrides=median_ranges))
-CALIBRATIONS.add("moving-average", Calibration("mean of each 32-image batch's min and max (dampens rare outliers)",
-                                               "MinMax", {"CalibMovingAverage": True}))
-CALIBRATIONS.add("minmax", Calibration("min and max over all calibration images", "MinMax"))
-CALIBRATIONS.add("percentile", Calibration("99.999th percentile of a histogram", "Percentile"))
-CALIBRATIONS.add("entropy", Calibration("KL-divergence-optimal threshold of a histogram", "Entropy"))
-
-
-def calibration_help() -> str:
-    return "; ".join(f"{name}: {CALIBRATIONS.get(name).help}" for name in CALIBRATIONS.names(sort=False))
+# The names and their help are declared in kdexport.export.
+CALIBRATIONS.register("median")(Calibration("MinMax", overrides=median_ranges))
+CALIBRATIONS.register("moving-average")(Calibration("MinMax", {"CalibMovingAverage": True}))
+CALIBRATIONS.register("minmax")(Calibration("MinMax"))
+CALIBRATIONS.register("percentile")(Calibration("Percentile"))
+CALIBRATIONS.register("entropy")(Calibration("Entropy"))

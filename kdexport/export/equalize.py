@@ -181,7 +181,7 @@ def channel_ranges(model, tensors: Iterable[str], batches: Iterable[np.ndarray])
     """Per-channel (axis 1) largest magnitude of each tensor over ``batches``, via onnxruntime."""
     import onnx
 
-    from .onnx import ort_session
+    from ..runtimes.ort import ort_session
 
     tensors = sorted(tensors)
     probe = onnx.ModelProto()

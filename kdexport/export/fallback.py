@@ -26,9 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bench.timing import bench_onnx, onnx_accuracy, real_inputs
 from ..config import QuantConfig
 from ..data.datasets import Dataset
+from ..runtimes.base import file_accuracy
+
+# A file's batch-1 p50 in ms, given by the caller (kdexport.bench.timing.quick_p50): bench comes after export.
+Latency = Callable[[Path], float]
 
 RANK_BATCHES = 4  # calibration batches used to rank tensors
 
@@ -82,19 +85,19 @@ def tensor_nodes(model: Path) -> Callable[[str], list[str]]:
     return lambda t: users.get(t, [])
 
 
-def _p50(path: Path, data: Dataset, threads: int | None) -> float:
-    r = bench_onnx(path, lambda b: real_inputs(data, b), [1], threads=threads, warmup=5, iters=50, max_seconds=5.0)
-    return r["latency_ms"]["batch_1"]["p50"]
-
-
 def fallback_search(prep, dest: Path, data: Dataset, quant: QuantConfig, acc32: float, acc8: float,
-                    threads: int | None, *, quantize: Callable[[Path, list[str]], None]) -> dict:
+                    threads: int | None, *, quantize: Callable[[Path, list[str]], None],
+                    latency: Latency | None = None) -> dict:
     """Grow the set of FP32 nodes until ``dest`` (replaced in place) meets ``quant.max_accuracy_drop``.
 
     ``prep`` is the pre-processed float graph and calibration batches; ``quantize(path, nodes)``
-    re-quantizes with ``nodes`` excluded. Returns the record of the search (``fp32_nodes`` empty and
-    ``why`` set when no group met the budget; ``dest`` is then the all-INT8 model, which the caller
-    refuses)."""
+    re-quantizes with ``nodes`` excluded; ``latency(path)`` times each step (None: steps record no latency).
+    Returns the record of the search (``fp32_nodes`` empty and ``why`` set when no group met the budget;
+    ``dest`` is then the all-INT8 model, which the caller refuses)."""
+
+    def _p50(path: Path, data: Dataset, threads: int | None) -> float | None:
+        return latency(path) if latency is not None else None
+
     ranked = rank_tensors(prep.pre, dest, ranking_batches(data, prep.calib))
     nodes_of = tensor_nodes(prep.pre)
     budget = quant.max_accuracy_drop
@@ -112,7 +115,7 @@ def fallback_search(prep, dest: Path, data: Dataset, quant: QuantConfig, acc32: 
         nodes = nodes_for(k)
         before = set(nodes_for(steps[-1]["tensors"])) if steps[-1]["tensors"] else set()
         quantize(path, nodes)
-        acc = onnx_accuracy(path, data, threads)
+        acc = file_accuracy(path, data, threads)
         steps.append({"tensors": k, "added_nodes": [n for n in nodes if n not in before], "fp32_nodes": len(nodes),
                       "accuracy_int8": acc, "drop_points": (acc32 - acc) * 100, "p50_ms": _p50(path, data, threads)})
         return (acc32 - acc) * 100 <= budget

@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from ..errors import DataError, ModelFileError, first_line
-from .onnx import inspect_classifier, ort_logits, ort_session
+from ..runtimes.ort import inspect_classifier, ort_logits, ort_session
 
 MAX_SIDE = 8192  # larger inputs are not a classifier's: refuse before allocating
 

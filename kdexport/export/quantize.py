@@ -13,20 +13,22 @@ import io
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..bench.timing import onnx_accuracy
 from ..config import QuantConfig
 from ..data.datasets import Dataset
 from ..envinfo import cpu_flags
 from ..errors import ConfigError, ExportError, GateError, first_line
 from ..files import staged_file
+from ..runtimes.base import file_accuracy
+from ..runtimes.ort import read_metadata
 from .calibration import CALIBRATIONS
 from .equalize import EqualizeResult, equalize_residual_streams
-from .onnx import read_metadata, set_metadata
+from .onnx import set_metadata
 
 
 @dataclass
@@ -167,12 +169,14 @@ def quantize_file(model: str | os.PathLike, dest: str | os.PathLike, data: Datas
 
 
 def quantize_onnx(model: str | os.PathLike, out: str | os.PathLike, data: Dataset, *, mode: str,
-                  quant: QuantConfig, threads: int | None = None, accuracy_fp32: float | None = None) -> QuantResult:
+                  quant: QuantConfig, threads: int | None = None, accuracy_fp32: float | None = None,
+                  latency: Callable[[Path], float] | None = None) -> QuantResult:
     """Quantize ``model`` to ``out`` (``mode`` static or dynamic, settings in ``quant``); measure accuracy on
     ``data``'s test split.
 
     ``accuracy_fp32``: ``model``'s accuracy on that split when the caller has already measured it
-    (``onnx_accuracy``), so that it is not measured again.
+    (``file_accuracy``), so that it is not measured again. ``latency(path)``: a file's batch-1 p50 in ms, with
+    which ``--fallback auto`` weighs each step (``kdexport.bench.timing.quick_p50``; None: not timed).
 
     ``quant.equalize`` (static only): rescale residual-stream channels first (``kdexport.export.equalize``;
     exact in FP32, a no-op on graphs without residual streams).
@@ -196,15 +200,16 @@ def quantize_onnx(model: str | os.PathLike, out: str | os.PathLike, data: Datase
         except Exception as e:
             raise ExportError(f"onnxruntime quantization failed: {type(e).__name__}: {first_line(e)}") from None
         eq = prep.equalization
-        acc32 = onnx_accuracy(model, data, threads) if accuracy_fp32 is None else accuracy_fp32
-        acc8 = onnx_accuracy(tmp_out, data, threads)
+        acc32 = file_accuracy(model, data, threads) if accuracy_fp32 is None else accuracy_fp32
+        acc8 = file_accuracy(tmp_out, data, threads)
         fallback = None
         if (acc32 - acc8) * 100 > quant.max_accuracy_drop and static and quant.fallback == "auto":
             from .fallback import fallback_search
 
             fallback = fallback_search(prep, tmp_out, data, quant, acc32, acc8, threads,
                                        quantize=lambda dest, exclude: _quantize(prep, dest, mode, quant, reduce_range,
-                                                                                exclude))
+                                                                                exclude),
+                                       latency=latency)
             acc8 = fallback["accuracy_int8"]
         set_metadata(tmp_out, {**meta, "quantization": {"mode": mode, "reduce_range": reduce_range,
                                                         "calibration": cal_name, "calibration_samples": samples,

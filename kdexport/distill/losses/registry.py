@@ -1,4 +1,5 @@
-"""The registries the loss methods add themselves to."""
+"""The registries the loss methods add themselves to (their names are declared in ``kdexport.distill``),
+and the signatures of their items."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ from collections.abc import Callable
 import torch
 
 from ...config import KDConfig
-from ...registry import Registry
+from .. import LOSSES, SOFT_LOSSES
 
-# A method's soft term: (student logits, teacher logits, targets, KDConfig, epoch) -> scalar
+__all__ = ["LOSSES", "SOFT_LOSSES", "Loss", "SoftLoss"]
+
+# A method's soft term (LOSSES): (student logits, teacher logits, targets, KDConfig, epoch) -> scalar
 Loss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, KDConfig, float], torch.Tensor]
-LOSSES: Registry[Loss] = Registry("distillation loss")
 
-# Hinton KD's comparison of softened logits: (student, teacher, T) -> scalar
+# Hinton KD's comparison of softened logits (SOFT_LOSSES): (student, teacher, T) -> scalar
 SoftLoss = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
-SOFT_LOSSES: Registry[SoftLoss] = Registry("soft loss")

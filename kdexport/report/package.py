@@ -22,20 +22,15 @@ from typing import Any
 
 import numpy as np
 
+from ..bench.timing import bench_onnx
 from ..config import PackageOptions
-from ..data.datasets import Dataset, Normalization
+from ..data.datasets import Dataset, Normalization, real_images
 from ..errors import DataError, ExportError, first_line
+from ..export.onnx import save_self_contained, set_metadata
 from ..files import atomic_write_text, hash_file
-from ..runs import commit_out_dir, prepare_out_dir
-from .onnx import (
-    data_for_model,
-    inspect_classifier,
-    ort_logits,
-    ort_session,
-    read_metadata,
-    save_self_contained,
-    set_metadata,
-)
+from ..outputs import commit_out_dir, prepare_out_dir
+from ..runtimes.base import file_accuracy
+from ..runtimes.ort import data_for_model, inspect_classifier, ort_logits, ort_session, read_metadata
 
 MODEL, MODEL_INT8, MODEL_ORT = "model.onnx", "model.int8.onnx", "model.ort"
 TEST_DIR = "test_data_set_0"
@@ -204,7 +199,6 @@ def package(source: str | os.PathLike, out: str | os.PathLike, *, dataset: str |
             std: tuple[float, ...] | None = None, samples: int = PackageOptions.samples,
             overwrite: bool = False) -> Path:
     """Write the package for a run folder or an ONNX classifier to ``out``; return its path."""
-    from ..bench.timing import bench_onnx, onnx_accuracy, real_images
     from ..envinfo import environment
 
     src, data = _source(Path(source), dataset=dataset, data_dir=data_dir, labels=labels, mean=mean, std=std)
@@ -248,7 +242,7 @@ def package(source: str | os.PathLike, out: str | os.PathLike, *, dataset: str |
             acc = entry.get("accuracy_onnx")
             p50 = (entry.get("latency_ms") or {}).get("batch_1", {}).get("p50")
             if (acc is None or p50 is None) and data is not None:
-                acc = onnx_accuracy(staging / f, data, normalize=norm)
+                acc = file_accuracy(staging / f, data, normalize=norm)
                 bench = bench_onnx(staging / f, lambda b: norm(real_images(data, b)), [1], warmup=5, iters=50,
                                    max_seconds=10.0)
                 p50 = bench["latency_ms"]["batch_1"]["p50"]

@@ -1,0 +1,130 @@
+"""Output folders: one writer at a time, built aside, moved into place whole.
+
+- :func:`lock_output` holds an exclusive lock on an output folder (``.NAME.lock`` beside it, with the owner's
+  PID) so two runs never write (or delete) the same output;
+- :func:`prepare_out_dir` checks the folder can be made and gives the hidden staging folder (``.NAME.partial``)
+  where the work happens; :func:`commit_out_dir` renames it into place, an older output kept aside until the
+  new one is in.
+
+Runs, sweeps and packages all write their folders this way (``kdexport.runs`` adds what a run records for
+``--resume``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from .errors import OutputError
+
+_HELD: dict[str, int] = {}  # lock file -> its open descriptor, for the locks this process holds
+
+
+def lock_path(final: Path) -> Path:
+    return final.parent / f".{final.name}.lock"
+
+
+def lock_output(final: Path) -> None:
+    """An exclusive lock on an output folder (``.NAME.lock`` beside it, holding the owner's PID), held until
+    :func:`release_output` or the process ends. A folder another process holds is refused in one line
+    naming it: two runs never write (or delete) the same output. Re-entrant within a process."""
+    if sys.platform == "win32":  # no flock; the staging-folder checks still apply
+        return
+    import fcntl
+
+    lock = lock_path(final)
+    key = str(lock.absolute())
+    if key in _HELD:
+        return
+    make_dir(final.parent, final, exist_ok=True)
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise OutputError(f"cannot lock output folder {str(final)!r}: {e.strerror or e}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                owner = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            finally:
+                os.close(fd)
+            raise OutputError(f"output folder {str(final)!r} is in use by another kdexport process (pid {owner}); "
+                              "wait for it to finish or choose another --out") from None
+        try:  # the holder before us may have removed the file between our open and flock: lock the new one
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _HELD[key] = fd
+
+
+def release_output(final: Path) -> None:
+    """Drop this process's lock on ``final`` (and its lock file)."""
+    lock = lock_path(final)
+    fd = _HELD.pop(str(lock.absolute()), None)
+    if fd is not None:
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def default_out_dir(prefix: str = "distill") -> Path:
+    return Path("runs") / datetime.now().strftime(f"{prefix}-%Y%m%d-%H%M%S")
+
+
+def staging_dir(final: Path) -> Path:
+    return final.parent / f".{final.name}.partial"
+
+
+def make_dir(path: Path, final: Path, exist_ok: bool) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=exist_ok)
+    except OSError as e:
+        raise OutputError(f"cannot write output folder {str(final)!r}: {e.strerror or e}") from None
+
+
+def prepare_out_dir(out: str | os.PathLike | None, overwrite: bool, resume: bool = False) -> tuple[Path, Path]:
+    """Check the output folder can be created; return (final, staging) paths.
+
+    Work happens in the staging folder; with ``resume`` an interrupted run's staging folder is reused."""
+    final = Path(out) if out else default_out_dir()
+    if final.exists() and not final.is_dir():
+        raise OutputError(f"output path {str(final)!r} exists and is not a folder")
+    if final.exists() and not overwrite:
+        raise OutputError(f"output folder {str(final)!r} exists; pass --overwrite to replace it")
+    staging = staging_dir(final)
+    if resume and not staging.is_dir():
+        raise OutputError(f"nothing to resume: no interrupted run at {str(staging)!r}")
+    lock_output(final)  # before touching the staging folder: it may be another live run's
+    if staging.exists() and not resume:
+        shutil.rmtree(staging, ignore_errors=True)
+    make_dir(staging, final, exist_ok=resume)
+    return final, staging
+
+
+def commit_out_dir(staging: Path, final: Path) -> None:
+    """Move a finished staging folder into place and release the output's lock. An older ``final`` is
+    renamed aside first and deleted only once the new one is in place (put back if that fails)."""
+    old = final.parent / f".{final.name}.old"
+    try:
+        if final.exists():
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(final, old)
+        try:
+            os.replace(staging, final)
+        except OSError:
+            if old.exists() and not final.exists():
+                os.replace(old, final)
+            raise
+    except OSError as e:
+        raise OutputError(f"cannot move the finished output into {str(final)!r}: {e.strerror or e}") from None
+    shutil.rmtree(old, ignore_errors=True)
+    release_output(final)

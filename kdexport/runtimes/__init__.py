@@ -1,0 +1,14 @@
+"""Runtimes: running a model file, one module per runtime behind one interface (:mod:`.base`): load a file,
+say its input spec, run a batch; and the accuracy of a file on a dataset's test split. Timing is not here
+(``kdexport.bench`` times every runtime with one harness).
+
+The runtimes' names are declared here, each with the module that implements it and the file suffixes it
+runs, so picking a runtime for a file imports nothing heavy.
+"""
+
+from ..registry import Registry
+
+RUNTIMES = Registry("runtime")
+RUNTIMES.declare("onnxruntime", "ONNX Runtime, CPU execution provider (.onnx, .ort)", home="kdexport.runtimes.ort")
+
+SUFFIXES = {".onnx": "onnxruntime", ".ort": "onnxruntime"}  # file suffix -> the runtime that runs it
