@@ -914,13 +914,22 @@ def read_config_file(path: str) -> dict[str, Any]:
 RECIPE_KEY = "recipe"  # a config file's metadata for benchmarks/run_recipe.py, which the commands skip
 
 
-def file_values(path: str, classes: tuple[tuple[type, tuple[str, ...]], ...], command: str = "") -> dict[str, Any]:
-    """The options a config file gives, flat (field name -> value), for a command built from ``classes`` (each a
-    config class and the fields it excludes). Keys are option names (as run-config.json writes them, or as the
-    flags spell them: ``kd-loss``), at the top or under the nested section they belong to (``kd``, ``train``,
-    ``quant``, ``gates``); an unknown key or a value of the wrong type is one line naming it."""
+Classes = tuple[tuple[type, tuple[str, ...]], ...]  # a command's config classes, each with the fields it excludes
+
+
+def file_values(path: str, classes: Classes, command: str = "") -> dict[str, Any]:
+    """The options a config file gives, flat (field name -> value), for a command built from ``classes``: see
+    :func:`mapping_values`. The file's ``recipe`` section (benchmarks/run_recipe.py's) is skipped."""
     raw = dict(read_config_file(path))
     raw.pop(RECIPE_KEY, None)
+    return mapping_values(raw, classes, command, f"config file {path!r}")
+
+
+def mapping_values(raw: dict, classes: Classes, command: str = "", source: str = "config") -> dict[str, Any]:
+    """``raw``'s options, flat (field name -> value), for a command built from ``classes`` (each a config class and
+    the fields it excludes). Keys are option names (as run-config.json writes them, or as the flags spell them:
+    ``kd-loss``), at the top or under the nested section they belong to (``kd``, ``train``, ``quant``,
+    ``gates``); an unknown key or a value of the wrong type is one line naming it and ``source``."""
     fields = [f for cls, ex in classes for f in cli_fields(cls, ex) if not f.meta["argument"]]
     arguments = {f.name for cls, ex in classes for f in cli_fields(cls, ex) if f.meta["argument"]}
     sections = {f.path[0] for f in fields if len(f.path) > 1}
@@ -946,11 +955,11 @@ def file_values(path: str, classes: tuple[tuple[type, tuple[str, ...]], ...], co
             match = [f for f in fields if name in aliases(f) and (section is None or f.path[0] == section)]
             if not match:
                 why = (" (a positional argument: give it on the command line)" if name in arguments else "")
-                raise ConfigError(f"config file {path!r}: {where!r} is not an option of {cmd}{why}")
+                raise ConfigError(f"{source}: {where!r} is not an option of {cmd}{why}")
             f = match[0]
             if f.name in out:
-                raise ConfigError(f"config file {path!r} gives {f.name!r} twice")
-            out[f.name] = coerce(value, f.type, f"config file {path!r}: {where}", f.meta.get("parse"))
+                raise ConfigError(f"{source} gives {f.name!r} twice")
+            out[f.name] = coerce(value, f.type, f"{source}: {where}", f.meta.get("parse"))
 
     take(raw, None)
     return out

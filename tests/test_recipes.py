@@ -11,22 +11,49 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from run_recipe import load_recipe, recipe_config  # noqa: E402
 
-from kdexport.sweep import Grid  # noqa: E402
-
-RECIPES = sorted(p.stem for p in (ROOT / "benchmarks" / "recipes").glob("*.json"))
+RECIPE_DIR = ROOT / "benchmarks" / "recipes"
+RECIPES = sorted(p.stem for p in RECIPE_DIR.glob("*.json"))
 
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_is_valid(name):
     r = load_recipe(name)
-    assert r["kind"] in ("distill", "sweep", "teacher") and r["doc"]
-    cfg = recipe_config(r, None, "/tmp/unused")
-    if r["kind"] == "sweep":
-        grid = Grid(**{k: tuple(v) for k, v in r["grid"].items()})
-        assert grid.kd_configs() and r["workdir"].startswith("runs/")
-    if r["kind"] == "teacher":  # trained here, written to its workdir
-        assert r["workdir"].startswith("runs/") and not (cfg.teacher_checkpoint or cfg.teacher_weights)
-    assert cfg.dataset in ("digits", "mnist", "cifar10")
+    assert r.kind in ("distill", "sweep", "teacher") and r.doc
+    for seed in r.seeds if r.kind != "sweep" else (None,):
+        cfg, grid = recipe_config(r, None, "/tmp/unused", seed=seed)
+        if r.kind == "sweep":
+            assert grid.kd_configs() and r.workdir.startswith("runs/")
+        else:
+            assert cfg.train.seed == seed
+        if r.kind == "teacher":  # trained here, written to its workdir
+            assert r.workdir.startswith("runs/") and not (cfg.teacher_checkpoint or cfg.teacher_weights)
+        assert cfg.dataset in ("digits", "mnist", "cifar10")
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_is_a_config_file_the_cli_reads(name):
+    """``kdexport distill-export --config RECIPE`` (``sweep`` for a sweep) takes every recipe as it is."""
+    from typer.testing import CliRunner
+
+    from kdexport.cli import app
+
+    command = "sweep" if load_recipe(name).kind == "sweep" else "distill-export"
+    res = CliRunner().invoke(app, [command, "--config", str(RECIPE_DIR / f"{name}.json"), "--print-config"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["dataset"] in ("digits", "mnist", "cifar10")
+
+
+def test_per_seed_runs_keep_the_names_they_were_published_under():
+    from run_recipe import resolve_name
+
+    r = load_recipe("cifar10-fast-teacher-mid-muon")
+    assert r.seeds == (0, 1, 2, 3, 4)
+    assert [r.result_name(s) for s in (0, 3)] == ["cifar10-fast-teacher-mid-muon", "cifar10-fast-teacher-mid-muon-s3"]
+    assert r.workdir_for(3) == "runs/recipes/cifar10-fast-teacher-mid-muon-s3"
+    assert resolve_name("cifar10-fast-teacher-mid-muon-s3") == ("cifar10-fast-teacher-mid-muon", 3)
+    assert resolve_name("digits-default") == ("digits-default", None)
+    for seed in r.seeds:  # every committed per-seed result still names a command that reruns it
+        assert (ROOT / "benchmarks" / "results" / f"{r.result_name(seed)}.json").exists()
 
 
 def test_results_carry_stamps():
