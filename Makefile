@@ -19,9 +19,10 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/kdexport distill-export
 
+# The fast suite runs on every core (pytest-xdist; each worker computes on one thread).
 test: install
 	$(PY) -m ruff check kdexport tests benchmarks
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow" -n auto
 
 test-slow: install
 	$(PY) -m pytest -m slow

@@ -25,9 +25,9 @@ from kdexport.errors import OutputError
 from kdexport.outputs import commit_out_dir, lock_output, release_output, staging_dir
 from kdexport.runs import resume_options
 
+from .conftest import FAST
+
 runner = CliRunner()
-FAST = ["--dataset", "digits", "--teacher", "mlp:32", "--student", "mlp:8", "--epochs", "1", "--bench-iters", "3",
-        "--bench-batch", "4"]
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -50,12 +50,9 @@ def _no_partials(folder: Path) -> None:
     assert not left, left
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("bad") / "run"
-    code, text = _cli("distill-export", "--out", out, *FAST)
-    assert code == 0, text
-    return out
+@pytest.fixture
+def run(finished_run) -> Path:
+    return finished_run.out
 
 
 # -- check: unusable reports are exit 2, never a pass or a regression --------------------------------------

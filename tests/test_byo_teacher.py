@@ -18,8 +18,10 @@ from kdexport.models.weights import load_weights, read_state_dict
 from kdexport.pipeline import distill_export
 from kdexport.runtimes.ort import onnx_files
 
+from .conftest import FAST
+
 runner = CliRunner()
-FAST = ["--epochs", "3", "--bench-iters", "3", "--bench-batch", "4"]
+
 DIGITS = (1, 8, 8)
 
 

@@ -9,23 +9,21 @@ import torch
 from typer.testing import CliRunner
 
 from kdexport.cli import app
-from kdexport.config import RunConfig, TrainConfig
+from kdexport.config import QuantConfig, RunConfig, TrainConfig
 from kdexport.models.builders import ModelSpec, build_model
 from kdexport.models.checkpoint import save_checkpoint
 
+from .conftest import FAST
+
 runner = CliRunner()
-FAST = ["--epochs", "4", "--bench-iters", "5", "--bench-batch", "8"]
 REPORT_KEYS = {"kdexport_version", "created", "config", "environment", "dataset", "models", "kd_gain_points"}
 MODEL_KEYS = {"arch", "params", "flops", "onnx_path", "onnx_bytes", "accuracy_torch", "accuracy_onnx",
               "parity", "latency_ms", "throughput_per_s"}
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("cli") / "run"
-    res = runner.invoke(app, ["distill-export", "--out", str(out), *FAST])
-    assert res.exit_code == 0, res.output
-    return out, res
+@pytest.fixture
+def run(finished_run):
+    return finished_run.out, finished_run
 
 
 def test_end_to_end_report_contract(run):
@@ -34,30 +32,32 @@ def test_end_to_end_report_contract(run):
     assert REPORT_KEYS <= set(report)
     assert {"python", "torch", "torchvision", "onnx", "onnxruntime", "cpu", "threads"} <= set(report["environment"])
     assert {"name", "num_classes", "train_size", "test_size", "input_shape"} <= set(report["dataset"])
-    assert set(report["models"]) == {"teacher", "baseline", "student"}
-    for role, m in report["models"].items():
+    assert set(report["models"]) == {"teacher", "baseline", "student", "student_int8"}
+    for role in ("teacher", "baseline", "student"):
+        m = report["models"][role]
         assert MODEL_KEYS <= set(m), role
         assert (out / m["onnx_path"]).stat().st_size == m["onnx_bytes"]
         assert 0 <= m["accuracy_onnx"] <= 1
         assert abs(m["accuracy_onnx"] - m["accuracy_torch"]) <= 0.001
-        assert set(m["latency_ms"]) == {"batch_1", "batch_8"}
+        assert set(m["latency_ms"]) == {"batch_1", "batch_4"}
         assert {"p50", "p90", "p99"} <= set(m["latency_ms"]["batch_1"])
         assert m["parity"]["top1_agreement"] == 1.0
     st, base = report["models"]["student"], report["models"]["baseline"]
     assert st["accuracy_onnx"] > 0.5  # chance is 0.1
     assert report["kd_gain_points"] == pytest.approx((st["accuracy_onnx"] - base["accuracy_onnx"]) * 100)
-    assert report["config"]["kd"]["temperature"] == 4.0 and report["config"]["train"]["epochs"] == 4
+    assert report["config"]["kd"]["temperature"] == 4.0 and report["config"]["train"]["epochs"] == 3
     assert "torch_eager" in st
     assert (out / "report.md").read_text().startswith("# kdexport report")
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert not [p for p in out.parent.iterdir() if "partial" in p.name]
     assert "KD gain" in res.output
     # the CLI's report records exactly the config the Python API builds from the same options
-    want = json.loads(json.dumps(RunConfig(train=TrainConfig(epochs=4), bench_iters=5, bench_batch=8,
+    want = json.loads(json.dumps(RunConfig(teacher="mlp:64", train=TrainConfig(epochs=3), bench_iters=3, bench_batch=4,
+                                           quantize="dynamic", quant=QuantConfig(max_accuracy_drop=100), package=True,
                                            out=str(out)).to_dict()))  # as JSON: tuples are lists
     assert report["config"] == want
     # not a terminal (a log): one progress line per epoch, written as it ends
-    assert "teacher epoch 1:" in res.output and "student epoch 4:" in res.output
+    assert "teacher epoch 1:" in res.output and "student epoch 3:" in res.output
 
 
 def test_existing_out_is_refused_without_overwrite(run):
@@ -164,7 +164,7 @@ def test_checkpoints_load_weights_only(run):
 
 
 def test_distill_export_with_another_loss_records_it(tmp_path):
-    res = runner.invoke(app, ["distill-export", "--out", str(tmp_path / "dkd"), *FAST, "--teacher", "mlp:64",
+    res = runner.invoke(app, ["distill-export", "--out", str(tmp_path / "dkd"), *FAST,
                               "--kd-loss", "dkd", "--logit-standardization", "--dkd-beta", "2", "--dkd-warmup", "1"])
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "dkd" / "report.json").read_text())

@@ -11,9 +11,8 @@ import yaml
 from typer.testing import CliRunner
 
 from kdexport.cli import app
-from kdexport.config import QuantConfig, RunConfig, TrainConfig
+from kdexport.config import TrainConfig
 from kdexport.models.builders import ModelSpec, build_model
-from kdexport.pipeline import distill_export
 from kdexport.report.package import verify
 
 runner = CliRunner()
@@ -22,13 +21,10 @@ FILES = {"README.md", "SHA256SUMS", "labels.txt", "model.onnx", "model.int8.onnx
          "test_data_set_0/output_0.pb", "test_data_set_0/output_0.int8.pb"}
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pkg") / "run"
-    report = distill_export(RunConfig(train=TrainConfig(epochs=4), teacher="mlp:64", bench_iters=3, bench_batch=4,
-                                      quantize="dynamic", quant=QuantConfig(max_accuracy_drop=100),
-                                      package=True, out=str(out)))
-    return out, report
+@pytest.fixture
+def run(finished_run):
+    """The shared finished run: FAST with a dynamic INT8 student and --package (conftest.py)."""
+    return finished_run.out, finished_run.report
 
 
 def _files(pkg):

@@ -10,8 +10,9 @@ from kdexport.cli import app
 from kdexport.config import LatencyBudget, parse_latency_budget, parse_size_budget
 from kdexport.errors import ConfigError
 
+from .conftest import FAST
+
 runner = CliRunner()
-FAST = ["--epochs", "2", "--bench-iters", "3", "--bench-batch", "4", "--teacher", "mlp:64"]
 
 
 @pytest.mark.parametrize("text,ms,stat", [("2ms", 2.0, "p50"), ("500us", 0.5, "p50"), ("1.5 ms", 1.5, "p50"),
