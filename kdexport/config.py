@@ -826,14 +826,15 @@ def _type_name(t: Any) -> str:
     if type(None) in args:
         return " or ".join(_type_name(a) for a in args if a is not type(None)) + " or null"
     if typing.get_origin(t) is tuple:
-        return f"a list of {_type_name(args[0])}s"
+        return "a list of " + {bool: "true/false values", int: "integers", float: "numbers", str: "strings"}.get(
+            args[0], str(args[0]))
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(t, str(t))
 
 
 def coerce(value: Any, t: Any, where: str, parse: Callable[[Any], Any] | None = None) -> Any:
-    """``value`` (read from a JSON/YAML file or a dict) as a field of type ``t``: lists become tuples, integers
-    floats where a number is wanted, text of a list option is parsed as the CLI parses it; anything else of the
-    wrong type is one line naming ``where``."""
+    """``value`` (read from a JSON/YAML file or a dict) as a field of type ``t``: lists become tuples (a single
+    value a list of one), integers floats where a number is wanted, text of a list option is parsed as the CLI
+    parses it; anything else of the wrong type is one line naming ``where``."""
     args = typing.get_args(t)
     if type(None) in args:
         if value is None:
@@ -842,9 +843,11 @@ def coerce(value: Any, t: Any, where: str, parse: Callable[[Any], Any] | None = 
     if typing.get_origin(t) is tuple:
         if isinstance(value, str) and parse is not None:
             return parse(value)
+        item = typing.get_args(t)[0]
         if isinstance(value, (list, tuple)):
-            item = typing.get_args(t)[0]
             return tuple(coerce(v, item, where) for v in value)
+        if not isinstance(value, (dict, str)):
+            return (coerce(value, item, where),)
     elif t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     elif t in (bool, str) and isinstance(value, t):
