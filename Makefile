@@ -5,13 +5,15 @@ PY := $(VENV)/bin/python
 # CPU-only wheels: TORCH_PKGS="torch==2.14.1 torchvision==0.29.1 --index-url https://download.pytorch.org/whl/cpu".
 TORCH_PKGS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-slow gate shipped-baseline clean
+.PHONY: install demo test test-slow gate docs shipped-baseline clean
 
+# setuptools warns on every editable install that a folder named like the package could shadow it: true of any
+# editable install, and nothing a newcomer must act on, so the install line filters that one warning.
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PKGS)
-	$(PY) -m pip install -q -e ".[test]"
+	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -e ".[test,docs]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -26,6 +28,10 @@ test: install
 
 test-slow: install
 	$(PY) -m pytest -m slow
+
+# The reference site: strict, so a broken link or a page missing from the nav fails the build.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 # The CI gate: a fresh distillation on the embedded default, checked against the shipped baseline.
 gate: install
@@ -43,4 +49,4 @@ shipped-baseline: install
 	cp runs/shipped/onnx/student.onnx runs/shipped/onnx/baseline.onnx models/digits/onnx/
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs site .pytest_cache

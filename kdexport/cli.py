@@ -262,6 +262,9 @@ cache_app = typer.Typer(name="cache", no_args_is_help=True, rich_markup_mode="ma
 app.add_typer(cache_app)
 
 
+COMMANDS: list[tuple[str, type, tuple[str, ...], type | None, str]] = []  # (name, config, exclude, extra, doc)
+
+
 def config_command(name: str, cls: type, *, exclude: tuple[str, ...] = (), extra: type | None = None,
                    group: typer.Typer | None = None):
     """Register ``fn(config[, extra_config])`` as command ``name`` (of ``group``, default the top level) with
@@ -293,6 +296,7 @@ def config_command(name: str, cls: type, *, exclude: tuple[str, ...] = (), extra
         command.__signature__ = inspect.Signature(params)
         command.__doc__ = fn.__doc__
         command.__name__ = fn.__name__
+        COMMANDS.append((f"{group.info.name} {name}" if group else name, cls, exclude, extra, fn.__doc__ or ""))
         (group or app).command(name)(command)
         return fn
 
@@ -519,6 +523,50 @@ def cache_clear_cmd(o: CacheClearOptions) -> None:
 
     freed = cache_clear(o.part)
     out_console.print(f"cleared {o.part}: {freed / 2**20:.1f} MB freed")
+
+
+def reference_markdown() -> str:
+    """The CLI reference (docs/cli.md): every command, its options by panel, each with its flags, default,
+    help and choices, generated from the same config fields as the CLI itself (the docs' MkDocs hook calls
+    it), so the two cannot drift."""
+    from .config import PANELS
+
+    def cell(text: str) -> str:
+        return " ".join(str(text).split()).replace("|", "\\|").replace("*", "\\*").replace("\\*\\*", "**")
+
+    def shown(f: CliField) -> tuple[list[str], str]:
+        flags = [x for flag in (f.meta["flags"] or (f"--{f.name.replace('_', '-')}",)) for x in flag.split("/")]
+        if f.type is bool and not f.meta["flags"]:
+            flags.append(f"--no-{f.name.replace('_', '-')}")
+        d = f.default
+        default = ("required" if d is REQUIRED else "none" if d is None or d == () else
+                   ("on" if d else "off") if isinstance(d, bool) else f"`{format_default(d)}`")
+        return flags, default
+
+    lines = []
+    for name, cls, exclude, extra, doc in COMMANDS:
+        fields = [*cli_fields(cls, exclude), *(cli_fields(extra) if extra else ())]
+        lines += [f"## kdexport {name}", "", " ".join(inspect.cleandoc(doc).split()), ""]
+        args = [f for f in fields if f.meta["argument"]]
+        if args:
+            lines += ["| argument | what |", "|---|---|"]
+            lines += [f"| `{f.name.upper()}` | {cell(f.meta['help'])} |" for f in args]
+            lines.append("")
+        options = [f for f in fields if not f.meta["argument"]]
+        panels = sorted({f.meta.get("panel") or "Options" for f in options},
+                        key=lambda p: PANELS.index(p) if p in PANELS else -1)
+        described: set[str] = set()
+        for panel in panels:
+            lines += [f"**{panel}**", "", "| option | default | what |", "|---|---|---|"]
+            for f in (f for f in options if (f.meta.get("panel") or "Options") == panel):
+                flags, default = shown(f)
+                text = f.meta["help"] + (_choices_text(f.meta["choices"], described) if f.meta.get("choices") else "")
+                lines.append(f"| {', '.join(f'`{x}`' for x in flags)} | {default} | {cell(text)} |")
+            lines.append("")
+        if options:
+            lines += ["Every command with options also takes `--config FILE` (YAML or JSON, the command line wins) and "
+                      "`--print-config`.", ""]
+    return "\n".join(lines)
 
 
 def main() -> None:

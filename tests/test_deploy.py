@@ -145,12 +145,12 @@ def test_predict_on_a_real_image(student, digits, tmp_path):
 
 
 def test_readme_snippet_matches_predict(student, digits, tmp_path):
-    """The app snippet in README.md runs as printed and agrees with `kdexport predict`."""
+    """The app snippet in docs/packages.md runs as printed and agrees with `kdexport predict`."""
     from pathlib import Path
 
     import kdexport.export.predict as kp
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "packages.md").read_text()
     snippet = next(b.split("\n", 1)[1] for b in readme.split("```")[1::2]
                    if b.startswith("python") and "InferenceSession" in b)
     img = (digits.x_test[0, 0].numpy() * 255 / 16).round().astype(np.uint8)

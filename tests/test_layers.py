@@ -149,3 +149,27 @@ def test_declared_registry_names_are_exactly_the_registered_items():
         for home in homes:
             importlib.import_module(home)
         assert set(reg._items) == set(reg.names()), reg.kind
+
+
+def test_the_cli_reference_lists_every_command_and_flag():
+    """docs/cli.md is generated from the CLI's own commands and fields, so it names every one of them."""
+    from kdexport.cli import COMMANDS, reference_markdown
+    from kdexport.config import cli_fields
+
+    text = reference_markdown()
+    assert {name for name, *_ in COMMANDS} >= {"distill-export", "sweep", "quantize", "bench", "predict", "check",
+                                               "package", "verify", "ensemble", "select", "cache list", "cache clear"}
+    for name, cls, exclude, extra, _ in COMMANDS:
+        assert f"## kdexport {name}\n" in text, name
+        for f in [*cli_fields(cls, exclude), *(cli_fields(extra) if extra else ())]:
+            if not f.meta["argument"]:
+                flag = (f.meta["flags"] or (f"--{f.name.replace('_', '-')}",))[0].split("/")[0]
+                assert f"`{flag}`" in text, (name, flag)
+    assert "**Common**" in text and text.index("**Common**") < text.index("**Data**")
+
+
+def test_the_readme_stays_short_and_points_at_the_docs():
+    readme = (PKG.parent / "README.md").read_text()
+    assert len(readme.splitlines()) < 250
+    for page in ("tour", "cli", "python-api", "errors", "architecture"):
+        assert f"docs/{page}.md" in readme and (PKG.parent / "docs" / f"{page}.md").exists()

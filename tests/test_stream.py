@@ -228,7 +228,7 @@ def test_bad_preprocess_metadata_is_refused(pre):
 
 
 def test_readme_snippet_crops_a_photo_as_predict_does(photos, cache, tmp_path):
-    """The README's app snippet, run on a non-square photo, feeds the model what kdexport predict feeds it."""
+    """The app snippet (docs/packages.md), run on a non-square photo, feeds the model what kdexport predict feeds it."""
     import kdexport.export.predict as kp
     from kdexport.export.onnx import export_onnx
     from kdexport.models.builders import ModelSpec, build_model
@@ -240,7 +240,7 @@ def test_readme_snippet_crops_a_photo_as_predict_does(photos, cache, tmp_path):
             "std": list(d.std), "preprocess": d.geometry.to_dict()}
     onnx_path = tmp_path / "m.onnx"
     export_onnx(model, onnx_path, d.normalize(d.x_test[:4]), metadata=meta)
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "packages.md").read_text()
     snippet = next(b.split("\n", 1)[1] for b in readme.split("```")[1::2]
                    if b.startswith("python") and "InferenceSession" in b)
     photo = sorted((photos / "val" / "dog").iterdir())[1]  # 90 x 70, landscape
