@@ -17,18 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import parse_hint
 from ..errors import ConfigError
-
-
-def parse_hint(text: str) -> tuple[str, str]:
-    """``teacher.LAYER:student.LAYER`` -> (teacher layer, student layer)."""
-    parts = text.split(":")
-    if len(parts) != 2 or not parts[0].startswith("teacher.") or not parts[1].startswith("student."):
-        raise ConfigError(f"--hint takes teacher.LAYER:student.LAYER (dotted module names), got {text!r}")
-    t, s = parts[0][len("teacher."):], parts[1][len("student."):]
-    if not t or not s:
-        raise ConfigError(f"--hint names no layer: {text!r}")
-    return t, s
 
 
 def _module(model: nn.Module, name: str, who: str) -> nn.Module:
