@@ -3,6 +3,7 @@ verify must fail."""
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 from kdexport.cli import app
 from kdexport.config import TrainConfig
 from kdexport.models.builders import ModelSpec, build_model
-from kdexport.report.package import verify
+from kdexport.report.package import verify, write_sums
 
 runner = CliRunner()
 FILES = {"README.md", "SHA256SUMS", "labels.txt", "model.onnx", "model.int8.onnx", "model.ort",
@@ -81,7 +82,7 @@ def _copy(run, tmp_path):
 
 
 def test_verify_fails_on_a_flipped_byte_a_missing_file_and_a_wrong_output(run, tmp_path):
-    from kdexport.report.package import _write_tensor, write_sums
+    from kdexport.report.package import _write_tensor
 
     pkg = _copy(run, tmp_path)
     data = bytearray((pkg / "model.onnx").read_bytes())
@@ -91,7 +92,7 @@ def test_verify_fails_on_a_flipped_byte_a_missing_file_and_a_wrong_output(run, t
 
     pkg = _copy(run, tmp_path / "b")
     (pkg / "labels.txt").unlink()
-    assert verify(pkg) == ["labels.txt: missing"]
+    assert verify(pkg) == ["labels.txt: missing (or not a plain file in the package)"]
 
     pkg = _copy(run, tmp_path / "c")
     from kdexport.report.package import _read_tensor
@@ -131,3 +132,105 @@ def test_a_third_party_onnx_classifier_packages_with_a_dataset(tmp_path, digits)
     res = runner.invoke(app, ["package", str(tmp_path / "third.onnx"), "--out", str(tmp_path / "p"),
                               "--dataset", "digits"])
     assert res.exit_code == 2 and "exists; pass --overwrite" in res.output
+
+
+# -- verify is a security gate: a package can name nothing outside itself, and nothing in it makes verify crash ---
+def _outside_secret(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("a host file the package must not reach\n")
+    return secret
+
+
+def _sums_with(pkg, *lines: str) -> None:
+    (pkg / "SHA256SUMS").write_text((pkg / "SHA256SUMS").read_text() + "".join(f"{ln}\n" for ln in lines))
+
+
+def test_names_that_leave_the_package_are_refused_and_never_read(run, tmp_path, monkeypatch):
+    import kdexport.report.package as pk
+
+    secret = _outside_secret(tmp_path)
+    pkg = _copy(run, tmp_path / "p")
+    digest = pk.sha256(secret)
+    _sums_with(pkg, f"{digest}  ../secret.txt", f"{digest}  {secret}", f"{digest} *test_data_set_0/../../secret.txt",
+               f"{digest}  ./labels.txt")
+    hashed = []
+    real = pk.sha256
+    monkeypatch.setattr(pk, "sha256", lambda path: hashed.append(Path(path).resolve()) or real(path))
+    failures = verify(pkg)
+    assert secret.resolve() not in hashed  # the host file was never opened
+    assert "SHA256SUMS line 11: '../secret.txt' is a path with an empty, '.' or '..' part" in failures[0]
+    assert f"SHA256SUMS line 12: '{secret}' is an absolute path" in failures[1]
+    assert "'test_data_set_0/../../secret.txt' is a path with" in failures[2]
+    assert "'./labels.txt' is a path with" in failures[3]
+    assert len(failures) == 4
+    res = runner.invoke(app, ["verify", str(pkg)])
+    assert res.exit_code == 1 and res.output.count("FAIL ") == 4 and "Traceback" not in res.output
+
+
+def test_a_symlinked_file_or_folder_fails_even_with_the_right_checksum(run, tmp_path):
+    secret = _outside_secret(tmp_path)
+    pkg = _copy(run, tmp_path / "p")
+    (pkg / "labels.txt").unlink()
+    (pkg / "labels.txt").symlink_to(secret)  # SHA256SUMS rewritten: the link's target hashes "right"
+    write_sums(pkg)
+    assert verify(pkg) == ["labels.txt: a symbolic link; a package holds plain files only",
+                           "labels.txt: required, not listed in SHA256SUMS"]
+    pkg = _copy(run, tmp_path / "q")
+    outside = tmp_path / "outside_tests"
+    shutil.move(pkg / "test_data_set_0", outside)
+    (pkg / "test_data_set_0").symlink_to(outside, target_is_directory=True)
+    failures = verify(pkg)
+    assert failures[0] == "test_data_set_0: a symbolic link; a package holds plain files only"
+    assert "test_data_set_0/input_0.pb: missing (or not a plain file in the package)" in failures
+    assert failures[-1].startswith("test_data_set_0: no readable input_0.pb and output_0.pb")
+
+
+@pytest.mark.parametrize("damage,want", [
+    (lambda p: (p / "SHA256SUMS").write_bytes(b"\xff\xfe garbage \x00"), "SHA256SUMS: not UTF-8 text"),
+    (lambda p: _sums_with(p, "not a checksum line"), "SHA256SUMS line 11: not 'SHA256  NAME'"),
+    (lambda p: _sums_with(p, "0" * 64 + "  labels.txt"), "SHA256SUMS line 11: 'labels.txt' is listed twice"),
+    (lambda p: (p / "SHA256SUMS").unlink(), "SHA256SUMS: missing (or not a plain file)"),
+    (lambda p: (p / "test_data_set_0" / "input_0.pb").write_bytes(b"\x08\x01garbage" * 10),
+     "test_data_set_0/input_0.pb: not an ONNX tensor"),
+    (lambda p: (p / "extra.bin").write_bytes(b"x"), "extra.bin: not listed in SHA256SUMS"),
+    (lambda p: (p / "model.onnx").write_bytes(b"not onnx"), "model.onnx: onnxruntime cannot run it"),
+])
+def test_garbage_in_a_package_is_a_fail_line_never_an_internal_error(run, tmp_path, damage, want):
+    pkg = _copy(run, tmp_path / "p")
+    damage(pkg)
+    res = runner.invoke(app, ["verify", str(pkg)])
+    assert res.exit_code == 1 and "Traceback" not in res.output and "internal error" not in res.output, res.output
+    assert any(f.startswith(want) for f in verify(pkg)), verify(pkg)
+
+
+def test_every_file_a_package_needs_must_be_listed(run, tmp_path):
+    pkg = _copy(run, tmp_path / "p")
+    lines = [ln for ln in (pkg / "SHA256SUMS").read_text().splitlines() if not ln.endswith("  preprocess.json")]
+    (pkg / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+    assert verify(pkg) == ["preprocess.json: not listed in SHA256SUMS", "preprocess.json: required, not listed in "
+                                                                         "SHA256SUMS"]
+
+
+def test_package_refuses_what_predict_refuses(run, tmp_path, digits):
+    """One check for a model's metadata: a file whose std is 0 (or whose labels do not fit its outputs) is refused
+    by predict and by package alike, in one line, and no package is written."""
+    import onnx
+    from PIL import Image
+
+    src = run[0] / "onnx" / "student.onnx"
+    m = onnx.load(str(src))
+    for p in m.metadata_props:
+        if p.key == "std":
+            p.value = "[0.0]"
+    bad = tmp_path / "std0.onnx"
+    onnx.save(m, str(bad))
+    Image.fromarray(np.zeros((8, 8), np.uint8), "L").save(tmp_path / "x.png")
+    for args in (["predict", str(bad), str(tmp_path / "x.png")], ["package", str(bad), "--out", str(tmp_path / "p")]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2 and "metadata std must be > 0" in res.output, res.output
+        assert res.output.count("error:") == 1
+    assert not (tmp_path / "p").exists()
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a\nb\n")
+    res = runner.invoke(app, ["package", str(src), "--out", str(tmp_path / "p"), "--labels", str(labels)])
+    assert res.exit_code == 2 and "10 outputs but 2 class names" in res.output and not (tmp_path / "p").exists()

@@ -219,7 +219,7 @@ def test_predict_preprocesses_as_training_did(photos, cache):
                                  {"resize_shorter_side": 73, "center_crop": 32}, "256/224",
                                  {"resize_shorter_side": True, "center_crop": 64}])
 def test_bad_preprocess_metadata_is_refused(pre):
-    from kdexport.export.predict import check_metadata
+    from kdexport.runtimes.metadata import check_metadata
 
     meta = {"class_names": ["a", "b"], "input_shape": [3, 64, 64], "mean": [0.5] * 3, "std": [0.2] * 3,
             "preprocess": pre}

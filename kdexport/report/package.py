@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,7 @@ from ..export.onnx import save_self_contained, set_metadata
 from ..files import atomic_write_text, hash_file
 from ..outputs import commit_out_dir, prepare_out_dir
 from ..runtimes.base import file_accuracy
+from ..runtimes.metadata import check_metadata
 from ..runtimes.ort import data_for_model, inspect_classifier, ort_logits, ort_session, read_metadata
 
 MODEL, MODEL_INT8, MODEL_ORT = "model.onnx", "model.int8.onnx", "model.ort"
@@ -91,6 +94,9 @@ def _source(src: Path, *, dataset: str | None, data_dir: str | None, labels: str
         raise DataError(f"{fp32.name} takes inputs {chw}; dataset {data.name} gives {list(data.input_shape)}")
     if len(mean) != chw[0] or len(std) != chw[0]:
         raise DataError(f"mean/std need {chw[0]} values (one per input channel)")
+    # what the package will state, checked as `kdexport predict` checks a file's metadata: one rule for both
+    check_metadata({"class_names": [str(n) for n in names], "input_shape": list(chw), "mean": mean, "std": std,
+                    **({"preprocess": meta["preprocess"]} if "preprocess" in meta else {})}, info, repr(str(fp32)))
     return PackageSource(fp32, int8, [str(n) for n in names], list(chw), [float(v) for v in mean],
                          [float(v) for v in std], data.name if data else None, report, meta), data
 
@@ -291,17 +297,74 @@ def _write_tensor(path: Path, array: np.ndarray, name: str) -> None:
     path.write_bytes(numpy_helper.from_array(array, name).SerializeToString())
 
 
+MAX_TENSOR_BYTES = 256 * 2**20  # a test tensor larger than this is not a package's (read no further)
+MAX_SUMS_BYTES = 2**20
+REQUIRED = (MODEL, "labels.txt", "preprocess.json", "README.md", f"{TEST_DIR}/input_0.pb", f"{TEST_DIR}/output_0.pb")
+_SUMS_LINE = re.compile(r"([0-9a-fA-F]{64}) [ *](.+)")  # sha256sum's text and binary forms
+
+
 def _read_tensor(path: Path) -> np.ndarray:
+    """A float32 ONNX TensorProto file (a package's test data), or ValueError saying why not."""
     import onnx
     from onnx import numpy_helper
 
+    if path.stat().st_size > MAX_TENSOR_BYTES:
+        raise ValueError(f"{path.stat().st_size:,} bytes, more than a test tensor holds")
     t = onnx.TensorProto()
-    t.ParseFromString(path.read_bytes())
-    return numpy_helper.to_array(t)
+    try:
+        t.ParseFromString(path.read_bytes())
+        array = numpy_helper.to_array(t)
+    except Exception as e:  # DecodeError, a size that does not match its data, an unknown type
+        raise ValueError(f"not an ONNX tensor ({first_line(e, 100)})") from None
+    if array.dtype != np.float32 or array.ndim not in (2, 4) or not np.isfinite(array).all():
+        raise ValueError(f"not a finite float32 batch (dtype {array.dtype}, shape {list(array.shape)})")
+    return array
+
+
+def unsafe_name(name: str) -> str | None:
+    """Why ``name`` (from a checksum list) may not be read inside a package, or None: only relative names of plain
+    parts, so a listed name can never reach a file outside the folder."""
+    if not name or "\x00" in name or name != name.strip():
+        return "not a file name"
+    if name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name) or "\\" in name:
+        return "an absolute path"
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        return "a path with an empty, '.' or '..' part"
+    return None
+
+
+def _plain_file(pkg: Path, name: str) -> Path | None:
+    """``pkg/name`` when it is a regular file reached through no symbolic link (every part checked with lstat),
+    else None."""
+    path = pkg
+    for part in name.split("/"):
+        path = path / part
+        try:
+            mode = path.lstat().st_mode
+        except OSError:
+            return None
+        if stat.S_ISLNK(mode):
+            return None
+    return path if stat.S_ISREG(mode) else None
+
+
+def _contents(pkg: Path) -> tuple[list[str], list[str]]:
+    """(regular files, symbolic links) below ``pkg``, relative POSIX names, no link followed."""
+    files, links = [], []
+    for root, dirs, names in os.walk(pkg, followlinks=False):
+        for n in [*dirs, *names]:
+            p = Path(root) / n
+            rel = p.relative_to(pkg).as_posix()
+            if p.is_symlink():
+                links.append(rel)
+            elif n in names and p.is_file():
+                files.append(rel)
+        dirs[:] = [d for d in dirs if not (Path(root) / d).is_symlink()]
+    return sorted(files), sorted(links)
 
 
 def _listed_files(pkg: Path) -> list[str]:
-    return sorted(str(p.relative_to(pkg)) for p in pkg.rglob("*") if p.is_file() and p.name != SUMS)
+    return [f for f in _contents(pkg)[0] if f != SUMS]
 
 
 def write_sums(pkg: Path) -> None:
@@ -309,43 +372,90 @@ def write_sums(pkg: Path) -> None:
     atomic_write_text(pkg / SUMS, "".join(f"{sha256(pkg / f)}  {f}\n" for f in _listed_files(pkg)))
 
 
+def read_sums(pkg: Path) -> tuple[dict[str, str], list[str]]:
+    """``SHA256SUMS``'s entries (name -> digest) and one failure line per line it cannot trust: not UTF-8 text, not
+    sha256sum's format, a name that would leave the package, a name listed twice."""
+    path = _plain_file(pkg, SUMS)
+    if path is None:
+        return {}, [f"{SUMS}: missing (or not a plain file)"]
+    if path.stat().st_size > MAX_SUMS_BYTES:
+        return {}, [f"{SUMS}: {path.stat().st_size:,} bytes, too large for a checksum list"]
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        return {}, [f"{SUMS}: not UTF-8 text"]
+    listed: dict[str, str] = {}
+    failures = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        m = _SUMS_LINE.fullmatch(line)
+        if m is None:
+            failures.append(f"{SUMS} line {n}: not 'SHA256  NAME'")
+            continue
+        digest, name = m.group(1).lower(), m.group(2)
+        why = unsafe_name(name)
+        if why:
+            failures.append(f"{SUMS} line {n}: {name!r} is {why}, outside what a package may name; not read")
+        elif name in listed:
+            failures.append(f"{SUMS} line {n}: {name!r} is listed twice")
+        else:
+            listed[name] = digest
+    return listed, failures
+
+
 def verify(pkg: str | os.PathLike) -> list[str]:
-    """Every way the package at ``pkg`` fails to reproduce itself on this machine, one line each ([] = good)."""
+    """Every way the package at ``pkg`` fails to reproduce itself on this machine, one line each ([] = good).
+
+    A package is a folder of plain files: a symbolic link anywhere in it fails, and no name in ``SHA256SUMS`` is
+    read unless it is a relative path of plain parts to a regular file inside the folder. Every file must be
+    listed with its checksum, the files a package needs (``REQUIRED``) must be among them, and the test data must
+    come out of every model file. Nothing a package holds makes this raise: a file that cannot be read or parsed
+    is a failure line."""
     pkg = Path(pkg)
     if not pkg.is_dir():
         raise DataError(f"{str(pkg)!r} is not a package folder")
-    failures: list[str] = []
-    sums = pkg / SUMS
-    listed: dict[str, str] = {}
-    if not sums.is_file():
-        failures.append(f"{SUMS}: missing")
-    else:
-        for line in sums.read_text().splitlines():
-            digest, _, name = line.partition("  ")
-            if name:
-                listed[name] = digest
-        for name, digest in listed.items():
-            path = pkg / name
-            if not path.is_file():
-                failures.append(f"{name}: missing")
-            elif sha256(path) != digest:
-                failures.append(f"{name}: checksum differs from {SUMS}")
-        failures += [f"{name}: not listed in {SUMS}" for name in _listed_files(pkg) if name not in listed]
-    x_path, y_path = pkg / TEST_DIR / "input_0.pb", pkg / TEST_DIR / "output_0.pb"
-    if not (x_path.is_file() and y_path.is_file()):
-        return failures + [f"{TEST_DIR}: input_0.pb or output_0.pb missing"]
-    x, want = _read_tensor(x_path), _read_tensor(y_path)
+    pkg = pkg.resolve()
+    files, links = _contents(pkg)
+    failures = [f"{link}: a symbolic link; a package holds plain files only" for link in links]
+    listed, bad = read_sums(pkg)
+    failures += bad
+    good: set[str] = set()
+    for name, digest in listed.items():
+        path = _plain_file(pkg, name)
+        if path is None:
+            failures.append(f"{name}: missing (or not a plain file in the package)")
+        elif sha256(path) != digest:
+            failures.append(f"{name}: checksum differs from {SUMS}")
+        else:
+            good.add(name)
+    failures += [f"{name}: not listed in {SUMS}" for name in files if name != SUMS and name not in listed]
+    if listed or not bad:
+        failures += [f"{name}: required, not listed in {SUMS}" for name in REQUIRED if name not in listed]
+    tensors: dict[str, np.ndarray] = {}
+    for name in (f"{TEST_DIR}/input_0.pb", f"{TEST_DIR}/output_0.pb", f"{TEST_DIR}/output_0.int8.pb"):
+        path = _plain_file(pkg, name)
+        if path is None:
+            continue
+        try:
+            tensors[name] = _read_tensor(path)
+        except (OSError, ValueError) as e:
+            failures.append(f"{name}: {e}")
+    x, want = tensors.get(f"{TEST_DIR}/input_0.pb"), tensors.get(f"{TEST_DIR}/output_0.pb")
+    if x is None or want is None:
+        return failures + [f"{TEST_DIR}: no readable input_0.pb and output_0.pb to check the models with"]
     expected: dict[str, Any] = {MODEL: want, MODEL_ORT: want}
-    if (pkg / TEST_DIR / "output_0.int8.pb").is_file():
-        expected[MODEL_INT8] = _read_tensor(pkg / TEST_DIR / "output_0.int8.pb")
+    if f"{TEST_DIR}/output_0.int8.pb" in tensors:
+        expected[MODEL_INT8] = tensors[f"{TEST_DIR}/output_0.int8.pb"]
     for f, y in expected.items():
-        if not (pkg / f).is_file():
-            if f != MODEL_INT8 and f"{f}: missing" not in failures:
+        path = _plain_file(pkg, f)
+        if path is None:
+            if f != MODEL_INT8 and f not in listed and f"{f}: missing" not in failures:
                 failures.append(f"{f}: missing")
             continue
         try:
-            why = outputs_match(_run(pkg / f, x), y, int8=f == MODEL_INT8)
-        except Exception as e:
+            why = outputs_match(_run(path, x), y, int8=f == MODEL_INT8)
+        except Exception as e:  # a damaged or foreign model file: its runtime's own words
             why = f"onnxruntime cannot run it: {first_line(e, 160)}"
         if why:
             failures.append(f"{f}: {why}")
