@@ -1,8 +1,10 @@
-"""Atomic file writes: write a temp file beside the target, fsync, then rename over it; and the cache folder."""
+"""Atomic file writes: write a temp file beside the target, fsync, then rename over it; the cache folder, and the
+one way a cache entry is written and trusted again (:func:`write_cache_entry`, :func:`trusted_cache_entry`)."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -27,9 +29,18 @@ def cache_root() -> Path:
 CACHE_PARTS = ("imagefolder", "teacher-logits", "baselines")  # kdexport cache's parts (``kdexport cache``)
 
 
+def _cache_folder() -> Path:
+    """The cache folder, or OutputError (exit 2) saying what is there instead of a folder."""
+    root = cache_root()
+    if root.exists() and not root.is_dir():
+        raise OutputError(f"the cache path {str(root)!r} is not a folder (set KDEXPORT_CACHE_DIR to a folder, or "
+                          "move that file away)")
+    return root
+
+
 def cache_usage() -> tuple[Path, dict[str, tuple[int, int]]]:
     """The cache folder and, per part (decoded images, teacher logits, baselines), its number of files and bytes."""
-    root = cache_root()
+    root = _cache_folder()
     parts = {}
     for name in CACHE_PARTS:
         files = [p for p in (root / name).rglob("*") if p.is_file()] if (root / name).is_dir() else []
@@ -127,6 +138,75 @@ def optional_write(what: str, write: Callable[[], Any]) -> bool:
     except OutputError as e:
         warnings.warn(f"{what} not saved, going on without it: {e}", RuntimeWarning, stacklevel=2)
         return False
+
+
+def reserve(path: str | os.PathLike, start: int = 0) -> None:
+    """Allocate the blocks of ``path`` from ``start`` to its end on disk now, so that a full disk or a file-size
+    limit is an OSError here and not a SIGBUS later, while a memory map of the file is filled (a file extended by
+    seek or truncate is sparse until its pages are written). ``posix_fallocate`` where the filesystem has it, else
+    zeros written in 1 MiB blocks."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            os.posix_fallocate(fd, start, max(size - start, 0))
+            return
+        except (AttributeError, OSError) as e:  # no fallocate here (macOS, some network filesystems)
+            if isinstance(e, OSError) and e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+        block = b"\0" * (1 << 20)
+        os.lseek(fd, start, os.SEEK_SET)
+        for offset in range(start, size, len(block)):
+            os.write(fd, block[:min(len(block), size - offset)])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _seal_path(path: Path) -> Path:
+    return path.with_name(f"{path.name}.sha256")
+
+
+def write_cache_entry(path: str | os.PathLike, write: Callable[[str], None], what: str) -> bool:
+    """Write a cache entry atomically (``write(tmp_path)``), then its SHA-256 beside it (``NAME.sha256``), which
+    :func:`trusted_cache_entry` checks before the entry is used again. A write that cannot happen (full disk,
+    a file-size limit, permissions, the cache path a file) is a warning and False: the run goes on without it."""
+    path = Path(path)
+
+    def both() -> None:
+        atomic_write(path, write)
+        atomic_write_text(_seal_path(path), hash_file(path).hexdigest() + "\n")
+
+    return optional_write(what, both)
+
+
+def trusted_cache_entry(path: str | os.PathLike, what: str) -> Path | None:
+    """``path`` when it is a cache entry whose bytes still match the digest written with it; None when there is
+    none. An entry without its digest (cut off while written, or from an older kdexport) or with another one
+    (changed since, damaged) is removed with a warning, so the caller recomputes it."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    seal = _seal_path(path)
+    try:
+        want = seal.read_text(encoding="ascii").strip()
+        ok = hash_file(path).hexdigest() == want
+    except (OSError, UnicodeDecodeError):
+        ok = False
+    if ok:
+        return path
+    warnings.warn(f"{what} entry {str(path)!r} is not used: its content does not match the digest written with "
+                  "it (or it has none); recomputing it", RuntimeWarning, stacklevel=2)
+    drop_cache_entry(path)
+    return None
+
+
+def drop_cache_entry(path: str | os.PathLike) -> None:
+    """Remove a cache entry and its digest (whatever is left of them)."""
+    path = Path(path)
+    for p in (path, _seal_path(path)):
+        with contextlib.suppress(OSError):
+            p.unlink()
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -22,7 +22,7 @@ from ..allocator import settle as settle_malloc
 from ..config import DATA_MODES, parse_memory_budget
 from ..envinfo import check_fits_memory
 from ..errors import ConfigError, DataError, first_line
-from ..files import cache_root
+from ..files import cache_root, trusted_cache_entry, write_cache_entry
 from . import DATASETS
 from .images import GRAY_MODES, Geometry, ImageFiles, decode_all, pool_map, probe
 
@@ -362,8 +362,9 @@ def _imagefolder(data_dir: Path | None, *, download: bool, opts: LoadOptions) ->
     cache = cache_root() / "imagefolder" / f"{key}.pt"
     budget = opts.memory_budget if opts.memory_budget is not None else memory_budget(None)
     blob = None
-    if cache.exists() and opts.mode != "stream" and (opts.mode == "memory" or budget is None
-                                                     or cache.stat().st_size <= budget):
+    if (opts.mode != "stream" and cache.is_file() and (opts.mode == "memory" or budget is None
+                                                       or cache.stat().st_size <= budget)
+            and trusted_cache_entry(cache, "decoded-image cache") is not None):
         try:
             blob = torch.load(cache, weights_only=True)
             _ = (blob["size"], blob["channels"], blob["resize"])  # a cache of another format is rebuilt
@@ -415,9 +416,7 @@ def _imagefolder(data_dir: Path | None, *, download: bool, opts: LoadOptions) ->
             skipped = bad + bad_test + skip_train + skip_test
             blob = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test,
                     "size": size, "resize": geometry.resize, "channels": channels, "skipped": skipped}
-            from ..files import atomic_torch_save, optional_write
-
-            optional_write("decoded-image cache", lambda: atomic_torch_save(blob, cache))  # a failure costs time
+            write_cache_entry(cache, lambda tmp: torch.save(blob, tmp), "decoded-image cache")  # a failure costs time
     if skipped:
         warnings.warn(f"{len(skipped)} unreadable image(s) skipped, e.g. {skipped[0]}", RuntimeWarning, stacklevel=2)
     mean, std = _cached_stats(x_train, cache.with_suffix(".stats.json")) if isinstance(x_train, ImageFiles) \
@@ -433,16 +432,20 @@ def _imagefolder(data_dir: Path | None, *, download: bool, opts: LoadOptions) ->
 
 
 def _cached_stats(x: ImageFiles, path: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Stream mode: mean/std cost a decoding pass, so they are kept beside the decoded-image cache."""
-    from ..files import atomic_write_json, optional_write
+    """Stream mode: mean/std cost a decoding pass, so they are kept beside the decoded-image cache (used again only
+    when their digest holds and they are one finite mean and a positive std per channel)."""
+    import json
+    import math
 
-    try:
-        import json
-
-        d = json.loads(path.read_text())
-        return tuple(d["mean"]), tuple(d["std"])
-    except Exception:
-        pass
+    if trusted_cache_entry(path, "image statistics cache") is not None:
+        try:
+            d = json.loads(path.read_text())
+            mean, std = tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"])
+            if len(mean) == len(std) == x.shape[1] and all(math.isfinite(v) for v in mean + std) and min(std) > 0:
+                return mean, std
+        except Exception:
+            pass
     mean, std = _stats(x, 255.0)
-    optional_write("image statistics cache", lambda: atomic_write_json(path, {"mean": mean, "std": std}))
+    write_cache_entry(path, lambda tmp: Path(tmp).write_text(json.dumps({"mean": mean, "std": std})),
+                      "image statistics cache")
     return mean, std

@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -15,7 +16,7 @@ import torch
 from ..config import KDConfig
 from ..envinfo import code_fingerprint, cpu_name
 from ..errors import StateError
-from ..files import atomic_write_json, cache_root, hash_file, read_json
+from ..files import cache_root, drop_cache_entry, hash_file, read_json, trusted_cache_entry, write_cache_entry
 from ..models.builders import build_model
 from ..models.checkpoint import save_checkpoint
 from ..models.weights import load_weights
@@ -81,15 +82,34 @@ def baseline_cache_dir(ctx: Context, seed: int) -> Path | None:
     return cache_root() / "baselines" / baseline_key(ctx, seed)
 
 
+BASELINE_CACHE = "baseline cache"
+
+
 def cached_baseline(cached: Path | None) -> dict | None:
-    """The cached baseline's record, with ``reused`` naming where it came from; None when there is none."""
+    """The cached baseline's record, with ``reused`` naming where it came from; None when there is none, or when its
+    checkpoint or record no longer match the digests written with them (then it is removed with a warning and the
+    baseline is trained again)."""
     if cached is None or not (cached / "record.json").exists():
         return None
-    return {**read_unit(cached / "record.json", "cached baseline"), "reused": str(cached)}
+    if (trusted_cache_entry(cached / "model.pt", BASELINE_CACHE) is None
+            or trusted_cache_entry(cached / "record.json", BASELINE_CACHE) is None):
+        drop_cache_entry(cached / "record.json")
+        return None
+    try:
+        return {**read_unit(cached / "record.json", "cached baseline"), "reused": str(cached)}
+    except StateError as e:
+        warnings.warn(f"{e}; training the baseline again", RuntimeWarning, stacklevel=2)
+        drop_cache_entry(cached / "record.json")
+        return None
 
 
-def keep_baseline(cached: Path, ctx: Context, model: torch.nn.Module, rec: dict) -> None:
-    """Put a freshly trained baseline into the cache: the checkpoint first, so a record implies its weights."""
-    save_checkpoint(cached / "model.pt", model, ctx.student_spec, role="baseline", config=ctx.cfg.to_dict(),
-                    metrics={"accuracy": rec["accuracy"]}, history=rec["history"])
-    atomic_write_json(cached / "record.json", rec)
+def keep_baseline(cached: Path, ctx: Context, model: torch.nn.Module, rec: dict) -> bool:
+    """Put a freshly trained baseline into the cache, each file with its digest: the checkpoint first, so a record
+    implies its weights. A write that cannot happen is a warning (the run goes on, the baseline is not kept)."""
+    def checkpoint(tmp: str) -> None:
+        save_checkpoint(tmp, model, ctx.student_spec, role="baseline", config=ctx.cfg.to_dict(),
+                        metrics={"accuracy": rec["accuracy"]}, history=rec["history"])
+
+    return (write_cache_entry(cached / "model.pt", checkpoint, BASELINE_CACHE)
+            and write_cache_entry(cached / "record.json", lambda tmp: Path(tmp).write_text(json.dumps(rec, indent=2)),
+                                  BASELINE_CACHE))

@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from ..config import KDConfig
 from ..data.augment import AUGMENTATIONS, Shifts
 from ..data.datasets import Dataset, Normalization, eval_batch
 from ..errors import ConfigError, DataError, ModelError
-from ..files import atomic_write, hash_file, optional_write
+from ..files import drop_cache_entry, hash_file, reserve, trusted_cache_entry, write_cache_entry
 from ..runtimes.ort import inspect_classifier, onnx_files, ort_logits, ort_session
 from . import TTAS
 from .hint import Hint
@@ -245,32 +246,48 @@ def teacher_cache_key(teacher: Teacher, data: Dataset) -> str:
 def _disk_table(what: str, key: str, shape: tuple[int, ...], fill: Callable[[np.ndarray], None],
                 cache_dir: str | os.PathLike | None) -> torch.Tensor:
     """A float32 table that ``fill`` writes. With ``cache_dir``: a memory-mapped ``KEY.npy``, written once
-    and read back lazily (so it scales with the data set); an entry of the wrong shape or an unreadable one
-    is recomputed and replaced; a failed write costs time only."""
+    and read back lazily (so it scales with the data set). An entry is used only when its bytes match the
+    digest written with it, its shape is this table's and every value is finite; any other entry is
+    recomputed and replaced, with a warning. A write that cannot happen (full disk, file-size limit,
+    permissions) is a warning too: its space is reserved before the map is filled, so a full disk is an
+    error to go on from, not a SIGBUS."""
 
     def in_memory() -> torch.Tensor:
         out = np.empty(shape, dtype=np.float32)
         fill(out)
-        return torch.from_numpy(out)
+        return torch.from_numpy(checked(out))
+
+    def checked(table: np.ndarray) -> np.ndarray:
+        bad = int((~np.isfinite(table)).any(axis=-1).sum())
+        if bad:
+            raise ModelError(f"the teacher's logits are NaN or infinite on {bad:,} training images: its weights (or "
+                             "ONNX file) are broken, or it diverged while training; fix the teacher")
+        return table
 
     if cache_dir is None:
         return in_memory()
     path = Path(cache_dir) / f"{key}.npy"
-    if path.exists():
+    if trusted_cache_entry(path, what) is not None:
         try:
             table = np.load(path, mmap_mode="c")  # copy-on-write: a writable view, pages read on demand
-            if table.shape == shape and table.dtype == np.float32:
-                return torch.from_numpy(table)
+            ok = table.shape == shape and table.dtype == np.float32 and bool(np.isfinite(table).all())
         except Exception:
-            pass  # unreadable or stale: recompute and replace
+            ok = False
+        if ok:
+            return torch.from_numpy(table)
+        warnings.warn(f"{what} entry {str(path)!r} is not used: its shape, type or values are not this teacher's "
+                      "logits; recomputing it", RuntimeWarning, stacklevel=2)
+        drop_cache_entry(path)
 
     def write(tmp: str) -> None:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+        reserve(tmp, out.offset)  # a full disk fails here, as an OSError, not as a SIGBUS while filling the map
         fill(out)
+        checked(out)
         out.flush()
         del out
 
-    if optional_write(what, lambda: atomic_write(path, write)):
+    if write_cache_entry(path, write, what):
         return torch.from_numpy(np.load(path, mmap_mode="c"))
     return in_memory()
 
