@@ -378,13 +378,14 @@ def quantize_cmd(o: QuantizeOptions) -> None:
     """INT8-quantize an ONNX classifier with onnxruntime and check its accuracy against FP32."""
     from .bench.timing import quick_p50
     from .export.quantize import quantize_onnx
+    from .report.write import drop_text
     from .runtimes.ort import inspect_classifier
 
     inspect_classifier(o.model)
     data = _dataset_for(Path(o.model), o.dataset, o.data_dir, required=True)
     r = quantize_onnx(o.model, o.out, data, mode=o.mode, quant=o.quant, latency=quick_p50(data))
     out_console.print(f"{r.mode} INT8: accuracy {r.accuracy_int8 * 100:.2f}% (FP32 {r.accuracy_fp32 * 100:.2f}%, "
-                      f"drop {r.accuracy_drop_points:.2f} points), {r.onnx_bytes:,} bytes "
+                      f"{drop_text(r.accuracy_drop_points)}), {r.onnx_bytes:,} bytes "
                       f"({r.onnx_bytes / r.fp32_bytes * 100:.0f}% of FP32) -> {o.out}")
     if r.fallback:
         fb = r.fallback

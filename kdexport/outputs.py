@@ -104,15 +104,34 @@ def prepare_out_dir(out: str | os.PathLike | None, overwrite: bool, resume: bool
         raise OutputError(f"nothing to resume: no interrupted run at {str(staging)!r}")
     lock_output(final)  # before touching the staging folder: it may be another live run's
     if staging.exists() and not resume:
-        shutil.rmtree(staging, ignore_errors=True)
+        clear_hidden(staging, final, "an earlier run's unfinished folder")
+    if final.exists():  # --overwrite: the new output is moved in by renaming the old one aside, at the end
+        clear_hidden(old_dir(final), final, "the old output's place while it is replaced")
     make_dir(staging, final, exist_ok=resume)
     return final, staging
+
+
+def old_dir(final: Path) -> Path:
+    """Where ``--overwrite`` moves the old output while the new one goes into place."""
+    return final.parent / f".{final.name}.old"
+
+
+def clear_hidden(path: Path, final: Path, what: str) -> None:
+    """Remove a hidden folder kdexport keeps beside ``final`` (``what`` says which), before a run starts; one line
+    naming it when it cannot be removed, instead of a failure at the end of the run."""
+    if not path.exists():
+        return
+    try:
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    except OSError as e:
+        raise OutputError(f"cannot write {str(final)!r}: the hidden folder {str(path)!r} ({what}) is in the way and "
+                          f"cannot be removed ({e.strerror or e}); remove it, then run again") from None
 
 
 def commit_out_dir(staging: Path, final: Path) -> None:
     """Move a finished staging folder into place and release the output's lock. An older ``final`` is
     renamed aside first and deleted only once the new one is in place (put back if that fails)."""
-    old = final.parent / f".{final.name}.old"
+    old = old_dir(final)
     try:
         if final.exists():
             if old.exists():

@@ -369,9 +369,13 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
             log("student: packaging for apps (kdexport package)")
             package(staging, staging / "package", data_dir=cfg.data_dir)
         commit_run_dir(staging, final)
-    except BaseException:
+    except BaseException as e:
         if main and staging is not None and staging.exists():
-            log(f"run interrupted; its partial state is kept in {staging} (rerun with --resume to continue)")
+            if isinstance(e, KeyboardInterrupt):
+                log(f"run interrupted; its partial state is kept in {staging} (rerun with --resume to continue)")
+            else:  # stopped by a check or a failure, which the error line after this names
+                log(f"run stopped; its partial state is kept in {staging} (--resume continues it once the cause "
+                    "below is fixed)")
         raise
     log(f"wrote {final}/report.json and report.md")
     if gate_error is not None:

@@ -19,10 +19,12 @@ from .config import RunConfig, config_diff
 from .errors import OutputError
 from .files import atomic_write_json, read_json
 from .outputs import (
+    clear_hidden,
     commit_out_dir,
     default_out_dir,
     lock_output,
     make_dir,
+    old_dir,
     prepare_out_dir,
     staging_dir,
 )
@@ -103,7 +105,8 @@ def open_sweep_dir(cfg: RunConfig, log=None) -> tuple[Path, Path]:
     out = final
     if final.exists() and cfg.overwrite:
         out = staging_dir(final)
-        shutil.rmtree(out, ignore_errors=True)
+        clear_hidden(out, final, "an earlier sweep's unfinished replacement")
+        clear_hidden(old_dir(final), final, "the old sweep's place while it is replaced")
     state = out / SWEEP_CONFIG
     want = resume_options(cfg, sweep=True)
     if out.exists():

@@ -466,3 +466,57 @@ def test_report_flags_a_collapsed_student(run, tmp_path):
     assert r["models"]["student"]["predictions"]["classes_predicted"] >= 1  # recorded for every exported model
     r["models"]["student"]["predictions"]["flag"] = "collapsed: predicts class 3 for 100% of the test images"
     assert "**Warning: student collapsed: predicts class 3" in to_markdown(r)
+
+
+# -- messages say what happened ------------------------------------------------------------------------------------
+def test_a_run_stopped_by_a_check_does_not_say_interrupted(tmp_path):
+    code, text = _cli("distill-export", "--out", tmp_path / "o", *FAST, "--epochs", "1", "--lr", "1e-12",
+                      "--teacher-epochs", "1")
+    assert code == 2 and "no better than chance" in text, text
+    assert "run interrupted" not in text and "run stopped; its partial state is kept" in text
+
+
+def test_overwrite_names_the_hidden_folder_in_its_way_before_the_run_starts(tmp_path, monkeypatch):
+    import shutil
+
+    import kdexport.outputs as outputs
+
+    out = tmp_path / "o"
+    out.mkdir()
+    (tmp_path / ".o.old").mkdir()  # left by an earlier --overwrite cut off at its end
+    real = shutil.rmtree
+
+    def stuck(path, *a, **k):
+        if str(path).endswith(".o.old"):
+            raise PermissionError(13, "Permission denied")
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(outputs.shutil, "rmtree", stuck)
+    code, text = _cli("distill-export", "--out", out, *FAST, "--overwrite")
+    _one_line_error(code, text, 2, f"the hidden folder '{tmp_path / '.o.old'}' (the old output's place while it is "
+                                   "replaced) is in the way and cannot be removed (Permission denied)")
+    assert "teacher epoch" not in text  # said before any training, not after
+
+
+def test_an_int8_gain_reads_as_a_gain():
+    from kdexport.report.write import drop_text
+
+    assert drop_text(0.28) == "drop 0.28 points" and drop_text(-0.28) == "gain 0.28 points"
+
+
+def test_the_image_size_line_says_when_224_is_the_cap(tmp_path):
+    from PIL import Image
+
+    from kdexport.data.datasets import load_dataset
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(2):
+                pixels = rng.integers(0, 255, (240, 260, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / split / c / f"{i}.png")
+    d = load_dataset("imagefolder", tmp_path, download=False)
+    assert d.input_shape == (3, 224, 224)
+    assert "the 224 px cap (the median shorter side is 240; --image-size to change it)" in d.source
+    assert "the median shorter side is 240" in load_dataset("imagefolder", tmp_path, download=False).source  # cached

@@ -377,6 +377,7 @@ def _imagefolder(data_dir: Path | None, *, download: bool, opts: LoadOptions) ->
                 f"{gib(cache.stat().st_size)}{within}, from the cache)")
         geometry = Geometry(int(blob["size"]), int(blob["resize"]))
         channels, skipped = int(blob["channels"]), list(blob.get("skipped", []))
+        median = blob.get("median_side")
         x_train, y_train, x_test, y_test = blob["x_train"], blob["y_train"], blob["x_test"], blob["y_test"]
     else:
         train_items, train_probe, bad = _scan(train_items)
@@ -385,7 +386,8 @@ def _imagefolder(data_dir: Path | None, *, download: bool, opts: LoadOptions) ->
             raise DataError(f"{str(data_dir)!r}: too few readable images ({len(train_items)} train, "
                             f"{len(test_items)} test){'; e.g. ' + bad[0] if bad else ''}")
         channels = 1 if all(m in GRAY_MODES for m, _, _ in train_probe + test_probe) else 3
-        size = opts.image_size or min(MAX_DEFAULT_SIZE, int(statistics.median(min(w, h) for _, w, h in train_probe)))
+        median = int(statistics.median(min(w, h) for _, w, h in train_probe))
+        size = opts.image_size or min(MAX_DEFAULT_SIZE, median)
         size = max(size, 8)
         ratio = opts.crop_ratio or (PHOTO_CROP_RATIO if channels == 3 and size >= PHOTO_MIN_SIZE else 1.0)
         geometry = Geometry.for_size(size, ratio)
@@ -415,7 +417,8 @@ def _imagefolder(data_dir: Path | None, *, download: bool, opts: LoadOptions) ->
             y_test = torch.tensor([test_items[i][1] for i in ok_test])
             skipped = bad + bad_test + skip_train + skip_test
             blob = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test,
-                    "size": size, "resize": geometry.resize, "channels": channels, "skipped": skipped}
+                    "size": size, "resize": geometry.resize, "channels": channels, "skipped": skipped,
+                    "median_side": median}
             write_cache_entry(cache, lambda tmp: torch.save(blob, tmp), "decoded-image cache")  # a failure costs time
     if skipped:
         warnings.warn(f"{len(skipped)} unreadable image(s) skipped, e.g. {skipped[0]}", RuntimeWarning, stacklevel=2)
@@ -425,10 +428,17 @@ def _imagefolder(data_dir: Path | None, *, download: bool, opts: LoadOptions) ->
     crop = "" if geometry.resize == size else f", shorter side {geometry.resize} then center crop"
     return Dataset("imagefolder", x_train, y_train.long(), x_test, y_test.long(), classes, mean, std,
                    source=f"ImageFolder at {data_dir} ({'RGB' if channels == 3 else 'grayscale'}, {size}x{size}{crop}"
-                          f"{'' if opts.image_size else ', the median shorter side (--image-size to change it)'})",
+                          f"{'' if opts.image_size else _default_size_note(size, median)})",
                    augment_default=("rrc-flip" if channels == 3 and size >= PHOTO_MIN_SIZE
                                     else "crop-flip" if channels == 3 else "none"),
                    geometry=geometry, mode_note=note)
+
+
+def _default_size_note(size: int, median: int | None) -> str:
+    """Why the input is ``size`` px when --image-size was not given: the median shorter side, or the cap below it."""
+    if median is not None and median > size:
+        return f", the {MAX_DEFAULT_SIZE} px cap (the median shorter side is {median}; --image-size to change it)"
+    return ", the median shorter side (--image-size to change it)"
 
 
 def _cached_stats(x: ImageFiles, path: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -12,6 +12,11 @@ ROLE_TITLES = {"teacher": "teacher", "baseline": "baseline (no KD)", "student": 
                "student_int8": "distilled student INT8"}
 
 
+def drop_text(points: float) -> str:
+    """An INT8 file's accuracy change against FP32 as a reader takes it: "drop 0.28 points", "gain 0.28 points"."""
+    return f"gain {-points:.2f} points" if points < 0 else f"drop {points:.2f} points"
+
+
 def _fmt_bytes(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
@@ -120,7 +125,7 @@ def to_markdown(report: dict) -> str:
         if (q.get("fallback") or {}).get("fp32_nodes"):
             cal += f", {len(q['fallback']['fp32_nodes'])} nodes kept in FP32 by --fallback auto"
         lines += ["", f"INT8 ({q['mode']}{cal}): accuracy {q['accuracy_int8'] * 100:.2f}% vs FP32 "
-                  f"{q['accuracy_fp32'] * 100:.2f}% (drop {q['accuracy_drop_points']:.2f} points), size "
+                  f"{q['accuracy_fp32'] * 100:.2f}% ({drop_text(q['accuracy_drop_points'])}), size "
                   f"{q['size_ratio_vs_fp32'] * 100:.0f}% of FP32, "
                   f"{q['speedup_vs_fp32_batch_1']:.2f}x FP32 speed at batch 1."]
     budget = report.get("budget")
