@@ -399,12 +399,14 @@ class RunConfig:
     teacher_weights: str | None = option(None, "Use the teacher --teacher ARCH with these trained weights (a "
                                                "state_dict saved with torch.save, or .safetensors) instead of "
                                                "training one.", panel=MODELS)
-    teacher_mean: tuple[float, ...] | None = option(None, "ONNX teacher: per-channel mean it expects, comma-separated "
-                                                          "(default: its metadata, else the dataset's).",
+    teacher_mean: tuple[float, ...] | None = option(None, "A trained teacher (ONNX file, --teacher-weights or "
+                                                          "--teacher-checkpoint): the per-channel mean it was trained "
+                                                          "with, comma-separated (default: an ONNX file's metadata, "
+                                                          "else the dataset's).",
                                                     cli_type=str, parse=lambda v: parse_floats(v, "--teacher-mean"),
                                                     panel=MODELS)
-    teacher_std: tuple[float, ...] | None = option(None, "ONNX teacher: per-channel std it expects (default: its "
-                                                         "metadata, else the dataset's).",
+    teacher_std: tuple[float, ...] | None = option(None, "A trained teacher: the per-channel std it was trained with "
+                                                         "(default: an ONNX file's metadata, else the dataset's).",
                                                    cli_type=str, parse=lambda v: parse_floats(v, "--teacher-std"),
                                                    panel=MODELS)
     student_weights: str | None = option(None, "Start baseline and distilled student from these weights "
@@ -491,7 +493,9 @@ class RunConfig:
                "choose --student-weights or --student-pretrained, not both")
         for name in ("teacher_mean", "teacher_std"):
             v = getattr(self, name)
-            _check(v is None or self.teacher_is_onnx, f"--{name.replace('_', '-')} applies to an ONNX teacher only")
+            _check(v is None or self.teacher_is_onnx or bool(self.teacher_weights or self.teacher_checkpoint),
+                   f"--{name.replace('_', '-')} applies to a trained teacher only (an ONNX file, --teacher-weights or "
+                   "--teacher-checkpoint): a teacher trained here uses the dataset's normalization")
             _check(v is None or (len(v) > 0 and all(_finite(x) for x in v)), f"{name.replace('_', ' ')}: numbers")
         _check(self.teacher_std is None or all(x > 0 for x in self.teacher_std), "teacher std must be > 0")
         _check(self.teacher_epochs is None or self.teacher_epochs >= 1,

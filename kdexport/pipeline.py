@@ -27,6 +27,7 @@ from .distill.sources import (
     check_teacher,
     check_teacher_source,
     split_tta,
+    teacher_data,
     teacher_is_trained,
     teacher_logits_for,
     teacher_name,
@@ -249,8 +250,9 @@ def teacher_entry(ctx: Context, teacher: TeacherModel, out: Path, *, accuracy: f
     if isinstance(teacher, OnnxTeacher):
         log(f"teacher: benchmarking {teacher.path.name} with onnxruntime ({ctx.threads} threads)")
         return onnx_teacher_entry(ctx, teacher, out, accuracy)
-    return export_and_bench(ctx, teacher, ctx.teacher_spec, "teacher", out, history=history, log=log,
-                            train_seconds=train_seconds)
+    # exported and measured as it takes its inputs: a trained teacher's own normalization (--teacher-mean/-std)
+    return export_and_bench(dataclasses.replace(ctx, data=teacher_data(ctx)), teacher, ctx.teacher_spec, "teacher",
+                            out, history=history, log=log, train_seconds=train_seconds)
 
 
 def report_header(ctx: Context, final: Path) -> dict:

@@ -1,6 +1,7 @@
 """Bring your own teacher: an ONNX file, an architecture plus a weights file, any torchvision/timm name;
 students from weights files. Every bad file gives one line and exit 2."""
 
+import dataclasses
 import json
 import pickle
 
@@ -11,6 +12,7 @@ from typer.testing import CliRunner
 from kdexport.cli import app
 from kdexport.config import RunConfig, TrainConfig
 from kdexport.distill.teacher import OnnxTeacher, TorchTeacher
+from kdexport.distill.train import evaluate
 from kdexport.errors import CheckpointError, DataError
 from kdexport.export.onnx import save_self_contained
 from kdexport.models.builders import ModelSpec, build_model
@@ -183,7 +185,7 @@ def test_bad_teacher_files_give_one_line_and_exit_2(tmp_path):
     assert "is a directory" in _bad(tmp_path, "--teacher", "mlp:32", "--teacher-weights", str(tmp_path))
     assert "choose one teacher source" in _bad(tmp_path, "--teacher", str(tmp_path / "five.onnx"),
                                                "--teacher-weights", str(tmp_path / "five.pth"))
-    assert "applies to an ONNX teacher only" in _bad(tmp_path, "--teacher-mean", "0.5")
+    assert "applies to a trained teacher only" in _bad(tmp_path, "--teacher-mean", "0.5")
 
 
 def test_a_teacher_no_better_than_chance_stops_the_run_unless_forced(tmp_path):
@@ -240,3 +242,33 @@ def test_a_sweep_reports_an_onnx_teacher_alone_beside_its_tta(trained, tmp_path)
     best = json.loads((tmp_path / "s" / "best" / "report.json").read_text())
     assert best["models"]["teacher"]["accuracy_onnx"] == pytest.approx(plain, abs=1e-9)
     assert best["teacher_tta"] == {"mode": "flip", "accuracy": r["teacher"]["accuracy"]}
+
+
+def test_a_weights_file_teacher_takes_its_own_normalization(tmp_path, digits):
+    """A teacher trained with other statistics than the dataset's: given them (--teacher-mean/--teacher-std), its
+    accuracy is what it was trained to; without them it is fed wrongly normalized inputs and scores less. The
+    cached logits are keyed by the normalization, and the exported teacher states the one it takes."""
+    from kdexport.data.datasets import Normalization
+    from kdexport.distill.train import fit as train
+
+    mean, std = (0.9,), (0.1,)  # far from the dataset's (digits: about 0.30 / 0.38)
+    shifted = dataclasses.replace(digits, mean=mean, std=std)
+    torch.manual_seed(0)
+    t = build_model(ModelSpec("mlp:64", 10, DIGITS, dropout=0.5))  # the teacher's default dropout, as distill-export
+    train(t, shifted, TrainConfig(epochs=6))
+    torch.save(t.state_dict(), tmp_path / "t.pth")
+    common = ["distill-export", "--teacher", "mlp:64", "--teacher-weights", str(tmp_path / "t.pth"), *FAST[2:]]
+    own = runner.invoke(app, [*common, "--out", str(tmp_path / "own"), "--teacher-mean", "0.9", "--teacher-std",
+                              "0.1"])
+    assert own.exit_code == 0, own.output
+    r = json.loads((tmp_path / "own" / "report.json").read_text())
+    want = evaluate(t, shifted)["accuracy"]
+    assert r["models"]["teacher"]["accuracy_onnx"] == pytest.approx(want, abs=1 / 355)
+    from kdexport.runtimes.ort import read_metadata
+
+    assert read_metadata(tmp_path / "own" / "onnx" / "teacher.onnx")["mean"] == [0.9]
+    assert Normalization(16.0, mean, std)(digits.x_test[:1]).shape == (1, 1, 8, 8)
+    theirs = runner.invoke(app, [*common, "--out", str(tmp_path / "d"), "--force"])
+    assert theirs.exit_code == 0, theirs.output
+    r2 = json.loads((tmp_path / "d" / "report.json").read_text())
+    assert r2["models"]["teacher"]["accuracy_onnx"] < r["models"]["teacher"]["accuracy_onnx"]

@@ -99,7 +99,7 @@ def _bad(tmp_path, *args):
     (["--label-smoothing", "nan"], "label smoothing must be in [0, 1)"),
     (["--parity-rtol", "0"], "relative parity tolerance must be > 0"),
     (["--parity-atol", "-1"], "parity tolerance must be > 0"),
-    (["--teacher-std", "0.5"], "applies to an ONNX teacher only"),
+    (["--teacher-std", "0.5"], "applies to a trained teacher only"),
     (["--student", "auto"], "--student auto needs --latency-budget"),
     (["--student-weights", "/nonexistent/s.pt"], "does not exist"),
     (["--data-mode", "disk"], "unknown data mode 'disk'; choose one of: auto, memory, stream"),

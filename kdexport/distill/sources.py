@@ -18,6 +18,7 @@ beyond what the source says.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +27,8 @@ from pathlib import Path
 import torch
 
 from ..config import RunConfig
-from ..errors import ModelError
+from ..data.datasets import Dataset
+from ..errors import DataError, ModelError
 from ..files import cache_root
 from ..models.builders import build_model, check_arch
 from ..models.checkpoint import load_model, read_checkpoint
@@ -163,10 +165,23 @@ def train_teacher(ctx: Context, teacher: TeacherModel, reporter: Reporter | None
                state_path=state_path, resume=cfg.resume if resume is None else resume)
 
 
+def teacher_data(ctx: Context) -> Dataset:
+    """The data as a PyTorch teacher takes it: the run's, normalized with ``--teacher-mean/--teacher-std`` where a
+    trained teacher was given other statistics than the dataset's (an ONNX teacher normalizes its own inputs)."""
+    cfg, data = ctx.cfg, ctx.data
+    if cfg.teacher_is_onnx or (cfg.teacher_mean is None and cfg.teacher_std is None):
+        return data
+    c = data.input_shape[0]
+    for what, v in (("--teacher-mean", cfg.teacher_mean), ("--teacher-std", cfg.teacher_std)):
+        if v is not None and len(v) != c:
+            raise DataError(f"{what} has {len(v)} values for {c} input channels")
+    return dataclasses.replace(data, mean=tuple(cfg.teacher_mean or data.mean), std=tuple(cfg.teacher_std or data.std))
+
+
 def as_teacher(ctx: Context, teacher: TeacherModel, tta: bool = True) -> Teacher:
     """The teacher as students see it: its logits with ``--teacher-tta`` applied (``tta=False``: the plain model)."""
     t = (teacher if isinstance(teacher, OnnxTeacher)
-         else TorchTeacher.for_data(teacher, ctx.data, ctx.device, ctx.cfg.train.precision))
+         else TorchTeacher.for_data(teacher, teacher_data(ctx), ctx.device, ctx.cfg.train.precision))
     return _with_tta(t, ctx.cfg.teacher_tta) if tta else t
 
 

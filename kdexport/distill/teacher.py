@@ -70,19 +70,23 @@ class TorchTeacher:
 
     def __init__(self, module: nn.Module, normalize: Callable[[torch.Tensor], torch.Tensor],
                  num_classes: int, input_shape: tuple[int, int, int], device: torch.device | str = "cpu",
-                 precision: str = "fp32"):
+                 precision: str = "fp32", normalization: str = ""):
         self.module = module.to(device).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
         self.normalize, self.num_classes, self.input_shape = normalize, num_classes, tuple(input_shape)
         self.device = torch.device(device)
         self.precision = resolve_precision(precision, self.device)
+        self.normalization = normalization  # what ``normalize`` does, for the fingerprint
         self._fingerprint: str | None = None
 
     @classmethod
     def for_data(cls, module: nn.Module, data: Dataset, device: torch.device | str = "cpu",
                  precision: str = "fp32") -> TorchTeacher:
-        return cls(module, data.normalize, data.num_classes, data.input_shape, device, precision)
+        """The teacher fed ``data``'s pixels normalized with ``data``'s statistics (a trained teacher's own, where
+        ``data`` carries them: ``kdexport.distill.sources.teacher_data``)."""
+        return cls(module, data.normalize, data.num_classes, data.input_shape, device, precision,
+                   repr((data.scale, tuple(data.mean), tuple(data.std))))
 
     def logits(self, raw: torch.Tensor) -> torch.Tensor:
         x = self.normalize(raw.to(self.device))
@@ -92,8 +96,8 @@ class TorchTeacher:
             return self.module(x).float()
 
     def fingerprint(self) -> str:
-        if self._fingerprint is None:  # frozen weights: hash once; bf16 logits are other logits
-            h = weights_hash(self.module)
+        if self._fingerprint is None:  # frozen weights: hash once; bf16 logits and another normalization: others
+            h = weights_hash(self.module) + (f"|norm={self.normalization}" if self.normalization else "")
             self._fingerprint = h if self.precision == "fp32" else f"{h}|{self.precision}"
         return self._fingerprint
 
