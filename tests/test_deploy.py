@@ -177,9 +177,9 @@ def test_percentile_calibration_and_bad_calibration_name(student, tmp_path):
 
 def test_distill_export_quantize_static_records_calibration(tmp_path):
     out = tmp_path / "run"
-    res = runner.invoke(app, ["distill-export", "--out", str(out), "--epochs", "3", "--bench-iters", "3",
-                              "--bench-batch", "4", "--quantize", "static", "--calibration", "percentile",
-                              "--calibration-samples", "64", "--max-accuracy-drop", "100", "--equalize"])
+    res = runner.invoke(app, ["distill-export", "--out", str(out), "--teacher", "mlp:64", "--epochs", "3",
+                              "--bench-iters", "3", "--bench-batch", "4", "--quantize", "static", "--calibration",
+                              "percentile", "--calibration-samples", "64", "--max-accuracy-drop", "100", "--equalize"])
     assert res.exit_code == 0, res.output
     report = json.loads((out / "report.json").read_text())
     q = report["models"]["student_int8"]["quantization"]

@@ -53,6 +53,7 @@ def test_equalization_is_exact_and_flattens_the_outlier_channel(tmp_path):
     assert res.range_ratio_before > 20 and res.range_ratio_after < res.range_ratio_before / 4
 
 
+@pytest.mark.slow  # two static quantizations of a resnet18 (CI's slow stage)
 def test_equalized_int8_tracks_fp32_better(tmp_path):
     """Same calibration, same quantizer: equalizing the stream first brings the INT8 logits closer to FP32."""
     from kdexport.export.quantize import quantize_onnx

@@ -215,6 +215,7 @@ def test_clipped_sweep_tabulates_each_units_gradient_norms(tmp_path, digits):
         assert row.endswith(f"| {steps} |")
 
 
+@pytest.mark.slow  # four whole sweeps: an end-to-end run (CI's slow stage)
 def test_baselines_are_reused_across_sweeps_and_only_with_the_same_key(tmp_path, monkeypatch):
     import kdexport.sweep as sw
     from kdexport.models.checkpoint import load_model
@@ -258,6 +259,7 @@ def test_baseline_key_covers_what_training_depends_on(monkeypatch):
     assert key != baseline_key(ctx, 0)
 
 
+@pytest.mark.slow  # three runs and a sweep: an end-to-end run (CI's slow stage)
 def test_distill_export_shares_the_baseline_cache_and_says_so(tmp_path, monkeypatch):
     import kdexport.pipeline as pipeline
     import kdexport.sweep as sw
