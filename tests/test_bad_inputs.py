@@ -520,3 +520,38 @@ def test_the_image_size_line_says_when_224_is_the_cap(tmp_path):
     assert d.input_shape == (3, 224, 224)
     assert "the 224 px cap (the median shorter side is 240; --image-size to change it)" in d.source
     assert "the median shorter side is 240" in load_dataset("imagefolder", tmp_path, download=False).source  # cached
+
+
+@pytest.mark.parametrize("layout,msg", [
+    ({"train/a": 3, "train/b": 3, "train/c": 0, "test/a": 1, "test/b": 1, "test/c": 1},
+     "class folder(s) 'c' of '{root}/train' have no training images"),
+    ({"train/a": 3, "train/b": 3, "test/a": 1, "test/b": 1, "test/c": 2, "train/c": 0},
+     "class folder(s) 'c' of '{root}/train' have no training images"),
+])
+def test_a_class_without_training_images_is_refused_naming_it(tmp_path, layout, msg):
+    from PIL import Image
+
+    root = tmp_path / "photos"
+    for folder, n in layout.items():
+        (root / folder).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(root / folder / f"{i}.png")
+    _one_line_error(*_cli("distill-export", "--dataset", "imagefolder", "--data-dir", root, *FAST,
+                          "--out", tmp_path / "o"), 2, msg.format(root=root))
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_class_whose_training_images_are_all_unreadable_is_refused(tmp_path):
+    from PIL import Image
+
+    from kdexport.data.datasets import load_dataset
+    from kdexport.errors import DataError
+
+    for folder, n in {"train/a": 3, "train/b": 2, "test/a": 1, "test/b": 1}.items():
+        (tmp_path / folder).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(tmp_path / folder / f"{i}.png")
+    for f in (tmp_path / "train" / "b").iterdir():
+        f.write_bytes(b"not an image")
+    with pytest.raises(DataError, match="class folder.s. 'b' .* have no readable training images; e.g. "):
+        load_dataset("imagefolder", tmp_path, download=False)

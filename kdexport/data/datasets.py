@@ -311,6 +311,19 @@ IMAGEFOLDER_CACHE_FORMAT = 3
 MEMORY_BUDGET_FRACTION = 0.5  # --data-mode auto: decoded data up to this share of available memory stays in RAM
 
 
+def _check_every_class_trains(classes: list[str], items: list[tuple[Path, int]], split: Path, what: str,
+                              bad: list[str] = ()) -> None:
+    """Every class folder must give the training split at least one image: an output unit the student never sees
+    an example of is no class at all. One line naming the empty folders."""
+    seen = {label for _, label in items}
+    empty = [c for i, c in enumerate(classes) if i not in seen]
+    if empty:
+        more = f" (and {len(empty) - 5} more)" if len(empty) > 5 else ""
+        raise DataError(f"class folder(s) {', '.join(repr(c) for c in empty[:5])}{more} of {str(split)!r} have no "
+                        f"{what}{'; e.g. ' + bad[0] if bad else ''}: add images, or remove the folder (from "
+                        "test/ too)")
+
+
 def _scan(items: list[tuple[Path, int]]) -> tuple[list[tuple[Path, int]], list[tuple[str, int, int]], list[str]]:
     probes = pool_map(probe, [p for p, _ in items])
     good = [(it, pr) for it, pr in zip(items, probes) if not isinstance(pr, str)]
@@ -353,6 +366,7 @@ def _imagefolder(data_dir: Path | None, *, download: bool, opts: LoadOptions) ->
         raise DataError(f"{str(train_dir)!r} needs at least two class folders with images")
     if test_classes != classes:
         raise DataError(f"class folders differ between {train_dir.name}/ and {test_dir.name}/")
+    _check_every_class_trains(classes, train_items, train_dir, "training images")
     # The listing (names, labels, sizes, mtimes) keys the caches: decoded tensors, and the stream mode's stats.
     h = hashlib.sha256(f"{IMAGEFOLDER_CACHE_FORMAT}|{data_dir.resolve()}|{opts.image_size}|{opts.crop_ratio}".encode())
     for p, c in train_items + test_items:
@@ -382,6 +396,7 @@ def _imagefolder(data_dir: Path | None, *, download: bool, opts: LoadOptions) ->
     else:
         train_items, train_probe, bad = _scan(train_items)
         test_items, test_probe, bad_test = _scan(test_items)
+        _check_every_class_trains(classes, train_items, train_dir, "readable training images", bad)
         if len({c for _, c in train_items}) < 2 or not test_items:
             raise DataError(f"{str(data_dir)!r}: too few readable images ({len(train_items)} train, "
                             f"{len(test_items)} test){'; e.g. ' + bad[0] if bad else ''}")
