@@ -336,7 +336,11 @@ def distill_export_cmd(cfg: RunConfig) -> None:
         shutdown()  # leave the torchrun process group cleanly (no-op otherwise)
     if report is None:  # a non-zero torchrun rank: rank 0 reports
         return
+    from .report.write import unfit
+
     print_summary(report)
+    for line in unfit(report):
+        out_console.print(f"[bold red]NOT FIT TO SHIP:[/] {escape(line)}", highlight=False)
     out_console.print(f"KD gain: {report['kd_gain_points']:+.2f} points; report: "
                       f"{Path(report['config']['out']) / 'report.md'}")
 
@@ -412,7 +416,7 @@ def predict_cmd(o: PredictOptions) -> None:
 
     from .export.predict import predict
 
-    results = predict(o.model, list(o.images), o.top_k)
+    results = predict(o.model, list(o.images), o.top_k, o.overrides())
     if o.json_out:
         out_console.print_json(json.dumps(results))
         return
@@ -453,7 +457,7 @@ def package_cmd(o: PackageOptions) -> None:
     from .report.package import package
 
     path = package(o.source, o.out, dataset=o.dataset, data_dir=o.data_dir, labels=o.labels, mean=o.mean,
-                   std=o.std, samples=o.samples, overwrite=o.overwrite)
+                   std=o.std, samples=o.samples, overwrite=o.overwrite, crop_ratio=o.crop_ratio)
     out_console.print(f"wrote {path}: " + ", ".join(sorted(p.name for p in path.iterdir())))
 
 

@@ -31,8 +31,9 @@ REQUIRED = MISSING
 # Help panels, in the order --help shows them (Typer's rich_help_panel). COMMON holds the options most runs need.
 COMMON, DATA, MODELS, DISTILLATION, TRAINING = "Common", "Data", "Models", "Distillation", "Training"
 TEACHER_CACHE, EXPORT, BENCHMARK, BUDGET, OUTPUT = "Teacher cache", "Export & INT8", "Benchmark", "Budget", "Output"
-CONFIG_FILE = "Config file"
-PANELS = (COMMON, DATA, MODELS, DISTILLATION, TRAINING, TEACHER_CACHE, EXPORT, BENCHMARK, BUDGET, OUTPUT, CONFIG_FILE)
+CONFIG_FILE, FOREIGN = "Config file", "Model without metadata"
+PANELS = (COMMON, DATA, MODELS, DISTILLATION, TRAINING, TEACHER_CACHE, EXPORT, BENCHMARK, BUDGET, OUTPUT, FOREIGN,
+          CONFIG_FILE)
 
 
 def option(default: Any = REQUIRED, help: str | Callable[[], str] = "", *, flags: tuple[str, ...] = (),
@@ -637,14 +638,39 @@ class BenchOptions:
 class PredictOptions:
     """``kdexport predict MODEL.onnx IMAGE...``."""
 
-    model: str = option(REQUIRED, "An ONNX classifier exported by kdexport (labels and normalization in its "
-                                  "metadata).", argument=True)
+    model: str = option(REQUIRED, "An ONNX image classifier: kdexport's carry their labels, normalization and crop in "
+                                  "their metadata; another's takes them from the options below (or a package's "
+                                  "preprocess.json).", argument=True)
     images: tuple[str, ...] = option(REQUIRED, "Image files.", argument=True, cli_type=list[str], parse=tuple)
     top_k: int = option(5, "How many labels to show per image.")
     json_out: bool = option(False, "Print JSON instead of a table.", flags=("--json",))
+    preprocess: str | None = option(None, "A package's preprocess.json: the model's normalization and crop, and "
+                                          "its labels.txt beside it (the options below win over it).",
+                                    panel=FOREIGN)
+    labels: str | None = option(None, "A text file of class names, one per line, in output order.",
+                                panel=FOREIGN)
+    mean: tuple[float, ...] | None = option(None, "Per-channel mean the model expects, comma-separated, in [0, 1] "
+                                                  "pixel units.", cli_type=str,
+                                            parse=lambda v: parse_floats(v, "--mean"), panel=FOREIGN)
+    std: tuple[float, ...] | None = option(None, "Per-channel std the model expects.", cli_type=str,
+                                           parse=lambda v: parse_floats(v, "--std"), panel=FOREIGN)
+    image_size: int | None = option(None, "The square input side, for a graph whose size is dynamic (default: the "
+                                          "graph's).", panel=FOREIGN)
+    crop_ratio: float | None = option(None, "Resize the shorter side to image-size / ratio, then center-crop "
+                                            "(torchvision: 0.875; default 1, the whole image resized).",
+                                      panel=FOREIGN)
 
     def __post_init__(self) -> None:
         _check(self.top_k >= 1, f"top-k must be >= 1, got {self.top_k}")
+        _check(self.std is None or all(_finite(v) and v > 0 for v in self.std), "std must be > 0")
+        _check(self.image_size is None or 8 <= self.image_size <= MAX_IMAGE_SIZE,
+               f"image size must be in [8, {MAX_IMAGE_SIZE}], got {self.image_size}")
+        _check(self.crop_ratio is None or (_finite(self.crop_ratio) and 0.1 <= self.crop_ratio <= 1),
+               f"crop ratio must be in [0.1, 1], got {self.crop_ratio}")
+
+    def overrides(self) -> dict:
+        """What the options say of the model, for :func:`kdexport.export.predict.predict`."""
+        return {k: getattr(self, k) for k in ("preprocess", "labels", "mean", "std", "image_size", "crop_ratio")}
 
 
 @dataclass(frozen=True)
@@ -664,11 +690,16 @@ class PackageOptions:
                                             parse=lambda v: parse_floats(v, "--mean"))
     std: tuple[float, ...] | None = option(None, "Per-channel std the model expects.", cli_type=str,
                                            parse=lambda v: parse_floats(v, "--std"))
+    crop_ratio: float | None = option(None, "A model without kdexport metadata: resize the shorter side to its "
+                                            "input size / ratio, then center-crop (torchvision: 0.875); default 1, "
+                                            "the whole image resized. Recorded in preprocess.json and the card.")
     samples: int = option(8, "Real test images in test_data_set_0/.")
     overwrite: bool = option(False, "Replace an existing --out folder.")
 
     def __post_init__(self) -> None:
         check_choices(self)
+        _check(self.crop_ratio is None or (_finite(self.crop_ratio) and 0.1 <= self.crop_ratio <= 1),
+               f"crop ratio must be in [0.1, 1], got {self.crop_ratio}")
         _check(self.samples >= 1, "samples must be >= 1")
         _check(self.std is None or all(_finite(v) and v > 0 for v in self.std), "std must be > 0")
 

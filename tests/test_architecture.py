@@ -88,7 +88,9 @@ def test_other_commands_build_their_dataclass_defaults(monkeypatch, tmp_path):
 
     seen = _capture(monkeypatch, "kdexport.export.predict", "predict")
     assert runner.invoke(app, ["predict", "m.onnx", "x.png"]).exit_code == 3
-    assert seen == [(("m.onnx", ["x.png"], PredictOptions(model="m.onnx", images=("x.png",)).top_k), {})]
+    want = PredictOptions(model="m.onnx", images=("x.png",))
+    assert seen == [(("m.onnx", ["x.png"], want.top_k, want.overrides()), {})]
+    assert want.overrides() == dict.fromkeys(("preprocess", "labels", "mean", "std", "image_size", "crop_ratio"))
 
     monkeypatch.setattr("kdexport.report.check.load_report", lambda p: {"path": p})
     seen = _capture(monkeypatch, "kdexport.report.check", "check_reports")

@@ -465,7 +465,13 @@ def test_report_flags_a_collapsed_student(run, tmp_path):
     r = json.loads((run / "report.json").read_text())
     assert r["models"]["student"]["predictions"]["classes_predicted"] >= 1  # recorded for every exported model
     r["models"]["student"]["predictions"]["flag"] = "collapsed: predicts class 3 for 100% of the test images"
-    assert "**Warning: student collapsed: predicts class 3" in to_markdown(r)
+    r["models"]["baseline"]["predictions"]["flag"] = "below the majority-class rate: 9.00% <= 10.00%"
+    md = to_markdown(r)
+    headline = md.splitlines()[4]  # title, blank, "Created ...", blank, then this
+    assert headline == ("> **Not fit to ship: the distilled student is collapsed: predicts class 3 for 100% of the "
+                        "test images.**")  # the report's first words after its title, before any KD gain
+    assert "**Warning: baseline below the majority-class rate" in md  # not shipped: a warning below the table
+    assert md.index("Not fit to ship") < md.index("KD gain")
 
 
 # -- messages say what happened ------------------------------------------------------------------------------------
@@ -555,3 +561,19 @@ def test_a_class_whose_training_images_are_all_unreadable_is_refused(tmp_path):
         f.write_bytes(b"not an image")
     with pytest.raises(DataError, match="class folder.s. 'b' .* have no readable training images; e.g. "):
         load_dataset("imagefolder", tmp_path, download=False)
+
+
+def test_bench_finds_the_dataset_in_the_models_metadata(run, tmp_path):
+    from kdexport.bench.command import bench_models
+    from kdexport.config import BenchOptions
+
+    student = run / "onnx" / "student.onnx"
+    r = bench_models(BenchOptions(models=(str(student),), iters=2, warmup=0, batch_sizes=(1,)))
+    assert r["dataset"]["name"] == "digits"  # no --dataset: the metadata's, as quantize finds it
+    report = json.loads((run / "report.json").read_text())
+    assert r["models"]["student"]["accuracy_onnx"] == report["models"]["student"]["accuracy_onnx"]
+    elsewhere = _with_metadata(student, tmp_path / "m.onnx", dataset="mnist")
+    with pytest.warns(RuntimeWarning, match="accuracy not measured: m.onnx names dataset 'mnist', which cannot be"):
+        r = bench_models(BenchOptions(models=(str(elsewhere),), iters=2, warmup=0, batch_sizes=(1,),
+                                      data_dir=str(tmp_path)))
+    assert r["dataset"] is None and "accuracy_onnx" not in r["models"]["m"]

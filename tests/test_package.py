@@ -234,3 +234,102 @@ def test_package_refuses_what_predict_refuses(run, tmp_path, digits):
     labels.write_text("a\nb\n")
     res = runner.invoke(app, ["package", str(src), "--out", str(tmp_path / "p"), "--labels", str(labels)])
     assert res.exit_code == 2 and "10 outputs but 2 class names" in res.output and not (tmp_path / "p").exists()
+
+
+# -- models from elsewhere: fed right by predict, described right by package ------------------------------------------
+def _foreign(tmp_path, head: torch.nn.Module | None = None, name: str = "foreign.onnx", shape=(1, 8, 8)):
+    """A classifier exported by a plain script: no kdexport metadata, its own head."""
+    from kdexport.distill.train import fit
+
+    torch.manual_seed(0)
+    m = build_model(ModelSpec("mlp:32", 10, shape))
+    if shape == (1, 8, 8):
+        from kdexport.data.datasets import load_dataset
+
+        fit(m, load_dataset("digits"), TrainConfig(epochs=3))
+    net = torch.nn.Sequential(m, head) if head is not None else m
+    torch.onnx.export(net.eval(), (torch.zeros(2, *shape),), str(tmp_path / name), dynamo=True,
+                      dynamic_shapes=({0: torch.export.Dim("b", min=1, max=1024)},))
+    return tmp_path / name
+
+
+def test_predict_feeds_a_model_without_metadata_from_options_or_a_package(tmp_path, digits):
+    from PIL import Image
+
+    from kdexport.export.predict import predict
+
+    model = _foreign(tmp_path)
+    img = (digits.x_test[0, 0].numpy() * 255 / 16).round().astype(np.uint8)
+    Image.fromarray(img, "L").save(tmp_path / "d.png")
+    res = runner.invoke(app, ["predict", str(model), str(tmp_path / "d.png")])
+    assert res.exit_code == 2 and "has no class_names, mean, std in its metadata: pass --labels FILE, --mean, --std" \
+        in " ".join(res.output.split())
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"digit {i}\n" for i in range(10)))
+    opts = {"labels": str(labels), "mean": digits.mean, "std": digits.std}
+    top = predict(model, [tmp_path / "d.png"], 3, opts)[0]["top"]
+    assert top[0]["label"] == f"digit {int(digits.y_test[0])}"  # the first test image, read right
+    assert runner.invoke(app, ["package", str(model), "--out", str(tmp_path / "p"), "--dataset", "digits",
+                               "--labels", str(labels)]).exit_code == 0
+    via_package = predict(model, [tmp_path / "d.png"], 3, {"preprocess": str(tmp_path / "p" / "preprocess.json")})
+    assert via_package[0]["top"] == top
+    assert predict(tmp_path / "p" / "model.onnx", [tmp_path / "d.png"], 3)[0]["top"] == top  # its metadata now
+
+
+def test_a_model_whose_output_is_probabilities_is_documented_so(tmp_path):
+    model = _foreign(tmp_path, torch.nn.Softmax(dim=1))
+    res = runner.invoke(app, ["package", str(model), "--out", str(tmp_path / "p"), "--dataset", "digits"])
+    assert res.exit_code == 0, res.output
+    pre = json.loads((tmp_path / "p" / "preprocess.json").read_text())
+    assert pre["output"]["kind"] == "probabilities" and pre["output"]["apply_softmax"] is False
+    card = (tmp_path / "p" / "README.md").read_text()
+    assert "holds probabilities already" in card and "do not apply softmax" in card and "apply softmax for" not in card
+    assert verify(tmp_path / "p") == []
+    logits = _foreign(tmp_path, name="logits.onnx")
+    res = runner.invoke(app, ["package", str(logits), "--out", str(tmp_path / "q"), "--dataset", "digits"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "q" / "preprocess.json").read_text())["output"]["kind"] == "logits"
+
+
+def test_package_records_the_crop_a_foreign_model_was_measured_with(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (tmp_path / "photos" / split / c).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(
+                    tmp_path / "photos" / split / c / f"{i}.png")
+    model = _foreign(tmp_path, shape=(3, 32, 32))
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"c{i}\n" for i in range(10)))
+    args = ["package", str(model), "--dataset", "imagefolder", "--data-dir", str(tmp_path / "photos"), "--labels",
+            str(labels), "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25"]
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "whole")])
+    assert res.exit_code == 0, res.output
+    whole = json.loads((tmp_path / "whole" / "preprocess.json").read_text())
+    assert (whole["resize_shorter_side"], whole["center_crop"]) == (32, 32)  # no crop stated: the whole image
+    res = runner.invoke(app, [*args, "--crop-ratio", "0.875", "--out", str(tmp_path / "crop")])
+    assert res.exit_code == 0, res.output
+    crop = json.loads((tmp_path / "crop" / "preprocess.json").read_text())
+    assert (crop["resize_shorter_side"], crop["center_crop"]) == (37, 32)  # round(32 / 0.875)
+    assert "center-crop 32x32" in (tmp_path / "crop" / "README.md").read_text()
+    from kdexport.runtimes.ort import read_metadata
+
+    assert read_metadata(tmp_path / "crop" / "model.onnx")["preprocess"]["resize_shorter_side"] == 37
+
+
+def test_a_model_that_answers_one_class_is_headlined_unfit(tmp_path):
+    class One(torch.nn.Module):
+        def forward(self, x):
+            return torch.zeros(x.shape[0], 10) + torch.arange(10.0) * (x.mean() * 0 + 1)  # always class 9
+
+    torch.onnx.export(One().eval(), (torch.zeros(2, 1, 8, 8),), str(tmp_path / "one.onnx"), dynamo=True,
+                      dynamic_shapes=({0: torch.export.Dim("b", min=1, max=1024)},))
+    res = runner.invoke(app, ["package", str(tmp_path / "one.onnx"), "--out", str(tmp_path / "p"), "--dataset",
+                              "digits"])
+    assert res.exit_code == 0, res.output
+    card = (tmp_path / "p" / "README.md").read_text()
+    head = card.split("---", 2)[2].strip().splitlines()
+    assert head[2].startswith("> **Not fit to ship:** on the test split this model is collapsed: predicts class 9")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -10,7 +11,7 @@ import torch
 from ..config import BenchOptions
 from ..data.datasets import Dataset, real_inputs
 from ..envinfo import check_fits_memory, environment, now_iso, usable_cores
-from ..errors import DataError, ModelFileError
+from ..errors import ConfigError, DataError, ModelFileError
 from ..files import atomic_write, atomic_write_json, atomic_write_text
 from ..models.checkpoint import load_model
 from ..runtimes.base import file_accuracy
@@ -18,9 +19,29 @@ from ..runtimes.ort import data_for_model, inspect_classifier, ort_logits, ort_s
 from .timing import InputsFor, bench_onnx, bench_torch, p50
 
 
+def bench_data(o: BenchOptions) -> Dataset | None:
+    """The data to measure accuracy on: ``--dataset``, else the dataset the first model's metadata names (as
+    ``quantize`` finds it); one that cannot be loaded then is a warning, not a failure: accuracy is optional here."""
+    if o.dataset:
+        return data_for_model(o.models[0], o.dataset, o.data_dir)
+    try:
+        named = inspect_classifier(o.models[0])["metadata"].get("dataset")
+    except ModelFileError:
+        return None  # the model's own error comes with its row
+    if not isinstance(named, str):
+        return None
+    try:
+        return data_for_model(o.models[0], named, o.data_dir)
+    except (DataError, ConfigError) as e:
+        warnings.warn(f"accuracy not measured: {Path(o.models[0]).name} names dataset {named!r}, which cannot be "
+                      f"loaded here ({e}); pass --dataset and --data-dir", RuntimeWarning, stacklevel=2)
+        return None
+
+
 def bench_models(o: BenchOptions) -> dict:
-    """Time every model of ``o`` (and its accuracy, given a dataset); return bench.json's content."""
-    data = data_for_model(o.models[0], o.dataset, o.data_dir) if o.dataset else None
+    """Time every model of ``o`` (and its accuracy, given a dataset or one named in the first model's metadata);
+    return bench.json's content."""
+    data = bench_data(o)
     threads = list(o.threads) or [usable_cores()]
     batches = list(o.batch_sizes)
     timing = {"warmup": o.warmup, "iters": o.iters, "max_seconds": o.max_seconds}

@@ -7,17 +7,70 @@ predict"); tests/test_deploy.py runs them and checks they agree with :func:`pred
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError, first_line
+from ..errors import DataError, ModelFileError, first_line
 from ..runtimes.metadata import check_metadata
 from ..runtimes.ort import inspect_classifier, ort_logits, ort_session
 
 
-def load_classifier(path: str | os.PathLike):
+def _read_labels(path: str | os.PathLike) -> list[str]:
+    try:
+        return [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        why = getattr(e, "strerror", None) or e
+        raise ModelFileError(f"labels file {os.fspath(path)!r} cannot be read: {why}") from None
+
+
+def model_metadata(info: dict, overrides: dict | None, where: str) -> dict:
+    """What predict feeds the model and names its answers with: the file's metadata, completed or overridden by a
+    package's preprocess.json (``overrides["preprocess"]``, its labels.txt beside it) and then by the options
+    (labels, mean, std, image_size, crop_ratio); checked by the one metadata check (``check_metadata``)."""
+    from ..data.images import Geometry
+    from ..files import read_json
+
+    meta = dict(info["metadata"])
+    o = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if "preprocess" in o:
+        pre = read_json(o["preprocess"], "preprocess file", error=ModelFileError)
+        meta.update({k: pre[k] for k in ("mean", "std") if k in pre})
+        if isinstance(pre.get("resize_shorter_side"), int) and isinstance(pre.get("center_crop"), int):
+            meta["preprocess"] = {"resize_shorter_side": pre["resize_shorter_side"],
+                                  "center_crop": pre["center_crop"]}
+        shape = pre.get("shape")
+        if isinstance(shape, list) and len(shape) == 4:
+            meta["input_shape"] = shape[1:]
+        labels = Path(o["preprocess"]).parent / str(pre.get("labels", "labels.txt"))
+        if labels.is_file() and "labels" not in o:
+            meta["class_names"] = _read_labels(labels)
+    if "labels" in o:
+        meta["class_names"] = _read_labels(o["labels"])
+    for key in ("mean", "std"):
+        if key in o:
+            meta[key] = list(o[key])
+    if "image_size" in o or "input_shape" not in meta:
+        c, h, w = info["input_shape"]
+        side = o.get("image_size")
+        meta["input_shape"] = [c, side or h, side or w]
+    if "image_size" in o or "crop_ratio" in o:
+        meta["preprocess"] = Geometry.for_size(meta["input_shape"][-1], o.get("crop_ratio", 1.0)).to_dict()
+    hints = {"class_names": "--labels FILE", "mean": "--mean", "std": "--std"}
+    missing = [k for k in hints if k not in meta]
+    if any(d is None for d in meta["input_shape"]):
+        missing.append("input size")
+        hints["input size"] = "--image-size (the graph's size is dynamic)"
+    if missing:
+        raise ModelFileError(f"{where} has no {', '.join(missing)} in its metadata: pass "
+                             f"{', '.join(hints[k] for k in missing)}, or --preprocess with a package's "
+                             "preprocess.json")
+    return check_metadata(meta, info, where)
+
+
+def load_classifier(path: str | os.PathLike, overrides: dict | None = None):
     info = inspect_classifier(path)
-    meta = check_metadata(info["metadata"], info, repr(os.fspath(path)))
+    meta = model_metadata(info, overrides, repr(os.fspath(path)))
     sess = ort_session(path)
     return sess, meta
 
@@ -53,8 +106,11 @@ def preprocess(image_path: str | os.PathLike, meta: dict) -> np.ndarray:
     return (x - mean) / std
 
 
-def predict(model: str | os.PathLike, images: list[str | os.PathLike], top_k: int = 5) -> list[dict]:
-    sess, meta = load_classifier(model)
+def predict(model: str | os.PathLike, images: list[str | os.PathLike], top_k: int = 5,
+            overrides: dict | None = None) -> list[dict]:
+    """Top-k labels per image; ``overrides`` (``PredictOptions.overrides()``) say how to feed a model without
+    kdexport metadata."""
+    sess, meta = load_classifier(model, overrides)
     names = meta["class_names"]
     x = np.stack([preprocess(p, meta) for p in images])
     p, _ = probabilities(ort_logits(sess, x))  # a graph with a fixed batch gets the images one batch at a time

@@ -54,13 +54,15 @@ class PackageSource:
     dataset: str | None
     report: dict | None = None  # the run's report.json, when packaging a run folder
     meta: dict = field(default_factory=dict)
+    preprocess: dict | None = None  # resize_shorter_side + center_crop: how a photo becomes the input
 
     def normalize(self, scale: float) -> Normalization:
         return Normalization(scale, tuple(self.mean), tuple(self.std))
 
 
 def _source(src: Path, *, dataset: str | None, data_dir: str | None, labels: str | None,
-            mean: tuple[float, ...] | None, std: tuple[float, ...] | None) -> tuple[PackageSource, Dataset | None]:
+            mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
+            crop_ratio: float | None = None) -> tuple[PackageSource, Dataset | None]:
     report = None
     if src.is_dir():
         if not (src / "report.json").is_file():
@@ -76,8 +78,12 @@ def _source(src: Path, *, dataset: str | None, data_dir: str | None, labels: str
     meta = info["metadata"]
     dataset = dataset or meta.get("dataset")
     data = None
+    if crop_ratio is not None and "preprocess" in meta:
+        raise DataError(f"{fp32.name} states its crop in its metadata ({meta['preprocess']}); --crop-ratio is for a "
+                        "model without it")
     if dataset:
-        data = data_for_model(fp32, dataset, data_dir or (report or {}).get("config", {}).get("data_dir"))
+        data = data_for_model(fp32, dataset, data_dir or (report or {}).get("config", {}).get("data_dir"),
+                              crop_ratio=crop_ratio)
     names = (Path(labels).read_text().splitlines() if labels else meta.get("class_names")
              or (data.class_names if data else None))
     chw = [d if d is not None else w for d, w in zip(info["input_shape"], meta.get("input_shape") or
@@ -97,8 +103,10 @@ def _source(src: Path, *, dataset: str | None, data_dir: str | None, labels: str
     # what the package will state, checked as `kdexport predict` checks a file's metadata: one rule for both
     check_metadata({"class_names": [str(n) for n in names], "input_shape": list(chw), "mean": mean, "std": std,
                     **({"preprocess": meta["preprocess"]} if "preprocess" in meta else {})}, info, repr(str(fp32)))
+    # the crop the test images went through (the model's own, or --crop-ratio's): what the package states
+    pre = meta.get("preprocess") or (data.geometry.to_dict() if data is not None else None)
     return PackageSource(fp32, int8, [str(n) for n in names], list(chw), [float(v) for v in mean],
-                         [float(v) for v in std], data.name if data else None, report, meta), data
+                         [float(v) for v in std], data.name if data else None, report, meta, pre), data
 
 
 def sha256(path: Path) -> str:
@@ -114,6 +122,36 @@ def _test_inputs(src: PackageSource, data: Dataset, n: int, batch: int | None) -
 
 def _run(path: Path, x: np.ndarray) -> np.ndarray:
     return ort_logits(ort_session(path), x)
+
+
+def output_kinds(path: Path, x: np.ndarray) -> list[dict]:
+    """Each output of the model at ``path``, run on the test inputs ``x``: its name, shape and kind,
+    ``probabilities`` (every value in [0, 1], each row summing to 1) or ``logits`` (any other N x classes output),
+    else ``other``."""
+    sess = ort_session(path)
+    inp = sess.get_inputs()[0]
+    fixed = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
+    outs = sess.run(None, {inp.name: np.ascontiguousarray(x[:fixed or len(x)], dtype=np.float32)})
+    kinds = []
+    for meta, y in zip(sess.get_outputs(), outs):
+        y = np.asarray(y)
+        if y.ndim != 2:
+            kind = "other"
+        elif y.size and y.min() >= 0 and y.max() <= 1 and np.allclose(y.sum(1), 1, atol=1e-3):
+            kind = "probabilities"
+        else:
+            kind = "logits"
+        kinds.append({"name": meta.name, "shape": ["N" if not isinstance(d, int) else d for d in meta.shape],
+                      "kind": kind})
+    return kinds
+
+
+def output_text(kind: dict) -> str:
+    """How an app reads the classifier's output (the first)."""
+    if kind["kind"] == "probabilities":
+        return (f"The output `{kind['name']}` holds probabilities already (non-negative, each row sums to 1 on "
+                "the test images): do not apply softmax.")
+    return f"The output `{kind['name']}` holds logits: apply softmax for probabilities."
 
 
 def outputs_match(got: np.ndarray, want: np.ndarray, int8: bool = False) -> str | None:
@@ -149,7 +187,8 @@ def _convert_to_ort(model: Path, dest_dir: Path) -> list[Path]:
         return [dest_dir / f.name for f in made]
 
 
-def _card(src: PackageSource, name: str, accuracy: float | None, latency: dict, files: list[str]) -> str:
+def _card(src: PackageSource, name: str, accuracy: float | None, latency: dict, files: list[str], output: dict,
+          unfit: str | None = None) -> str:
     """A model card: Hugging Face YAML front matter (JSON values, which YAML reads) and sections."""
     report = src.report or {}
     cfg = report.get("config", {})
@@ -163,6 +202,9 @@ def _card(src: PackageSource, name: str, accuracy: float | None, latency: dict, 
              "tags": ["onnx", "image-classification", "knowledge-distillation", "kdexport"],
              "datasets": [ds], "metrics": ["accuracy"], "model-index": [{"name": name, "results": results}]}
     lines = ["---"] + [f"{k}: {json.dumps(v)}" for k, v in front.items()] + ["---", "", f"# {name}", ""]
+    if unfit:
+        lines += [f"> **Not fit to ship:** on the test split this model is {unfit}. Its accuracy below is no use to "
+                  "an app; retrain it, or check its labels and preprocessing.", ""]
     arch = src.meta.get("arch") or (report.get("models", {}).get("student", {}).get("arch")) or "unknown"
     lines += ["## Intended use", "",
               f"Image classification into {len(src.class_names)} classes ({', '.join(src.class_names[:10])}"
@@ -170,10 +212,10 @@ def _card(src: PackageSource, name: str, accuracy: float | None, latency: dict, 
               f"`{arch}`. Not evaluated outside that data.", "",
               "## Preprocessing", "",
               f"Input `{src.meta.get('input_name', 'input')}`, NCHW float32 of shape "
-              f"[N, {', '.join(map(str, src.input_shape))}]: {_geometry_text(src.meta.get('preprocess'))['resize']}"
+              f"[N, {', '.join(map(str, src.input_shape))}]: {_geometry_text(src.preprocess)['resize']}"
               f" (for {src.input_shape[2]}x{src.input_shape[1]}), "
               f"{'grayscale' if src.input_shape[0] == 1 else 'RGB'}, x = (pixel / 255 - mean) / std with mean "
-              f"{src.mean} and std {src.std}. The output is logits; apply softmax for probabilities. All of it is "
+              f"{src.mean} and std {src.std}. {output_text(output)} All of it is "
               "in `preprocess.json`; class names, one per line in index order, in `labels.txt`.", ""]
     kd = (src.meta.get("distillation") or {})
     if kd or cfg:
@@ -203,11 +245,13 @@ def _card(src: PackageSource, name: str, accuracy: float | None, latency: dict, 
 def package(source: str | os.PathLike, out: str | os.PathLike, *, dataset: str | None = None,
             data_dir: str | None = None, labels: str | None = None, mean: tuple[float, ...] | None = None,
             std: tuple[float, ...] | None = None, samples: int = PackageOptions.samples,
-            overwrite: bool = False) -> Path:
+            overwrite: bool = False, crop_ratio: float | None = None) -> Path:
     """Write the package for a run folder or an ONNX classifier to ``out``; return its path."""
     from ..envinfo import environment
+    from ..runtimes.base import load, prediction_health, predictions
 
-    src, data = _source(Path(source), dataset=dataset, data_dir=data_dir, labels=labels, mean=mean, std=std)
+    src, data = _source(Path(source), dataset=dataset, data_dir=data_dir, labels=labels, mean=mean, std=std,
+                        crop_ratio=crop_ratio)
     final, staging = prepare_out_dir(out, overwrite)
     try:
         save_self_contained(src.fp32, staging / MODEL)
@@ -231,16 +275,23 @@ def package(source: str | os.PathLike, out: str | os.PathLike, *, dataset: str |
         if src.int8 is not None:
             _write_tensor(staging / TEST_DIR / "output_0.int8.pb", _run(staging / MODEL_INT8, x), "logits")
         atomic_write_text(staging / "labels.txt", "\n".join(src.class_names) + "\n")
+        kinds = output_kinds(staging / MODEL, x)
         pre = {"input_name": info["input_name"], "layout": "NCHW", "dtype": "float32",
                "shape": [info["batch"] or "N", *src.input_shape], "size": src.input_shape[1:],
-               **_geometry_text(src.meta.get("preprocess")),
+               **_geometry_text(src.preprocess),
                "channel_order": "gray" if src.input_shape[0] == 1 else "RGB", "scale": 1 / 255,
                "mean": src.mean, "std": src.std, "formula": "x = (pixel * scale - mean) / std, per channel",
-               "output": "logits (apply softmax for probabilities)", "labels": "labels.txt"}
+               "output": {"name": kinds[0]["name"], "index": 0, "kind": kinds[0]["kind"],
+                          "apply_softmax": kinds[0]["kind"] != "probabilities"},
+               "outputs": kinds, "labels": "labels.txt"}
         atomic_write_text(staging / "preprocess.json", json.dumps(pre, indent=2) + "\n")
         measured = {"environment": environment(), "files": {}}
         models = (src.report or {}).get("models", {})
         norm = src.normalize(data.scale)
+        health = (models.get("student") or {}).get("predictions")
+        if health is None and data is not None:  # a model from elsewhere: its predictions on the test split
+            pred = predictions(load(staging / MODEL), data, normalize=norm)
+            health = prediction_health(pred, data.y_test.numpy(), data.num_classes)
         for f, role in ((MODEL, "student"), (MODEL_INT8, "student_int8"), (MODEL_ORT, None)):
             if f not in files:
                 continue
@@ -257,7 +308,8 @@ def package(source: str | os.PathLike, out: str | os.PathLike, *, dataset: str |
         name = f"{arch}-{src.dataset}".replace(":", "-").replace(",", "-")
         src.meta["input_name"] = info["input_name"]
         accuracy = measured["files"][MODEL]["accuracy"]
-        atomic_write_text(staging / "README.md", _card(src, name, accuracy, measured, files))
+        atomic_write_text(staging / "README.md", _card(src, name, accuracy, measured, files, kinds[0],
+                                                       (health or {}).get("flag")))
         write_sums(staging)
         commit_out_dir(staging, final)
     except BaseException:
@@ -281,6 +333,7 @@ def _set_image_metadata(path: Path, src: PackageSource, input_name: str) -> None
 
     meta = {**read_metadata(path), "class_names": src.class_names, "input_shape": src.input_shape,
             "mean": src.mean, "std": src.std, "dataset": src.dataset,
+            **({"preprocess": src.preprocess} if src.preprocess else {}),
             "Image.BitmapPixelFormat": PIXEL_FORMATS.get(src.input_shape[0], "Rgb8"),
             "Image.ColorSpaceGamma": "SRGB", "Image.NominalPixelRange": "Normalized_0_1"}
     set_metadata(path, meta)

@@ -12,6 +12,17 @@ ROLE_TITLES = {"teacher": "teacher", "baseline": "baseline (no KD)", "student": 
                "student_int8": "distilled student INT8"}
 
 
+SHIPPED = ("student", "student_int8")  # the entries a run ships; a degenerate one heads the report
+
+
+def unfit(report: dict) -> list[str]:
+    """One line per shipped model that is no classifier on the test split (collapsed onto one class, or no better
+    than always answering the most common one): what report.md and the CLI put first, not under a KD gain."""
+    entries = model_entries(report)
+    return [f"the {ROLE_TITLES.get(role, role)} is {e.predictions['flag']}" for role, e in entries.items()
+            if role in SHIPPED and e.predictions and e.predictions.get("flag")]
+
+
 def drop_text(points: float) -> str:
     """An INT8 file's accuracy change against FP32 as a reader takes it: "drop 0.28 points", "gain 0.28 points"."""
     return f"gain {-points:.2f} points" if points < 0 else f"drop {points:.2f} points"
@@ -75,12 +86,14 @@ def to_markdown(report: dict) -> str:
              f"Created {report['created']} by kdexport {report['kdexport_version']}"
              + (f" in {report['wall_seconds']:.0f} s" if report.get("wall_seconds") is not None else "")
              + f". Dataset: {ds['train_size']} train / "
-             f"{ds['test_size']} test images, input {ds['input_shape']}, {ds['num_classes']} classes.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+             f"{ds['test_size']} test images, input {ds['input_shape']}, {ds['num_classes']} classes.", ""]
+    lines += [f"> **Not fit to ship: {line}.**" for line in unfit(report)]
+    lines += [""] if unfit(report) else []
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r.values()) + " |" for r in summary_table(report)]
     entries = model_entries(report)
     flags = [f"- **Warning: {role} {e.predictions['flag']}.**" for role, e in entries.items()
-             if e.predictions and e.predictions.get("flag")]
+             if e.predictions and e.predictions.get("flag") and role not in SHIPPED]
     if flags:
         lines += ["", *flags]
     kd = cfg["kd"]

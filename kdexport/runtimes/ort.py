@@ -114,14 +114,15 @@ def onnx_files(path: str | os.PathLike) -> list[Path]:
     return [path, *(path.parent / loc for loc in sorted(extra))]
 
 
-def data_for_model(path: str | os.PathLike, dataset: str, data_dir: str | os.PathLike | None):
+def data_for_model(path: str | os.PathLike, dataset: str, data_dir: str | os.PathLike | None,
+                   crop_ratio: float | None = None):
     """The dataset a model is evaluated (calibrated, timed) on, decoded as the model takes it: for image files
-    the size comes from the graph (or its metadata) and the crop from the metadata's ``preprocess``, never
-    from the photos' defaults."""
+    the size comes from the graph (or its metadata) and the crop from the metadata's ``preprocess`` (or
+    ``crop_ratio`` for a model without it, else the whole image), never from the photos' defaults."""
     from ..data.datasets import load_dataset
     from ..data.images import Geometry
 
-    size = crop_ratio = None
+    size = None
     if dataset in ("imagefolder", "cifar10"):
         info = inspect_classifier(path)
         chw = info["input_shape"]
@@ -135,6 +136,8 @@ def data_for_model(path: str | os.PathLike, dataset: str, data_dir: str | os.Pat
             geometry = None
         if geometry is not None and geometry.resize > geometry.size and geometry.size == (size or chw[-1]):
             crop_ratio = geometry.crop_ratio
+        elif geometry is None and crop_ratio is None and dataset == "imagefolder":
+            crop_ratio = 1.0  # a model that states no crop: the whole image resized, not the photos' default crop
     return load_dataset(dataset, data_dir, download=False, image_size=size, crop_ratio=crop_ratio)
 
 
