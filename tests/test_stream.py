@@ -266,3 +266,64 @@ def test_after_the_cli_asks_memory_mode_keeps_freed_memory_and_stream_mode_leave
     assert allocator.state() == "kept for data in memory" and calls == []  # the policy; malloc untouched
     _load(photos, "memory")
     assert allocator.state() == "kept" and calls == [(-4, 0), (-1, 2**31 - 1)]
+
+
+# -- stream mode tells the truth ------------------------------------------------------------------------------------
+def test_a_whole_run_trains_the_same_models_in_memory_and_stream_mode(photos, cache, tmp_path):
+    """--augment none, one seed: the teacher (with dropout), the baseline and the distilled student come out the
+    same in both modes (a DataLoader used to draw its workers' seed from the global generator, shifting every
+    dropout mask after it)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from kdexport.cli import app
+
+    runs = {}
+    for mode in ("memory", "stream"):
+        res = CliRunner().invoke(app, ["distill-export", "--dataset", "imagefolder", "--data-dir", str(photos),
+                                       "--image-size", "16", "--data-mode", mode, "--workers", "2", "--augment",
+                                       "none", "--teacher", "mlp:32", "--student", "mlp:8", "--epochs", "2",
+                                       "--batch-size", "4", "--bench-iters", "2", "--bench-batch", "2",
+                                       "--no-baseline-cache", "--no-teacher-cache", "--force",
+                                       "--out", str(tmp_path / mode)])
+        assert res.exit_code == 0, res.output
+        runs[mode] = tmp_path / mode
+    for role in ("teacher", "baseline", "student"):
+        a, b = (torch.load(runs[m] / "checkpoints" / f"{role}.pt", weights_only=True)["state_dict"] for m in runs)
+        assert all(torch.equal(a[k], b[k]) for k in a), role
+    ra, rb = (json.loads((runs[m] / "report.json").read_text()) for m in runs)
+    for role in ("teacher", "baseline", "student"):
+        assert ra["models"][role]["history"][-1]["train_loss"] == rb["models"][role]["history"][-1]["train_loss"]
+
+
+def test_a_file_removed_while_streaming_is_one_line_naming_it(photos, cache, tmp_path, monkeypatch):
+    """Deleted between epochs, read by a decoding worker: the run stops with one line naming the file (not the
+    worker's traceback) and keeps its staging folder for --resume."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    import kdexport.distill.train as train_mod
+    from kdexport.cli import app
+
+    data = tmp_path / "photos"
+    shutil.copytree(photos, data)
+    victim = sorted((data / "train" / "cat").iterdir())[0]
+    real = train_mod.train_epoch
+
+    def deleting(loop, state, epoch):
+        if epoch == 2 and victim.exists():
+            victim.unlink()
+        return real(loop, state, epoch)
+
+    monkeypatch.setattr(train_mod, "train_epoch", deleting)
+    res = CliRunner().invoke(app, ["distill-export", "--dataset", "imagefolder", "--data-dir", str(data),
+                                   "--image-size", "16", "--data-mode", "stream", "--workers", "2",
+                                   "--augment", "none", "--teacher", "mlp:32", "--epochs", "2", "--batch-size", "4",
+                                   "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2, res.output
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and str(victim) in errors[0] and "unreadable while streaming" in errors[0]
+    assert "Traceback" not in res.output and "DataLoader worker" not in res.output
+    assert "run stopped; its partial state is kept" in res.output and (tmp_path / ".o.partial").is_dir()

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import torch
 
+from ..errors import DataError
 from .augment import AUGMENTATIONS, Augmentation, Shifts
 from .datasets import Dataset
 from .images import ImageFiles
@@ -47,14 +48,22 @@ class _Samples(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
-        if self.augment is not None and self.augment.sample is not None:
-            g = torch.Generator().manual_seed((self.seed * 1_000_003 + i) % (2**63 - 1))
-            return i, self.augment.sample(self.files.load_source(i), g, self.files.geometry.size)
-        return i, self.files.load(i)
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | str]:
+        """(index, image), or (index, the one-line error) when the file broke since the listing: a worker's
+        exception would reach the trainer wrapped in the worker's traceback, not as the line naming the file."""
+        try:
+            if self.augment is not None and self.augment.sample is not None:
+                g = torch.Generator().manual_seed((self.seed * 1_000_003 + i) % (2**63 - 1))
+                return i, self.augment.sample(self.files.load_source(i), g, self.files.geometry.size)
+            return i, self.files.load(i)
+        except DataError as e:
+            return i, str(e)
 
 
-def _collate(items: list[tuple[int, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+def _collate(items: list[tuple[int, torch.Tensor | str]]) -> tuple[torch.Tensor, torch.Tensor | str]:
+    broken = [x for _, x in items if isinstance(x, str)]
+    if broken:
+        return torch.tensor([i for i, _ in items]), broken[0]
     return torch.tensor([i for i, _ in items]), torch.stack([x for _, x in items])
 
 
@@ -64,12 +73,16 @@ def _worker_init(_: int) -> None:
 
 def stream_loader(files: ImageFiles, plan: list[torch.Tensor], augment: Augmentation | None = None, seed: int = 0,
                   pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    """A DataLoader over ``plan``'s batches of ``files`` (``files.workers`` processes; 0 decodes in this one)."""
+    """A DataLoader over ``plan``'s batches of ``files`` (``files.workers`` processes; 0 decodes in this one).
+
+    It gets a generator of its own: a DataLoader without one draws its workers' base seed from torch's global
+    generator on every iteration, which shifts every dropout mask drawn after it, so a streamed run would train
+    another model than the same run in memory."""
     workers = files.workers
     return torch.utils.data.DataLoader(
         _Samples(files, augment, seed), batch_sampler=[idx.tolist() for idx in plan], num_workers=workers,
         collate_fn=_collate, pin_memory=pin_memory, worker_init_fn=_worker_init if workers else None,
-        prefetch_factor=PREFETCH_BATCHES if workers else None)
+        prefetch_factor=PREFETCH_BATCHES if workers else None, generator=torch.Generator().manual_seed(seed))
 
 
 Batch = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]  # sample indices, raw pixels, view numbers
@@ -98,6 +111,8 @@ def train_batches(data: Dataset, augment: str, plan: list[torch.Tensor], aug_gen
         per_sample = aug is not None and aug.sample is not None
         sample_seed = int(torch.randint(0, 2**62, (1,), generator=aug_gen)) if per_sample else 0
         for idx, raw in stream_loader(x, plan, aug if per_sample else None, sample_seed, pin_memory):
+            if isinstance(raw, str):  # a file broke since the listing: its line, not a worker's traceback
+                raise DataError(raw)
             yield (idx, raw, None) if per_sample else (idx, *augmented(idx, raw))
         return
     for idx in plan:
