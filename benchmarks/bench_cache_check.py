@@ -55,7 +55,11 @@ def main() -> None:
         for name, shape in TABLES.items():
             path = Path(tmp) / "table.npy"
             table = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-            write_cache_entry(path, lambda t, table=table: np.save(t, table), "bench")
+            def save(tmp: str, table: np.ndarray = table) -> None:
+                with open(tmp, "wb") as f:  # a file object: np.save would add .npy to a bare name
+                    np.save(f, table)
+
+            write_cache_entry(path, save, "bench")
             del table
             times: dict[str, list[float]] = {"digest_warm": [], "finite_warm": [], "digest_cold": []}
             for _ in range(args.rounds):
@@ -78,7 +82,8 @@ def main() -> None:
     md = ["# What checking a cache entry costs", "", stamp_markdown(stamp), "",
           f"SHA-256 of the whole file against the digest written with it, and the finite-values check; medians of "
           f"{args.rounds} rounds, seconds. Cold: the page cache dropped first.", "",
-          "| table | MB | digest, warm | digest, cold | finite check | rebuilding it instead |", "|---|---|---|---|---|---|"]
+          "| table | MB | digest, warm | digest, cold | finite check | rebuilding it instead |",
+          "|---|---|---|---|---|---|"]
     for name, r in rows.items():
         cold = f"{r['digest_cold_s']:.3f}" if "digest_cold_s" in r else "-"
         rebuild = f"{r['rebuild_s']:.0f} s" if r["rebuild_s"] else "-"
