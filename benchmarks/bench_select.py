@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from kdexport.allocator import prefer_kept
-from kdexport.bench.select import Candidate, choose, default_candidates, measure
+from kdexport.bench.select import Candidate, choose, default_candidates, prepare_candidate, time_candidates
 from kdexport.config import LatencyBudget, config_diff, parse_latency_budget
 from kdexport.data.datasets import load_dataset
 from kdexport.envinfo import result_stamp, stamp_markdown
@@ -123,8 +123,10 @@ def main() -> None:
         measured_stamp = stamp
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:  # what kdexport select does, once for every budget
-            cands = [measure(a, data, cifar_stem=args.cifar_stem, threads=1, batch=1, int8=None, tmp=Path(tmp))
+            built = [prepare_candidate(a, data, cifar_stem=args.cifar_stem, int8=None, tmp=Path(tmp))
                      for a in default_candidates(data.input_shape)]
+            time_candidates(built, data, threads=1, batch=1)
+            cands = [c for c, _ in built]
         select_seconds = time.perf_counter() - t0
         if args.distill_epochs:
             atomic_write_json(saved, {"stamp": stamp, "select_seconds": select_seconds,

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from kdexport.allocator import prefer_kept
 from kdexport.bench.command import pareto_front, plot_pareto
-from kdexport.bench.timing import bench_onnx, p50
+from kdexport.bench.timing import interleaved, onnx_runner, torch_threads
 from kdexport.config import QuantConfig
 from kdexport.envinfo import result_stamp, stamp_markdown, usable_cores
 from kdexport.export.quantize import quantize_onnx
@@ -100,15 +100,17 @@ def main() -> None:
                                "seed_stats": r["seed_stats"] if precision == "fp32" else None,
                                "kd_gain_points": r.get("kd_gain_points") if precision == "fp32" else None})
                 print(f"{models[-1]['name']}: {acc * 100:.2f}%, {models[-1]['onnx_bytes'] / 1024:.0f} KB", flush=True)
-        # Latency in rounds over all models, so that a slow spell of the machine hits every model alike: each
-        # model's number is the median over rounds of its p50 (files of one architecture should then agree).
-        per_round: dict[str, dict[int, list[float]]] = {m["name"]: {t: [] for t in sorted({1, cores})} for m in models}
-        for k in range(args.rounds):
+        # Latency through kdexport's one harness: every model in the same interleaved rounds, per thread count, so
+        # that a slow spell of the machine hits every model alike; each model's number is the median over rounds of
+        # its p50 (files of one architecture should then agree).
+        per_round: dict[str, dict[int, list[float]]] = {m["name"]: {} for m in models}
+        for t in sorted({1, cores}):
+            with torch_threads(t):
+                res = interleaved({m["name"]: (onnx_runner(m["path"], t), data) for m in models}, [1], warmup=30,
+                                  iters=args.iters * args.rounds, rounds=args.rounds)
             for m in models:
-                for t in per_round[m["name"]]:
-                    per_round[m["name"]][t].append(p50(bench_onnx(m["path"], data, [1], threads=t, warmup=30,
-                                                                  iters=args.iters), 1))
-            print(f"latency round {k + 1}/{args.rounds} done", flush=True)
+                per_round[m["name"]][t] = res[m["name"]]["latency_ms"]["batch_1"]["round_p50"]
+            print(f"latency at {t} thread(s) done", flush=True)
     for m in models:
         del m["path"]
         m["p50_ms_batch1"] = {str(t): statistics.median(v) for t, v in per_round[m["name"]].items()}

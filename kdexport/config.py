@@ -447,7 +447,12 @@ class RunConfig:
                                    "CNNs) or dynamic (MLPs).", panel=COMMON, choices=QUANTIZE_MODES)
     quant: QuantConfig = nested(QuantConfig)
     bench_batch: int = option(32, "The larger batch size to benchmark, beside batch 1.", panel=BENCHMARK)
-    bench_iters: int = option(100, "Timed runs per latency measurement.", panel=BENCHMARK)
+    bench_iters: int = option(100, "Timed runs per model and batch size, over all rounds.", panel=BENCHMARK)
+    bench_rounds: int = option(5, "Rounds that go round-robin over every model timed together (teacher, baseline, "
+                                  "student, INT8, eager): a model's p50 is the median of its rounds' p50s, reported "
+                                  "with their [min, max] as its spread, and ratios come from the same rounds (at "
+                                  "most --bench-iters rounds).",
+                               panel=BENCHMARK)
     bench_warmup: int = option(10, "Untimed warm-up runs before each latency measurement.", panel=BENCHMARK)
     bench_max_seconds: float = option(20.0, "Time budget per latency measurement; stops early once spent "
                                             "(after at least 5 runs).", panel=BENCHMARK)
@@ -508,6 +513,7 @@ class RunConfig:
         _check(_finite(self.parity_rtol) and self.parity_rtol > 0, "relative parity tolerance must be > 0")
         _check(self.bench_batch >= 1, "benchmark batch must be >= 1")
         _check(self.bench_iters >= 1, "benchmark iterations must be >= 1")
+        _check(self.bench_rounds >= 1, f"benchmark rounds must be >= 1, got {self.bench_rounds}")
         _check(self.bench_warmup >= 0, "benchmark warm-up must be >= 0")
         _check(_finite(self.bench_max_seconds) and self.bench_max_seconds > 0, "benchmark time budget must be > 0")
         _check(self.threads is None or self.threads >= 1, "threads must be >= 1")
@@ -611,7 +617,10 @@ class BenchOptions:
                                           parse=lambda v: tuple(sorted(set(parse_ints(v, "--batch-sizes")))))
     threads: tuple[int, ...] = option((), "Comma-separated intra-op thread counts (default: usable cores).",
                                       cli_type=str, parse=lambda v: parse_ints(v, "--threads"))
-    iters: int = option(RunConfig.bench_iters, "Timed runs per measurement (after warm-up).")
+    iters: int = option(RunConfig.bench_iters, "Timed runs per model, batch size and thread count, over all rounds "
+                                                "(after warm-up).")
+    rounds: int = option(RunConfig.bench_rounds, "Rounds that go round-robin over the models: each one's p50 is the "
+                                                  "median of its rounds' p50s, with their [min, max] as its spread.")
     warmup: int = option(RunConfig.bench_warmup, "Untimed warm-up runs.")
     max_seconds: float | None = option(None, "Time budget per measurement; stops early once spent.")
     graph_opt: str = option("all", "onnxruntime graph optimization: none, basic, extended, all.", choices=GRAPH_OPTS)
@@ -628,6 +637,7 @@ class BenchOptions:
         _check(bool(self.batch_sizes) and min(self.batch_sizes) >= 1, "batch sizes must be >= 1")
         _check(all(t >= 1 for t in self.threads), "threads must be >= 1")
         _check(self.iters >= 1, "iterations must be >= 1")
+        _check(self.rounds >= 1, f"rounds must be >= 1, got {self.rounds}")
         _check(self.warmup >= 0, "warm-up must be >= 0")
         _check(self.max_seconds is None or (_finite(self.max_seconds) and self.max_seconds > 0),
                "max seconds must be > 0")

@@ -4,7 +4,7 @@ This module orders the steps; each lives with its stage (the teacher's in :mod:`
 students' in :mod:`kdexport.distill.students`, export in :mod:`kdexport.export`, timing in
 :mod:`kdexport.bench`). Everything is written into a staging folder beside ``--out`` and renamed into place at
 the end, so a failed run leaves no half-written output folder behind. ``kdexport sweep`` uses the same public
-steps (``prepare``, ``export_and_bench``, ``teacher_entry``, ``models_report``).
+steps (``prepare``, ``export_entry``, ``teacher_entry``, ``time_models``, ``models_report``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .bench.timing import bench_onnx, bench_torch, p50, quick_p50
+from .bench.timing import bench_onnx, disagree, eager_runner, interleaved, onnx_runner, quick_p50, ratio, torch_threads
 from .config import KDConfig, RunConfig, parse_latency_budget, parse_size_budget
 from .data.datasets import Dataset, load_dataset, memory_budget, real_images
 from .distill.context import Context, Log, quiet
@@ -152,7 +152,8 @@ def check_budget(ctx: Context, models: dict, out: Path) -> dict | None:
         return None
     entry = models.get("student_int8") if isinstance(models.get("student_int8"), ModelEntry) else models["student"]
     r = bench_onnx(out / entry.onnx_path, ctx.data, [cfg.budget_batch], threads=cfg.budget_threads,
-                   warmup=cfg.bench_warmup, iters=cfg.bench_iters, max_seconds=cfg.bench_max_seconds)
+                   warmup=cfg.bench_warmup, iters=cfg.bench_iters, max_seconds=cfg.bench_max_seconds,
+                   rounds=cfg.bench_rounds)
     lat = r["latency_ms"][f"batch_{cfg.budget_batch}"]
     met_time = budget is None or lat[budget.stat] <= budget.ms
     met_size = size is None or entry.onnx_bytes <= size
@@ -181,16 +182,11 @@ def onnx_metadata(cfg: RunConfig, data: Dataset, role: str, spec: ModelSpec, acc
     }
 
 
-def _bench(ctx: Context, path: Path) -> dict:
-    cfg = ctx.cfg
-    return bench_onnx(path, ctx.data, sorted({1, cfg.bench_batch}), threads=ctx.threads, warmup=cfg.bench_warmup,
-                      iters=cfg.bench_iters, max_seconds=cfg.bench_max_seconds)
-
-
-def export_and_bench(ctx: Context, model: torch.nn.Module, spec: ModelSpec, role: str, out: Path, *,
-                     history: list[dict], kd: KDConfig | None = None, eager: bool = False,
-                     log: Log = quiet, train_seconds: float | None = None) -> ModelEntry:
-    """Checkpoint, export (with parity), benchmark one model; return its report entry.
+def export_entry(ctx: Context, model: torch.nn.Module, spec: ModelSpec, role: str, out: Path, *,
+                 history: list[dict], kd: KDConfig | None = None, log: Log = quiet,
+                 train_seconds: float | None = None) -> ModelEntry:
+    """Checkpoint and export one model (with parity), and measure its accuracy; return its report entry, whose
+    latency :func:`time_models` fills in, together with every other model of the report.
 
     Paths in the entry are relative to ``out`` (the report's folder)."""
     cfg, data = ctx.cfg, ctx.data
@@ -208,51 +204,98 @@ def export_and_bench(ctx: Context, model: torch.nn.Module, spec: ModelSpec, role
     health = prediction_health(pred, data.y_test.numpy(), data.num_classes)
     if health["flag"]:
         log(f"warning: {role} {health['flag']}")
-    log(f"{role}: benchmarking with onnxruntime ({ctx.threads} threads)")
-    bench = _bench(ctx, onnx_path)
-    entry = ModelEntry(
+    return ModelEntry(
         arch=spec.arch, spec=spec.to_dict(), params=count_params(model), flops=count_flops(model, data.input_shape),
         checkpoint=f"checkpoints/{role}.pt", onnx_path=f"onnx/{role}.onnx", onnx_bytes=res.onnx_bytes,
         accuracy_torch=acc_torch, accuracy_onnx=accuracy_onnx, parity=res.parity(), predictions=health,
-        latency_ms=bench["latency_ms"], throughput_per_s=bench["throughput_per_s"],
         epochs=max((r["epoch"] for r in history), default=0),  # an ensemble's: each member's
         history=history, train_seconds=train_seconds)
-    if eager:
-        e = bench_torch(model, data, sorted({1, cfg.bench_batch}), threads=ctx.threads, warmup=cfg.bench_warmup,
-                        iters=cfg.bench_iters, max_seconds=cfg.bench_max_seconds)
-        entry.torch_eager = {"latency_ms": e["latency_ms"], "throughput_per_s": e["throughput_per_s"]}
-    return entry
 
 
 def onnx_teacher_entry(ctx: Context, teacher: OnnxTeacher, out: Path, accuracy: float) -> ModelEntry:
-    """An ONNX teacher's report entry: the file copied beside the students, benchmarked on real images
-    normalized as it expects; its accuracy measured by :func:`check_teacher`."""
+    """An ONNX teacher's report entry: the file copied beside the students; its accuracy measured by
+    :func:`check_teacher`, its latency by :func:`time_models` on real images normalized as it expects."""
     import onnx
 
     rel = "onnx/teacher.onnx"
     with staged_file(out / rel) as tmp:
         save_self_contained(teacher.path, tmp, data_name="teacher.onnx.data")
-    cfg = ctx.cfg
-    bench = bench_onnx(out / rel, lambda b: teacher.normalize(real_images(ctx.data, b)), sorted({1, cfg.bench_batch}),
-                       threads=ctx.threads, warmup=cfg.bench_warmup, iters=cfg.bench_iters,
-                       max_seconds=cfg.bench_max_seconds)
     graph = onnx.load(str(out / rel), load_external_data=False).graph
     floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
     params = sum(int(np.prod(t.dims)) for t in graph.initializer if t.data_type in floats)  # not shape constants
     return ModelEntry(arch=teacher_name(ctx.cfg), params=params, onnx_path=rel,
-                      onnx_bytes=(out / rel).stat().st_size, accuracy_torch=None, accuracy_onnx=accuracy,
-                      latency_ms=bench["latency_ms"], throughput_per_s=bench["throughput_per_s"], epochs=0,
+                      onnx_bytes=(out / rel).stat().st_size, accuracy_torch=None, accuracy_onnx=accuracy, epochs=0,
                       history=[])
 
 
 def teacher_entry(ctx: Context, teacher: TeacherModel, out: Path, *, accuracy: float, history: list[dict],
                   log: Log = quiet, train_seconds: float | None = None) -> ModelEntry:
     if isinstance(teacher, OnnxTeacher):
-        log(f"teacher: benchmarking {teacher.path.name} with onnxruntime ({ctx.threads} threads)")
         return onnx_teacher_entry(ctx, teacher, out, accuracy)
     # exported and measured as it takes its inputs: a trained teacher's own normalization (--teacher-mean/-std)
-    return export_and_bench(dataclasses.replace(ctx, data=teacher_data(ctx)), teacher, ctx.teacher_spec, "teacher",
-                            out, history=history, log=log, train_seconds=train_seconds)
+    return export_entry(dataclasses.replace(ctx, data=teacher_data(ctx)), teacher, ctx.teacher_spec, "teacher",
+                        out, history=history, log=log, train_seconds=train_seconds)
+
+
+def teacher_inputs(ctx: Context, teacher: TeacherModel):
+    """Real test images as the teacher takes them, for timing (its own normalization)."""
+    if isinstance(teacher, OnnxTeacher):
+        return lambda b: teacher.normalize(real_images(ctx.data, b))
+    return teacher_data(ctx)
+
+
+TWINS = (("baseline", "student"),)  # entries of one graph: their latencies must agree within the spread
+
+
+def time_models(ctx: Context, out: Path, models: dict[str, ModelEntry | dict], *, teacher: TeacherModel | None = None,
+                eager: dict[str, torch.nn.Module] | None = None, log: Log = quiet) -> dict:
+    """Time every model of the report together, in interleaved rounds (``kdexport.bench.timing.interleaved``): each
+    entry's ``latency_ms`` (p50 = the median of its round p50s, with their spread) and throughput, the eager
+    student's beside it, and what the rounds say about the report as a whole: the speed-ups from the same rounds
+    with their spread, and a warning for twins (same graph: baseline and student) whose p50s disagree beyond
+    their spreads, since that number is then the machine's, not the models'. Returns ``{"speedups", "warnings"}``."""
+    cfg = ctx.cfg
+    entries = {role: e for role, e in models.items() if isinstance(e, ModelEntry) and e.onnx_path}
+    timed = {}
+    for role, e in entries.items():
+        inputs = teacher_inputs(ctx, teacher) if role == "teacher" and teacher is not None else ctx.data
+        timed[role] = (onnx_runner(out / e.onnx_path, ctx.threads), inputs)
+    for role, model in (eager or {}).items():
+        timed[f"{role} (eager)"] = (eager_runner(model), ctx.data)
+    batches = sorted({1, cfg.bench_batch})
+    rounds = min(cfg.bench_rounds, cfg.bench_iters)
+    log(f"timing {len(timed)} models with onnxruntime ({ctx.threads} threads): {rounds} interleaved rounds at batch "
+        f"{' and '.join(map(str, batches))}")
+    with torch_threads(ctx.threads):
+        res = interleaved(timed, batches, warmup=cfg.bench_warmup, iters=cfg.bench_iters,
+                          max_seconds=cfg.bench_max_seconds, rounds=cfg.bench_rounds)
+    for role, e in entries.items():
+        e.latency_ms, e.throughput_per_s = res[role]["latency_ms"], res[role]["throughput_per_s"]
+    for role in eager or {}:
+        r = res[f"{role} (eager)"]
+        entries[role].torch_eager = {"latency_ms": r["latency_ms"], "throughput_per_s": r["throughput_per_s"]}
+    speedups = {}
+    for role in entries:
+        if role != "teacher" and "teacher" in entries:
+            speedups[f"{role}_vs_teacher_batch_1"] = ratio(res["teacher"], res[role])
+    if "student_int8" in entries and "student" in entries:
+        speedups["student_int8_vs_fp32_batch_1"] = sp = ratio(res["student"], res["student_int8"])
+        entries["student_int8"].quantization.update(speedup_vs_fp32_batch_1=sp["median"],
+                                                    speedup_vs_fp32_batch_1_spread=sp["spread"])
+    warnings = []
+    for a, b in TWINS:
+        if a in entries and b in entries and entries[a].arch == entries[b].arch:
+            for batch in batches:
+                if disagree(res[a], res[b], batch):
+                    (la, ha), (lb, hb) = (res[x]["latency_ms"][f"batch_{batch}"]["spread"] for x in (a, b))
+                    warnings.append(
+                        f"{a} and {b} share one graph but their batch-{batch} p50s disagree beyond their spreads "
+                        f"({la:.3f}-{ha:.3f} ms vs {lb:.3f}-{hb:.3f} ms): the machine was not steady while they "
+                        "were timed, so these latencies are not properties of the models (--bench-rounds more, or "
+                        "time them again with kdexport bench)")
+    for w in warnings:
+        log(f"warning: {w}")
+    return {"speedups": speedups, "warnings": warnings}
 
 
 def report_header(ctx: Context, final: Path) -> dict:
@@ -262,13 +305,17 @@ def report_header(ctx: Context, final: Path) -> dict:
             "environment": environment(ctx.threads), "dataset": ctx.data.info()}
 
 
-def comparison(models: dict[str, ModelEntry]) -> dict:
+def comparison(models: dict[str, ModelEntry], timing: dict | None = None) -> dict:
+    """The KD gain, and the student against the teacher; the speed-up from the rounds both were timed in (with the
+    spread of the per-round ratios) when ``timing`` (:func:`time_models`) has it."""
     t, s, b = models["teacher"], models["student"], models["baseline"]
+    speedup = (timing or {}).get("speedups", {}).get("student_vs_teacher_batch_1")
     return {
         "kd_gain_points": (s.accuracy_onnx - b.accuracy_onnx) * 100.0,
         "kd_gain_points_torch": (s.accuracy_torch - b.accuracy_torch) * 100.0,
         "student_vs_teacher": {
-            "speedup_batch_1": t.p50(1) / s.p50(1),
+            "speedup_batch_1": speedup["median"] if speedup else t.p50(1) / s.p50(1),
+            **({"speedup_batch_1_spread": speedup["spread"]} if speedup else {}),
             "compression_params": t.params / s.params,
             "compression_bytes": t.onnx_bytes / s.onnx_bytes,
             "accuracy_gap_points": (t.accuracy_onnx - s.accuracy_onnx) * 100.0,
@@ -276,10 +323,14 @@ def comparison(models: dict[str, ModelEntry]) -> dict:
     }
 
 
-def models_report(ctx: Context, final: Path, models: dict[str, ModelEntry | dict], **extra) -> dict:
-    """report.json's content: header, the model entries, and the KD / compression comparison."""
+def models_report(ctx: Context, final: Path, models: dict[str, ModelEntry | dict], timing: dict | None = None,
+                  **extra) -> dict:
+    """report.json's content: header, the model entries, the KD / compression comparison, and how the latencies
+    were measured (``timing``: rounds, the speed-ups from them, warnings)."""
     entries = {k: v for k, v in models.items() if isinstance(v, ModelEntry)}
-    return {**report_header(ctx, final), "models": entry_dicts(models), **comparison(entries), **extra}
+    how = {"timing": {"rounds": min(ctx.cfg.bench_rounds, ctx.cfg.bench_iters), **timing}} if timing else {}
+    return {**report_header(ctx, final), "models": entry_dicts(models), **comparison(entries, timing), **how,
+            **extra}
 
 
 def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log = quiet) -> dict | None:
@@ -337,8 +388,8 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
         models["teacher"] = teacher_entry(ctx, teacher, staging, accuracy=t_acc, history=t_hist, log=log,
                                           train_seconds=t_secs)
         for role, (model, hist, secs, kd) in trained.items():
-            models[role] = export_and_bench(ctx, model, ctx.student_spec, role, staging, history=hist, kd=kd,
-                                            eager=role == "student", log=log, train_seconds=secs)
+            models[role] = export_entry(ctx, model, ctx.student_spec, role, staging, history=hist, kd=kd,
+                                        log=log, train_seconds=secs)
         if cached is not None and reused is None:  # a freshly trained baseline, its accuracy measured on export
             model, hist, secs, _ = trained["baseline"]
             keep_baseline(cached, ctx, model, unit_record("baseline", cfg.train.seed, None,
@@ -346,10 +397,11 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
         gate_error = None
         if cfg.quantize != "none":
             try:
-                models["student_int8"] = quantize_and_bench(ctx, models["student"], staging, log)
+                models["student_int8"] = quantize_entry(ctx, models["student"], staging, log)
             except GateError as e:  # keep the run and its report; fail the command afterwards
                 gate_error = e
                 models["student_int8_rejected"] = {"error": str(e)}
+        timing = time_models(ctx, staging, models, teacher=teacher, eager={"student": trained["student"][0]}, log=log)
         extra = {"teacher_tta": tta} if tta else {}
         if reused is not None:
             extra["baseline_reused"] = reused["reused"]
@@ -361,7 +413,7 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
                     f"the shipped student {verdict['file']} misses its budget: {verdict['p50_ms']:.3f} ms p50, "
                     f"{verdict['p90_ms']:.3f} ms p90, {verdict['onnx_bytes']:,} bytes (budget "
                     f"{cfg.latency_budget or '-'}, size {cfg.size_budget or '-'}); the report is kept")
-        report = models_report(ctx, final, models, world_size=world()[1],
+        report = models_report(ctx, final, models, timing, world_size=world()[1],
                                wall_seconds=time.perf_counter() - t_start, **extra)
         write_report(report, staging)
         write_run_config(staging, cfg)
@@ -410,8 +462,9 @@ def teacher_only(cfg: RunConfig, path: str | Path, *, resume: bool = False, repo
                         "train_seconds": sum(h["seconds"] for h in history), "tta": rows, "history": history}}
 
 
-def quantize_and_bench(ctx: Context, fp32: ModelEntry, out: Path, log: Log = quiet) -> ModelEntry:
-    """INT8 copy of the exported student, accuracy-gated, benchmarked like the FP32 file."""
+def quantize_entry(ctx: Context, fp32: ModelEntry, out: Path, log: Log = quiet) -> ModelEntry:
+    """INT8 copy of the exported student, accuracy-gated; timed with the others by :func:`time_models`, which also
+    records its speed-up over the FP32 file from the same rounds."""
     from .export.quantize import quantize_onnx
 
     cfg = ctx.cfg
@@ -419,10 +472,7 @@ def quantize_and_bench(ctx: Context, fp32: ModelEntry, out: Path, log: Log = qui
     rel = "onnx/student.int8.onnx"
     q = quantize_onnx(out / fp32.onnx_path, out / rel, ctx.data, mode=cfg.quantize, quant=cfg.quant,
                       threads=ctx.threads, accuracy_fp32=fp32.accuracy_onnx, latency=quick_p50(ctx.data, ctx.threads))
-    bench = _bench(ctx, out / rel)
     return ModelEntry(
         arch=fp32.arch, spec=fp32.spec, params=fp32.params, flops=fp32.flops, onnx_path=rel,
         onnx_bytes=q.onnx_bytes, accuracy_torch=None, accuracy_onnx=q.accuracy_int8,
-        latency_ms=bench["latency_ms"], throughput_per_s=bench["throughput_per_s"],
-        quantization={**q.to_dict(), "path": rel, "size_ratio_vs_fp32": q.onnx_bytes / q.fp32_bytes,
-                      "speedup_vs_fp32_batch_1": fp32.p50(1) / p50(bench, 1)})
+        quantization={**q.to_dict(), "path": rel, "size_ratio_vs_fp32": q.onnx_bytes / q.fp32_bytes})

@@ -35,7 +35,8 @@ SELECTION = "selection.json"  # --student auto: the interrupted run's choice, re
 SWEEP_CONFIG = "sweep-config.json"
 # Options that do not change what is trained: they may differ between an interrupted run and its resume.
 RESUME_IGNORES = ("out", "overwrite", "resume", "teacher_cache", "bench_iters", "bench_warmup", "bench_batch",
-                  "bench_max_seconds", "threads", "parity_atol", "parity_rtol", "quantize", "quant", "force", "package",
+                  "bench_rounds", "bench_max_seconds", "threads", "parity_atol", "parity_rtol", "quantize", "quant",
+                  "force", "package",
                   "data_mode", "memory_budget", "workers",  # memory and stream mode give the same batches
                   "teacher_view_cache",  # the live teacher's logits, looked up
                   "baseline_cache")  # a cached baseline was trained under the same key

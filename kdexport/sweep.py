@@ -44,7 +44,7 @@ from .distill.train import Reporter, evaluate, remove_training_state
 from .files import atomic_write, atomic_write_json, atomic_write_text
 from .models.checkpoint import load_model, save_checkpoint
 from .outputs import commit_out_dir, prepare_out_dir, release_output
-from .pipeline import export_and_bench, models_report, prepare, report_header, teacher_entry
+from .pipeline import export_entry, models_report, prepare, report_header, teacher_entry, time_models
 from .report.write import write_report
 from .runs import commit_run_dir, open_sweep_dir, write_run_config
 
@@ -201,14 +201,15 @@ def _export_best(ctx: Context, out: Path, teacher: TeacherModel, teacher_acc: fl
         models = {
             "teacher": teacher_entry(ctx, teacher, staging, accuracy=teacher_acc, history=t_hist, log=log,
                                      train_seconds=t_secs),
-            "baseline": export_and_bench(ctx, baseline, ctx.student_spec, "baseline", staging,
-                                         history=b_blob["history"], log=log, train_seconds=b_secs),
-            "student": export_and_bench(ctx, student, ctx.student_spec, "student", staging, kd=kd,
-                                        history=s_blob["history"], eager=True, log=log, train_seconds=s_secs),
+            "baseline": export_entry(ctx, baseline, ctx.student_spec, "baseline", staging,
+                                     history=b_blob["history"], log=log, train_seconds=b_secs),
+            "student": export_entry(ctx, student, ctx.student_spec, "student", staging, kd=kd,
+                                    history=s_blob["history"], log=log, train_seconds=s_secs),
         }
+        timing = time_models(ctx, staging, models, teacher=teacher, eager={"student": student}, log=log)
         cfg = dataclasses.replace(ctx.cfg, kd=kd, train=dataclasses.replace(ctx.cfg.train, seed=seed))
         extra = {"teacher_tta": tta} if tta else {}
-        write_report(models_report(dataclasses.replace(ctx, cfg=cfg), final, models, **extra), staging)
+        write_report(models_report(dataclasses.replace(ctx, cfg=cfg), final, models, timing, **extra), staging)
         commit_run_dir(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -16,7 +16,7 @@ from ..files import atomic_write, atomic_write_json, atomic_write_text
 from ..models.checkpoint import load_model
 from ..runtimes.base import file_accuracy
 from ..runtimes.ort import data_for_model, inspect_classifier, ort_logits, ort_session
-from .timing import InputsFor, bench_onnx, bench_torch, p50
+from .timing import InputsFor, eager_runner, interleaved, onnx_runner, p50, torch_threads
 
 
 def bench_data(o: BenchOptions) -> Dataset | None:
@@ -44,8 +44,9 @@ def bench_models(o: BenchOptions) -> dict:
     data = bench_data(o)
     threads = list(o.threads) or [usable_cores()]
     batches = list(o.batch_sizes)
-    timing = {"warmup": o.warmup, "iters": o.iters, "max_seconds": o.max_seconds}
+    timing = {"warmup": o.warmup, "iters": o.iters, "max_seconds": o.max_seconds, "rounds": min(o.rounds, o.iters)}
     models = {}
+    shapes = {}
     for path in map(Path, o.models):
         info = inspect_classifier(path)
         chw = list(o.input_shape) if o.input_shape else info["input_shape"]
@@ -74,12 +75,10 @@ def bench_models(o: BenchOptions) -> dict:
             entry["fixed_batch"] = info["batch"]
             entry["note"] = (f"the graph's batch is fixed at {info['batch']}: batch B is timed as "
                              f"ceil(B / {info['batch']}) calls")
-        for t in threads:
-            entry["runs"].append(_run(t, bench_onnx(path, _inputs(data, chw), batches, threads=t,
-                                                    graph_opt=o.graph_opt, **timing)))
         if data is not None:
             entry["accuracy_onnx"] = file_accuracy(path, data, max(threads))
-        models[path.stem if path.stem not in models else str(path)] = entry
+        name = path.stem if path.stem not in models else str(path)
+        models[name], shapes[name] = entry, chw
     result = {
         "created": now_iso(),
         "environment": environment(max(threads)),
@@ -94,12 +93,25 @@ def bench_models(o: BenchOptions) -> dict:
         "dataset": data.info() if data is not None else None,
         "models": models,
     }
-    if o.checkpoint is not None:
-        model, spec, _ = load_model(o.checkpoint)
-        runs = [_run(t, bench_torch(model, _inputs(data, spec.input_shape), batches, threads=t, **timing))
-                for t in threads]
-        result["torch_eager"] = {"checkpoint": str(o.checkpoint), "arch": spec.arch, "runs": runs}
+    eager = load_model(o.checkpoint) if o.checkpoint is not None else None
+    if eager is not None:
+        result["torch_eager"] = {"checkpoint": str(o.checkpoint), "arch": eager[1].arch, "runs": []}
+    for t in threads:  # every model (and the eager checkpoint) in the same interleaved rounds, per thread count
+        timed = {name: (onnx_runner(m["path"], t, o.graph_opt), _inputs(data, shapes[name]))
+                 for name, m in models.items()}
+        if eager is not None:
+            timed[EAGER] = (eager_runner(eager[0]), _inputs(data, eager[1].input_shape))
+        with torch_threads(t):
+            res = interleaved(timed, batches, warmup=o.warmup, iters=o.iters, max_seconds=o.max_seconds,
+                              rounds=o.rounds)
+        for name, m in models.items():
+            m["runs"].append(_run(t, res[name]))
+        if eager is not None:
+            result["torch_eager"]["runs"].append(_run(t, res[EAGER]))
     return result
+
+
+EAGER = " torch eager"  # the eager checkpoint's name in the rounds (no ONNX file's stem starts with a space)
 
 
 def _run(threads: int, r: dict) -> dict:
@@ -127,6 +139,11 @@ def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:
     return front
 
 
+def _p50_text(lat: dict) -> str:
+    spread = lat.get("spread")
+    return f"{lat['p50']:.3f} ({spread[0]:.3f}-{spread[1]:.3f})" if spread else f"{lat['p50']:.3f}"
+
+
 def to_markdown(r: dict) -> str:
     b = r["session"]["batches"]
     head = (
@@ -137,7 +154,9 @@ def to_markdown(r: dict) -> str:
         "",
         f"{r['created']}; {r['environment']['cpu']} ({r['environment']['cpu_cores']} cores), "
         f"onnxruntime {r['environment']['onnxruntime']}, graph optimization {r['session']['graph_optimization']}, "
-        f"{r['session']['warmup']} warm-up + up to {r['session']['iters']} timed runs.",
+        f"{r['session']['warmup']} warm-up + up to {r['session']['iters']} timed runs per model in "
+        f"{r['session'].get('rounds', 1)} rounds that go round-robin over the models: a p50 is the median of its "
+        "rounds' p50s, with their [min, max] in brackets.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -148,7 +167,7 @@ def to_markdown(r: dict) -> str:
     for name, m, run in rows:
         acc = f"{m['accuracy_onnx'] * 100:.2f}%" if m and "accuracy_onnx" in m else "-"
         size = f"{m['onnx_bytes'] / 1024:.1f} KB" if m else "-"
-        lat = [f"{run['latency_ms'][f'batch_{x}']['p50']:.3f}" for x in b]
+        lat = [_p50_text(run["latency_ms"][f"batch_{x}"]) for x in b]
         lines.append(
             "| "
             + " | ".join(

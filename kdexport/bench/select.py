@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import LatencyBudget
+from ..config import LatencyBudget, RunConfig
 from ..data.datasets import Dataset
 from ..errors import ConfigError, KdexportError, first_line
 from ..files import atomic_write, atomic_write_json, atomic_write_text
@@ -43,6 +43,7 @@ class Candidate:
     p50_ms: float | None = None
     p90_ms: float | None = None
     note: str = ""  # why it does not fit, or could not be measured
+    p50_spread_ms: list[float] | None = None  # [min, max] of its round p50s
 
     def latency(self, stat: str) -> float | None:
         return self.p90_ms if stat == "p90" else self.p50_ms
@@ -93,12 +94,11 @@ def choose(candidates: list[Candidate], budget: LatencyBudget | None, margin: fl
     return max(fitting, key=lambda c: (c.flops or 0, -(c.latency(budget.stat if budget else "p50") or 0)))
 
 
-def measure(arch: str, data: Dataset, *, cifar_stem: bool, threads: int, batch: int, int8: str | None,
-            tmp: Path, iters: int = 100) -> Candidate:
-    """Build, export (and quantize), and time one candidate like ``bench`` does."""
+def prepare_candidate(arch: str, data: Dataset, *, cifar_stem: bool, int8: str | None,
+                      tmp: Path) -> tuple[Candidate, Path | None]:
+    """Build and export (and quantize) one candidate; its row, and its file (None when it cannot be built)."""
     from ..export.onnx import export_onnx
     from ..models.builders import ModelSpec, build_model, count_flops, count_params
-    from .timing import bench_onnx
 
     c = Candidate(arch)
     try:
@@ -106,7 +106,7 @@ def measure(arch: str, data: Dataset, *, cifar_stem: bool, threads: int, batch: 
         model = build_model(ModelSpec(arch, data.num_classes, data.input_shape, cifar_stem=cifar_stem)).eval()
     except KdexportError as e:
         c.note = f"cannot be built for this data: {first_line(e, 120)}"
-        return c
+        return c, None
     c.params, c.flops = count_params(model), count_flops(model, data.input_shape)
     path = tmp / f"{arch.replace(':', '_').replace(',', '_')}.onnx"
     export_onnx(model, path, data.normalize(data.x_test[:8]))
@@ -118,10 +118,24 @@ def measure(arch: str, data: Dataset, *, cifar_stem: bool, threads: int, batch: 
         quantize_file(path, q, data, mode=int8, quant=QuantConfig(calibration_samples=64))
         path = q
     c.onnx_bytes = path.stat().st_size
-    r = bench_onnx(path, data, [batch], threads=threads, warmup=10, iters=iters, max_seconds=3.0)
-    lat = r["latency_ms"][f"batch_{batch}"]
-    c.p50_ms, c.p90_ms = lat["p50"], lat["p90"]
-    return c
+    return c, path
+
+
+def time_candidates(rows: list[tuple[Candidate, Path | None]], data: Dataset, *, threads: int, batch: int,
+                    iters: int = 100, rounds: int = RunConfig.bench_rounds) -> None:
+    """Time every built candidate as ``bench`` times models: together, in interleaved rounds (p50 = the median of
+    its rounds' p50s), so no candidate's figure is one slow spell of the machine."""
+    from .timing import interleaved, onnx_runner, torch_threads
+
+    built = {c.arch: (c, path) for c, path in rows if path is not None}
+    if not built:
+        return
+    timed = {arch: (onnx_runner(path, threads), data) for arch, (_, path) in built.items()}
+    with torch_threads(threads):
+        res = interleaved(timed, [batch], warmup=10, iters=iters, max_seconds=3.0, rounds=rounds)
+    for arch, (c, _) in built.items():
+        lat = res[arch]["latency_ms"][f"batch_{batch}"]
+        c.p50_ms, c.p90_ms, c.p50_spread_ms = lat["p50"], lat["p90"], lat["spread"]
 
 
 def select_student(data: Dataset, *, candidates: list[str] | None = None, budget: LatencyBudget | None,
@@ -132,13 +146,16 @@ def select_student(data: Dataset, *, candidates: list[str] | None = None, budget
 
     t0 = time.perf_counter()
     names = list(candidates or default_candidates(data.input_shape))
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        built = []
         for i, arch in enumerate(names, 1):
             if log:
-                log(f"select: {i}/{len(names)} {arch}")
-            rows.append(measure(arch, data, cifar_stem=cifar_stem, threads=threads, batch=batch, int8=int8,
-                                tmp=Path(tmp)))
+                log(f"select: {i}/{len(names)} {arch}: building and exporting")
+            built.append(prepare_candidate(arch, data, cifar_stem=cifar_stem, int8=int8, tmp=Path(tmp)))
+        if log:
+            log(f"select: timing {sum(p is not None for _, p in built)} candidates in interleaved rounds")
+        time_candidates(built, data, threads=threads, batch=batch)
+    rows = [c for c, _ in built]
     chosen = choose(rows, budget, margin, size_budget)
     return {"budget": asdict(budget) if budget else None, "size_budget_bytes": size_budget, "margin": margin,
             "threads": threads, "batch": batch, "int8": int8, "cifar_stem": cifar_stem, "chosen": chosen.arch,

@@ -52,6 +52,13 @@ def _big_batch(entries: dict[str, ModelEntry]) -> int:
     return max(b for e in entries.values() for b in e.batch_sizes())
 
 
+def _latency(m: ModelEntry, batch: int) -> str:
+    """A p50 in ms with the [min, max] of its round p50s where the report has them."""
+    lat = m.latency(batch) or {}
+    spread = lat.get("spread")
+    return f"{lat['p50']:.3f} ({spread[0]:.3f}-{spread[1]:.3f})" if spread else f"{lat['p50']:.3f}"
+
+
 def summary_columns(report: dict) -> list[str]:
     big = _big_batch(model_entries(report))
     return ["model", "arch", "acc (ONNX)", "acc (torch)", "params", "FLOPs", "ONNX size",
@@ -64,14 +71,17 @@ def summary_table(report: dict) -> list[dict[str, str]]:
     entries = {k: e for k, e in model_entries(report).items() if e.benchmarked}
     teacher = entries.get("teacher")
     big = _big_batch(entries)
+    speedups = report.get("timing", {}).get("speedups", {})
     rows = []
     for role, m in entries.items():
         lat1 = m.p50(1)
+        sp = speedups.get(f"{role}_vs_teacher_batch_1")
+        speed = (f"{sp['median']:.1f}x ({sp['spread'][0]:.1f}-{sp['spread'][1]:.1f})" if sp
+                 else "1.0x" if role == "teacher" else f"{teacher.p50(1) / lat1:.1f}x" if teacher else "-")
         row = [ROLE_TITLES.get(role, role), m.arch, f"{m.accuracy_onnx * 100:.2f}%",
                f"{m.accuracy_torch * 100:.2f}%" if m.accuracy_torch is not None else "-",
-               _fmt_count(m.params), _fmt_count(m.flops), _fmt_bytes(m.onnx_bytes), f"{lat1:.3f}",
-               f"{m.p50(big):.3f}", f"{m.throughput_per_s:.0f}",
-               f"{teacher.p50(1) / lat1:.1f}x" if teacher else "-",
+               _fmt_count(m.params), _fmt_count(m.flops), _fmt_bytes(m.onnx_bytes), _latency(m, 1),
+               _latency(m, big), f"{m.throughput_per_s:.0f}", speed,
                f"{teacher.onnx_bytes / m.onnx_bytes:.1f}x" if teacher else "-"]
         rows.append(dict(zip(summary_columns(report), row)))
     return rows
@@ -115,10 +125,16 @@ def to_markdown(report: dict) -> str:
         e1, o1 = st.eager_p50(1), st.p50(1)
         lines += [f"Student at batch 1: onnxruntime p50 {o1:.3f} ms vs PyTorch eager {e1:.3f} ms "
                   f"({e1 / o1:.2f}x).", ""]
-    lines += ["Latency: median (p50) of timed runs after warm-up, onnxruntime CPU execution provider, "
+    timing = report.get("timing")
+    how = (f"every model timed in {timing['rounds']} rounds that go round-robin over all of them; a p50 is the median "
+           "of its rounds' p50s, with their [min, max] in brackets, and a speed-up the median of the per-round ratios"
+           if timing else "median (p50) of timed runs after warm-up")
+    lines += [f"Latency: {how}; onnxruntime CPU execution provider, "
               f"{env['threads']} threads, on {env['cpu']} ({env['cpu_cores']} cores). "
-              "Accuracy is top-1 on the test split.", "",
-              "| model | parity max abs diff (allowed) | top-1 agreement | p90 ms @1 | p99 ms @1 | train s |",
+              "Accuracy is top-1 on the test split.", ""]
+    lines += [f"**Warning: {w}.**" for w in (timing or {}).get("warnings", [])]
+    lines += [""] if (timing or {}).get("warnings") else []
+    lines += ["| model | parity max abs diff (allowed) | top-1 agreement | p90 ms @1 | p99 ms @1 | train s |",
               "|---|---|---|---|---|---|"]
     for role, m in entries.items():
         if m.parity is None:
@@ -140,7 +156,10 @@ def to_markdown(report: dict) -> str:
         lines += ["", f"INT8 ({q['mode']}{cal}): accuracy {q['accuracy_int8'] * 100:.2f}% vs FP32 "
                   f"{q['accuracy_fp32'] * 100:.2f}% ({drop_text(q['accuracy_drop_points'])}), size "
                   f"{q['size_ratio_vs_fp32'] * 100:.0f}% of FP32, "
-                  f"{q['speedup_vs_fp32_batch_1']:.2f}x FP32 speed at batch 1."]
+                  f"{q['speedup_vs_fp32_batch_1']:.2f}x FP32 speed at batch 1"
+                  + (" ({:.2f}-{:.2f} over the rounds)".format(*q["speedup_vs_fp32_batch_1_spread"])
+                     if q.get("speedup_vs_fp32_batch_1_spread") else "")
+                  + ("; **slower than FP32 on this machine**" if q["speedup_vs_fp32_batch_1"] < 1 else "") + "."]
     budget = report.get("budget")
     if budget:
         sel = budget.get("selection")

@@ -16,11 +16,13 @@ from .base import ModelFile, batched
 
 
 def ort_session(path: str | os.PathLike | bytes, threads: int | None = None, graph_opt: str = "all",
-                providers: list[str] | None = None):
-    """An onnxruntime session for a model file (or serialized model bytes)."""
+                providers: list[str] | None = None, config: dict[str, str] | None = None):
+    """An onnxruntime session for a model file (or serialized model bytes); ``config``: session config entries."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    for key, value in (config or {}).items():
+        so.add_session_config_entry(key, value)
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
