@@ -266,9 +266,11 @@ def time_models(ctx: Context, out: Path, models: dict[str, ModelEntry | dict], *
     rounds = min(cfg.bench_rounds, cfg.bench_iters)
     log(f"timing {len(timed)} models with onnxruntime ({ctx.threads} threads): {rounds} interleaved rounds at batch "
         f"{' and '.join(map(str, batches))}")
+    t0 = time.perf_counter()
     with torch_threads(ctx.threads):
         res = interleaved(timed, batches, warmup=cfg.bench_warmup, iters=cfg.bench_iters,
                           max_seconds=cfg.bench_max_seconds, rounds=cfg.bench_rounds)
+    log(f"timed in {time.perf_counter() - t0:.1f} s")
     for role, e in entries.items():
         e.latency_ms, e.throughput_per_s = res[role]["latency_ms"], res[role]["throughput_per_s"]
     for role in eager or {}:
