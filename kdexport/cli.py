@@ -42,6 +42,7 @@ from .config import (
     QuantizeOptions,
     RunConfig,
     SelectOptions,
+    ShardOptions,
     VerifyOptions,
     choice_help,
     choice_names,
@@ -51,7 +52,7 @@ from .config import (
     from_flat,
     to_file_dict,
 )
-from .errors import KdexportError, first_line
+from .errors import ConfigError, KdexportError, first_line
 from .version import __version__
 
 if not sys.stdout.isatty():  # --help piped to a file or a log: never cut option names at 80 columns
@@ -262,19 +263,19 @@ cache_app = typer.Typer(name="cache", no_args_is_help=True, rich_markup_mode="ma
 app.add_typer(cache_app)
 
 
-COMMANDS: list[tuple[str, type, tuple[str, ...], type | None, str]] = []  # (name, config, exclude, extra, doc)
+COMMANDS: list[tuple[str, type, tuple[str, ...], tuple[type, ...], str]] = []  # (name, config, exclude, extras, doc)
 
 
-def config_command(name: str, cls: type, *, exclude: tuple[str, ...] = (), extra: type | None = None,
+def config_command(name: str, cls: type, *, exclude: tuple[str, ...] = (), extra: tuple[type, ...] = (),
                    group: typer.Typer | None = None):
-    """Register ``fn(config[, extra_config])`` as command ``name`` (of ``group``, default the top level) with
+    """Register ``fn(config, *extra_configs)`` as command ``name`` (of ``group``, default the top level) with
     one option per config field."""
 
     def deco(fn: Callable) -> Callable:
-        fields = [*cli_fields(cls, exclude), *(cli_fields(extra) if extra else ())]
+        fields = [*cli_fields(cls, exclude), *(f for e in extra for f in cli_fields(e))]
         names = [f.name for f in fields]
         assert len(names) == len(set(names)), f"{name}: option names repeat across nested configs"
-        classes = ((cls, exclude), *(((extra, ()),) if extra else ()))
+        classes = ((cls, exclude), *((e, ()) for e in extra))
         has_options = any(not f.meta["argument"] for f in fields)
 
         def command(ctx: typer.Context, **values: Any) -> None:
@@ -345,20 +346,34 @@ def distill_export_cmd(cfg: RunConfig) -> None:
                       f"{Path(report['config']['out']) / 'report.md'}")
 
 
-@config_command("sweep", RunConfig, exclude=SWEEP_REPLACES, extra=Grid)
-def sweep_cmd(cfg: RunConfig, grid: Grid) -> None:
+@config_command("sweep", RunConfig, exclude=SWEEP_REPLACES, extra=(Grid, ShardOptions))
+def sweep_cmd(cfg: RunConfig, grid: Grid, shards: ShardOptions) -> None:
     """Grid over T x beta (x T^2 scaling) x seeds with a fair baseline per seed. The teacher is
     trained once; a rerun with the same --out skips finished cells. Writes sweep.json, sweep.md,
-    heatmap.png, and best/ (the best cell exported and benchmarked like distill-export)."""
-    from .sweep import run_sweep
+    heatmap.png, and best/ (the best cell exported and benchmarked like distill-export). --shard K/N runs a
+    share of the units beside other shards in one --out (SLURM arrays, Kubernetes Indexed Jobs, CI matrices);
+    --merge writes the result from the units finished so far."""
+    from .config import parse_shard
+    from .sweep import merge_sweep, run_sweep
 
+    shard = parse_shard(shards.shard)
+    if shards.merge and shard is not None:
+        raise ConfigError("--merge and --shard do not go together: --merge reads the units every shard finished")
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=grid.seeds[0]))
     with progress_reporter() as reporter:
-        result = run_sweep(cfg, grid, reporter=reporter, log=_log)
+        if shards.merge:
+            result = merge_sweep(cfg.out, reporter=reporter, log=_log)
+        else:
+            result = run_sweep(cfg, grid, shard=shard, reporter=reporter, log=_log)
+    if result is None:  # another shard finishes (or is writing) the merged result
+        return
     b = result["best"]
-    out_console.print(f"best cell {b['cell']}: {b['mean'] * 100:.2f} ± {b['std'] * 100:.2f}% vs baseline "
+    where = Path(result["config"]["out"]) / "sweep.md"
+    partial = "" if result.get("complete", True) else \
+        f"PARTIAL ({len(result.get('missing_units', []))} units missing): "
+    out_console.print(f"{partial}best cell {b['cell']}: {b['mean'] * 100:.2f} ± {b['std'] * 100:.2f}% vs baseline "
                       f"{result['baseline']['mean'] * 100:.2f} ± {result['baseline']['std'] * 100:.2f}% "
-                      f"(KD gain {b['kd_gain_points']:+.2f} points); table: {result['config']['out']}/sweep.md")
+                      f"(KD gain {b['kd_gain_points']:+.2f} points); table: {where}")
 
 
 def _dataset_for(model: Path, dataset: str | None, data_dir: str | None, required: bool):
@@ -550,7 +565,7 @@ def reference_markdown() -> str:
 
     lines = []
     for name, cls, exclude, extra, doc in COMMANDS:
-        fields = [*cli_fields(cls, exclude), *(cli_fields(extra) if extra else ())]
+        fields = [*cli_fields(cls, exclude), *(f for e in extra for f in cli_fields(e))]
         lines += [f"## kdexport {name}", "", " ".join(inspect.cleandoc(doc).split()), ""]
         args = [f for f in fields if f.meta["argument"]]
         if args:

@@ -31,9 +31,9 @@ REQUIRED = MISSING
 # Help panels, in the order --help shows them (Typer's rich_help_panel). COMMON holds the options most runs need.
 COMMON, DATA, MODELS, DISTILLATION, TRAINING = "Common", "Data", "Models", "Distillation", "Training"
 TEACHER_CACHE, EXPORT, BENCHMARK, BUDGET, OUTPUT = "Teacher cache", "Export & INT8", "Benchmark", "Budget", "Output"
-CONFIG_FILE, FOREIGN = "Config file", "Model without metadata"
-PANELS = (COMMON, DATA, MODELS, DISTILLATION, TRAINING, TEACHER_CACHE, EXPORT, BENCHMARK, BUDGET, OUTPUT, FOREIGN,
-          CONFIG_FILE)
+CONFIG_FILE, FOREIGN, SHARDS = "Config file", "Model without metadata", "Shards"
+PANELS = (COMMON, DATA, MODELS, DISTILLATION, TRAINING, TEACHER_CACHE, EXPORT, BENCHMARK, BUDGET, OUTPUT, SHARDS,
+          FOREIGN, CONFIG_FILE)
 
 
 def option(default: Any = REQUIRED, help: str | Callable[[], str] = "", *, flags: tuple[str, ...] = (),
@@ -583,6 +583,75 @@ class Grid:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ShardOptions:
+    """Where a sweep's share of the work is (``kdexport sweep --shard K/N``), not what it trains: never recorded."""
+
+    shard: str | None = option(None, "Run share K of N (0 <= K < N) of the sweep's units, beside the other shards "
+                                     "in one --out on a shared filesystem: K/N, or auto (SLURM_ARRAY_TASK_ID and "
+                                     "_COUNT) or auto/N (the index from SLURM_ARRAY_TASK_ID or a Kubernetes "
+                                     "Indexed Job's JOB_COMPLETION_INDEX). The shard that finishes the last unit "
+                                     "writes the merged result.", panel=SHARDS)
+    merge: bool = option(False, "Write sweep.json, sweep.md and the heatmap from the units finished so far in --out "
+                                "(the options recorded there; a partial result lists the units missing) and, once "
+                                "every unit is done, best/.", panel=SHARDS)
+
+
+def _env_int(env: dict, name: str, default: int | None = None) -> int | None:
+    value = env.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"--shard auto: {name}={value!r} is not a whole number") from None
+
+
+def parse_shard(value: str | None, env: dict | None = None) -> tuple[int, int] | None:
+    """``--shard``: ``K/N``, ``auto`` (a SLURM array's SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT, stepped
+    from SLURM_ARRAY_TASK_MIN by SLURM_ARRAY_TASK_STEP) or ``auto/N`` (the index from SLURM or from a Kubernetes
+    Indexed Job's JOB_COMPLETION_INDEX) -> (K, N); None when not sharded. ConfigError, naming the value, else."""
+    if value is None:
+        return None
+    import os
+
+    env = os.environ if env is None else env
+    text = str(value).strip()
+    head, sep, tail = text.partition("/")
+    if head == "auto":
+        n = None
+        if sep:
+            if not re.fullmatch(r"\d+", tail):
+                raise ConfigError(f"--shard {value!r}: expected auto or auto/N with N a whole number")
+            n = int(tail)
+        if env.get("SLURM_ARRAY_TASK_ID") not in (None, ""):
+            step = _env_int(env, "SLURM_ARRAY_TASK_STEP", 1) or 1
+            k = (_env_int(env, "SLURM_ARRAY_TASK_ID") - _env_int(env, "SLURM_ARRAY_TASK_MIN", 0)) // step
+            count = _env_int(env, "SLURM_ARRAY_TASK_COUNT")
+            if n is None:
+                n = count
+            elif count is not None and count != n:
+                raise ConfigError(f"--shard {value}: SLURM_ARRAY_TASK_COUNT is {count}, not {n}")
+            where = "SLURM_ARRAY_TASK_ID"
+        elif env.get("JOB_COMPLETION_INDEX") not in (None, ""):
+            k, where = _env_int(env, "JOB_COMPLETION_INDEX"), "JOB_COMPLETION_INDEX"
+        else:
+            raise ConfigError(f"--shard {value}: no scheduler index in the environment (SLURM_ARRAY_TASK_ID or "
+                              "JOB_COMPLETION_INDEX); pass --shard K/N")
+        if n is None:
+            raise ConfigError(f"--shard {value}: {where} gives this shard's index but not the number of shards; "
+                              "pass --shard auto/N")
+    elif re.fullmatch(r"\d+/\d+", text):
+        k, n = (int(x) for x in text.split("/"))
+    else:
+        raise ConfigError(f"--shard {value!r}: expected K/N (e.g. 0/4: the first of 4 shards), auto or auto/N")
+    if n < 1:
+        raise ConfigError(f"--shard {value}: the number of shards must be at least 1, got {n}")
+    if not 0 <= k < n:
+        raise ConfigError(f"--shard {value}: shard index {k} must be in 0..{n - 1} (K/N counts from 0)")
+    return k, n
 
 
 # Options of a sweep that its grid replaces (not offered as single values on `kdexport sweep`).

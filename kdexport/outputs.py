@@ -27,10 +27,14 @@ def lock_path(final: Path) -> Path:
     return final.parent / f".{final.name}.lock"
 
 
-def lock_output(final: Path) -> None:
+def lock_output(final: Path, shared: bool = False) -> None:
     """An exclusive lock on an output folder (``.NAME.lock`` beside it, holding the owner's PID), held until
     :func:`release_output` or the process ends. A folder another process holds is refused in one line
-    naming it: two runs never write (or delete) the same output. Re-entrant within a process."""
+    naming it: two runs never write (or delete) the same output. Re-entrant within a process.
+
+    ``shared``: the lock the shards of one sweep hold together (``--shard``); it excludes an exclusive holder
+    (a run, a sweep without shards, ``--overwrite``) and is excluded by one, and the shards coordinate their
+    units with :func:`claim`."""
     if sys.platform == "win32":  # no flock; the staging-folder checks still apply
         return
     import fcntl
@@ -46,13 +50,15 @@ def lock_output(final: Path) -> None:
         except OSError as e:
             raise OutputError(f"cannot lock output folder {str(final)!r}: {e.strerror or e}") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError:
             try:
-                owner = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+                owner = os.read(fd, 64).decode(errors="replace").strip()
             finally:
                 os.close(fd)
-            raise OutputError(f"output folder {str(final)!r} is in use by another kdexport process (pid {owner}); "
+            holder = (f"pid {owner}" if owner else "shards of a sweep (--shard)") if not shared else \
+                f"pid {owner or 'unknown'}, without --shard"
+            raise OutputError(f"output folder {str(final)!r} is in use by another kdexport process ({holder}); "
                               "wait for it to finish or choose another --out") from None
         try:  # the holder before us may have removed the file between our open and flock: lock the new one
             same = os.fstat(fd).st_ino == os.stat(lock).st_ino
@@ -61,18 +67,57 @@ def lock_output(final: Path) -> None:
         if same:
             break
         os.close(fd)
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
+    if not shared:  # shared holders leave the file alone: it names an exclusive owner only
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
     _HELD[key] = fd
 
 
 def release_output(final: Path) -> None:
-    """Drop this process's lock on ``final`` (and its lock file)."""
+    """Drop this process's lock on ``final`` (and its lock file, unless other shards still hold it)."""
     lock = lock_path(final)
     fd = _HELD.pop(str(lock.absolute()), None)
-    if fd is not None:
-        lock.unlink(missing_ok=True)
+    if fd is None:
+        return
+    if sys.platform != "win32":
+        import fcntl
+
+        try:  # the last holder removes the file: it can take the lock exclusively
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return
+    lock.unlink(missing_ok=True)
+    os.close(fd)
+
+
+def claim(path: Path, wait: bool = False) -> int | None:
+    """An exclusive lock on ``path`` (created if missing) that the kernel drops when this process ends, even
+    killed: a sweep unit, its teacher, its merge. Returns the descriptor to :func:`unclaim`, or None when
+    another process holds it and ``wait`` is off. Lock files are left in place (removing one another process
+    may be opening would let two hold "the same" lock); the caller checks, once it holds the lock, whether the
+    work is still to do."""
+    if sys.platform == "win32":
+        return -1
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise OutputError(f"cannot create lock file {str(path)!r}: {e.strerror or e}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except OSError:
         os.close(fd)
+        if wait:
+            raise
+        return None
+    return fd
+
+
+def unclaim(fd: int | None) -> None:
+    if fd is not None and fd >= 0:
+        os.close(fd)  # closing the descriptor drops its flock
 
 
 def default_out_dir(prefix: str = "distill") -> Path:

@@ -10,15 +10,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 from .config import RunConfig, config_diff
-from .errors import OutputError
+from .errors import ConfigError, OutputError
 from .files import atomic_write_json, read_json
 from .outputs import (
+    claim,
     clear_hidden,
     commit_out_dir,
     default_out_dir,
@@ -27,6 +29,7 @@ from .outputs import (
     old_dir,
     prepare_out_dir,
     staging_dir,
+    unclaim,
 )
 
 RUN_CONFIG = "run-config.json"  # a finished run's (or sweep's) options: a valid --config file that reruns it
@@ -95,30 +98,85 @@ def commit_run_dir(staging: Path, final: Path) -> None:
     commit_out_dir(staging, final)
 
 
-def open_sweep_dir(cfg: RunConfig, log=None) -> tuple[Path, Path]:
+SETUP_LOCK = ".setup.lock"  # in a sweep folder: held while a process checks and records the sweep's options
+
+
+def open_sweep_dir(cfg: RunConfig, grid: Any = None, shard: tuple[int, int] | None = None,
+                   log=None) -> tuple[Path, Path]:
     """A sweep folder, new or (same options) continued, locked; another sweep's folder is refused. Returns
     (work, final): they differ with ``--overwrite`` of an existing folder, where the new sweep is built in a
-    staging folder and replaces the old one only when it finishes (:func:`commit_out_dir`)."""
+    staging folder and replaces the old one only when it finishes (:func:`commit_out_dir`).
+
+    ``shard`` (K, N): this process is one of N sharing the folder: it holds the folder's lock shared with the
+    others, and the options and the grid recorded by the first are checked under a short lock of the folder's
+    own (``.setup.lock``), so shards started at once cannot record different ones."""
     final = Path(cfg.out) if cfg.out else default_out_dir("sweep")
+    if shard is not None and not cfg.out:
+        raise ConfigError("--shard needs --out: every shard writes into the same folder")
+    if shard is not None and cfg.overwrite:
+        raise ConfigError("--overwrite cannot be combined with --shard: one shard would delete the others' work; "
+                          "remove the folder first (or use another --out), then start every shard")
     if final.exists() and not final.is_dir():
         raise OutputError(f"output path {str(final)!r} exists and is not a folder")
-    lock_output(final)
+    lock_output(final, shared=shard is not None)
     out = final
     if final.exists() and cfg.overwrite:
         out = staging_dir(final)
         clear_hidden(out, final, "an earlier sweep's unfinished replacement")
         clear_hidden(old_dir(final), final, "the old sweep's place while it is replaced")
-    state = out / SWEEP_CONFIG
-    want = resume_options(cfg, sweep=True)
-    if out.exists():
-        if not state.exists():
-            raise OutputError(f"{str(out)!r} exists and is not a kdexport sweep; pass --overwrite to replace it")
-        diff = _recorded_diff(state, want, "pass --overwrite to start the sweep afresh")
-        if diff:
-            raise OutputError(f"{str(out)!r} holds a sweep with other options ({', '.join(diff)}); "
-                              "use another --out or --overwrite")
-        if log:
-            log(f"resuming the sweep in {out}")
-    make_dir(out / "cells", out, exist_ok=True)
-    atomic_write_json(state, want)
+    make_dir(out, final, exist_ok=True)
+    fd = claim(out / SETUP_LOCK, wait=True)
+    try:
+        state = out / SWEEP_CONFIG
+        want = resume_options(cfg, sweep=True)
+        who = "another shard of this sweep" if shard is not None else "a sweep"
+        if state.exists():
+            diff = _recorded_diff(state, want, "pass --overwrite to start the sweep afresh")
+            if diff:
+                raise OutputError(f"{str(out)!r} holds {who} with other options ({', '.join(diff)}); "
+                                  "use another --out" + ("" if shard is not None else " or --overwrite"))
+            if shard is not None and grid is not None:
+                _check_grid(out, grid)
+            if log:
+                log(f"resuming the sweep in {out}" if shard is None else
+                    f"shard {shard[0]}/{shard[1]}: joining the sweep in {out}")
+        elif any(p.name != SETUP_LOCK for p in out.iterdir()):
+            raise OutputError(f"{str(out)!r} exists and is not a kdexport sweep; "
+                              + ("use another --out" if shard is not None else "pass --overwrite to replace it"))
+        make_dir(out / "cells", out, exist_ok=True)
+        atomic_write_json(state, want)
+        if grid is not None and (shard is None or not (out / RUN_CONFIG).exists()):
+            write_run_config(out, cfg, grid)  # what --merge and the other shards read
+    finally:
+        unclaim(fd)
     return out, final
+
+
+def _check_grid(out: Path, grid: Any) -> None:
+    """A shard's grid must be the one recorded for the sweep: the grid decides which units there are."""
+    from .config import to_file_dict
+
+    path = out / RUN_CONFIG
+    if not path.exists():
+        return
+    recorded = read_json(path, "the sweep's recorded options", "pass the same grid to every shard")
+    mine = json.loads(json.dumps(to_file_dict(grid)))
+    diff = [f"{k} (recorded {recorded.get(k)}, here {v})" for k, v in mine.items() if recorded.get(k) != v]
+    if diff:
+        raise OutputError(f"{str(out)!r} holds a sweep with another grid than this shard's: {', '.join(diff)}; "
+                          "start every shard with the same grid")
+
+
+def read_sweep_options(folder: Path) -> tuple[RunConfig, Any]:
+    """The options and grid a sweep folder records (``run-config.json``): what ``kdexport sweep --merge`` merges
+    with. OutputError (one line) when ``folder`` is not a sweep."""
+    from .config import Grid, RunConfig, SWEEP_REPLACES, file_values, from_flat
+
+    if not folder.is_dir() or not (folder / SWEEP_CONFIG).is_file() or not (folder / RUN_CONFIG).is_file():
+        raise OutputError(f"{str(folder)!r} is not a kdexport sweep (no {SWEEP_CONFIG} and {RUN_CONFIG}); "
+                          "--merge takes the --out of a sweep")
+    classes = ((RunConfig, SWEEP_REPLACES), (Grid, ()))
+    values = file_values(str(folder / RUN_CONFIG), classes, command="sweep")
+    cfg, grid = (from_flat(c, values, ex) for c, ex in classes)
+    cfg = dataclasses.replace(cfg, out=str(folder), train=dataclasses.replace(cfg.train, seed=grid.seeds[0]))
+    return cfg, grid

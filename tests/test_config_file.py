@@ -107,4 +107,5 @@ def test_a_sweep_records_its_grid(tmp_path):
     recorded = json.loads((out / "run-config.json").read_text())
     assert recorded["temperatures"] == [4.0] and recorded["seeds"] == [0] and "temperature" not in recorded["kd"]
     assert _print("sweep", "--config", str(out / "run-config.json")) == {**recorded, "out": None, "overwrite": False,
+                                                                        "shard": None, "merge": False,
                                                                         "resume": False}

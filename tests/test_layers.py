@@ -161,7 +161,7 @@ def test_the_cli_reference_lists_every_command_and_flag():
                                                "package", "verify", "ensemble", "select", "cache list", "cache clear"}
     for name, cls, exclude, extra, _ in COMMANDS:
         assert f"## kdexport {name}\n" in text, name
-        for f in [*cli_fields(cls, exclude), *(cli_fields(extra) if extra else ())]:
+        for f in [*cli_fields(cls, exclude), *(f for e in extra for f in cli_fields(e))]:
             if not f.meta["argument"]:
                 flag = (f.meta["flags"] or (f"--{f.name.replace('_', '-')}",))[0].split("/")[0]
                 assert f"`{flag}`" in text, (name, flag)

@@ -303,5 +303,7 @@ def test_a_unit_is_evaluated_on_the_training_device(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep, "evaluate", lambda m, data, split, **kw: seen.update(kw) or {"accuracy": 0.75})
     monkeypatch.setattr(sweep, "save_checkpoint", lambda path, m, *a, **kw: seen.update(saved=m))
     ctx = types.SimpleNamespace(device=torch.device("meta"), data=None, cfg=RunConfig(), student_spec=None)
-    rec = sweep._unit(tmp_path, ctx, "T4-b0.9-t2", 0, KDConfig(), None, None, True)
+    (tmp_path / "cells").mkdir()
+    monkeypatch.setattr(sweep, "Distillation", lambda source, kd: None)
+    rec = sweep._unit(tmp_path, ctx, sweep.Unit("T4-b0.9-t2", 0, KDConfig()), lambda: None, None, True)
     assert seen["device"] == torch.device("meta") and seen["saved"] is model and rec["accuracy"] == 0.75
