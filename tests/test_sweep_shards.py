@@ -162,3 +162,26 @@ def test_a_sweep_finished_by_its_shards_one_after_another(tmp_path):
     res = _sweep("--out", str(out), "--shard", "0/2")  # a shard started after the end: nothing to do
     assert res.exit_code == 0 and "every unit was already done and merged" in res.output
     assert os.path.getmtime(out / "sweep.json") >= os.path.getmtime(out / "best" / "report.json")
+
+
+def test_shards_on_machines_without_a_shared_folder_merge_from_copies(tmp_path, finished_run):
+    """A CI matrix: each shard writes its own folder (the teacher from a checkpoint, so none trains it), the folders
+    are copied into one (artifacts downloaded together) and --merge writes the whole sweep, equal to one process's."""
+    import shutil
+
+    teacher = ["--teacher-checkpoint", str(finished_run.out / "checkpoints" / "teacher.pt")]
+    for k in range(2):
+        res = _sweep(*teacher, "--out", str(tmp_path / f"shard{k}"), "--shard", f"{k}/2")
+        assert res.exit_code == 0, res.output
+        assert "teacher epoch" not in res.output
+    merged = tmp_path / "merged"
+    for k in range(2):
+        shutil.copytree(tmp_path / f"shard{k}", merged, dirs_exist_ok=True)
+    res = CliRunner().invoke(app, ["sweep", "--merge", "--out", str(merged)])
+    assert res.exit_code == 0, res.output
+    whole = json.loads((merged / "sweep.json").read_text())
+    assert whole["complete"] and whole["merged_by"] == "--merge" and (merged / "best" / "report.json").exists()
+    res = _sweep(*teacher, "--out", str(tmp_path / "one"))
+    assert res.exit_code == 0, res.output
+    ref = json.loads((tmp_path / "one" / "sweep.json").read_text())
+    assert whole["cells"] == ref["cells"] and whole["baseline"] == ref["baseline"]
