@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PKGS)
-	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -e ".[test,docs]"
+	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -e ".[test,docs,openvino]"
 	touch $@
 
 install: $(VENV)/.installed

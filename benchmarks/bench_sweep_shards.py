@@ -115,7 +115,7 @@ def main() -> None:
 def markdown(out: dict) -> str:
     p = out["projection_1_thread"]
     lines = ["# A sweep as one process and as two shards", "", stamp_markdown(out), "",
-             f"MNIST, teacher mlp:400,400 -> student mlp:32, 5 epochs, T {{2, 4}} x beta {{0.5, 0.9}} x seeds {{0, 1}}: "
+             "MNIST, teacher mlp:400,400 -> student mlp:32, 5 epochs, T {2, 4} x beta {0.5, 0.9} x seeds {0, 1}: "
              f"{out['units']} units, each trained once per way (no caches). One run per way.", "",
              "| way | wall s | units trained | teacher trained by | best cell | best | baseline | KD gain | "
              "results equal to 1 process, 1 thread |", "|---|---|---|---|---|---|---|---|---|"]

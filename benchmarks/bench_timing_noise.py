@@ -49,7 +49,6 @@ import numpy as np
 import torch
 
 from kdexport.bench.timing import disagree, interleaved, onnx_runner, ratio, torch_threads
-from kdexport.runtimes.ort import ort_session
 from kdexport.config import QuantConfig, RunConfig
 from kdexport.data.datasets import Dataset, load_dataset
 from kdexport.envinfo import result_stamp, stamp_markdown, usable_cores
@@ -57,6 +56,7 @@ from kdexport.export.onnx import export_onnx
 from kdexport.export.quantize import quantize_file
 from kdexport.files import atomic_write_json, atomic_write_text
 from kdexport.models.builders import ModelSpec, build_model
+from kdexport.runtimes.ort import ort_session
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -177,7 +177,8 @@ def main() -> None:
                 "int8_vs_fp32": {"mean": statistics.mean(speeds), "std": statistics.stdev(speeds) if len(speeds) > 1
                                  else 0.0, "min": min(speeds), "max": max(speeds)}})
     out = {**stamp, "threads": threads, "warmup": RunConfig.bench_warmup, "iters": RunConfig.bench_iters,
-           "methods": {m: {"rounds": r, "spinning": spin} for m, (r, spin) in methods.items()}, "pairs": list(PAIRS), "int8_of": INT8_OF, "summary": summary, "runs": runs}
+           "methods": {m: {"rounds": r, "spinning": spin} for m, (r, spin) in methods.items()},
+           "pairs": list(PAIRS), "int8_of": INT8_OF, "summary": summary, "runs": runs}
     atomic_write_json(Path(args.out).with_suffix(".json"), out)
     atomic_write_text(Path(args.out).with_suffix(".md"), markdown(out))
     print(markdown(out))
@@ -190,8 +191,8 @@ def markdown(out: dict) -> str:
              f"all {len(out['summary'][0]['p50_ms_median'])} models timed together; one pass = 1 round, interleaved "
              f"= {out['methods']['interleaved, spin stop']['rounds']} rounds; spinning = onnxruntime's default "
              "sessions (threads spin after each call: how reports were timed before), spin stop = "
-             "`session.force_spinning_stop` (how kdexport times now). Twin gap: |a - b| / min(a, b) of two exports of one "
-             "architecture, median (max) over the repeats; flagged: repeats in which `disagree` (the report's "
+             "`session.force_spinning_stop` (how kdexport times now). Twin gap: |a - b| / min(a, b) of two exports "
+             "of one architecture, median (max) over the repeats; flagged: repeats in which `disagree` (the report's "
              "warning) fired. INT8: mobilenet_v3_small static INT8 speed vs its FP32 file, mean +/- std (range).",
              "", "| condition | method | s per timing | " + " | ".join(f"{a} gap %" for a in pairs)
              + " | flagged | INT8 vs FP32 |", "|---|---|---|" + "---|" * len(pairs) + "---|---|"]

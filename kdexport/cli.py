@@ -415,12 +415,13 @@ def quantize_cmd(o: QuantizeOptions) -> None:
 
 @config_command("bench", BenchOptions)
 def bench_cmd(o: BenchOptions) -> None:
-    """Latency (p50/p90/p99, throughput) of any ONNX image classifier under onnxruntime, and accuracy given data."""
+    """Latency (p50/p90/p99, throughput) of image classifier files (.onnx/.ort under onnxruntime, .xml under
+    OpenVINO), all timed in the same rounds, and accuracy given data."""
     from .bench.command import bench_models, to_markdown, write_bench
 
     r = bench_models(o)
     write_bench(r, Path(o.out))
-    out_console.print(to_markdown(r))
+    out_console.print(to_markdown(r), markup=False, highlight=False)
     out_console.print(f"wrote {o.out}/bench.json, bench.md, pareto.png")
 
 

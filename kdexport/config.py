@@ -446,6 +446,11 @@ class RunConfig:
     quantize: str = option("none", "Also make an INT8 student with onnxruntime: none, static (QDQ, calibrated; "
                                    "CNNs) or dynamic (MLPs).", panel=COMMON, choices=QUANTIZE_MODES)
     quant: QuantConfig = nested(QuantConfig)
+    targets: tuple[str, ...] = option(("onnx",), "Runtimes to ship the distilled student for, comma-separated: each "
+                                                  "file (FP32, and INT8 with --quantize) parity-checked, its accuracy "
+                                                  "measured in its runtime and timed beside the others. onnx is always "
+                                                  "made.", cli_type=str, parse=parse_names, panel=EXPORT,
+                                      choices=("kdexport.export:TARGETS",))
     bench_batch: int = option(32, "The larger batch size to benchmark, beside batch 1.", panel=BENCHMARK)
     bench_iters: int = option(100, "Timed runs per model and batch size, over all rounds.", panel=BENCHMARK)
     bench_rounds: int = option(5, "Rounds that go round-robin over every model timed together (teacher, baseline, "
@@ -480,6 +485,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_choices(self)
+        _check(len(set(self.targets)) == len(self.targets), f"--targets repeats a target: {','.join(self.targets)}")
         for name in ("teacher_dropout", "student_dropout"):
             v = getattr(self, name)
             _check(0.0 <= v < 1.0, f"{name.replace('_', ' ')} must be in [0, 1), got {v}")
@@ -677,9 +683,10 @@ class QuantizeOptions:
 
 @dataclass(frozen=True)
 class BenchOptions:
-    """``kdexport bench A.onnx [B.onnx ...]``."""
+    """``kdexport bench A.onnx [B.xml ...]``."""
 
-    models: tuple[str, ...] = option(REQUIRED, "One or more ONNX image classifiers.", argument=True,
+    models: tuple[str, ...] = option(REQUIRED, "One or more image classifier files: .onnx or .ort (onnxruntime), .xml "
+                                               "(OpenVINO IR, with its .bin).", argument=True,
                                      cli_type=list[str], parse=tuple)
     out: str = option("runs/bench", "Folder for bench.json, bench.md and pareto.png.")
     batch_sizes: tuple[int, ...] = option((1, 32), "Comma-separated batch sizes.", cli_type=str,

@@ -16,7 +16,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .bench.timing import bench_onnx, disagree, eager_runner, interleaved, onnx_runner, quick_p50, ratio, torch_threads
+from .bench.timing import (
+    bench_onnx,
+    disagree,
+    eager_runner,
+    file_runner,
+    interleaved,
+    onnx_runner,
+    quick_p50,
+    ratio,
+    torch_threads,
+)
 from .config import KDConfig, RunConfig, parse_latency_budget, parse_size_budget
 from .data.datasets import Dataset, load_dataset, memory_budget, real_images
 from .distill.context import Context, Log, quiet
@@ -51,6 +61,7 @@ from .distill.train import (
 )
 from .envinfo import environment, git_commit, now_iso, usable_cores
 from .errors import ConfigError, GateError, StateError
+from .export import TARGETS
 from .export.onnx import export_onnx, save_self_contained
 from .files import atomic_write_json, read_json, staged_file
 from .models.builders import ModelSpec, build_model, check_arch, count_flops, count_params
@@ -61,7 +72,7 @@ from .report.entry import ModelEntry, entry_dicts
 from .report.write import write_report
 from .runs import SELECTION, commit_run_dir, open_run_dir, write_run_config
 from .runtimes.base import load as load_model_file
-from .runtimes.base import prediction_health, predictions
+from .runtimes.base import prediction_health, predictions, runtime_version
 from .version import __version__
 
 PARITY_SAMPLES = 256
@@ -70,6 +81,8 @@ PARITY_SAMPLES = 256
 def prepare(cfg: RunConfig, log: Log = quiet) -> Context:
     """Validate names and files (cheap checks first), set threads, load the data, build specs."""
     git_commit()  # stamp reports with the code this run starts from, even if the checkout moves on
+    for target in cfg.targets:  # a missing runtime is one line now, not after an hour of training
+        TARGETS.get(target).require()
     check_teacher_source(cfg)
     if cfg.student != "auto":
         check_arch(cfg.student)
@@ -248,7 +261,7 @@ TWINS = (("baseline", "student"),)  # entries of one graph: their latencies must
 
 
 def time_models(ctx: Context, out: Path, models: dict[str, ModelEntry | dict], *, teacher: TeacherModel | None = None,
-                eager: dict[str, torch.nn.Module] | None = None, log: Log = quiet) -> dict:
+                eager: dict[str, torch.nn.Module] | None = None, files: list | None = None, log: Log = quiet) -> dict:
     """Time every model of the report together, in interleaved rounds (``kdexport.bench.timing.interleaved``): each
     entry's ``latency_ms`` (p50 = the median of its round p50s, with their spread) and throughput, the eager
     student's beside it, and what the rounds say about the report as a whole: the speed-ups from the same rounds
@@ -262,6 +275,9 @@ def time_models(ctx: Context, out: Path, models: dict[str, ModelEntry | dict], *
         timed[role] = (onnx_runner(out / e.onnx_path, ctx.threads), inputs)
     for role, model in (eager or {}).items():
         timed[f"{role} (eager)"] = (eager_runner(model), ctx.data)
+    kept = [f for f in files or [] if f.kept]  # the student's files for other runtimes (--targets)
+    for f in kept:
+        timed[f"student {f.target} {f.precision}"] = (file_runner(out / f.path, ctx.threads), ctx.data)
     batches = sorted({1, cfg.bench_batch})
     rounds = min(cfg.bench_rounds, cfg.bench_iters)
     log(f"timing {len(timed)} models with onnxruntime ({ctx.threads} threads): {rounds} interleaved rounds at batch "
@@ -276,6 +292,10 @@ def time_models(ctx: Context, out: Path, models: dict[str, ModelEntry | dict], *
     for role in eager or {}:
         r = res[f"{role} (eager)"]
         entries[role].torch_eager = {"latency_ms": r["latency_ms"], "throughput_per_s": r["throughput_per_s"]}
+    for f in kept:
+        r = res[f"student {f.target} {f.precision}"]
+        f.latency_ms, f.throughput_per_s = r["latency_ms"], r["throughput_per_s"]
+        f.extra["speedup_vs_onnx_fp32_batch_1"] = ratio(res["student"], r) if "student" in res else None
     speedups = {}
     for role in entries:
         if role != "teacher" and "teacher" in entries:
@@ -403,8 +423,12 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
             except GateError as e:  # keep the run and its report; fail the command afterwards
                 gate_error = e
                 models["student_int8_rejected"] = {"error": str(e)}
-        timing = time_models(ctx, staging, models, teacher=teacher, eager={"student": trained["student"][0]}, log=log)
+        files = target_files(ctx, trained["student"][0], models, staging, log)
+        timing = time_models(ctx, staging, models, teacher=teacher, eager={"student": trained["student"][0]},
+                             files=files, log=log)
         extra = {"teacher_tta": tta} if tta else {}
+        if files:
+            extra["runtimes"] = runtimes_section(ctx, models, files, timing)
         if reused is not None:
             extra["baseline_reused"] = reused["reused"]
         verdict = check_budget(ctx, models, staging)
@@ -437,6 +461,48 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
     if gate_error is not None:
         raise gate_error
     return report
+
+
+def target_files(ctx: Context, model: torch.nn.Module, models: dict, out: Path, log: Log = quiet) -> list:
+    """``--targets`` beyond onnx: the distilled student's file for each runtime, FP32 and (with ``--quantize``)
+    INT8, each proven (:mod:`kdexport.export.targets`); rows with an error were not kept."""
+    if all(t == "onnx" for t in ctx.cfg.targets):
+        return []
+    from .export.targets import TargetJob, export_targets
+
+    cfg, data, st = ctx.cfg, ctx.data, models["student"]
+    meta = onnx_metadata(cfg, data, "student", ctx.student_spec, st.accuracy_torch, cfg.kd)
+    job = TargetJob(model.cpu().eval(), out / st.onnx_path, out, "student",
+                    data.normalize(data.x_test[data.test_sample(PARITY_SAMPLES)]), data, meta, st.accuracy_onnx,
+                    cfg.quantize != "none", cfg.quant, cfg.parity_rtol, cfg.parity_atol, ctx.threads)
+    return export_targets(cfg.targets, job, log)
+
+
+def runtimes_section(ctx: Context, models: dict, files: list, timing: dict) -> dict:
+    """The student as each runtime ships it: one row per runtime x precision (the ONNX files first), with its proof,
+    accuracy, size and latency from the report's rounds; the fastest row within ``--max-accuracy-drop`` of the FP32
+    ONNX file marked, as the deployment decision."""
+    from .export.targets import TargetFile
+
+    st = models["student"]
+    rows = [TargetFile("onnx", "fp32", "onnxruntime", runtime_version(st.onnx_path), st.onnx_path, st.onnx_bytes,
+                       st.parity, st.accuracy_onnx, 0.0, latency_ms=st.latency_ms,
+                       throughput_per_s=st.throughput_per_s)]
+    q = models.get("student_int8")
+    if isinstance(q, ModelEntry):
+        rows.append(TargetFile("onnx", "int8", "onnxruntime", runtime_version(q.onnx_path), q.onnx_path,
+                               q.onnx_bytes, None, q.accuracy_onnx, (st.accuracy_onnx - q.accuracy_onnx) * 100,
+                               note=f"onnxruntime {q.quantization.get('mode')} INT8", latency_ms=q.latency_ms,
+                               throughput_per_s=q.throughput_per_s,
+                               extra={"speedup_vs_onnx_fp32_batch_1": timing["speedups"].get(
+                                   "student_int8_vs_fp32_batch_1")}))
+    rows += files
+    allowed = ctx.cfg.quant.max_accuracy_drop
+    fit = [r for r in rows if r.kept and r.latency_ms and (r.accuracy_drop_points or 0.0) <= allowed]
+    best = min(fit, key=lambda r: r.latency_ms["batch_1"]["p50"]) if fit else None
+    return {"max_accuracy_drop": allowed, "threads": ctx.threads,
+            "fastest": f"{best.target} {best.precision}" if best else None,
+            "rows": [r.to_dict() for r in rows]}
 
 
 def teacher_only(cfg: RunConfig, path: str | Path, *, resume: bool = False, reporter: Reporter | None = None,

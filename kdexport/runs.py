@@ -39,7 +39,7 @@ SWEEP_CONFIG = "sweep-config.json"
 # Options that do not change what is trained: they may differ between an interrupted run and its resume.
 RESUME_IGNORES = ("out", "overwrite", "resume", "teacher_cache", "bench_iters", "bench_warmup", "bench_batch",
                   "bench_rounds", "bench_max_seconds", "threads", "parity_atol", "parity_rtol", "quantize", "quant",
-                  "force", "package",
+                  "force", "package", "targets",
                   "data_mode", "memory_budget", "workers",  # memory and stream mode give the same batches
                   "teacher_view_cache",  # the live teacher's logits, looked up
                   "baseline_cache")  # a cached baseline was trained under the same key
@@ -170,7 +170,7 @@ def _check_grid(out: Path, grid: Any) -> None:
 def read_sweep_options(folder: Path) -> tuple[RunConfig, Any]:
     """The options and grid a sweep folder records (``run-config.json``): what ``kdexport sweep --merge`` merges
     with. OutputError (one line) when ``folder`` is not a sweep."""
-    from .config import Grid, RunConfig, SWEEP_REPLACES, file_values, from_flat
+    from .config import SWEEP_REPLACES, Grid, RunConfig, file_values, from_flat
 
     if not folder.is_dir() or not (folder / SWEEP_CONFIG).is_file() or not (folder / RUN_CONFIG).is_file():
         raise OutputError(f"{str(folder)!r} is not a kdexport sweep (no {SWEEP_CONFIG} and {RUN_CONFIG}); "

@@ -50,7 +50,8 @@ from .pipeline import export_entry, models_report, prepare, report_header, teach
 from .report.write import write_report
 from .runs import RUN_CONFIG, SETUP_LOCK, commit_run_dir, open_sweep_dir, read_sweep_options
 
-__all__ = ["Grid", "Unit", "cell_key", "mean_std", "merge_sweep", "run_sweep", "shard_units", "sweep_markdown", "sweep_units"]
+__all__ = ["Grid", "Unit", "cell_key", "mean_std", "merge_sweep", "run_sweep", "shard_units", "sweep_markdown",
+           "sweep_units"]
 
 
 def cell_key(kd: KDConfig) -> str:

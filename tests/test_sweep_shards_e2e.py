@@ -14,8 +14,9 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
+# 6 units: 2 baselines, 2 cells x 2 seeds
 ARGS = ["--teacher", "mlp:64", "--epochs", "20", "-T", "2,4", "--soft-weight", "0.5", "--seeds", "0,1",
-        "--bench-iters", "3", "--bench-batch", "4", "--threads", "1", "--no-baseline-cache"]  # 6 units: 2 baselines, 2 cells x 2 seeds
+        "--bench-iters", "3", "--bench-batch", "4", "--threads", "1", "--no-baseline-cache"]
 UNITS = {"baseline-s0", "baseline-s1", "T2-b0.5-t2-s0", "T2-b0.5-t2-s1", "T4-b0.5-t2-s0", "T4-b0.5-t2-s1"}
 TRAINED = re.compile(r"^> (\S+) s(\d+): trained", re.M)
 

@@ -1,4 +1,5 @@
-"""``kdexport bench``: latency (and accuracy, given data) of any ONNX image classifier."""
+"""``kdexport bench``: latency (and accuracy, given data) of any image classifier file a runtime of kdexport runs
+(``.onnx``/``.ort`` with onnxruntime, ``.xml`` with OpenVINO), every file in the same interleaved rounds."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from ..envinfo import check_fits_memory, environment, now_iso, usable_cores
 from ..errors import ConfigError, DataError, ModelFileError
 from ..files import atomic_write, atomic_write_json, atomic_write_text
 from ..models.checkpoint import load_model
-from ..runtimes.base import file_accuracy
-from ..runtimes.ort import data_for_model, inspect_classifier, ort_logits, ort_session
-from .timing import InputsFor, eager_runner, interleaved, onnx_runner, p50, torch_threads
+from ..runtimes.base import file_accuracy, inspect, load, runtime_for, runtime_version
+from ..runtimes.ort import data_for_model
+from .timing import InputsFor, eager_runner, file_runner, interleaved, p50, torch_threads
 
 
 def bench_data(o: BenchOptions) -> Dataset | None:
@@ -25,7 +26,7 @@ def bench_data(o: BenchOptions) -> Dataset | None:
     if o.dataset:
         return data_for_model(o.models[0], o.dataset, o.data_dir)
     try:
-        named = inspect_classifier(o.models[0])["metadata"].get("dataset")
+        named = inspect(o.models[0])["metadata"].get("dataset")
     except ModelFileError:
         return None  # the model's own error comes with its row
     if not isinstance(named, str):
@@ -48,7 +49,7 @@ def bench_models(o: BenchOptions) -> dict:
     models = {}
     shapes = {}
     for path in map(Path, o.models):
-        info = inspect_classifier(path)
+        info = inspect(path)
         chw = list(o.input_shape) if o.input_shape else info["input_shape"]
         if any(d is None for d in chw):
             raise ModelFileError(f"{path.name} has a dynamic input size {chw}; pass --input-shape C,H,W")
@@ -62,7 +63,9 @@ def bench_models(o: BenchOptions) -> dict:
                 raise DataError(f"{path.name} has {n_out} classes; dataset {data.name} has {data.num_classes}")
         entry = {
             "path": str(path),
-            "onnx_bytes": info["bytes"],
+            "runtime": runtime_for(path),
+            "runtime_version": runtime_version(path),
+            "onnx_bytes": info["bytes"],  # every file of the model (an OpenVINO IR's .xml and .bin)
             "input_shape": chw,
             "num_classes": info["num_classes"],
             "arch": info["metadata"].get("arch"),
@@ -77,7 +80,7 @@ def bench_models(o: BenchOptions) -> dict:
                              f"ceil(B / {info['batch']}) calls")
         if data is not None:
             entry["accuracy_onnx"] = file_accuracy(path, data, max(threads))
-        name = path.stem if path.stem not in models else str(path)
+        name = next(n for n in (path.stem, path.name, str(path)) if n not in models)  # student, student.xml, ...
         models[name], shapes[name] = entry, chw
     result = {
         "created": now_iso(),
@@ -97,7 +100,7 @@ def bench_models(o: BenchOptions) -> dict:
     if eager is not None:
         result["torch_eager"] = {"checkpoint": str(o.checkpoint), "arch": eager[1].arch, "runs": []}
     for t in threads:  # every model (and the eager checkpoint) in the same interleaved rounds, per thread count
-        timed = {name: (onnx_runner(m["path"], t, o.graph_opt), _inputs(data, shapes[name]))
+        timed = {name: (file_runner(m["path"], t, o.graph_opt), _inputs(data, shapes[name]))
                  for name, m in models.items()}
         if eager is not None:
             timed[EAGER] = (eager_runner(eager[0]), _inputs(data, eager[1].input_shape))
@@ -127,7 +130,7 @@ def _inputs(data: Dataset | None, chw) -> InputsFor:
 
 
 def _run_once(path: Path, x: torch.Tensor) -> int:
-    return int(ort_logits(ort_session(path), x.numpy()).shape[1])
+    return int(load(path).logits(x.numpy()).shape[1])
 
 
 def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:
@@ -153,7 +156,9 @@ def to_markdown(r: dict) -> str:
         "# kdexport bench",
         "",
         f"{r['created']}; {r['environment']['cpu']} ({r['environment']['cpu_cores']} cores), "
-        f"onnxruntime {r['environment']['onnxruntime']}, graph optimization {r['session']['graph_optimization']}, "
+        + ", ".join(sorted({f"{m.get('runtime', 'onnxruntime')} {m.get('runtime_version') or ''}".strip()
+                            for m in r["models"].values()}))
+        + f", onnxruntime graph optimization {r['session']['graph_optimization']}, "
         f"{r['session']['warmup']} warm-up + up to {r['session']['iters']} timed runs per model in "
         f"{r['session'].get('rounds', 1)} rounds that go round-robin over the models: a p50 is the median of its "
         "rounds' p50s, with their [min, max] in brackets.",

@@ -78,6 +78,13 @@ def latency_table(run: Callable[[torch.Tensor], object], data: Dataset | InputsF
 Timed = dict[str, tuple[Callable[[torch.Tensor], object], "Dataset | InputsFor"]]  # name -> (run, inputs)
 
 
+def _call(run: Callable[[torch.Tensor], object], x: torch.Tensor, clock: Callable[[], float]) -> float:
+    """One untimed call's duration (warm-up and settling: it decides when to time, it is not a sample)."""
+    t0 = clock()
+    run(x)
+    return clock() - t0
+
+
 SETTLED = 1.25  # a call within this factor of the model's fastest untimed call: its caches are warm again
 
 
@@ -101,16 +108,9 @@ def interleaved(models: Timed, batches: list[int], *, warmup: int = RunConfig.be
     for b in batches:
         inputs = {name: _inputs_for(data)(b) for name, (_, data) in models.items()}
         best = {name: math.inf for name in models}  # each model's fastest untimed call: what "settled" means
-
-        def untimed(name: str) -> float:
-            t0 = clock()
-            models[name][0](inputs[name])
-            best[name] = min(best[name], dt := clock() - t0)
-            return dt
-
         for name in models:
             for _ in range(warmup):
-                untimed(name)
+                best[name] = min(best[name], _call(models[name][0], inputs[name], clock))
         samples: dict[str, list[float]] = {name: [] for name in models}
         round_p50: dict[str, list[float]] = {name: [] for name in models}
         names = list(models)
@@ -118,7 +118,9 @@ def interleaved(models: Timed, batches: list[int], *, warmup: int = RunConfig.be
             for name in names[r % len(names):] + names[:r % len(names)]:
                 run, x = models[name][0], inputs[name]
                 for _ in range(warmup):  # settle: caches refilled after the other models' turns
-                    if untimed(name) <= SETTLED * best[name]:
+                    dt = _call(run, x, clock)
+                    best[name] = min(best[name], dt)
+                    if dt <= SETTLED * best[name]:
                         break
                 these = []
                 start = clock()
@@ -180,6 +182,20 @@ def onnx_runner(path: str | os.PathLike, threads: int | None = None, graph_opt: 
     if fixed:
         return lambda x: ort_logits(sess, x.numpy())
     return lambda x: sess.run(None, {inp.name: x.numpy()})
+
+
+def file_runner(path: str | os.PathLike, threads: int | None = None, graph_opt: str = "all"
+                ) -> Callable[[torch.Tensor], object]:
+    """One call of any runtime's model file on a batch (:func:`onnx_runner` for ONNX files; others through their
+    runtime's :class:`~kdexport.runtimes.base.ModelFile`, a fixed batch fed what it takes)."""
+    from ..runtimes.base import load, runtime_for
+
+    if runtime_for(path) == "onnxruntime":
+        return onnx_runner(path, threads, graph_opt)
+    model = load(path, threads=threads or usable_cores())
+    if model.fixed_batch:
+        return lambda x: model.logits(x.numpy())
+    return lambda x: model.run(x.numpy())
 
 
 def eager_runner(model: nn.Module) -> Callable[[torch.Tensor], object]:

@@ -1,8 +1,8 @@
 """Export: PyTorch -> ONNX with a parity proof, INT8 quantization (calibrations, FP32 fallback, equalization),
 and prediction from a file.
 
-The INT8 calibrations' names are declared here, without importing onnx or torch (the CLI lists them);
-their items live in :mod:`.calibration`.
+The INT8 calibrations' and the targets' names are declared here, without importing onnx or torch (the CLI
+lists them); their items live in :mod:`.calibration` and :mod:`.targets`.
 """
 
 from ..registry import Registry
@@ -13,3 +13,7 @@ CALIBRATIONS.declare("moving-average", "mean of each 32-image batch's min and ma
 CALIBRATIONS.declare("minmax", "min and max over all calibration images")
 CALIBRATIONS.declare("percentile", "99.999th percentile of a histogram")
 CALIBRATIONS.declare("entropy", "KL-divergence-optimal threshold of a histogram")
+
+TARGETS = Registry("target", home="kdexport.export.targets")
+TARGETS.declare("onnx", "the ONNX file (always made: every other target is proven against the same model)")
+TARGETS.declare("openvino", "OpenVINO IR (.xml + .bin) from the ONNX file, INT8 with NNCF (kdexport[openvino])")

@@ -22,7 +22,6 @@ from torch import nn
 from ..config import RunConfig
 from ..errors import ExportError, ParityError, first_line
 from ..files import staged_file
-from ..runtimes.ort import ort_logits, ort_session
 
 OPSET = 18
 INPUT_NAME = "input"
@@ -79,14 +78,17 @@ def set_metadata(path: str | os.PathLike, metadata: dict[str, Any]) -> None:
 
 
 def check_parity(path: str | os.PathLike, model: nn.Module, inputs: torch.Tensor) -> tuple[float, float, float]:
-    """Max abs logit difference, top-1 agreement of onnxruntime vs PyTorch on ``inputs``, and the logits'
-    scale (max |logit| of PyTorch's outputs)."""
+    """Max abs logit difference, top-1 agreement of the file (run in the runtime its suffix names) vs PyTorch on
+    ``inputs``, and the logits' scale (max |logit| of PyTorch's outputs)."""
+    from ..runtimes.base import load
+
     model.eval()
     with torch.no_grad():
         ref = torch.cat([model(inputs[i:i + 256]) for i in range(0, len(inputs), 256)]).float().numpy()
-    got = ort_logits(ort_session(path), inputs.numpy().astype(np.float32))
+    loaded = load(path)
+    got = loaded.logits(inputs.numpy().astype(np.float32))
     if got.shape != ref.shape:
-        raise ParityError(f"onnxruntime returned shape {got.shape}, PyTorch {ref.shape}")
+        raise ParityError(f"{loaded.runtime} returned shape {got.shape}, PyTorch {ref.shape}")
     diff = float(np.abs(got - ref).max()) if ref.size else 0.0
     agree = float((got.argmax(1) == ref.argmax(1)).mean()) if ref.size else 1.0
     scale = float(np.abs(ref).max()) if ref.size else 0.0

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, ModelFileError, first_line
+from ..runtimes.base import inspect, load
 from ..runtimes.metadata import check_metadata
-from ..runtimes.ort import inspect_classifier, ort_logits, ort_session
 
 
 def _read_labels(path: str | os.PathLike) -> list[str]:
@@ -69,10 +69,10 @@ def model_metadata(info: dict, overrides: dict | None, where: str) -> dict:
 
 
 def load_classifier(path: str | os.PathLike, overrides: dict | None = None):
-    info = inspect_classifier(path)
+    """The file loaded by the runtime its suffix names (:mod:`kdexport.runtimes`) and its checked metadata."""
+    info = inspect(path)
     meta = model_metadata(info, overrides, repr(os.fspath(path)))
-    sess = ort_session(path)
-    return sess, meta
+    return load(path), meta
 
 
 def probabilities(scores: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -110,10 +110,10 @@ def predict(model: str | os.PathLike, images: list[str | os.PathLike], top_k: in
             overrides: dict | None = None) -> list[dict]:
     """Top-k labels per image; ``overrides`` (``PredictOptions.overrides()``) say how to feed a model without
     kdexport metadata."""
-    sess, meta = load_classifier(model, overrides)
+    loaded, meta = load_classifier(model, overrides)
     names = meta["class_names"]
     x = np.stack([preprocess(p, meta) for p in images])
-    p, _ = probabilities(ort_logits(sess, x))  # a graph with a fixed batch gets the images one batch at a time
+    p, _ = probabilities(loaded.logits(x))  # a graph with a fixed batch gets the images one batch at a time
     out = []
     for img, probs in zip(images, p):
         top = probs.argsort()[::-1][: max(1, min(top_k, len(names)))]

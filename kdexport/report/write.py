@@ -172,10 +172,54 @@ def to_markdown(report: dict) -> str:
     rej = report["models"].get("student_int8_rejected")
     if rej:
         lines += ["", f"INT8 model rejected: {rej['error']}"]
+    lines += runtime_lines(report)
     lines += ["", f"Versions: Python {env['python']}, torch {env['torch']}, torchvision "
               f"{env['torchvision']}, onnx {env['onnx']}, onnxruntime {env['onnxruntime']}.", "",
               "![training curves](curves.png)", ""]
     return "\n".join(lines)
+
+
+def runtime_lines(report: dict) -> list[str]:
+    """``--targets``: the distilled student as each runtime ships it, the fastest fit file marked."""
+    r = report.get("runtimes")
+    if not r:
+        return []
+    big = max((int(k.split("_")[1]) for row in r["rows"] if row["latency_ms"] for k in row["latency_ms"]), default=1)
+    lines = ["", "## The distilled student on each runtime", "",
+             "Every file proven before it was kept: parity with PyTorch on real test images (FP32), accuracy on the "
+             "whole test split run in its own runtime, INT8 within `--max-accuracy-drop` "
+             f"{r['max_accuracy_drop']:g} points of the FP32 ONNX file; timed in the same rounds as the models above "
+             f"({r['threads']} threads). Fastest within the allowed drop: **{r['fastest'] or 'none'}**.", "",
+             f"| runtime | precision | file | size | parity max diff (allowed) | accuracy | drop | p50 ms @1 | "
+             f"p50 ms @{big} | img/s @{big} | speed vs ONNX FP32 @1 | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        par = row["parity"]
+        parity = f"{par['max_abs_diff']:.2e} ({par['tolerance']:.2e})" if par else "-"
+        lat = row["latency_ms"] or {}
+        sp = (row.get("extra") or {}).get("speedup_vs_onnx_fp32_batch_1")
+        speed = ("1.00x" if row["target"] == "onnx" and row["precision"] == "fp32" else
+                 f"{sp['median']:.2f}x ({sp['spread'][0]:.2f}-{sp['spread'][1]:.2f})" if sp else "-")
+        mark = "**" if r["fastest"] == f"{row['target']} {row['precision']}" else ""
+        note = f"NOT KEPT: {row['error']}" if row["error"] else row["note"]
+        lines.append(
+            f"| {mark}{row['runtime']}{mark} | {row['precision']} | {row['path'] or '-'} | "
+            f"{_fmt_bytes(row['bytes']) if row['bytes'] else '-'} | {parity} | "
+            + (f"{row['accuracy'] * 100:.2f}%" if row["accuracy"] is not None else "-") + " | "
+            + (drop_text(row["accuracy_drop_points"]) if row["accuracy_drop_points"] is not None else "-") + " | "
+            + (_latency_row(lat, 1) + " | " + _latency_row(lat, big)) + " | "
+            + (f"{big / (lat[f'batch_{big}']['p50'] / 1e3):.0f}" if f"batch_{big}" in lat else "-")
+            + f" | {speed} | {note} |")
+    versions = sorted({f"{row['runtime']} {row['runtime_version']}" for row in r["rows"] if row["runtime_version"]})
+    return lines + ["", f"Runtimes: {', '.join(versions)}."]
+
+
+def _latency_row(lat: dict, batch: int) -> str:
+    x = lat.get(f"batch_{batch}")
+    if not x:
+        return "-"
+    lo, hi = x.get("spread", [x["p50"], x["p50"]])
+    return f"{x['p50']:.3f} ({lo:.3f}-{hi:.3f})"
 
 
 def plot_curves(report: dict, path: Path) -> None:

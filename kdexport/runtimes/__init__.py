@@ -10,5 +10,7 @@ from ..registry import Registry
 
 RUNTIMES = Registry("runtime")
 RUNTIMES.declare("onnxruntime", "ONNX Runtime, CPU execution provider (.onnx, .ort)", home="kdexport.runtimes.ort")
+RUNTIMES.declare("openvino", "OpenVINO, CPU plugin (.xml IR with its .bin; kdexport[openvino])",
+                 home="kdexport.runtimes.openvino")
 
-SUFFIXES = {".onnx": "onnxruntime", ".ort": "onnxruntime"}  # file suffix -> the runtime that runs it
+SUFFIXES = {".onnx": "onnxruntime", ".ort": "onnxruntime", ".xml": "openvino"}  # suffix -> the runtime that runs it

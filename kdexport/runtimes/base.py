@@ -66,6 +66,11 @@ class ModelFile:
 class Runtime(Protocol):
     def load(self, path: str | os.PathLike, threads: int | None = None) -> ModelFile: ...
 
+    def inspect(self, path: str | os.PathLike) -> dict:
+        """Without running it: input_name, input_shape (C, H, W), batch (None: dynamic), num_classes, metadata,
+        bytes (every file the model needs); ModelFileError, one line, when it is not an image classifier."""
+        ...
+
     def version(self) -> str | None: ...
 
 
@@ -84,6 +89,16 @@ def load(path: str | os.PathLike, threads: int | None = None) -> ModelFile:
     """``path`` loaded by the runtime its suffix names."""
     runtime: Runtime = RUNTIMES.get(runtime_for(path))
     return runtime.load(path, threads=threads)
+
+
+def inspect(path: str | os.PathLike) -> dict:
+    """``path`` inspected (not run) by the runtime its suffix names: :meth:`Runtime.inspect`."""
+    runtime: Runtime = RUNTIMES.get(runtime_for(path))
+    return runtime.inspect(path)
+
+
+def runtime_version(path: str | os.PathLike) -> str | None:
+    return RUNTIMES.get(runtime_for(path)).version()
 
 
 def predictions(model: ModelFile, data: Dataset, batch_size: int = 256,

@@ -123,10 +123,11 @@ def data_for_model(path: str | os.PathLike, dataset: str, data_dir: str | os.Pat
     ``crop_ratio`` for a model without it, else the whole image), never from the photos' defaults."""
     from ..data.datasets import load_dataset
     from ..data.images import Geometry
+    from .base import inspect
 
     size = None
     if dataset in ("imagefolder", "cifar10"):
-        info = inspect_classifier(path)
+        info = inspect(path)  # any runtime's file
         chw = info["input_shape"]
         if (dataset == "imagefolder" and len(chw) == 3 and isinstance(chw[1], int) and chw[1] == chw[2]
                 and chw[1] >= 8):
@@ -145,6 +146,9 @@ def data_for_model(path: str | os.PathLike, dataset: str, data_dir: str | os.Pat
 
 class OnnxRuntime:
     """The ``onnxruntime`` runtime: ``.onnx`` and ``.ort`` files on the CPU execution provider."""
+
+    def inspect(self, path: str | os.PathLike) -> dict:
+        return inspect_classifier(path)
 
     def load(self, path: str | os.PathLike, threads: int | None = None, graph_opt: str = "all") -> ModelFile:
         from ..envinfo import usable_cores
