@@ -48,7 +48,7 @@ from kdexport.export.targets import TargetJob, export_targets
 from kdexport.files import atomic_write_json, atomic_write_text
 from kdexport.models.builders import ModelSpec, build_model
 from kdexport.models.checkpoint import load_model
-from kdexport.runtimes.base import file_accuracy, inspect, runtime_version
+from kdexport.runtimes.base import file_accuracy, runtime_version
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

@@ -427,7 +427,7 @@ def bench_cmd(o: BenchOptions) -> None:
 
 @config_command("predict", PredictOptions)
 def predict_cmd(o: PredictOptions) -> None:
-    """Top-k labels for images, using only the ONNX file and its metadata."""
+    """Top-k labels for images, using only the model file (.onnx, .ort or an OpenVINO .xml) and its metadata."""
     import json
 
     from .export.predict import predict

@@ -724,9 +724,9 @@ class BenchOptions:
 class PredictOptions:
     """``kdexport predict MODEL.onnx IMAGE...``."""
 
-    model: str = option(REQUIRED, "An ONNX image classifier: kdexport's carry their labels, normalization and crop in "
-                                  "their metadata; another's takes them from the options below (or a package's "
-                                  "preprocess.json).", argument=True)
+    model: str = option(REQUIRED, "An image classifier file (.onnx, .ort, or an OpenVINO .xml): kdexport's carry "
+                                  "their labels, normalization and crop in their metadata; another's takes them "
+                                  "from the options below (or a package's preprocess.json).", argument=True)
     images: tuple[str, ...] = option(REQUIRED, "Image files.", argument=True, cli_type=list[str], parse=tuple)
     top_k: int = option(5, "How many labels to show per image.")
     json_out: bool = option(False, "Print JSON instead of a table.", flags=("--json",))
