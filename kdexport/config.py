@@ -449,7 +449,7 @@ class RunConfig:
     targets: tuple[str, ...] = option(("onnx",), "Runtimes to ship the distilled student for, comma-separated: each "
                                                   "file (FP32, and INT8 with --quantize) parity-checked, its accuracy "
                                                   "measured in its runtime and timed beside the others. onnx is always "
-                                                  "made.", cli_type=str, parse=parse_names, panel=EXPORT,
+                                                  "made.", cli_type=str, parse=parse_names, panel=COMMON,
                                       choices=("kdexport.export:TARGETS",))
     bench_batch: int = option(32, "The larger batch size to benchmark, beside batch 1.", panel=BENCHMARK)
     bench_iters: int = option(100, "Timed runs per model and batch size, over all rounds.", panel=BENCHMARK)
