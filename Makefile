@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # CPU-only wheels: TORCH_PKGS="torch==2.14.1 torchvision==0.29.1 --index-url https://download.pytorch.org/whl/cpu".
 TORCH_PKGS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-slow gate docs shipped-baseline clean
+.PHONY: install install-runtimes demo test test-slow gate docs shipped-baseline clean
 
 # setuptools warns on every editable install that a folder named like the package could shadow it: true of any
 # editable install, and nothing a newcomer must act on, so the install line filters that one warning.
@@ -17,6 +17,11 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# Every runtime a student ships on (--targets litert,executorch,coreml beside openvino): heavy (jax, transformers
+# come with litert-torch and executorch), so only the slow tests and .ci/run need it.
+install-runtimes: install
+	$(PY) -m pip install -q -e ".[runtimes]"
 
 demo: install
 	$(VENV)/bin/kdexport distill-export

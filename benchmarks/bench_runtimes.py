@@ -14,8 +14,11 @@ The schedule is in the JSON; the accuracies are these runs', not the students' b
 
 Files: ONNX FP32 (kdexport's export, parity-checked), ONNX static INT8 (onnxruntime QDQ, median calibration, 300
 images), OpenVINO FP32 IR (from the ONNX file, FP32 weights, inference precision pinned to f32) and OpenVINO INT8
-(NNCF, the same 300 images). Nothing is gated here: a large INT8 drop is reported, not hidden. Latency: kdexport's
-one harness (10 warm-up, 100 timed runs in 5 interleaved rounds, p50 = median of the round p50s with its spread).
+(NNCF, the same 300 images), LiteRT .tflite FP32 and INT8 (litert-torch; PT2E static INT8 on the same images; batch
+1, XNNPACK), ExecuTorch .pte FP32 and INT8 (XNNPACK-lowered; XNNPACK PT2E quantizer on the same images) and a Core
+ML package (converted and checked, not run: Core ML predicts only on macOS). Nothing is gated here: a large INT8
+drop is reported, not hidden. Latency: kdexport's one harness (10 warm-up, 100 timed runs in 5 interleaved
+rounds, p50 = median of the round p50s with its spread).
 OpenVINO's own ``benchmark_app`` is run once per OpenVINO file beside it (sync API, one stream, batch 1, the same
 threads, f32), to check the harness against the vendor's tool: its C++ loop has no Python call in it.
 
@@ -55,6 +58,7 @@ from kdexport.runtimes.base import file_accuracy, runtime_version
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+TARGETS = ("openvino", "litert", "executorch", "coreml")
 STUDENTS = {"fastcifar:0.25": False, "fastcifar:0.5": False, "mobilenet_v3_small": True, "resnet18": True}
 FAST = dict(batch_size=1024, optimizer="sgd", lr=1.5, momentum=0.85, weight_decay=0.00133, scheduler="onecycle",
             label_smoothing=0.2, ema=0.98, bias_lr_scale=64.0, precision="bf16", augment="shift2-flip")
@@ -120,10 +124,11 @@ def student_rows(arch: str, stem: bool, data, args, tmp: Path) -> dict:
             {"target": "onnx", "precision": "int8", "path": out / "onnx" / "student.int8.onnx", "bytes": q.onnx_bytes,
              "parity": None, "accuracy": q.accuracy_int8}]
     job = TargetJob(model, onnx_path, out, "student", parity_x, data, meta, acc32, True, quant, 1e-4, None, None)
-    for f in export_targets(("openvino",), job, print):
+    for f in export_targets(TARGETS, job, print):
         rows.append({"target": f.target, "precision": f.precision, "path": out / f.path if f.path else None,
-                     "bytes": f.bytes, "parity": f.parity, "accuracy": f.accuracy, "error": f.error})
-    kept = [r for r in rows if r.get("path")]
+                     "bytes": f.bytes, "parity": f.parity, "accuracy": f.accuracy, "error": f.error,
+                     "runs_here": f.runs_here, "note": f.note})
+    kept = [r for r in rows if r.get("path") and r.get("runs_here", True)]
     for r in rows:
         r["runtime"] = "onnxruntime" if r["target"] == "onnx" else r["target"]
         r["accuracy_drop_points"] = (acc32 - r["accuracy"]) * 100 if r["accuracy"] is not None else None
@@ -166,7 +171,9 @@ def main() -> None:
         for arch in args.students.split(","):
             students.append(student_rows(arch, STUDENTS[arch], data, args, Path(tmp)))
             print(markdown({**stamp, "students": students[-1:], "versions": {}}), flush=True)
-    versions = {"onnxruntime": runtime_version("x.onnx"), "openvino": runtime_version("x.xml")}
+    versions = {"onnxruntime": runtime_version("x.onnx"), "openvino": runtime_version("x.xml"),
+                "litert": runtime_version("x.tflite"), "executorch": runtime_version("x.pte"),
+                "coremltools": runtime_version("x.mlpackage")}
     if args.update and Path(args.out).with_suffix(".json").exists():
         old = json.loads(Path(args.out).with_suffix(".json").read_text())
         if old["environment"]["cpu"] != stamp["environment"]["cpu"] or old["versions"] != versions:
@@ -200,8 +207,10 @@ def markdown(out: dict) -> str:
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in s["rows"]:
             if not r["runs"]:
-                lines.append(f"| {r['runtime']} | {r['precision']} | - | - | - | - | - | - | - | - | - | "
-                             f"not kept: {r.get('error')} |")
+                why = (f"not kept: {r.get('error')}" if r.get("error") else
+                       "checked, not run (Core ML predicts only on macOS)" if r.get("path") else r.get("note", "-"))
+                size = f"{r['bytes'] / 1024:.0f} KB" if r.get("bytes") else "-"
+                lines.append(f"| {r['runtime']} | {r['precision']} | {size} | - | - | - | - | - | - | - | - | {why} |")
                 continue
             for run in r["runs"]:
                 b1, b32 = run["latency_ms"]["batch_1"], run["latency_ms"]["batch_32"]

@@ -468,12 +468,13 @@ def check_cmd(o: CheckOptions) -> None:
 
 @config_command("package", PackageOptions)
 def package_cmd(o: PackageOptions) -> None:
-    """An app-ready folder: model.onnx (+ INT8), model.ort, labels.txt, preprocess.json, test data, a model
-    card and SHA256SUMS, written atomically; `kdexport verify` checks it anywhere."""
+    """An app-ready folder: model.onnx (+ INT8), model.ort, the run's files for other runtimes (--targets),
+    labels.txt, preprocess.json, test data, a model card and SHA256SUMS, written atomically; `kdexport verify`
+    checks it anywhere."""
     from .report.package import package
 
     path = package(o.source, o.out, dataset=o.dataset, data_dir=o.data_dir, labels=o.labels, mean=o.mean,
-                   std=o.std, samples=o.samples, overwrite=o.overwrite, crop_ratio=o.crop_ratio)
+                   std=o.std, samples=o.samples, overwrite=o.overwrite, crop_ratio=o.crop_ratio, targets=o.targets)
     out_console.print(f"wrote {path}: " + ", ".join(sorted(p.name for p in path.iterdir())))
 
 

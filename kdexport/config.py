@@ -780,6 +780,10 @@ class PackageOptions:
                                             "input size / ratio, then center-crop (torchvision: 0.875); default 1, "
                                             "the whole image resized. Recorded in preprocess.json and the card.")
     samples: int = option(8, "Real test images in test_data_set_0/.")
+    targets: tuple[str, ...] | None = option(None, "A run folder: which runtimes' files go in beside the ONNX ones, "
+                                                   "comma-separated (default: every file the run kept with "
+                                                   "distill-export --targets).", cli_type=str, parse=parse_names,
+                                             choices=("kdexport.export:TARGETS",))
     overwrite: bool = option(False, "Replace an existing --out folder.")
 
     def __post_init__(self) -> None:
@@ -873,7 +877,9 @@ class GateConfig:
     max_latency_ratio: float = option(1.2, "Largest allowed current/baseline p50 latency at batch 1.")
     max_size_ratio: float = option(1.05, "Largest allowed current/baseline ONNX file size.")
     models: tuple[str, ...] = option(("student",), "Comma-separated report entries to gate (teacher, baseline, "
-                                                   "student).", cli_type=str, parse=parse_names)
+                                                   "student, student_int8) or runtime rows of --targets "
+                                                   "(litert:int8, openvino:fp32, ...).", cli_type=str,
+                                     parse=parse_names)
     skip: tuple[str, ...] = option((), "Skip a metric (repeatable). Skip latency when the two reports come from "
                                        "different machines.",
                                    cli_type=list[str] | None, parse=parse_names, choices=CHECK_METRICS,

@@ -275,12 +275,13 @@ def time_models(ctx: Context, out: Path, models: dict[str, ModelEntry | dict], *
         timed[role] = (onnx_runner(out / e.onnx_path, ctx.threads), inputs)
     for role, model in (eager or {}).items():
         timed[f"{role} (eager)"] = (eager_runner(model), ctx.data)
-    kept = [f for f in files or [] if f.kept]  # the student's files for other runtimes (--targets)
+    kept = [f for f in files or [] if f.timed]  # the student's files for other runtimes (--targets)
     for f in kept:
         timed[f"student {f.target} {f.precision}"] = (file_runner(out / f.path, ctx.threads), ctx.data)
     batches = sorted({1, cfg.bench_batch})
     rounds = min(cfg.bench_rounds, cfg.bench_iters)
-    log(f"timing {len(timed)} models with onnxruntime ({ctx.threads} threads): {rounds} interleaved rounds at batch "
+    log(f"timing {len(timed)} models, each in its runtime ({ctx.threads} threads): {rounds} interleaved rounds at "
+        f"batch "
         f"{' and '.join(map(str, batches))}")
     t0 = time.perf_counter()
     with torch_threads(ctx.threads):

@@ -12,8 +12,9 @@ import torch
 from typer.testing import CliRunner
 
 from kdexport.cli import app
-from kdexport.config import QuantConfig
+from kdexport.config import GateConfig, QuantConfig
 from kdexport.export.targets import TargetFile, TargetJob, gate_int8, prove_fp32
+from kdexport.report.check import check_reports
 from kdexport.report.write import runtime_lines
 
 from .conftest import FAST
@@ -152,3 +153,26 @@ def test_a_row_not_kept_says_why_in_the_report():
                                                "rows": [r.to_dict() for r in rows]}}))
     assert "| **onnxruntime** | fp32 |" in md and "NOT KEPT: INT8 loses 10.00 points; not kept" in md
     assert "Fastest within the allowed drop: **onnx fp32**" in md
+
+
+def test_check_gates_a_runtime_row_like_a_model(targeted, tmp_path):
+    out, report, _ = targeted
+    row = next(r for r in report["runtimes"]["rows"] if (r["target"], r["precision"]) == ("openvino", "fp32"))
+    worse = json.loads(json.dumps(report))
+    bad = next(r for r in worse["runtimes"]["rows"] if (r["target"], r["precision"]) == ("openvino", "fp32"))
+    bad["accuracy"] = row["accuracy"] - 0.02  # 2 points lost in OpenVINO only
+    bad["bytes"] = row["bytes"] * 2
+    (tmp_path / "worse.json").write_text(json.dumps(worse))
+    base = str(out / "report.json")
+    ok = CliRunner().invoke(app, ["check", base, "--baseline", base, "--models", "openvino:fp32", "--skip", "latency"])
+    assert ok.exit_code == 0, ok.output
+    res = CliRunner().invoke(app, ["check", str(tmp_path / "worse.json"), "--baseline", base, "--models",
+                                   "student,openvino:fp32", "--skip", "latency"])
+    assert res.exit_code == 1 and "openvino:fp32 accuracy (-2.00 points" in res.output, res.output
+    gates = {(g.model, g.metric): g for g in check_reports(worse, report, GateConfig(models=("student",
+                                                                                            "openvino:fp32")))}
+    assert gates["student", "accuracy"].passed and not gates["openvino:fp32", "accuracy"].passed
+    assert not gates["openvino:fp32", "file bytes"].passed and gates["openvino:fp32", "file bytes"].current == \
+        row["bytes"] * 2
+    res = CliRunner().invoke(app, ["check", base, "--baseline", base, "--models", "litert:int8"])
+    assert res.exit_code == 2 and "no runtime row 'litert:int8'" in res.output and "openvino:int8" in res.output

@@ -17,3 +17,9 @@ CALIBRATIONS.declare("entropy", "KL-divergence-optimal threshold of a histogram"
 TARGETS = Registry("target", home="kdexport.export.targets")
 TARGETS.declare("onnx", "the ONNX file (always made: every other target is proven against the same model)")
 TARGETS.declare("openvino", "OpenVINO IR (.xml + .bin) from the ONNX file, INT8 with NNCF (kdexport[openvino])")
+TARGETS.declare("litert", "LiteRT .tflite from PyTorch with litert-torch, INT8 with its PT2E quantizer "
+                "(kdexport[litert])")
+TARGETS.declare("executorch", "ExecuTorch .pte (XNNPACK) from torch.export, INT8 with the XNNPACK PT2E quantizer "
+                "(kdexport[executorch])")
+TARGETS.declare("coreml", "Core ML .mlpackage with coremltools (image input, class labels); checked, not run, off "
+                "macOS (kdexport[coreml])")

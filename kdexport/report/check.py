@@ -67,7 +67,42 @@ def _number(value: Any, which: str, key: str, *, lo: float | None = None, hi: fl
     return v
 
 
-def _entry(report: dict, role: str, which: str) -> ModelEntry:
+@dataclass
+class RuntimeRow:
+    """A row of a report's ``runtimes`` section (``distill-export --targets``) as ``check`` gates it: named
+    ``TARGET:PRECISION`` in ``--models`` (``litert:int8``, ``openvino:fp32``)."""
+
+    arch: str | None
+    accuracy_onnx: float | None  # the file's accuracy in its own runtime
+    onnx_bytes: int | None  # the file's bytes (all of its files)
+    latency_ms: dict | None
+
+    def p50(self, batch: int = 1) -> float | None:
+        lat = (self.latency_ms or {}).get(f"batch_{batch}")
+        return lat.get("p50") if isinstance(lat, dict) else None
+
+
+def _runtime_row(report: dict, name: str, which: str) -> RuntimeRow:
+    target, _, precision = name.partition(":")
+    rows = (report.get("runtimes") or {}).get("rows") if isinstance(report.get("runtimes"), dict) else None
+    if not isinstance(rows, list):
+        raise ReportError(f"{which} report has no runtimes section (run distill-export with --targets) to gate "
+                          f"{name!r} in")
+    for row in rows:
+        if isinstance(row, dict) and row.get("target") == target and row.get("precision") == precision:
+            if not row.get("path"):
+                raise ReportError(f"{which} report: {name} was not kept ({row.get('error') or row.get('note')})")
+            if row.get("runs_here") is False:
+                raise ReportError(f"{which} report: {name} was checked, not run (no accuracy or latency to gate)")
+            student = (report.get("models") or {}).get("student") or {}
+            return RuntimeRow(student.get("arch"), row.get("accuracy"), row.get("bytes"), row.get("latency_ms"))
+    have = ", ".join(f"{r.get('target')}:{r.get('precision')}" for r in rows if isinstance(r, dict))
+    raise ReportError(f"{which} report has no runtime row {name!r} (it has: {have})")
+
+
+def _entry(report: dict, role: str, which: str) -> ModelEntry | RuntimeRow:
+    if ":" in role:
+        return _runtime_row(report, role, which)
     entries = model_entries(report, which)
     if role not in entries:
         raise ReportError(f"{which} report has no key models.{role}")
@@ -87,7 +122,7 @@ def check_reports(current: dict, baseline: dict, gates: GateConfig = GateConfig(
         if b.arch != c.arch:
             raise ReportError(f"models.{m} is a {c.arch} in the current report but a {b.arch} in the baseline")
         if "accuracy" not in skip:
-            key = f"models.{m}.accuracy_onnx"
+            key = f"models.{m}.accuracy_onnx" if ":" not in m else f"runtimes {m} accuracy"
             b_acc = _number(b.accuracy_onnx, "baseline", key, lo=0, hi=1)
             c_acc = _number(c.accuracy_onnx, "current", key, lo=0, hi=1)
             drop = (b_acc - c_acc) * 100
@@ -97,18 +132,19 @@ def check_reports(current: dict, baseline: dict, gates: GateConfig = GateConfig(
                 out.append(Gate(m, "min accuracy", None, c_acc, f">= {gates.min_accuracy:g}",
                                 c_acc >= gates.min_accuracy, f"{c_acc:.4f}"))
         if "latency" not in skip:
-            key = f"models.{m}.latency_ms.batch_1.p50"
+            key = f"models.{m}.latency_ms.batch_1.p50" if ":" not in m else f"runtimes {m} latency_ms.batch_1.p50"
             b_lat = _number(b.p50(1), "baseline", key, lo=0)
             c_lat = _number(c.p50(1), "current", key, lo=0)
             ratio = c_lat / b_lat if b_lat > 0 else float("inf")
             out.append(Gate(m, "latency p50 @1 (ms)", b_lat, c_lat, f"ratio <= {gates.max_latency_ratio:g}",
                             ratio <= gates.max_latency_ratio, f"{ratio:.2f}x"))
         if "size" not in skip:
-            key = f"models.{m}.onnx_bytes"
+            key = f"models.{m}.onnx_bytes" if ":" not in m else f"runtimes {m} bytes"
             b_sz = int(_number(b.onnx_bytes, "baseline", key, lo=0))
             c_sz = int(_number(c.onnx_bytes, "current", key, lo=0))
             ratio = c_sz / b_sz if b_sz > 0 else float("inf")
-            out.append(Gate(m, "ONNX bytes", b_sz, c_sz, f"ratio <= {gates.max_size_ratio:g}",
+            out.append(Gate(m, "ONNX bytes" if ":" not in m else "file bytes", b_sz, c_sz,
+                            f"ratio <= {gates.max_size_ratio:g}",
                             ratio <= gates.max_size_ratio, f"{ratio:.3f}x"))
     return out
 
@@ -118,7 +154,7 @@ def _fmt(v: float | None, metric: str) -> str:
         return "-"
     if metric.endswith("accuracy"):
         return f"{v * 100:.2f}%"
-    if metric.startswith("ONNX"):
+    if metric.endswith("bytes"):
         return f"{int(v):,}"
     return f"{v:.4f}"
 

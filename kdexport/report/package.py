@@ -222,16 +222,22 @@ def _card(src: PackageSource, name: str, accuracy: float | None, latency: dict, 
         lines += ["## Teacher and distillation", "",
                   f"Distilled by kdexport from teacher `{kd.get('teacher', cfg.get('teacher', '?'))}`: "
                   + ", ".join(f"{k} {v}" for k, v in kd.items() if k != "teacher") + ".", ""]
-    lines += ["## Accuracy, size and latency", "", "| file | bytes | accuracy (test split) | p50 ms @1 |",
-              "|---|---|---|---|"]
+    lines += ["## Accuracy, size and latency", "",
+              "| file | runtime | bytes | accuracy (test split, in its runtime) | p50 ms @1 |", "|---|---|---|---|---|"]
+    notes = []
     for f in files:
         row = latency.get("files", {}).get(f, {})
-        acc = row.get("accuracy")
-        lines.append(f"| {f} | {row.get('bytes', 0):,} | {acc * 100:.2f}% | "
-                     f"{row['p50']:.3f} |" if acc is not None and row.get("p50") is not None else
-                     f"| {f} | {row.get('bytes', 0):,} | - | - |")
-    lines += ["", f"Measured with onnxruntime (CPU execution provider) on {env.get('cpu', 'this machine')} "
-              f"({env.get('cpu_cores', '?')} cores), onnxruntime {env.get('onnxruntime', '?')}"
+        acc, p50 = row.get("accuracy"), row.get("p50")
+        acc_text = f"{acc * 100:.2f}%" if acc is not None else "-"
+        p50_text = f"{p50:.3f}" if p50 is not None else "-"
+        runtime = row.get("runtime", "onnxruntime")
+        lines.append(f"| {f} | {runtime} | {row.get('bytes', 0):,} | {acc_text} | {p50_text} |")
+        if row.get("runtime") == "coreml":
+            notes.append(f"`{f}`: {row['note']}.")
+    lines += [""] + notes if notes else []
+    lines += ["", f"Measured in each file's runtime (onnxruntime: CPU execution provider) on "
+              f"{env.get('cpu', 'this machine')} ({env.get('cpu_cores', '?')} cores), onnxruntime "
+              f"{env.get('onnxruntime', '?')}"
               f"{', ' + report['created'] if report.get('created') else ''}. Latency on another device will differ:"
               " measure it there.", "",
               "## Limitations", "",
@@ -245,8 +251,10 @@ def _card(src: PackageSource, name: str, accuracy: float | None, latency: dict, 
 def package(source: str | os.PathLike, out: str | os.PathLike, *, dataset: str | None = None,
             data_dir: str | None = None, labels: str | None = None, mean: tuple[float, ...] | None = None,
             std: tuple[float, ...] | None = None, samples: int = PackageOptions.samples,
-            overwrite: bool = False, crop_ratio: float | None = None) -> Path:
-    """Write the package for a run folder or an ONNX classifier to ``out``; return its path."""
+            overwrite: bool = False, crop_ratio: float | None = None,
+            targets: tuple[str, ...] | None = None) -> Path:
+    """Write the package for a run folder or an ONNX classifier to ``out``; return its path. ``targets``: which
+    runtimes' files of a run folder go in (default: every file the run kept with ``--targets``)."""
     from ..envinfo import environment
     from ..runtimes.base import load, prediction_health, predictions
 
@@ -275,6 +283,7 @@ def package(source: str | os.PathLike, out: str | os.PathLike, *, dataset: str |
         if src.int8 is not None:
             _write_tensor(staging / TEST_DIR / "output_0.int8.pb", _run(staging / MODEL_INT8, x), "logits")
         atomic_write_text(staging / "labels.txt", "\n".join(src.class_names) + "\n")
+        target_rows = _add_target_files(Path(source), src, staging, x, want, targets)
         kinds = output_kinds(staging / MODEL, x)
         pre = {"input_name": info["input_name"], "layout": "NCHW", "dtype": "float32",
                "shape": [info["batch"] or "N", *src.input_shape], "size": src.input_shape[1:],
@@ -311,7 +320,12 @@ def package(source: str | os.PathLike, out: str | os.PathLike, *, dataset: str |
         name = f"{arch}-{src.dataset}".replace(":", "-").replace(",", "-")
         src.meta["input_name"] = info["input_name"]
         accuracy = measured["files"][MODEL]["accuracy"]
-        atomic_write_text(staging / "README.md", _card(src, name, accuracy, measured, files, kinds[0],
+        for row in target_rows:
+            measured["files"][row["file"]] = {"bytes": row["bytes"], "accuracy": row["accuracy"],
+                                              "p50": ((row["latency_ms"] or {}).get("batch_1") or {}).get("p50"),
+                                              "runtime": row["runtime"], "note": row["card_note"]}
+        atomic_write_text(staging / "README.md", _card(src, name, accuracy, measured,
+                                                       files + [r["file"] for r in target_rows], kinds[0],
                                                        (health or {}).get("flag")))
         write_sums(staging)
         commit_out_dir(staging, final)
@@ -319,6 +333,64 @@ def package(source: str | os.PathLike, out: str | os.PathLike, *, dataset: str |
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final
+
+
+def target_name(row: dict) -> str:
+    """Where a run's file for another runtime goes in a package: ``TARGET/model[.int8].SUFFIX``."""
+    suffix = Path(row["path"]).suffix
+    return f"{row['target']}/model{'.int8' if row['precision'] == 'int8' else ''}{suffix}"
+
+
+def _expected_name(target: str) -> str:
+    return f"{TEST_DIR}/output_0.{target}.int8.pb"
+
+
+def _add_target_files(source: Path, src: PackageSource, staging: Path, x: np.ndarray, want: np.ndarray,
+                      targets: tuple[str, ...] | None) -> list[dict]:
+    """Copy a run's kept files for other runtimes (``distill-export --targets``) into the package, each run again
+    on the package's test inputs: an FP32 file must give ``output_0.pb``'s logits, an INT8 file's own are written
+    beside them (``output_0.TARGET.int8.pb``) for ``verify``. A Core ML package is checked, not run."""
+    from ..runtimes.base import load
+    from ..runtimes.coreml import check_package
+
+    rows = [r for r in ((src.report or {}).get("runtimes") or {}).get("rows", [])
+            if r.get("target") != "onnx" and r.get("path")]
+    wanted = set(targets) - {"onnx"} if targets is not None else None
+    if wanted is not None:
+        if not source.is_dir() and wanted:
+            raise DataError(f"--targets {','.join(sorted(wanted))}: a package of a single ONNX file holds only it; "
+                            "package a run folder made with distill-export --targets")
+        missing = wanted - {r["target"] for r in rows}
+        if missing:
+            raise DataError(f"the run at {str(source)!r} has no kept file for {', '.join(sorted(missing))}: rerun "
+                            f"distill-export with --targets onnx,{','.join(sorted(missing))}")
+        rows = [r for r in rows if r["target"] in wanted]
+    added = []
+    for row in rows:
+        path = source / row["path"]
+        name = target_name(row)
+        dest = staging / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            shutil.copytree(path, dest)
+        else:
+            shutil.copyfile(path, dest)
+            if path.suffix == ".xml":
+                shutil.copyfile(path.with_suffix(".bin"), dest.with_suffix(".bin"))
+        note = row.get("note", "")
+        if row.get("runs_here", True):
+            got = load(dest).logits(x)
+            if row["precision"] == "int8":
+                _write_tensor(staging / _expected_name(row["target"]), got, "logits")
+            else:
+                why = outputs_match(got, want)
+                if why:
+                    raise ExportError(f"{name} does not reproduce {MODEL}: {why}")
+        else:
+            check_package(dest, {"class_names": src.class_names, "input_shape": src.input_shape})
+            note = "checked (inputs, labels, metadata), not run: Core ML predicts only on macOS"
+        added.append({**row, "file": name, "card_note": note})
+    return added
 
 
 def _geometry_text(pre: dict | None) -> dict:
@@ -515,4 +587,47 @@ def verify(pkg: str | os.PathLike) -> list[str]:
             why = f"onnxruntime cannot run it: {first_line(e, 160)}"
         if why:
             failures.append(f"{f}: {why}")
+    return failures + _verify_targets(pkg, good, x, want)
+
+
+_TARGET_FILE = re.compile(r"([a-z0-9_-]+)/model(\.int8)?\.(xml|tflite|pte|mlpackage)")
+
+
+def _verify_targets(pkg: Path, good: set[str], x: np.ndarray, want: np.ndarray) -> list[str]:
+    """Every other runtime's file the package holds (``TARGET/model[.int8].SUFFIX``, among the files whose
+    checksums held) run on the test inputs in its runtime: FP32 files must give ``output_0.pb``, INT8 ones their
+    ``output_0.TARGET.int8.pb``; a Core ML package is checked against ``labels.txt`` and the input's shape. A runtime
+    missing here is a failure naming its install: an unchecked file is not a verified one."""
+    from ..runtimes.base import load
+    from ..runtimes.coreml import check_package
+
+    names = sorted({n.split(".mlpackage/")[0] + ".mlpackage" if ".mlpackage/" in n else n for n in good})
+    failures = []
+    for name in names:
+        m = _TARGET_FILE.fullmatch(name)
+        if m is None:
+            continue
+        target, int8, suffix = m.group(1), bool(m.group(2)), m.group(3)
+        path = pkg / name
+        try:
+            if suffix == "mlpackage":
+                labels = (pkg / "labels.txt").read_text().splitlines() if "labels.txt" in good else []
+                check_package(path, {"class_names": labels, "input_shape": list(x.shape[1:])})
+                continue
+            if suffix == "xml" and name[:-4] + ".bin" not in good:
+                failures.append(f"{name}: its weights {name[:-4]}.bin are missing or failed their checksum")
+                continue
+            if int8:
+                exp_name = _expected_name(target)
+                if exp_name not in good:
+                    failures.append(f"{name}: no {exp_name} (listed, checksum held) to check it against")
+                    continue
+                expected = _read_tensor(pkg / exp_name)
+            else:
+                expected = want
+            why = outputs_match(load(path).logits(x), expected, int8=int8)
+        except Exception as e:  # a damaged or foreign file, or a runtime not installed here: one line
+            why = f"cannot be checked: {first_line(e, 200)}"
+        if why:
+            failures.append(f"{name}: {why}")
     return failures

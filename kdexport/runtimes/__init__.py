@@ -13,4 +13,12 @@ RUNTIMES.declare("onnxruntime", "ONNX Runtime, CPU execution provider (.onnx, .o
 RUNTIMES.declare("openvino", "OpenVINO, CPU plugin (.xml IR with its .bin; kdexport[openvino])",
                  home="kdexport.runtimes.openvino")
 
-SUFFIXES = {".onnx": "onnxruntime", ".ort": "onnxruntime", ".xml": "openvino"}  # suffix -> the runtime that runs it
+RUNTIMES.declare("litert", "LiteRT (TFLite) interpreter with XNNPACK (.tflite; kdexport[litert])",
+                 home="kdexport.runtimes.litert")
+RUNTIMES.declare("executorch", "ExecuTorch runtime, XNNPACK-delegated programs (.pte; kdexport[executorch])",
+                 home="kdexport.runtimes.executorch")
+RUNTIMES.declare("coreml", "Core ML packages (.mlpackage; checked, not run: Core ML predicts only on macOS; "
+                 "kdexport[coreml])", home="kdexport.runtimes.coreml")
+
+SUFFIXES = {".onnx": "onnxruntime", ".ort": "onnxruntime", ".xml": "openvino", ".tflite": "litert",
+            ".pte": "executorch", ".mlpackage": "coreml"}  # suffix -> the runtime that runs it

@@ -10,7 +10,10 @@ and metadata, and ``run(x)`` (one call on a float32 batch, the first output back
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +28,56 @@ if TYPE_CHECKING:
     import torch
 
     from ..data.datasets import Dataset
+
+
+class NativeLog(list):
+    """The lines a runtime's C++ code logged while :func:`native_quiet` held them."""
+
+    def last(self) -> str | None:
+        lines = [line.strip() for line in self if line.strip()]
+        return re.sub(r"^\[[\w.]+:\d+\]\s*", "", lines[-1]) if lines else None
+
+
+@contextlib.contextmanager
+def native_quiet():
+    """A runtime's or converter's C++ log lines (CPU probing, delegate banners, converter statistics) kept off the
+    terminal, both where Python writes them and at the file-descriptor level where Python's redirects do not reach.
+    Yields a :class:`NativeLog` holding them, filled on exit, so an error can quote the runtime's own reason."""
+    import io
+    import sys
+    import tempfile
+
+    log = NativeLog()
+    sink = io.StringIO()
+    try:
+        saved = os.dup(2)
+    except OSError:
+        saved = None
+    with tempfile.TemporaryFile(mode="w+b") as held:
+        if saved is not None:
+            os.dup2(held.fileno(), 2)
+        old, sys.stderr = sys.stderr, sink
+        try:
+            yield log
+        finally:
+            sys.stderr = old
+            if saved is not None:
+                os.dup2(saved, 2)
+                os.close(saved)
+            held.seek(0)
+            log += held.read().decode(errors="replace").splitlines() + sink.getvalue().splitlines()
+
+
+@contextlib.contextmanager
+def quiet_torch_logs():
+    """torch's own warnings while a runtime's packages import (deprecations they trigger, not the user's)."""
+    logger = logging.getLogger("torch")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def batched(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, fixed: int | None,
@@ -72,6 +125,20 @@ class Runtime(Protocol):
         ...
 
     def version(self) -> str | None: ...
+
+
+def read_model_bytes(path: str | os.PathLike, what: str, magic: bytes, at: int = 4) -> bytes:
+    """A single-file model's bytes, checked to be one (``magic`` at offset ``at``, as its format writes it), so a
+    wrong or truncated file is one line naming it before any runtime parses it."""
+    path = Path(path)
+    if path.is_dir():
+        raise ModelFileError(f"{str(path)!r} is a directory, not {what}")
+    if not path.is_file():
+        raise ModelFileError(f"{str(path)!r} does not exist")
+    data = path.read_bytes()
+    if data[at:at + len(magic)] != magic:
+        raise ModelFileError(f"{str(path)!r} is not {what}: no {magic.decode()} identifier")
+    return data
 
 
 def runtime_for(path: str | os.PathLike) -> str:
