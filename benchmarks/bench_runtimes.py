@@ -133,14 +133,15 @@ def student_rows(arch: str, stem: bool, data, args, tmp: Path) -> dict:
         r["runtime"] = "onnxruntime" if r["target"] == "onnx" else r["target"]
         r["accuracy_drop_points"] = (acc32 - r["accuracy"]) * 100 if r["accuracy"] is not None else None
         r["runs"] = []
-    for threads in sorted({1, usable_cores()}):
+    for threads in sorted({1, usable_cores()}):  # ExecuTorch keeps the pool its first program got: "threads" says
         name = {id(r): f"{r['target']} {r['precision']}" for r in kept}
         timed = {name[id(r)]: (file_runner(r["path"], threads), data) for r in kept}
         with torch_threads(threads):
             t = interleaved(timed, [1, 32])
         for r in kept:
             res_r = t[name[id(r)]]
-            r["runs"].append({"threads": threads, "latency_ms": res_r["latency_ms"],
+            r["runs"].append({"threads": getattr(timed[name[id(r)]][0], "threads", threads), "threads_asked": threads,
+                              "latency_ms": res_r["latency_ms"],
                               "throughput_per_s": res_r["throughput_per_s"],
                               "speedup_vs_onnx_fp32_batch_1": ratio(t["onnx fp32"], res_r)})
             if r["target"] == "openvino":

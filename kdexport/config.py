@@ -374,6 +374,12 @@ class RunConfig:
                                              "(default: half the available memory).", panel=DATA)
     workers: int | None = option(None, "Stream mode: decoding worker processes (default: usable cores; 0 decodes "
                                        "in the training process).", panel=DATA)
+    labels_fraction: float = option(1.0, "Keep the labels of this fraction of each class's training images (seeded "
+                                          "by --seed) and treat the rest as unlabeled: the teacher's outputs teach "
+                                          "the student there; 0 keeps none.", panel=DATA)
+    unlabeled_dir: str | None = option(None, "A folder of images nobody labeled (any layout, searched recursively), "
+                                             "added to the training split: the student learns them from the "
+                                             "teacher's outputs alone.", panel=DATA)
     augment: str = option("auto", "Training augmentation; auto: rrc-flip for RGB photos of 64 px and more, crop-flip "
                                   "for smaller RGB images, else none.", panel=DATA,
                           choices=("auto", "kdexport.data:AUGMENTATIONS"))
@@ -512,6 +518,13 @@ class RunConfig:
         _check(self.teacher_std is None or all(x > 0 for x in self.teacher_std), "teacher std must be > 0")
         _check(self.teacher_epochs is None or self.teacher_epochs >= 1,
                f"teacher epochs must be >= 1, got {self.teacher_epochs}")
+        _check(_finite(self.labels_fraction) and 0.0 <= self.labels_fraction <= 1.0,
+               f"--labels-fraction must be in [0, 1], got {self.labels_fraction}")
+        unlabeled = self.labels_fraction < 1.0 or bool(self.unlabeled_dir)
+        _check(not (unlabeled and self.train.select_fraction < 1),
+               "--select-fraction picks hard examples by their labels: it cannot run with unlabeled images")
+        _check(not (unlabeled and self.kd.soft_weight == 0.0),
+               "unlabeled images teach through the soft term only: --soft-weight 0 would leave them unused")
         _check_image_size(self.dataset, self.image_size)
         _check_data_options(self.dataset, self.crop_ratio, self.memory_budget, self.workers)
         _check(self.parity_atol is None or (_finite(self.parity_atol) and self.parity_atol > 0),

@@ -29,6 +29,7 @@ from .bench.timing import (
 )
 from .config import KDConfig, RunConfig, parse_latency_budget, parse_size_budget
 from .data.datasets import Dataset, load_dataset, memory_budget, real_images
+from .data.labels import has_unlabeled
 from .distill.context import Context, Log, quiet
 from .distill.sources import (
     TeacherModel,
@@ -59,6 +60,7 @@ from .distill.train import (
     resolve_device,
     selection_proxy,
 )
+from .distill.unlabeled import apply_labels, labels_section, pseudo_labeled, teacher_top1
 from .envinfo import environment, git_commit, now_iso, usable_cores
 from .errors import ConfigError, GateError, StateError
 from .export import TARGETS
@@ -101,6 +103,7 @@ def prepare(cfg: RunConfig, log: Log = quiet) -> Context:
         f"input {list(data.input_shape)}, {data.num_classes} classes"
         + (f"; {data.source}" if data.name == "imagefolder" else "")
         + (f"; data mode: {data.mode_note}" if data.mode_note else ""))
+    data = apply_labels(cfg, data, log)
     ts = None if cfg.teacher_is_onnx else ModelSpec(cfg.teacher, data.num_classes, data.input_shape,
                                                     cfg.teacher_dropout, cfg.cifar_stem)
     selection = None
@@ -280,9 +283,8 @@ def time_models(ctx: Context, out: Path, models: dict[str, ModelEntry | dict], *
         timed[f"student {f.target} {f.precision}"] = (file_runner(out / f.path, ctx.threads), ctx.data)
     batches = sorted({1, cfg.bench_batch})
     rounds = min(cfg.bench_rounds, cfg.bench_iters)
-    log(f"timing {len(timed)} models, each in its runtime ({ctx.threads} threads): {rounds} interleaved rounds at "
-        f"batch "
-        f"{' and '.join(map(str, batches))}")
+    log(f"timing {len(timed)} models, each in its runtime ({ctx.threads} thread{'s' if ctx.threads > 1 else ''}): "
+        f"{rounds} interleaved rounds at batch {' and '.join(map(str, batches))}")
     t0 = time.perf_counter()
     with torch_threads(ctx.threads):
         res = interleaved(timed, batches, warmup=cfg.bench_warmup, iters=cfg.bench_iters,
@@ -297,6 +299,7 @@ def time_models(ctx: Context, out: Path, models: dict[str, ModelEntry | dict], *
         r = res[f"student {f.target} {f.precision}"]
         f.latency_ms, f.throughput_per_s = r["latency_ms"], r["throughput_per_s"]
         f.extra["speedup_vs_onnx_fp32_batch_1"] = ratio(res["student"], r) if "student" in res else None
+    one_thread = one_thread_latency(ctx, out, entries, kept, log) if kept and ctx.threads > 1 else {}
     speedups = {}
     for role in entries:
         if role != "teacher" and "teacher" in entries:
@@ -318,7 +321,30 @@ def time_models(ctx: Context, out: Path, models: dict[str, ModelEntry | dict], *
                         "time them again with kdexport bench)")
     for w in warnings:
         log(f"warning: {w}")
-    return {"speedups": speedups, "warnings": warnings}
+    return {"speedups": speedups, "warnings": warnings, "one_thread": one_thread}
+
+
+def one_thread_latency(ctx: Context, out: Path, entries: dict, kept: list, log: Log) -> dict:
+    """The student's files (ONNX and every ``--targets`` file) at batch 1 on one thread, in their own interleaved
+    rounds: phones give an app one or two cores, and runtimes scale differently. ``{name: batch-1 latency}``."""
+    cfg = ctx.cfg
+    timed = {role: (onnx_runner(out / entries[role].onnx_path, 1), ctx.data)
+             for role in ("student", "student_int8") if role in entries}
+    for f in kept:
+        runner = file_runner(out / f.path, 1)
+        if runner.threads != 1:  # ExecuTorch: its pool was sized by the first program this process loaded
+            f.extra["latency_ms_1_thread_missing"] = (f"{f.runtime}'s threadpool is process-wide and was sized to "
+                                                      f"{runner.threads} threads by the first program loaded here")
+            continue
+        timed[f"student {f.target} {f.precision}"] = (runner, ctx.data)
+    log(f"timing the student's {len(timed)} files on 1 thread at batch 1")
+    with torch_threads(1):
+        res = interleaved(timed, [1], warmup=cfg.bench_warmup, iters=cfg.bench_iters,
+                          max_seconds=cfg.bench_max_seconds, rounds=cfg.bench_rounds)
+    for f in kept:
+        if f"student {f.target} {f.precision}" in res:
+            f.extra["latency_ms_1_thread"] = res[f"student {f.target} {f.precision}"]["latency_ms"]["batch_1"]
+    return {name: r["latency_ms"]["batch_1"] for name, r in res.items()}
 
 
 def report_header(ctx: Context, final: Path) -> dict:
@@ -398,12 +424,16 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
             model, _, _ = load_model(cached / "model.pt", expect=ctx.student_spec)
             trained["baseline"] = (model.eval(), reused["history"], reused["train_seconds"], None)
             log(f"baseline: reused from the baseline cache ({cached}; --no-baseline-cache trains it again)")
-        for role, kd in (("baseline", None), ("student", cfg.kd)):
+        top1 = teacher_top1(ctx, teacher) if has_unlabeled(ctx.data) else None
+        roles = [("baseline", None, None), ("student", cfg.kd, None)]
+        if top1 is not None:  # the third fair student: the teacher's top-1 as hard labels where there are none
+            roles.insert(1, ("pseudo_label", None, pseudo_labeled(ctx, top1)))
+        for role, kd, data in roles:
             if role in trained:
                 continue
             t0 = time.perf_counter()
             model, hist = train_student(ctx, seed=cfg.train.seed, distill=Distillation(source, kd) if kd else None,
-                                        label=role, reporter=reporter, state_path=state(role))
+                                        label=role, reporter=reporter, state_path=state(role), data=data)
             trained[role] = (model, hist, time.perf_counter() - t0, kd)
         if not main:
             return None
@@ -428,6 +458,9 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
         timing = time_models(ctx, staging, models, teacher=teacher, eager={"student": trained["student"][0]},
                              files=files, log=log)
         extra = {"teacher_tta": tta} if tta else {}
+        if top1 is not None:
+            extra["labels"] = labels_section(ctx, top1, {r: trained[r][0] for r in ("baseline", "pseudo_label",
+                                                                                      "student")})
         if files:
             extra["runtimes"] = runtimes_section(ctx, models, files, timing)
         if reused is not None:
@@ -486,9 +519,11 @@ def runtimes_section(ctx: Context, models: dict, files: list, timing: dict) -> d
     from .export.targets import TargetFile
 
     st = models["student"]
+    one = timing.get("one_thread") or {}
     rows = [TargetFile("onnx", "fp32", "onnxruntime", runtime_version(st.onnx_path), st.onnx_path, st.onnx_bytes,
                        st.parity, st.accuracy_onnx, 0.0, latency_ms=st.latency_ms,
-                       throughput_per_s=st.throughput_per_s)]
+                       throughput_per_s=st.throughput_per_s,
+                       extra={"latency_ms_1_thread": one["student"]} if "student" in one else {})]
     q = models.get("student_int8")
     if isinstance(q, ModelEntry):
         rows.append(TargetFile("onnx", "int8", "onnxruntime", runtime_version(q.onnx_path), q.onnx_path,
@@ -496,7 +531,9 @@ def runtimes_section(ctx: Context, models: dict, files: list, timing: dict) -> d
                                note=f"onnxruntime {q.quantization.get('mode')} INT8", latency_ms=q.latency_ms,
                                throughput_per_s=q.throughput_per_s,
                                extra={"speedup_vs_onnx_fp32_batch_1": timing["speedups"].get(
-                                   "student_int8_vs_fp32_batch_1")}))
+                                   "student_int8_vs_fp32_batch_1"),
+                                      **({"latency_ms_1_thread": one["student_int8"]} if "student_int8" in one
+                                         else {})}))
     rows += files
     allowed = ctx.cfg.quant.max_accuracy_drop
     fit = [r for r in rows if r.kept and r.latency_ms and (r.accuracy_drop_points or 0.0) <= allowed]

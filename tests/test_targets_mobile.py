@@ -187,3 +187,14 @@ def test_the_package_holds_every_runtimes_file_and_verify_runs_each(mobile, tmp_
     assert (tmp_path / "p2/executorch/model.pte").is_file() and not (tmp_path / "p2/litert").exists()
     res = CliRunner().invoke(app, ["package", str(out), "--out", str(tmp_path / "p3"), "--targets", "openvino"])
     assert res.exit_code == 2 and "--targets onnx,openvino" in res.output and not (tmp_path / "p3").exists()
+
+
+def test_executorch_keeps_the_pool_its_first_program_got(mobile):
+    from kdexport.runtimes.base import load
+    from kdexport.runtimes.executorch import set_threads
+
+    out, _, _ = mobile
+    a, b = load(out / "executorch/student.pte", threads=1), load(out / "executorch/student.pte", threads=3)
+    assert a.threads == b.threads == set_threads(5)  # never resized once a program is loaded (it would abort)
+    x = np.zeros((2, 1, 8, 8), dtype=np.float32)
+    assert np.array_equal(a.run(x), b.run(x))

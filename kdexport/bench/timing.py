@@ -191,11 +191,13 @@ def file_runner(path: str | os.PathLike, threads: int | None = None, graph_opt: 
     from ..runtimes.base import load, runtime_for
 
     if runtime_for(path) == "onnxruntime":
-        return onnx_runner(path, threads, graph_opt)
+        runner = onnx_runner(path, threads, graph_opt)
+        runner.threads = threads or usable_cores()
+        return runner
     model = load(path, threads=threads or usable_cores())
-    if model.fixed_batch:
-        return lambda x: model.logits(x.numpy())
-    return lambda x: model.run(x.numpy())
+    runner = (lambda x: model.logits(x.numpy())) if model.fixed_batch else (lambda x: model.run(x.numpy()))
+    runner.threads = model.threads or threads or usable_cores()  # ExecuTorch's pool is process-wide: what it got
+    return runner
 
 
 def eager_runner(model: nn.Module) -> Callable[[torch.Tensor], object]:

@@ -161,7 +161,9 @@ def train_teacher(ctx: Context, teacher: TeacherModel, reporter: Reporter | None
         if isinstance(teacher, torch.nn.Module):
             teacher.to(ctx.device).eval()
         return []
-    return fit(teacher, ctx.data, ctx.train_config("teacher"), label="teacher", reporter=reporter,
+    from ..data.labels import labeled_view
+
+    return fit(teacher, labeled_view(ctx.data), ctx.train_config("teacher"), label="teacher", reporter=reporter,
                state_path=state_path, resume=cfg.resume if resume is None else resume)
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 
 from ..config import KDConfig
+from ..data.datasets import Dataset
+from ..data.labels import labeled_view
 from ..envinfo import code_fingerprint, cpu_name
 from ..errors import StateError
 from ..files import cache_root, drop_cache_entry, hash_file, read_json, trusted_cache_entry, write_cache_entry
@@ -27,15 +29,18 @@ from .train import Reporter, fit
 
 def train_student(ctx: Context, *, seed: int, distill: Distillation | None, label: str,
                   reporter: Reporter | None, state_path: Path | None = None,
-                  resume: bool | None = None) -> tuple[torch.nn.Module, list[dict]]:
-    """Baseline (``distill=None``) or distilled student. Same seed -> same init, data order, schedule."""
+                  resume: bool | None = None, data: Dataset | None = None) -> tuple[torch.nn.Module, list[dict]]:
+    """Baseline (``distill=None``) or distilled student. Same seed -> same init, data order, schedule. A student
+    without a teacher trains on the labeled images only (repeated to the same epoch size: the same steps);
+    ``data`` replaces the run's (the pseudo-label baseline's labels)."""
     torch.manual_seed(seed)
     model = build_model(ctx.student_spec, pretrained=ctx.cfg.student_pretrained)
     if ctx.cfg.student_weights:  # baseline and distilled student start from the same weights
         load_weights(model, ctx.cfg.student_weights, ctx.student_spec.arch, "student weights")
     if distill is not None and distill.kd.hint:  # hooks and a connector on this student (removed after fit)
         distill = Distillation.for_student(distill.logits, distill.kd, model, ctx.data.input_shape, ctx.device)
-    history = fit(model, ctx.data, ctx.train_config("student", seed), distill=distill, label=label,
+    data = data if data is not None else ctx.data if distill is not None else labeled_view(ctx.data)
+    history = fit(model, data, ctx.train_config("student", seed), distill=distill, label=label,
                   reporter=reporter, state_path=state_path, resume=ctx.cfg.resume if resume is None else resume,
                   data_init=not ctx.cfg.student_weights)
     return model.eval(), history

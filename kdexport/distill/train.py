@@ -371,7 +371,7 @@ def train_epoch(loop: Loop, state: TrainState, epoch: int) -> dict[str, float]:
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     loop.net.train()
     t0 = time.perf_counter()
-    sums = torch.zeros(5, dtype=torch.float64, device=device)  # loss, ce, kd, correct, seen
+    sums = torch.zeros(6, dtype=torch.float64, device=device)  # loss, ce, kd, correct, seen, labeled seen
     lr = state.opt.param_groups[0]["lr"]
     plan = epoch_plan(n, cfg.batch_size, state.order_gen, rank, world_size)  # this rank's slice of each batch
     batches = train_batches(data, cfg.augment, plan, state.aug_gen, pin_memory=device.type == "cuda", epoch=epoch,
@@ -408,8 +408,8 @@ def train_epoch(loop: Loop, state: TrainState, epoch: int) -> dict[str, float]:
         b = yb.shape[0]
         with torch.no_grad():
             sums += torch.stack([out["loss"].detach() * b, out["ce"] * b, out["kd"] * b,
-                                 (logits.detach().argmax(1) == yb).sum(), torch.tensor(b, device=device)]
-                                ).to(sums.dtype)
+                                 (logits.detach().argmax(1) == yb).sum(), torch.tensor(b, device=device),
+                                 (yb >= 0).sum()]).to(sums.dtype)  # an unlabeled image (-1) is never correct
         if step % 25 == 0 or step == steps_per_epoch:
             s = sums.tolist()
             if norms and not bool(torch.isfinite(torch.stack(norms[-25:])).all()):  # the cause, before its effect
@@ -417,13 +417,13 @@ def train_epoch(loop: Loop, state: TrainState, epoch: int) -> dict[str, float]:
             if not math.isfinite(s[0]):
                 raise _nonfinite(loop, s, epoch)
             loop.reporter.step_n(25 if step % 25 == 0 else step % 25,
-                                 {"loss": s[0] / max(s[4], 1), "acc": s[3] / max(s[4], 1)})
-    loss_sum, ce_sum, kd_sum, correct, seen = all_reduce_sum(sums).tolist()
+                                 {"loss": s[0] / max(s[4], 1), "acc": s[3] / max(s[5], 1)})
+    loss_sum, ce_sum, kd_sum, correct, seen, labeled = all_reduce_sum(sums).tolist()
     if not math.isfinite(loss_sum):
         raise _nonfinite(loop, [loss_sum, ce_sum, kd_sum], epoch)
     train_seconds = time.perf_counter() - t0
     record = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / seen, "train_ce": ce_sum / seen,
-              "train_kd": kd_sum / seen, "train_accuracy": correct / seen}
+              "train_kd": kd_sum / seen, "train_accuracy": correct / max(labeled, 1)}
     if state.selector is not None:
         record["trained_examples"] = int(seen)  # of n: the rest were the easy ones the proxy skipped
     if norms:

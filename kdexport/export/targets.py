@@ -293,9 +293,11 @@ def _require(runtime_module: str, converter: str, extra: str) -> None:
 
     from ..errors import ConfigError
 
-    importlib.import_module(f"kdexport.runtimes.{runtime_module}").require()
+    with quiet_tool():  # their first import logs from C++ (TensorFlow's oneDNN banner, torch deprecations)
+        importlib.import_module(f"kdexport.runtimes.{runtime_module}").require()
     try:
-        importlib.import_module(converter)
+        with quiet_tool():
+            importlib.import_module(converter)
     except ImportError:
         raise ConfigError(f"the {runtime_module} target needs {converter.split('.')[0]}: {extra}") from None
 
@@ -556,6 +558,7 @@ def export_targets(targets: tuple[str, ...], job: TargetJob, log) -> list[Target
         if name == "onnx":
             continue
         log(f"{job.stem}: exporting for {name} and checking parity and accuracy in its runtime")
+        target.require()  # imports the converter quietly (the run checked it is there before training)
         try:
             rows += target.export(job, log)
         except ExportError as e:

@@ -8,8 +8,8 @@ from ..files import atomic_write, atomic_write_json, atomic_write_text
 from .entry import ModelEntry, model_entries
 
 REPORT_VERSION = 1
-ROLE_TITLES = {"teacher": "teacher", "baseline": "baseline (no KD)", "student": "distilled student",
-               "student_int8": "distilled student INT8"}
+ROLE_TITLES = {"teacher": "teacher", "baseline": "baseline (no KD)", "pseudo_label": "pseudo-label (teacher top-1)",
+               "student": "distilled student", "student_int8": "distilled student INT8"}
 
 
 SHIPPED = ("student", "student_int8")  # the entries a run ships; a degenerate one heads the report
@@ -111,6 +111,7 @@ def to_markdown(report: dict) -> str:
               f"baseline, ONNX accuracy; same seed, data order and {cfg['train']['epochs']} epochs each). "
               f"T = {kd['temperature']}, beta = {kd['soft_weight']}, T^2 scaling "
               f"{'on' if kd['scale_t2'] else 'off'}, soft loss {kd['soft_loss']}.", ""]
+    lines += labels_lines(report, entries)
     tta = report.get("teacher_tta")
     if tta:
         lines += [f"The students learned from the teacher with `--teacher-tta {tta['mode']}`: "
@@ -179,6 +180,29 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def labels_lines(report: dict, entries: dict) -> list[str]:
+    """``--labels-fraction`` / ``--unlabeled-dir``: how many images had labels, and the three students side by side
+    (the baseline on the labeled images, the pseudo-label student, the distilled student), with how often each
+    agrees with the teacher on the unlabeled images."""
+    lab = report.get("labels")
+    if not lab:
+        return []
+    agree = lab.get("agreement_with_teacher_on_unlabeled", {})
+    lines = [f"Labels: {lab['labeled']:,} of {lab['train_images']:,} training images carry one "
+             f"({lab['unlabeled']:,} unlabeled: --labels-fraction {lab['labels_fraction']:g}"
+             + (f", --unlabeled-dir {lab['unlabeled_dir']}" if lab.get("unlabeled_dir") else "") + "). The baseline "
+             "learned from the labeled images alone (repeated to the same steps), the pseudo-label student from "
+             "labels plus the teacher's top-1 on the rest, the distilled student from labels plus the teacher's "
+             "outputs (the unlabeled images through the soft term only).", "",
+             "| student | accuracy (ONNX) | agrees with the teacher on the unlabeled images |", "|---|---|---|"]
+    for role in ("baseline", "pseudo_label", "student"):
+        e = entries.get(role)
+        if e is not None:
+            lines.append(f"| {ROLE_TITLES.get(role, role)} | {e.accuracy_onnx * 100:.2f}% | "
+                         f"{agree[role] * 100:.2f}% |" if role in agree else "| - |")
+    return lines + [""]
+
+
 def runtime_lines(report: dict) -> list[str]:
     """``--targets``: the distilled student as each runtime ships it, the fastest fit file marked."""
     r = report.get("runtimes")
@@ -189,25 +213,30 @@ def runtime_lines(report: dict) -> list[str]:
              "Every file proven before it was kept: parity with PyTorch on real test images (FP32), accuracy on the "
              "whole test split run in its own runtime, INT8 within `--max-accuracy-drop` "
              f"{r['max_accuracy_drop']:g} points of the FP32 ONNX file; timed in the same rounds as the models above "
-             f"({r['threads']} threads). Fastest within the allowed drop: **{r['fastest'] or 'none'}**.", "",
+             f"({r['threads']} threads; the 1-thread column from rounds of its own, when the run had more than one). "
+             f"Fastest within the allowed drop: **{r['fastest'] or 'none'}**.", "",
              f"| runtime | precision | file | size | parity max diff (allowed) | accuracy | drop | p50 ms @1 | "
-             f"p50 ms @{big} | img/s @{big} | speed vs ONNX FP32 @1 | note |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"p90 ms @1 | p50 ms @1, 1 thread | p50 ms @{big} | img/s @{big} | speed vs ONNX FP32 @1 | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in r["rows"]:
         par = row["parity"]
         parity = f"{par['max_abs_diff']:.2e} ({par['tolerance']:.2e})" if par else "-"
         lat = row["latency_ms"] or {}
-        sp = (row.get("extra") or {}).get("speedup_vs_onnx_fp32_batch_1")
+        extra = row.get("extra") or {}
+        sp = extra.get("speedup_vs_onnx_fp32_batch_1")
         speed = ("1.00x" if row["target"] == "onnx" and row["precision"] == "fp32" else
                  f"{sp['median']:.2f}x ({sp['spread'][0]:.2f}-{sp['spread'][1]:.2f})" if sp else "-")
         mark = "**" if r["fastest"] == f"{row['target']} {row['precision']}" else ""
         note = f"NOT KEPT: {row['error']}" if row["error"] else row["note"]
+        p90 = (lat.get("batch_1") or {}).get("p90")
         lines.append(
             f"| {mark}{row['runtime']}{mark} | {row['precision']} | {row['path'] or '-'} | "
             f"{_fmt_bytes(row['bytes']) if row['bytes'] else '-'} | {parity} | "
             + (f"{row['accuracy'] * 100:.2f}%" if row["accuracy"] is not None else "-") + " | "
             + (drop_text(row["accuracy_drop_points"]) if row["accuracy_drop_points"] is not None else "-") + " | "
-            + (_latency_row(lat, 1) + " | " + _latency_row(lat, big)) + " | "
+            + _latency_row(lat, 1) + " | " + (f"{p90:.3f}" if p90 is not None else "-") + " | "
+            + _latency_row({"batch_1": extra["latency_ms_1_thread"]} if "latency_ms_1_thread" in extra else {}, 1)
+            + " | " + _latency_row(lat, big) + " | "
             + (f"{big / (lat[f'batch_{big}']['p50'] / 1e3):.0f}" if f"batch_{big}" in lat else "-")
             + f" | {speed} | {note} |")
     versions = sorted({f"{row['runtime']} {row['runtime_version']}" for row in r["rows"] if row["runtime_version"]})

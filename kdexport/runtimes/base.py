@@ -106,6 +106,7 @@ class ModelFile:
     num_classes: int | None
     run: Callable[[np.ndarray], np.ndarray] = field(repr=False)  # one call: float32 N x C x H x W -> first output
     metadata: dict = field(default_factory=dict)
+    threads: int | None = None  # the threads it runs with when the runtime could not honour the request
 
     @property
     def fixed_batch(self) -> int | None:

@@ -2,7 +2,8 @@
 
 kdexport's programs take N x C x H x W float32 with the batch dynamic up to a bound (the memory planned for it;
 larger batches are split), and carry kdexport's metadata as a constant method, ``kdexport_metadata`` (JSON),
-beside ``forward``. ExecuTorch's threadpool is process-wide: loading a program with ``threads`` sets it.
+beside ``forward``. ExecuTorch's threadpool is process-wide and can be sized only before the first program is loaded
+(:func:`set_threads`): later programs run with the pool the first one got.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ def require() -> None:
         raise ConfigError(f"the executorch runtime is not installed: {EXTRA}") from None
 
 
-def _program(path: str | os.PathLike):
+def _program(path: str | os.PathLike, threads: int | None = None):
+    """The program at ``path``, loaded with the threadpool sized to ``threads`` when it still can be."""
+    global _loaded
     require()
     from executorch.runtime import Runtime
 
@@ -38,7 +41,10 @@ def _program(path: str | os.PathLike):
     native = None
     try:
         with native_quiet() as native:
+            if threads:
+                set_threads(threads)
             program = Runtime.get().load_program(data)
+            _loaded = True
         program._kdexport_data = data  # the methods point into the program and its bytes: keep both alive
         return program
     except Exception as e:
@@ -58,11 +64,19 @@ def _metadata(program) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
-def set_threads(threads: int) -> None:
+_loaded = False  # a program has been loaded in this process: the threadpool is no longer safe to resize
+
+
+def set_threads(threads: int) -> int:
+    """Size ExecuTorch's process-wide threadpool to ``threads`` if no program has been loaded yet; return the size
+    it has. Resizing it after a program is loaded destroys the pool that program's XNNPACK delegate runs on (the
+    process aborts: "The futex facility returned an unexpected error code"), so after the first load the pool
+    stays as it is and every later program runs with it (a file's run records the size it got)."""
     from executorch.extension.pybindings import portable_lib
 
-    if portable_lib._threadpool_get_thread_count() != threads:
+    if not _loaded and portable_lib._threadpool_get_thread_count() != threads:
         portable_lib._unsafe_reset_threadpool(threads)
+    return portable_lib._threadpool_get_thread_count()
 
 
 class ExecuTorchRuntime:
@@ -98,10 +112,10 @@ class ExecuTorchRuntime:
 
         from ..envinfo import usable_cores
 
-        program = _program(path)
+        program = _program(path, threads or usable_cores())
         info, method = self._inspect(path, program)
-        set_threads(threads or usable_cores())
         bound = info["max_batch"]
+        pool = set_threads(threads or usable_cores())  # what this process's pool gives it
 
         def run(x: np.ndarray) -> np.ndarray:
             _ = program  # held by the closure: freeing it would leave ``method`` dangling
@@ -110,7 +124,7 @@ class ExecuTorchRuntime:
             return (outs[0] if len(outs) == 1 else torch.cat(outs)).numpy().copy()
 
         return ModelFile(Path(path), "executorch", info["input_name"], [info["batch"], *info["input_shape"]],
-                         info["num_classes"], run, info["metadata"])
+                         info["num_classes"], run, info["metadata"], threads=pool)
 
     def version(self) -> str | None:
         from ..envinfo import package_version

@@ -43,13 +43,31 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, t
             kd: KDConfig | None = None, epoch: float = 1.0, label_smoothing: float = 0.0) -> dict[str, torch.Tensor]:
     """``{"loss", "ce", "kd"}`` (the last two detached, for logging). Without a teacher (or with
     beta = 0) this is plain cross-entropy. ``label_smoothing`` (``--label-smoothing``) smooths the labels'
-    term only, for baseline and student alike; the soft term is the teacher's."""
+    term only, for baseline and student alike; the soft term is the teacher's.
+
+    Images without a label (target -1, ``kdexport.data.labels.UNLABELED``) learn from the soft term alone: per
+    image, a labeled one weighs ``(1 - beta) * CE + beta * S`` and an unlabeled one ``S``, so over a batch whose
+    labeled share is ``f``: ``loss = (1 - beta) * f * CE_labeled + (beta * f + 1 - f) * S``, which is the formula
+    above when every image is labeled. Methods whose soft term reads the label (DKD's target class) read the
+    teacher's top-1 for an unlabeled image."""
     kd = kd or KDConfig()
-    ce = F.cross_entropy(student_logits, targets, label_smoothing=label_smoothing)
-    if teacher_logits is None or kd.soft_weight == 0.0:
-        return {"loss": ce, "ce": ce.detach(), "kd": ce.detach() * 0}
-    s = soft_term(student_logits, teacher_logits, targets, kd, epoch)
-    loss = (1.0 - kd.soft_weight) * ce + kd.soft_weight * s
+    labeled = targets >= 0
+    if bool(labeled.all()):
+        ce = F.cross_entropy(student_logits, targets, label_smoothing=label_smoothing)
+        if teacher_logits is None or kd.soft_weight == 0.0:
+            return {"loss": ce, "ce": ce.detach(), "kd": ce.detach() * 0}
+        s = soft_term(student_logits, teacher_logits, targets, kd, epoch)
+        loss = (1.0 - kd.soft_weight) * ce + kd.soft_weight * s
+        return {"loss": loss, "ce": ce.detach(), "kd": s.detach()}
+    f = labeled.float().mean()
+    ce = (F.cross_entropy(student_logits[labeled], targets[labeled], label_smoothing=label_smoothing)
+          if bool(labeled.any()) else student_logits.sum() * 0)
+    if teacher_logits is None or kd.soft_weight == 0.0:  # the labeled images' share of the batch's loss
+        return {"loss": f * ce, "ce": ce.detach(), "kd": ce.detach() * 0}
+    soft_targets = torch.where(labeled, targets, teacher_logits.argmax(1))
+    s = soft_term(student_logits, teacher_logits, soft_targets, kd, epoch)
+    beta = kd.soft_weight
+    loss = (1.0 - beta) * f * ce + (beta * f + 1.0 - f) * s
     return {"loss": loss, "ce": ce.detach(), "kd": s.detach()}
 
 
