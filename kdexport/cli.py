@@ -342,8 +342,9 @@ def distill_export_cmd(cfg: RunConfig) -> None:
     print_summary(report)
     for line in unfit(report):
         out_console.print(f"[bold red]NOT FIT TO SHIP:[/] {escape(line)}", highlight=False)
-    out_console.print(f"KD gain: {report['kd_gain_points']:+.2f} points; report: "
-                      f"{Path(report['config']['out']) / 'report.md'}")
+    gain = report["kd_gain_points"]
+    out_console.print((f"KD gain: {gain:+.2f} points" if gain is not None else "KD gain: - (no labels: no baseline)")
+                      + f"; report: {Path(report['config']['out']) / 'report.md'}")
 
 
 @config_command("sweep", RunConfig, exclude=SWEEP_REPLACES, extra=(Grid, ShardOptions))

@@ -29,7 +29,7 @@ from .bench.timing import (
 )
 from .config import KDConfig, RunConfig, parse_latency_budget, parse_size_budget
 from .data.datasets import Dataset, load_dataset, memory_budget, real_images
-from .data.labels import has_unlabeled
+from .data.labels import has_unlabeled, label_counts
 from .distill.context import Context, Log, quiet
 from .distill.sources import (
     TeacherModel,
@@ -357,11 +357,11 @@ def report_header(ctx: Context, final: Path) -> dict:
 def comparison(models: dict[str, ModelEntry], timing: dict | None = None) -> dict:
     """The KD gain, and the student against the teacher; the speed-up from the rounds both were timed in (with the
     spread of the per-round ratios) when ``timing`` (:func:`time_models`) has it."""
-    t, s, b = models["teacher"], models["student"], models["baseline"]
+    t, s, b = models["teacher"], models["student"], models.get("baseline")  # no baseline: no label to train one
     speedup = (timing or {}).get("speedups", {}).get("student_vs_teacher_batch_1")
     return {
-        "kd_gain_points": (s.accuracy_onnx - b.accuracy_onnx) * 100.0,
-        "kd_gain_points_torch": (s.accuracy_torch - b.accuracy_torch) * 100.0,
+        "kd_gain_points": (s.accuracy_onnx - b.accuracy_onnx) * 100.0 if b else None,
+        "kd_gain_points_torch": (s.accuracy_torch - b.accuracy_torch) * 100.0 if b else None,
         "student_vs_teacher": {
             "speedup_batch_1": speedup["median"] if speedup else t.p50(1) / s.p50(1),
             **({"speedup_batch_1_spread": speedup["spread"]} if speedup else {}),
@@ -418,14 +418,15 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
         t_acc, tta = split_tta(ctx, teacher, check_teacher(ctx, teacher, log))
         source = teacher_logits_for(ctx, teacher, log)
         trained = {}
-        cached = baseline_cache_dir(ctx, cfg.train.seed)
+        no_labels = label_counts(ctx.data)["labeled"] == 0  # no baseline: nothing teaches it
+        cached = None if no_labels else baseline_cache_dir(ctx, cfg.train.seed)
         reused = cached_baseline(cached)
         if reused is not None:
             model, _, _ = load_model(cached / "model.pt", expect=ctx.student_spec)
             trained["baseline"] = (model.eval(), reused["history"], reused["train_seconds"], None)
             log(f"baseline: reused from the baseline cache ({cached}; --no-baseline-cache trains it again)")
         top1 = teacher_top1(ctx, teacher) if has_unlabeled(ctx.data) else None
-        roles = [("baseline", None, None), ("student", cfg.kd, None)]
+        roles = [("baseline", None, None)] * (not no_labels) + [("student", cfg.kd, None)]
         if top1 is not None:  # the third fair student: the teacher's top-1 as hard labels where there are none
             roles.insert(1, ("pseudo_label", None, pseudo_labeled(ctx, top1)))
         for role, kd, data in roles:
@@ -460,7 +461,7 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
         extra = {"teacher_tta": tta} if tta else {}
         if top1 is not None:
             extra["labels"] = labels_section(ctx, top1, {r: trained[r][0] for r in ("baseline", "pseudo_label",
-                                                                                      "student")})
+                                                                                      "student") if r in trained})
         if files:
             extra["runtimes"] = runtimes_section(ctx, models, files, timing)
         if reused is not None:

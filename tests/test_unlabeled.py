@@ -181,3 +181,19 @@ def test_bad_label_options_are_one_line_before_training(tmp_path, args, message)
     assert res.exit_code == 2, res.output
     assert message in res.output and "epoch" not in res.output and "Traceback" not in res.output
     assert not (tmp_path / "r").exists()
+
+
+def test_no_labels_at_all_distils_from_a_trained_teacher_without_a_baseline(tmp_path):
+    first = tmp_path / "with-labels"
+    res = CliRunner().invoke(app, ["distill-export", "--out", str(first), *FAST])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "no-labels"
+    res = CliRunner().invoke(app, ["distill-export", "--out", str(out), *FAST, "--labels-fraction", "0",
+                                   "--teacher-checkpoint", str(first / "checkpoints" / "teacher.pt")])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["labels"]["labeled"] == 0 and "baseline" not in report["models"]
+    assert {"pseudo_label", "student"} <= set(report["models"]) and report["kd_gain_points"] is None
+    assert report["models"]["student"]["accuracy_onnx"] > 0.5  # learnt from the teacher alone (chance: 0.1)
+    assert "no labels: no baseline" in res.output
+    assert "No KD gain to report" in (out / "report.md").read_text()

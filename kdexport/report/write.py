@@ -107,9 +107,11 @@ def to_markdown(report: dict) -> str:
     if flags:
         lines += ["", *flags]
     kd = cfg["kd"]
-    lines += ["", f"**KD gain: {report['kd_gain_points']:+.2f} points** (distilled student minus "
-              f"baseline, ONNX accuracy; same seed, data order and {cfg['train']['epochs']} epochs each). "
-              f"T = {kd['temperature']}, beta = {kd['soft_weight']}, T^2 scaling "
+    gain = (f"**KD gain: {report['kd_gain_points']:+.2f} points** (distilled student minus baseline, ONNX accuracy; "
+            f"same seed, data order and {cfg['train']['epochs']} epochs each)." if report["kd_gain_points"] is not None
+            else "**No KD gain to report:** no training image has a label, so there is no baseline; compare the "
+                 "pseudo-label student, or a run with labels.")
+    lines += ["", f"{gain} T = {kd['temperature']}, beta = {kd['soft_weight']}, T^2 scaling "
               f"{'on' if kd['scale_t2'] else 'off'}, soft loss {kd['soft_loss']}.", ""]
     lines += labels_lines(report, entries)
     tta = report.get("teacher_tta")
