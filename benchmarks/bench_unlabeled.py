@@ -106,7 +106,7 @@ def main() -> None:
     ap.add_argument("--teacher", default="mlp:1200,1200")
     ap.add_argument("--student", default="mlp:300,100")
     ap.add_argument("--teacher-epochs", type=int, default=10)
-    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--fractions", default="0,0.01,0.1,1")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--teacher-here", type=float, default=0.01)
