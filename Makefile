@@ -21,7 +21,7 @@ install: $(VENV)/.installed
 # Every runtime a student ships on (--targets litert,executorch,coreml beside openvino): heavy (jax, transformers
 # come with litert-torch and executorch), so only the slow tests and .ci/run need it.
 install-runtimes: install
-	$(PY) -m pip install -q -e ".[runtimes]"
+	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -e ".[runtimes]"
 
 demo: install
 	$(VENV)/bin/kdexport distill-export

@@ -180,3 +180,20 @@ def test_check_gates_a_runtime_row_like_a_model(targeted, tmp_path):
         row["bytes"] * 2
     res = CliRunner().invoke(app, ["check", base, "--baseline", base, "--models", "litert:int8"])
     assert res.exit_code == 2 and "no runtime row 'litert:int8'" in res.output and "openvino:int8" in res.output
+
+
+def test_the_ort_target_ships_the_mobile_format_proven(tmp_path):
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["distill-export", "--out", str(out), *FAST, "--quantize", "static",
+                                   "--max-accuracy-drop", "100", "--targets", "onnx,ort"])
+    assert res.exit_code == 0, res.output
+    rows = {(r["target"], r["precision"]): r for r in json.loads((out / "report.json").read_text())["runtimes"]["rows"]}
+    fp32, int8 = rows["ort", "fp32"], rows["ort", "int8"]
+    assert fp32["path"] == "ort/student.ort" and (out / "ort" / "student.required_operators.config").is_file()
+    assert fp32["parity"]["max_abs_diff"] <= fp32["parity"]["tolerance"]
+    assert fp32["accuracy"] == rows["onnx", "fp32"]["accuracy"]  # the same graph in the same runtime
+    assert int8["path"] == "ort/student.int8.ort"
+    assert int8["accuracy"] == pytest.approx(rows["onnx", "int8"]["accuracy"], abs=2 / 355)
+    assert fp32["bytes"] == sum((out / "ort" / f).stat().st_size
+                                for f in ("student.ort", "student.required_operators.config"))
+    assert "ort_format_model" not in res.output  # the converter's log kept off the run's output

@@ -198,3 +198,21 @@ def test_executorch_keeps_the_pool_its_first_program_got(mobile):
     assert a.threads == b.threads == set_threads(5)  # never resized once a program is loaded (it would abort)
     x = np.zeros((2, 1, 8, 8), dtype=np.float32)
     assert np.array_equal(a.run(x), b.run(x))
+
+
+def test_a_converter_that_refuses_the_model_is_one_warning_and_the_others_ship(tmp_path, monkeypatch):
+    import litert_torch
+
+    def refuse(*args, **kwargs):
+        raise NotImplementedError("aten::frobnicate has no lowering")
+
+    monkeypatch.setattr(litert_torch, "convert", refuse)
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["distill-export", "--out", str(out), *FAST, "--targets", "litert,executorch"])
+    assert res.exit_code == 0, res.output
+    rows = {(r["target"], r["precision"]): r for r in json.loads((out / "report.json").read_text())["runtimes"]["rows"]}
+    lite = rows["litert", "fp32"]
+    assert lite["path"] is None and "litert: the converter refused the model" in lite["error"]
+    assert "aten::frobnicate" in lite["error"] and "another target" in lite["error"]
+    assert rows["executorch", "fp32"]["path"] == "executorch/student.pte"
+    assert "warning: student litert fp32: litert: the converter refused" in res.output

@@ -16,6 +16,7 @@ CALIBRATIONS.declare("entropy", "KL-divergence-optimal threshold of a histogram"
 
 TARGETS = Registry("target", home="kdexport.export.targets")
 TARGETS.declare("onnx", "the ONNX file (always made: every other target is proven against the same model)")
+TARGETS.declare("ort", "onnxruntime's mobile format (.ort + required_operators.config) from the ONNX files")
 TARGETS.declare("openvino", "OpenVINO IR (.xml + .bin) from the ONNX file, INT8 with NNCF (kdexport[openvino])")
 TARGETS.declare("litert", "LiteRT .tflite from PyTorch with litert-torch, INT8 with its PT2E quantizer "
                 "(kdexport[litert])")

@@ -148,3 +148,27 @@ def save_self_contained(src: str | os.PathLike, dest: str | os.PathLike, data_na
     else:
         onnx.save(m, str(dest), save_as_external_data=True, all_tensors_to_one_file=True,
                   location=data_name or f"{dest.name}.data")
+
+
+def convert_to_ort(model: str | os.PathLike, dest_dir: str | os.PathLike) -> list[Path]:
+    """``model`` (``NAME.onnx``) in onnxruntime's mobile format, by the converter in the onnxruntime wheel
+    (``onnxruntime.tools.convert_onnx_models_to_ort``, fixed optimizations): ``NAME.ort`` and
+    ``NAME.required_operators.config`` written to ``dest_dir``; returns their paths."""
+    import shutil
+    import tempfile
+
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    model, dest_dir = Path(model), Path(dest_dir)
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+        src = Path(tmp) / model.name
+        shutil.copyfile(model, src)
+        try:
+            convert_onnx_models_to_ort(src, output_dir=Path(tmp) / "ort", optimization_styles=[OptimizationStyle.Fixed])
+        except Exception as e:
+            raise ExportError(f"onnxruntime's ORT-format converter failed: {first_line(e)}") from None
+        made = sorted((Path(tmp) / "ort").iterdir())
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        for f in made:
+            shutil.copyfile(f, dest_dir / f.name)
+        return [dest_dir / f.name for f in made]

@@ -213,6 +213,44 @@ class OnnxTarget:
 TARGETS.register("onnx")(OnnxTarget())
 
 
+class OrtTarget:
+    """onnxruntime's mobile format (``.ort``, for ORT Mobile on Android and iOS) from the proven ONNX file (and the
+    INT8 ONNX file), by the converter in the onnxruntime wheel; beside each, the ``required_operators.config`` a
+    reduced mobile build of onnxruntime needs."""
+
+    runtime = "onnxruntime"
+
+    def require(self) -> None:
+        pass
+
+    def export(self, job: TargetJob, log) -> list[TargetFile]:
+        from .onnx import convert_to_ort
+
+        version = runtime_version("x.ort")
+        dest = job.out / "ort"
+        rows = []
+        with tempfile.TemporaryDirectory() as tmp:
+            with quiet_tool():
+                made = convert_to_ort(job.onnx_path, Path(tmp))
+            ort = next(f for f in made if f.suffix == ".ort")
+            row = TargetFile("ort", "fp32", self.runtime, version, None,
+                             note="onnxruntime's ORT format (fixed optimizations), with its required_operators.config")
+            keep_fp32(job, row, ort, dest, made)
+            rows.append(row)
+            int8 = job.onnx_path.with_name(f"{job.stem}.int8.onnx")
+            if job.int8 and row.kept and int8.is_file():
+                with quiet_tool():
+                    made8 = convert_to_ort(int8, Path(tmp) / "int8")
+                row8 = TargetFile("ort", "int8", self.runtime, version, None,
+                                  note="the INT8 ONNX file in ORT format")
+                prove_int8(job, row8, next(f for f in made8 if f.suffix == ".ort"), dest, made8)
+                rows.append(row8)
+        return rows
+
+
+TARGETS.register("ort")(OrtTarget())
+
+
 class OpenVinoTarget:
     """OpenVINO IR from the proven ONNX file (``openvino.convert_model`` + ``save_model``, weights kept FP32, not
     compressed to FP16); INT8 with NNCF's post-training quantization on kdexport's calibration images."""

@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import stat
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from ..bench.timing import interleaved, onnx_runner
 from ..config import PackageOptions
 from ..data.datasets import Dataset, Normalization, real_images
 from ..errors import DataError, ExportError, first_line
-from ..export.onnx import save_self_contained, set_metadata
+from ..export.onnx import convert_to_ort, save_self_contained, set_metadata
 from ..files import atomic_write_text, hash_file
 from ..outputs import commit_out_dir, prepare_out_dir
 from ..runtimes.base import file_accuracy
@@ -167,26 +166,6 @@ def outputs_match(got: np.ndarray, want: np.ndarray, int8: bool = False) -> str 
     return None
 
 
-def _convert_to_ort(model: Path, dest_dir: Path) -> list[Path]:
-    """onnxruntime's own converter (the wheel's ``onnxruntime.tools.convert_onnx_models_to_ort``)."""
-    import contextlib
-    import io
-
-    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
-
-    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
-        src = Path(tmp) / MODEL
-        shutil.copyfile(model, src)
-        try:
-            convert_onnx_models_to_ort(src, output_dir=Path(tmp) / "ort", optimization_styles=[OptimizationStyle.Fixed])
-        except Exception as e:
-            raise ExportError(f"onnxruntime's ORT-format converter failed: {first_line(e)}") from None
-        made = sorted((Path(tmp) / "ort").iterdir())
-        for f in made:
-            shutil.copyfile(f, dest_dir / f.name)
-        return [dest_dir / f.name for f in made]
-
-
 def _card(src: PackageSource, name: str, accuracy: float | None, latency: dict, files: list[str], output: dict,
           unfit: str | None = None) -> str:
     """A model card: Hugging Face YAML front matter (JSON values, which YAML reads) and sections."""
@@ -270,7 +249,7 @@ def package(source: str | os.PathLike, out: str | os.PathLike, *, dataset: str |
             save_self_contained(src.int8, staging / MODEL_INT8)
             _set_image_metadata(staging / MODEL_INT8, src, info["input_name"])
             files.append(MODEL_INT8)
-        _convert_to_ort(staging / MODEL, staging)
+        convert_to_ort(staging / MODEL, staging)
         files.append(MODEL_ORT)
         (staging / TEST_DIR).mkdir()
         x = _test_inputs(src, data, samples, info["batch"])
@@ -354,8 +333,8 @@ def _add_target_files(source: Path, src: PackageSource, staging: Path, x: np.nda
     from ..runtimes.coreml import check_package
 
     rows = [r for r in ((src.report or {}).get("runtimes") or {}).get("rows", [])
-            if r.get("target") != "onnx" and r.get("path")]
-    wanted = set(targets) - {"onnx"} if targets is not None else None
+            if r.get("target") not in ("onnx", "ort") and r.get("path")]  # a package makes its own model.ort
+    wanted = set(targets) - {"onnx", "ort"} if targets is not None else None
     if wanted is not None:
         if not source.is_dir() and wanted:
             raise DataError(f"--targets {','.join(sorted(wanted))}: a package of a single ONNX file holds only it; "
