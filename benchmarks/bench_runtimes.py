@@ -140,7 +140,7 @@ def student_rows(arch: str, stem: bool, data, args, tmp: Path) -> dict:
             t = interleaved(timed, [1, 32])
         for r in kept:
             res_r = t[name[id(r)]]
-            r["runs"].append({"threads": getattr(timed[name[id(r)]][0], "threads", threads), "threads_asked": threads,
+            r["runs"].append({"threads": timed[name[id(r)]][0].threads, "threads_asked": threads,
                               "latency_ms": res_r["latency_ms"],
                               "throughput_per_s": res_r["throughput_per_s"],
                               "speedup_vs_onnx_fp32_batch_1": ratio(t["onnx fp32"], res_r)})

@@ -57,12 +57,12 @@ def pseudo_labeled(ctx: Context, top1: torch.Tensor) -> Dataset:
 def student_agreement(ctx: Context, model: torch.nn.Module, top1: torch.Tensor, batch_size: int = 512) -> float:
     """The share of unlabeled training images on which ``model``'s top-1 is the teacher's (no labels needed)."""
     idx = (~labeled_mask(ctx.data.y_train)).nonzero().view(-1)
-    model = model.eval()
+    model = model.eval().to(ctx.device)
     agree = 0
     with torch.no_grad():
         for i in range(0, len(idx), batch_size):
             xb = ctx.data.normalize(ctx.data.x_train[idx[i:i + batch_size]]).to(ctx.device)
-            agree += int((model.to(ctx.device)(xb).argmax(1).cpu() == top1[i:i + batch_size]).sum())
+            agree += int((model(xb).argmax(1).cpu() == top1[i:i + batch_size]).sum())
     return agree / max(len(idx), 1)
 
 

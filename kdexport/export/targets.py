@@ -258,16 +258,9 @@ class OpenVinoTarget:
     runtime = "openvino"
 
     def require(self) -> None:
-        from ..runtimes.openvino import require
+        from ..runtimes.openvino import EXTRA
 
-        require()
-        try:
-            import nncf  # noqa: F401
-        except ImportError:
-            from ..errors import ConfigError
-            from ..runtimes.openvino import EXTRA
-
-            raise ConfigError(f"the openvino target's INT8 needs NNCF: {EXTRA}") from None
+        _require("openvino", "nncf", EXTRA)  # NNCF for its INT8
 
     def export(self, job: TargetJob, log) -> list[TargetFile]:
         import openvino as ov
