@@ -412,6 +412,11 @@ def quantize_cmd(o: QuantizeOptions) -> None:
         out_console.print(f"--fallback auto kept {len(fb['fp32_nodes'])} node(s) in FP32: "
                           f"{', '.join(fb['fp32_nodes'])}; p50 at batch 1 {fb['p50_ms']:.3f} ms (all-INT8 "
                           f"{fb['p50_ms_all_int8']:.3f} ms, FP32 {fb['p50_ms_fp32']:.3f} ms)")
+    if r.diagnosis:
+        from .export.diagnose import diagnosis_lines
+
+        out_console.print("\n".join(["why INT8 differs from FP32:", *diagnosis_lines(r.diagnosis)]), markup=False,
+                          highlight=False)
 
 
 @config_command("bench", BenchOptions)

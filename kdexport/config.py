@@ -196,7 +196,7 @@ OPTIMIZERS = ("adam", "sgd", "muon")
 SCHEDULERS = ("cosine", "onecycle", "triangle", "linear", "none")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
-QUANTIZE_MODES = ("none", "static", "dynamic")
+QUANTIZE_MODES = ("none", "static", "dynamic", "qat")
 GRAPH_OPTS = ("none", "basic", "extended", "all")
 DATA_MODES = ("auto", "memory", "stream")
 FALLBACKS = ("none", "auto")
@@ -344,6 +344,11 @@ class QuantConfig:
     fallback: str = option("none", "INT8 static over the accuracy budget: auto keeps the layers whose quantization "
                                    "errs most (onnxruntime's qdq_loss_debug) in FP32, in growing groups, until it "
                                    "fits; none refuses the model.", panel=EXPORT, choices=FALLBACKS)
+    per_tensor: bool = option(False, "INT8: one scale per weight tensor instead of one per output channel (what many "
+                                     "NPUs require; usually costs accuracy).", panel=EXPORT)
+    int8_exclude: tuple[str, ...] = option((), "INT8 static: keep these nodes in FP32, comma-separated ONNX node names "
+                                               "or op types (e.g. Gemm,/features/0/Conv); the report lists them.",
+                                           cli_type=str, parse=parse_names, panel=EXPORT)
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -449,9 +454,15 @@ class RunConfig:
                                       "the logits' scale (max |logit|, at least 1).", panel=EXPORT)
     parity_atol: float | None = option(None, "Override --parity-rtol with an absolute max logit difference.",
                                        panel=EXPORT)
-    quantize: str = option("none", "Also make an INT8 student with onnxruntime: none, static (QDQ, calibrated; "
-                                   "CNNs) or dynamic (MLPs).", panel=COMMON, choices=QUANTIZE_MODES)
+    quantize: str = option("none", "Also make an INT8 student: none, static (onnxruntime QDQ, calibrated; CNNs), "
+                                   "dynamic (MLPs) or qat (the student fine-tuned as its INT8 network with the "
+                                   "teacher, then QDQ; when static loses accuracy).", panel=COMMON,
+                           choices=QUANTIZE_MODES)
     quant: QuantConfig = nested(QuantConfig)
+    qat_epochs: int = option(2, "--quantize qat: epochs of quantization-aware fine-tuning after FP32 distillation, "
+                                "with the teacher (its labels-only twin gets the same).", panel=EXPORT)
+    qat_lr_scale: float = option(0.05, "--quantize qat: the fine-tune's learning rate as a fraction of --lr (cosine "
+                                       "schedule).", panel=EXPORT)
     targets: tuple[str, ...] = option(("onnx",), "Runtimes to ship the distilled student for, comma-separated: each "
                                                   "file (FP32, and INT8 with --quantize) parity-checked, its accuracy "
                                                   "measured in its runtime and timed beside the others. onnx is always "
@@ -500,6 +511,15 @@ class RunConfig:
                                            ("--teacher-weights", bool(self.teacher_weights)),
                                            ("--pretrained", self.pretrained)) if on]
         _check(len(teacher_sources) <= 1, f"choose one teacher source, not {' and '.join(teacher_sources)}")
+        _check(isinstance(self.qat_epochs, int) and not isinstance(self.qat_epochs, bool) and self.qat_epochs >= 1,
+               f"--qat-epochs must be a whole number >= 1, got {self.qat_epochs!r}")
+        _check(_finite(self.qat_lr_scale) and 0 < self.qat_lr_scale <= 1,
+               f"--qat-lr-scale must be in (0, 1], got {self.qat_lr_scale!r}")
+        _check(not (self.quantize == "qat" and self.kd.hint),
+               "--quantize qat trains the quantized graph, which has no named layers for --hint: drop --hint or use "
+               "--quantize static")
+        _check(not (self.quantize == "qat" and self.student.startswith("ensemble:")),
+               "--quantize qat on an ensemble student is not supported: distil a single student, or --quantize static")
         _check(not (self.kd.hint and self.teacher_view_cache),
                "--hint needs the live teacher's features on every batch: drop --teacher-view-cache")
         _check(not (self.kd.hint and self.teacher_is_onnx),
@@ -878,7 +898,7 @@ def _check_budgets(latency: str | None, size: str | None, margin: float, threads
     _check(threads >= 1 and batch >= 1, "budget threads and batch must be >= 1")
 
 
-CHECK_METRICS = ("accuracy", "latency", "size")
+CHECK_METRICS = ("accuracy", "latency", "size", "int8-speed")
 
 
 @dataclass(frozen=True)
@@ -894,13 +914,14 @@ class GateConfig:
                                                    "(litert:int8, openvino:fp32, ...).", cli_type=str,
                                      parse=parse_names)
     skip: tuple[str, ...] = option((), "Skip a metric (repeatable). Skip latency when the two reports come from "
-                                       "different machines.",
+                                       "different machines; int8-speed: do not fail an INT8 file of the current "
+                                       "report that is slower than its FP32 source.",
                                    cli_type=list[str] | None, parse=parse_names, choices=CHECK_METRICS,
                                    kind="metric to skip")
 
     def __post_init__(self) -> None:
         check_choices(self)
-        _check(bool(set(CHECK_METRICS) - set(self.skip)),
+        _check(bool({"accuracy", "latency", "size"} - set(self.skip)),
                "every gate is skipped (--skip accuracy, latency and size): nothing would be checked")
         _check(bool(self.models), "--models names no report entry to gate")
         _check(self.min_accuracy is None or (_finite(self.min_accuracy) and 0 <= self.min_accuracy <= 1),

@@ -307,7 +307,8 @@ def time_models(ctx: Context, out: Path, models: dict[str, ModelEntry | dict], *
     if "student_int8" in entries and "student" in entries:
         speedups["student_int8_vs_fp32_batch_1"] = sp = ratio(res["student"], res["student_int8"])
         entries["student_int8"].quantization.update(speedup_vs_fp32_batch_1=sp["median"],
-                                                    speedup_vs_fp32_batch_1_spread=sp["spread"])
+                                                    speedup_vs_fp32_batch_1_spread=sp["spread"],
+                                                    faster_than_fp32=sp["median"] > 1)
     warnings = []
     for a, b in TWINS:
         if a in entries and b in entries and entries[a].arch == entries[b].arch:
@@ -394,6 +395,10 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
     if not main:
         reporter, log = None, quiet
     ctx = prepare(cfg, log)
+    if cfg.quantize == "qat":
+        from .export.qat import require_torchao
+
+        require_torchao()  # before any training
     if world()[1] > 1 and not cfg.threads:
         ctx.threads = max(1, ctx.threads // world()[1])
         torch.set_num_threads(ctx.threads)
@@ -449,9 +454,12 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
             keep_baseline(cached, ctx, model, unit_record("baseline", cfg.train.seed, None,
                                                           models["baseline"].accuracy_torch, secs, hist))
         gate_error = None
+        qat = None
+        if cfg.quantize == "qat":
+            qat = qat_students(ctx, trained["student"][0], Distillation(source, cfg.kd), staging, state, reporter, log)
         if cfg.quantize != "none":
             try:
-                models["student_int8"] = quantize_entry(ctx, models["student"], staging, log)
+                models["student_int8"] = quantize_entry(ctx, models["student"], staging, log, qat=qat)
             except GateError as e:  # keep the run and its report; fail the command afterwards
                 gate_error = e
                 models["student_int8_rejected"] = {"error": str(e)}
@@ -569,17 +577,82 @@ def teacher_only(cfg: RunConfig, path: str | Path, *, resume: bool = False, repo
                         "train_seconds": sum(h["seconds"] for h in history), "tta": rows, "history": history}}
 
 
-def quantize_entry(ctx: Context, fp32: ModelEntry, out: Path, log: Log = quiet) -> ModelEntry:
+def qat_students(ctx: Context, student: torch.nn.Module, distill: Distillation, out: Path, state, reporter, log: Log
+                 ) -> dict:
+    """``--quantize qat``: the distilled student fine-tuned as its INT8 network with the teacher, and its fair twin
+    fine-tuned the same way on the labels alone (none without labels). Each one's fine-tuned weights are exported
+    (parity-checked FP32 ONNX) for the INT8 step. ``{role: {"qat", "onnx", "history", "seconds"}}``."""
+    import tempfile
+
+    from .data.labels import labeled_view
+    from .export.onnx import export_onnx
+    from .export.qat import train_qat
+    from .export.quantize import calibration_batches
+
+    cfg = ctx.cfg
+    calib = [torch.from_numpy(b) for b in calibration_batches(ctx.data, cfg.quant.calibration_samples)]
+    parity_x = ctx.data.normalize(ctx.data.x_test[ctx.data.test_sample(PARITY_SAMPLES)])
+    roles = [("student_qat", distill)] + [("student_qat_labels_only", None)] * (label_counts(ctx.data)["labeled"] > 0)
+    tmp = Path(tempfile.mkdtemp(dir=out))
+    done = {}
+    for role, kd in roles:
+        log(f"{role}: quantization-aware fine-tune, {cfg.qat_epochs} epochs "
+            + ("with the teacher" if kd else "on the labels alone"))
+        t0 = time.perf_counter()
+        qat, hist = train_qat(student, ctx.data if kd else labeled_view(ctx.data), ctx.train_config("student"), calib,
+                              distill=kd, label=role, per_tensor=cfg.quant.per_tensor, epochs=cfg.qat_epochs,
+                              lr_scale=cfg.qat_lr_scale, reporter=reporter, state_path=state(role), resume=cfg.resume)
+        secs = time.perf_counter() - t0
+        path = tmp / f"{role}.onnx"
+        export_onnx(qat.float_student(student), path, parity_x, rtol=cfg.parity_rtol, atol=cfg.parity_atol)
+        done[role] = {"qat": qat, "onnx": path, "history": hist, "seconds": secs, "parity_x": parity_x}
+    return done
+
+
+def quantize_entry(ctx: Context, fp32: ModelEntry, out: Path, log: Log = quiet, qat: dict | None = None
+                   ) -> ModelEntry:
     """INT8 copy of the exported student, accuracy-gated; timed with the others by :func:`time_models`, which also
-    records its speed-up over the FP32 file from the same rounds."""
+    records its speed-up over the FP32 file from the same rounds. With ``qat`` (:func:`qat_students`), the
+    quantization-aware fine-tuned weights go through the same static INT8 path (the same graph as PTQ), the file
+    is checked against the fake-quantized student, and the labels-only twin is measured beside it."""
+    import shutil
+
+    from .export.qat import QAT_TOOL, qat_parity, qat_train_config
     from .export.quantize import quantize_onnx
 
     cfg = ctx.cfg
+    mode = "static" if cfg.quantize == "qat" else cfg.quantize
     log(f"student: {cfg.quantize} INT8 quantization with onnxruntime")
     rel = "onnx/student.int8.onnx"
-    q = quantize_onnx(out / fp32.onnx_path, out / rel, ctx.data, mode=cfg.quantize, quant=cfg.quant,
-                      threads=ctx.threads, accuracy_fp32=fp32.accuracy_onnx, latency=quick_p50(ctx.data, ctx.threads))
+    latency = quick_p50(ctx.data, ctx.threads)
+    extra = {}
+    if qat:
+        twin = qat.get("student_qat_labels_only")
+        if twin:
+            t = quantize_onnx(twin["onnx"], twin["onnx"].with_suffix(".int8.onnx"), ctx.data, mode=mode,
+                              quant=dataclasses.replace(cfg.quant, max_accuracy_drop=100.0), threads=ctx.threads,
+                              accuracy_fp32=fp32.accuracy_onnx, diagnose=False)
+            twin = {"accuracy_int8": t.accuracy_int8, "drop_points": t.accuracy_drop_points,
+                    "history": twin["history"], "train_seconds": twin["seconds"]}
+        mine = qat["student_qat"]
+        src = mine["onnx"]
+    else:
+        src = out / fp32.onnx_path
+    try:
+        q = quantize_onnx(src, out / rel, ctx.data, mode=mode, quant=cfg.quant, threads=ctx.threads,
+                          accuracy_fp32=fp32.accuracy_onnx, latency=latency)
+        if qat:
+            parity = qat_parity(mine["qat"], out / rel, mine["parity_x"])
+            train = qat_train_config(ctx.train_config("student"), cfg.qat_epochs, cfg.qat_lr_scale)
+            extra = {"mode": "qat", "qat": {
+                "tool": QAT_TOOL, "epochs": train.epochs, "lr": train.lr, "scheduler": train.scheduler,
+                "per_tensor": cfg.quant.per_tensor, "parity": parity, "history": mine["history"],
+                "train_seconds": mine["seconds"], "labels_only": twin,
+                "teacher_gain_points": ((q.accuracy_int8 - twin["accuracy_int8"]) * 100 if twin else None)}}
+    finally:
+        if qat:
+            shutil.rmtree(qat["student_qat"]["onnx"].parent, ignore_errors=True)
     return ModelEntry(
         arch=fp32.arch, spec=fp32.spec, params=fp32.params, flops=fp32.flops, onnx_path=rel,
         onnx_bytes=q.onnx_bytes, accuracy_torch=None, accuracy_onnx=q.accuracy_int8,
-        quantization={**q.to_dict(), "path": rel, "size_ratio_vs_fp32": q.onnx_bytes / q.fp32_bytes})
+        quantization={**q.to_dict(), **extra, "path": rel, "size_ratio_vs_fp32": q.onnx_bytes / q.fp32_bytes})

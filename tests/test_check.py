@@ -85,10 +85,11 @@ def test_unusable_input_exits_2(tmp_path, base):
     assert res.exit_code == 2 and "current report has no key models.student.onnx_bytes" in " ".join(res.output.split())
     res = runner.invoke(app, ["check", str(tmp_path / "missing.json"), "--baseline", _write(tmp_path, "b.json", base)])
     assert res.exit_code == 2 and "does not exist" in res.output
-    with pytest.raises(ConfigError, match="unknown metric to skip 'speed'; choose one of: accuracy, latency, size"):
+    choose = "choose one of: accuracy, int8-speed, latency, size"
+    with pytest.raises(ConfigError, match=f"unknown metric to skip 'speed'; {choose}"):
         GateConfig(skip=("speed",))
     res = _check(tmp_path, base, base, "--skip", "speed")
-    assert res.exit_code == 2 and "unknown metric to skip 'speed'; choose one of: accuracy, latency, size" in res.output
+    assert res.exit_code == 2 and f"unknown metric to skip 'speed'; {choose}" in res.output
 
 
 def test_shipped_onnx_reproduces_stored_accuracy_exactly(base, digits):

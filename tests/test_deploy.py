@@ -38,6 +38,7 @@ def test_quantize_dynamic_keeps_accuracy_and_shrinks(student, tmp_path):
     assert res.exit_code == 0, res.output
     assert out.stat().st_size < student.stat().st_size
     assert "dynamic INT8: accuracy" in res.output
+    assert "why INT8 differs from FP32:" in res.output and "- worst classes:" in res.output
     from kdexport.runtimes.ort import read_metadata
 
     meta = read_metadata(out)

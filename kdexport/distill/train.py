@@ -267,7 +267,7 @@ class TrainState:
 
     def save(self, path: str | os.PathLike, epoch: int) -> None:
         atomic_torch_save({"config": self.record, "epoch": epoch, "history": self.history,
-                           "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                           "model": _cpu_state(self.model),
                            "distill": self.distill.state_dict() if self.distill else {},
                            "ema": self.ema.state_dict() if self.ema else None,
                            "lookahead": self.lookahead.state_dict() if self.lookahead else None,
@@ -309,6 +309,18 @@ class TrainState:
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise StateError(f"{label}: its training state is inconsistent ({type(e).__name__}: "
                              f"{first_line(e, 80)}); {fresh}") from None
+
+
+def _cpu_state(model: nn.Module) -> dict:
+    """``model.state_dict()`` on the CPU, with its per-module versions (``_metadata``): a module that loads older
+    versions differently (torchao's observers reset ``eps`` when they find none) must see its own again."""
+    from collections import OrderedDict
+
+    state = model.state_dict()
+    out = OrderedDict((k, v.detach().cpu()) for k, v in state.items())
+    if hasattr(state, "_metadata"):
+        out._metadata = state._metadata  # type: ignore[attr-defined]
+    return out
 
 
 @dataclass

@@ -14,7 +14,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,7 @@ class QuantResult:
     good: bool
     equalization: dict | None = None  # EqualizeResult.to_dict() when residual streams were equalized
     fallback: dict | None = None  # with fallback="auto": the nodes kept in FP32 and what each step cost
+    diagnosis: dict | None = None  # kdexport.export.diagnose.int8_diagnosis: per-class drop, worst tensors, FP32 nodes
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -109,6 +110,27 @@ class _Prepared:
     pre: Path
     calib: list[np.ndarray]
     equalization: EqualizeResult | None
+    excluded: dict[str, str] = field(default_factory=dict)  # --int8-exclude: node name -> why it stays in FP32
+
+
+def resolve_exclude(model, names: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """``--int8-exclude`` against the pre-processed graph: each entry a node name or an op type (every node of
+    that type). ``{node name: why}``; an entry that matches nothing is a ConfigError naming what the graph has."""
+    nodes = [n for n in model.graph.node if n.name]
+    by_name = {n.name: n for n in nodes}
+    out: dict[str, str] = {}
+    for entry in names:
+        if entry in by_name:
+            out.setdefault(entry, f"--int8-exclude {entry}")
+            continue
+        of_type = [n.name for n in nodes if n.op_type == entry]
+        if not of_type:
+            types = sorted({n.op_type for n in nodes})
+            raise ConfigError(f"--int8-exclude {entry!r} is neither a node name nor an op type of this model (op "
+                              f"types: {', '.join(types)}; node names: {', '.join(list(by_name)[:5])}, ...)")
+        for name in of_type:
+            out.setdefault(name, f"--int8-exclude {entry}")
+    return out
 
 
 def _prepare(model: Path, tmp: Path, data: Dataset, mode: str, quant: QuantConfig) -> _Prepared:
@@ -120,27 +142,31 @@ def _prepare(model: Path, tmp: Path, data: Dataset, mode: str, quant: QuantConfi
             quant_pre_process(str(model), str(pre), skip_symbolic_shape=False)
         except Exception:  # its symbolic shape inference knows no Gelu (fastcifar); ONNX's own inference does
             quant_pre_process(str(model), str(pre), skip_symbolic_shape=True)
-    if mode == "dynamic":
-        return _Prepared(pre, [], None)
     import onnx
 
+    excluded = resolve_exclude(onnx.load(str(pre), load_external_data=False), quant.int8_exclude)
+    if mode == "dynamic":
+        return _Prepared(pre, [], None, excluded)
     calib = calibration_batches(data, quant.calibration_samples)
     eq = None
     if quant.equalize:
         pre_model = onnx.load(str(pre))
         eq = equalize_residual_streams(pre_model, calib)
         onnx.save(pre_model, str(pre))
-    return _Prepared(pre, calib, eq)
+    return _Prepared(pre, calib, eq, excluded)
 
 
 def _quantize(prep: _Prepared, dest: Path, mode: str, quant: QuantConfig, reduce_range: bool,
               exclude: list[str] | None = None) -> None:
-    """onnxruntime's quantizer on the pre-processed graph, ``exclude``: nodes kept in FP32."""
+    """onnxruntime's quantizer on the pre-processed graph, ``exclude``: nodes kept in FP32 (beside
+    ``--int8-exclude``'s)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    exclude = list(dict.fromkeys([*prep.excluded, *(exclude or [])]))
 
     with _quiet_quantizer():
         if mode == "dynamic":
-            quantize_dynamic(str(prep.pre), str(dest), weight_type=QuantType.QInt8, per_channel=True,
+            quantize_dynamic(str(prep.pre), str(dest), weight_type=QuantType.QInt8, per_channel=not quant.per_tensor,
                              reduce_range=reduce_range, nodes_to_exclude=exclude or [])
             return
         import onnx
@@ -152,7 +178,7 @@ def _quantize(prep: _Prepared, dest: Path, mode: str, quant: QuantConfig, reduce
             extra["TensorQuantOverrides"] = calibration.overrides(pre_model, prep.calib)
         quantize_static(str(prep.pre), str(dest), CalibrationReader(pre_model.graph.input[0].name, prep.calib),
                         quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, per_channel=True, reduce_range=reduce_range,
+                        weight_type=QuantType.QInt8, per_channel=not quant.per_tensor, reduce_range=reduce_range,
                         calibrate_method=getattr(CalibrationMethod, calibration.method), extra_options=extra,
                         nodes_to_exclude=exclude or [])
 
@@ -164,19 +190,24 @@ def quantize_file(model: str | os.PathLike, dest: str | os.PathLike, data: Datas
     with staged_file(dest) as tmp_out, tempfile.TemporaryDirectory() as tmp:
         try:
             _quantize(_prepare(Path(model), Path(tmp), data, mode, quant), tmp_out, mode, quant, reduce_range)
+        except ConfigError:
+            raise
         except Exception as e:
             raise ExportError(f"onnxruntime quantization failed: {type(e).__name__}: {first_line(e)}") from None
 
 
 def quantize_onnx(model: str | os.PathLike, out: str | os.PathLike, data: Dataset, *, mode: str,
                   quant: QuantConfig, threads: int | None = None, accuracy_fp32: float | None = None,
-                  latency: Callable[[Path], float] | None = None) -> QuantResult:
+                  latency: Callable[[Path], float] | None = None, diagnose: bool = True) -> QuantResult:
     """Quantize ``model`` to ``out`` (``mode`` static or dynamic, settings in ``quant``); measure accuracy on
     ``data``'s test split.
 
     ``accuracy_fp32``: ``model``'s accuracy on that split when the caller has already measured it
     (``file_accuracy``), so that it is not measured again. ``latency(path)``: a file's batch-1 p50 in ms, with
     which ``--fallback auto`` weighs each step (``kdexport.bench.timing.quick_p50``; None: not timed).
+
+    ``diagnose``: add the INT8 report section (:func:`kdexport.export.diagnose.int8_diagnosis`: per-class drop,
+    worst tensors, FP32 nodes and why).
 
     ``quant.equalize`` (static only): rescale residual-stream channels first (``kdexport.export.equalize``;
     exact in FP32, a no-op on graphs without residual streams).
@@ -197,6 +228,8 @@ def quantize_onnx(model: str | os.PathLike, out: str | os.PathLike, data: Datase
         try:
             prep = _prepare(model, Path(tmp), data, mode, quant)
             _quantize(prep, tmp_out, mode, quant, reduce_range)
+        except ConfigError:
+            raise
         except Exception as e:
             raise ExportError(f"onnxruntime quantization failed: {type(e).__name__}: {first_line(e)}") from None
         eq = prep.equalization
@@ -216,9 +249,19 @@ def quantize_onnx(model: str | os.PathLike, out: str | os.PathLike, data: Datase
                                                         "equalization": eq.to_dict() if eq else None,
                                                         "fp32_nodes": fallback["fp32_nodes"] if fallback else []}})
         drop = (acc32 - acc8) * 100
+        diagnosis = None
+        if diagnose:
+            from .diagnose import int8_diagnosis
+            from .fallback import ranking_batches
+
+            why = dict(prep.excluded)
+            for n in (fallback or {}).get("fp32_nodes") or []:
+                why.setdefault(n, "--fallback auto (its tensors' quantization erred most)")
+            diagnosis = int8_diagnosis(model, tmp_out, data, threads=threads, why=why,
+                                       batches=ranking_batches(data, prep.calib))
         res = QuantResult(str(out), mode, tmp_out.stat().st_size, model.stat().st_size, acc32, acc8, drop,
                           samples, cal_name, reduce_range, drop <= quant.max_accuracy_drop,
-                          eq.to_dict() if eq else None, fallback)
+                          eq.to_dict() if eq else None, fallback, diagnosis)
         if not res.good:
             others = [c for c in CALIBRATIONS.names(sort=False) if c != quant.calibration]
             hint = (f"; another --calibration ({', '.join(others)})" + (" or --fallback auto" if quant.fallback ==

@@ -146,6 +146,50 @@ def check_reports(current: dict, baseline: dict, gates: GateConfig = GateConfig(
             out.append(Gate(m, "ONNX bytes" if ":" not in m else "file bytes", b_sz, c_sz,
                             f"ratio <= {gates.max_size_ratio:g}",
                             ratio <= gates.max_size_ratio, f"{ratio:.3f}x"))
+    if "int8-speed" not in skip:
+        out += int8_speed_gates(current)
+    return out
+
+
+def int8_speed_gates(current: dict) -> list[Gate]:
+    """Every INT8 file of ``current`` against its FP32 source, timed in the same rounds: a gate that fails when
+    INT8 is slower at batch 1 in every round, beyond timing noise (onnxruntime's student_int8: its best per-round
+    speed-up below 1; each ``--targets`` runtime's int8 row against its fp32 row: their p50 spreads apart).
+    Reports without INT8 files give none."""
+    out = []
+    limit = ">= 1 in some round (--skip int8-speed)"
+    q = ((current.get("models") or {}).get("student_int8") or {}).get("quantization")
+    if isinstance(q, dict) and q.get("speedup_vs_fp32_batch_1") is not None:
+        key = "models.student_int8.quantization.speedup_vs_fp32_batch_1"
+        sp = _number(q["speedup_vs_fp32_batch_1"], "current", key, lo=0)
+        spread = q.get("speedup_vs_fp32_batch_1_spread")
+        best = _number(spread[1], "current", f"{key}_spread", lo=0) if isinstance(spread, list) and len(spread) == 2 \
+            else sp
+        out.append(Gate("student_int8", "INT8 speed-up vs FP32 @1", None, sp, limit, best >= 1,
+                        f"{sp:.2f}x (best round {best:.2f}x)"))
+    rows = (current.get("runtimes") or {}).get("rows") if isinstance(current.get("runtimes"), dict) else None
+    for row in rows if isinstance(rows, list) else []:
+        if not (isinstance(row, dict) and row.get("precision") == "int8" and row.get("path")
+                and row.get("target") != "onnx" and row.get("runs_here") is not False):
+            continue
+        name = f"{row['target']}:int8"
+        fp = next((r for r in rows if isinstance(r, dict) and r.get("target") == row["target"]
+                   and r.get("precision") == "fp32" and r.get("path")), None)
+        if fp is None:
+            continue
+        p8, p32 = (RuntimeRow(None, None, None, r.get("latency_ms")).p50(1) for r in (row, fp))
+        if p8 is None or p32 is None:
+            continue
+        p8 = _number(p8, "current", f"runtimes {name} latency_ms.batch_1.p50", lo=0)
+        p32 = _number(p32, "current", f"runtimes {row['target']}:fp32 latency_ms.batch_1.p50", lo=0)
+        sp = p32 / p8 if p8 > 0 else float("inf")
+        s8, s32 = (((r.get("latency_ms") or {}).get("batch_1") or {}).get("spread") for r in (row, fp))
+        if isinstance(s8, list) and isinstance(s32, list) and len(s8) == len(s32) == 2:
+            faster_once = _number(s8[0], "current", f"runtimes {name} spread", lo=0) <= \
+                _number(s32[1], "current", f"runtimes {row['target']}:fp32 spread", lo=0)
+        else:
+            faster_once = sp >= 1
+        out.append(Gate(name, "INT8 speed-up vs FP32 @1", None, sp, limit, faster_once, f"{sp:.2f}x"))
     return out
 
 
@@ -156,6 +200,8 @@ def _fmt(v: float | None, metric: str) -> str:
         return f"{v * 100:.2f}%"
     if metric.endswith("bytes"):
         return f"{int(v):,}"
+    if metric.startswith("INT8 speed-up"):
+        return f"{v:.2f}x"
     return f"{v:.4f}"
 
 

@@ -163,6 +163,11 @@ def to_markdown(report: dict) -> str:
                   + (" ({:.2f}-{:.2f} over the rounds)".format(*q["speedup_vs_fp32_batch_1_spread"])
                      if q.get("speedup_vs_fp32_batch_1_spread") else "")
                   + ("; **slower than FP32 on this machine**" if q["speedup_vs_fp32_batch_1"] < 1 else "") + "."]
+        lines += qat_lines(q)
+        if q.get("diagnosis"):
+            from ..export.diagnose import diagnosis_lines
+
+            lines += ["", "Why INT8 differs from FP32:", *diagnosis_lines(q["diagnosis"])]
     budget = report.get("budget")
     if budget:
         sel = budget.get("selection")
@@ -180,6 +185,25 @@ def to_markdown(report: dict) -> str:
               f"{env['torchvision']}, onnx {env['onnx']}, onnxruntime {env['onnxruntime']}.", "",
               "![training curves](curves.png)", ""]
     return "\n".join(lines)
+
+
+def qat_lines(q: dict) -> list[str]:
+    """``--quantize qat``: the fine-tune, its parity against the fake-quantized student, and what the teacher added
+    (the same fine-tune on the labels alone, quantized the same way)."""
+    qat = q.get("qat")
+    if not qat:
+        return []
+    p = qat["parity"]
+    line = (f"QAT: {qat['epochs']} epoch(s) of quantization-aware distillation ({qat['tool']}, lr {qat['lr']:.3g} "
+            f"{qat['scheduler']}, {'per-tensor' if qat['per_tensor'] else 'per-channel'} weights, "
+            f"{qat['train_seconds']:.1f} s); the INT8 file agrees with the fake-quantized student on "
+            f"{p['top1_agreement'] * 100:.1f}% of {p['inputs']} test images (max logit difference "
+            f"{p['max_abs_diff']:.3g}).")
+    twin = qat.get("labels_only")
+    if twin:
+        line += (f" The same fine-tune on the labels alone: {twin['accuracy_int8'] * 100:.2f}% INT8; the teacher adds "
+                 f"{qat['teacher_gain_points']:+.2f} points.")
+    return ["", line]
 
 
 def labels_lines(report: dict, entries: dict) -> list[str]:
