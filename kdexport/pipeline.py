@@ -85,6 +85,10 @@ def prepare(cfg: RunConfig, log: Log = quiet) -> Context:
     git_commit()  # stamp reports with the code this run starts from, even if the checkout moves on
     for target in cfg.targets:  # a missing runtime is one line now, not after an hour of training
         TARGETS.get(target).require()
+    if cfg.quantize == "qat":
+        from .export.qat import require_torchao
+
+        require_torchao()
     check_teacher_source(cfg)
     if cfg.student != "auto":
         check_arch(cfg.student)
@@ -395,10 +399,6 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
     if not main:
         reporter, log = None, quiet
     ctx = prepare(cfg, log)
-    if cfg.quantize == "qat":
-        from .export.qat import require_torchao
-
-        require_torchao()  # before any training
     if world()[1] > 1 and not cfg.threads:
         ctx.threads = max(1, ctx.threads // world()[1])
         torch.set_num_threads(ctx.threads)

@@ -42,11 +42,22 @@ from .distill.students import (
 )
 from .distill.teacher import Distillation, TeacherLogits
 from .distill.train import Reporter, evaluate, remove_training_state
-from .errors import ConfigError, KdexportError, StateError
+from .errors import ConfigError, GateError, KdexportError, StateError
 from .files import atomic_write, atomic_write_json, atomic_write_text, read_json
 from .models.checkpoint import load_model, save_checkpoint
 from .outputs import claim, commit_out_dir, lock_output, prepare_out_dir, release_output, unclaim
-from .pipeline import export_entry, models_report, prepare, report_header, teacher_entry, time_models
+from .pipeline import (
+    export_entry,
+    models_report,
+    prepare,
+    qat_students,
+    quantize_entry,
+    report_header,
+    runtimes_section,
+    target_files,
+    teacher_entry,
+    time_models,
+)
 from .report.write import write_report
 from .runs import RUN_CONFIG, SETUP_LOCK, commit_run_dir, open_sweep_dir, read_sweep_options
 
@@ -363,10 +374,23 @@ def _export_best(ctx: Context, out: Path, teacher: TeacherModel, teacher_acc: fl
             "student": export_entry(ctx, student, ctx.student_spec, "student", staging, kd=kd,
                                     history=s_blob["history"], log=log, train_seconds=s_secs),
         }
-        timing = time_models(ctx, staging, models, teacher=teacher, eager={"student": student}, log=log)
         cfg = dataclasses.replace(ctx.cfg, kd=kd, train=dataclasses.replace(ctx.cfg.train, seed=seed))
+        best_ctx = dataclasses.replace(ctx, cfg=cfg)
+        if cfg.quantize != "none":  # the best cell's student ships as distill-export would ship it
+            qat = (qat_students(best_ctx, student, Distillation(teacher_logits_for(best_ctx, teacher, log), kd),
+                                staging, lambda role: None, None, log) if cfg.quantize == "qat" else None)
+            try:
+                models["student_int8"] = quantize_entry(best_ctx, models["student"], staging, log, qat=qat)
+            except GateError as e:  # best/report.json says why; the sweep's result stands
+                models["student_int8_rejected"] = {"error": str(e)}
+                log(f"warning: best/: {e}")
+        files = target_files(best_ctx, student, models, staging, log)
+        timing = time_models(best_ctx, staging, models, teacher=teacher, eager={"student": student}, files=files,
+                             log=log)
         extra = {"teacher_tta": tta} if tta else {}
-        write_report(models_report(dataclasses.replace(ctx, cfg=cfg), final, models, timing, **extra), staging)
+        if files:
+            extra["runtimes"] = runtimes_section(best_ctx, models, files, timing)
+        write_report(models_report(best_ctx, final, models, timing, **extra), staging)
         commit_run_dir(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -102,9 +102,16 @@ def test_sweep_cli(tmp_path):
     from kdexport.cli import app
 
     res = CliRunner().invoke(app, ["sweep", "-T", "3", "--soft-weight", "0.5", "--seeds", "0", "--epochs", "1",
-                                   "--teacher", "mlp:32", "--bench-iters", "2", "--out", str(tmp_path / "s")])
+                                   "--teacher", "mlp:32", "--bench-iters", "2", "--out", str(tmp_path / "s"),
+                                   "--quantize", "qat", "--qat-epochs", "1", "--max-accuracy-drop", "100"])
     assert res.exit_code == 0, res.output
     assert "best cell T3-b0.5-t2" in " ".join(res.output.split())
+    import json
+
+    best = json.loads((tmp_path / "s" / "best" / "report.json").read_text())  # best/ ships as distill-export does
+    q = best["models"]["student_int8"]["quantization"]
+    assert q["mode"] == "qat" and q["qat"]["labels_only"] and q["accuracy_fp32"] == \
+        best["models"]["student"]["accuracy_onnx"]
     res = CliRunner().invoke(app, ["sweep", "-T", "0,2", "--out", str(tmp_path / "bad")])
     assert res.exit_code == 2 and "temperature must be > 0" in res.output
 
