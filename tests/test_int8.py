@@ -257,3 +257,21 @@ def test_qat_resume_is_bit_exact(trained, data, tmp_path, dies_in_epoch):
     a, b = full.graph.state_dict(), resumed.graph.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert len(hist) == 2
+
+
+def test_qat_on_a_model_torch_export_cannot_capture_is_one_line(data):
+    pytest.importorskip("torchao")
+    from kdexport.errors import ExportError
+    from kdexport.export.qat import QatStudent
+
+    class Branchy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return y.mean((2, 3)) if y.sum() > 0 else -y.mean((2, 3))  # data-dependent: export refuses it
+
+    with pytest.raises(ExportError, match=r"torchao could not prepare this model \(.*\); use --quantize static"):
+        QatStudent(Branchy(), data.normalize(data.x_train[:2]))

@@ -113,6 +113,11 @@ def place(files: list[Path], dest_dir: Path) -> None:
         os.replace(f, dest)
 
 
+def weights_text(quant) -> str:
+    """How an INT8 file's weights are scaled, as its note says it."""
+    return "per-tensor" if quant.per_tensor else "per-channel"
+
+
 def keep_fp32(job: TargetJob, row: TargetFile, made: Path, dest: Path, files: list[Path] | None = None) -> Path | None:
     """Prove ``made`` (parity); when it holds, move it (and ``files``) to ``dest`` and measure its accuracy in its
     runtime. Fills ``row``; returns the kept file or None."""
@@ -300,11 +305,22 @@ class OpenVinoTarget:
         x = calibration_inputs(job.data, n)
         row = TargetFile("openvino", "int8", self.runtime, version, None,
                          note=f"NNCF post-training quantization, {len(x)} calibration images (the same as "
-                              "onnxruntime's static INT8), default preset")
+                              "onnxruntime's static INT8), default preset"
+                              + (", per-tensor weights" if job.quant.per_tensor else ""))
         try:
             nncf.set_log_level(logging.ERROR)
             with quiet_tool():
-                q = nncf.quantize(model, nncf.Dataset([x[i:i + 1] for i in range(len(x))]), subset_size=len(x))
+                advanced = None
+                if job.quant.per_tensor:
+                    from nncf.quantization.advanced_parameters import (
+                        AdvancedQuantizationParameters,
+                        QuantizationParameters,
+                    )
+
+                    advanced = AdvancedQuantizationParameters(
+                        weights_quantization_params=QuantizationParameters(per_channel=False))
+                q = nncf.quantize(model, nncf.Dataset([x[i:i + 1] for i in range(len(x))]), subset_size=len(x),
+                                  advanced_parameters=advanced)
             q.set_rt_info(json.dumps({**job.metadata, "quantization": {"tool": "nncf", "mode": "static",
                                                                        "calibration_samples": len(x)}}), META_KEY)
             path = tmp / f"{job.stem}.int8.xml"
@@ -404,10 +420,11 @@ class LiteRtTarget(TorchTarget):
 
         x = torch.from_numpy(calibration_inputs(job.data, job.quant.calibration_samples))
         row = TargetFile("litert", "int8", self.runtime, version, None,
-                         note=f"litert-torch PT2E static INT8 (symmetric, per-channel weights), {len(x)} calibration "
+                         note=f"litert-torch PT2E static INT8 (symmetric, {weights_text(job.quant)} weights), "
+                              f"{len(x)} calibration "
                               "images (the same as onnxruntime's static INT8)")
         quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
-            pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
+            pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=not job.quant.per_tensor))
 
         def quantize():
             m = quantize_pt2e.prepare_pt2e(torch.export.export(job.model, sample).module(), quantizer)
@@ -476,9 +493,11 @@ class ExecuTorchTarget(TorchTarget):
 
         x = torch.from_numpy(calibration_inputs(job.data, job.quant.calibration_samples))
         row = TargetFile("executorch", "int8", self.runtime, version, None,
-                         note=f"XNNPACK PT2E static INT8 (symmetric, per-channel weights), {len(x)} calibration images "
+                         note=f"XNNPACK PT2E static INT8 (symmetric, {weights_text(job.quant)} weights), "
+                              f"{len(x)} calibration images "
                               "(the same as onnxruntime's static INT8)")
-        quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+        quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(
+            is_per_channel=not job.quant.per_tensor))
 
         def quantize():
             m = torch.export.export(job.model, sample, dynamic_shapes=self._dynamic()).module()
