@@ -198,3 +198,31 @@ def test_the_ort_target_ships_the_mobile_format_proven(tmp_path):
     assert fp32["bytes"] == sum((out / "ort" / f).stat().st_size
                                 for f in ("student.ort", "student.required_operators.config"))
     assert "ort_format_model" not in res.output  # the converter's log kept off the run's output
+
+
+def _weight_scale_sizes(xml) -> list[int]:
+    """The number of scales of every INT8 weight of an NNCF-quantized IR (int8 Constant -> Convert -> Multiply by
+    its scales; 1: per-tensor)."""
+    model = ov.Core().read_model(str(xml))
+    sizes = []
+    for op in model.get_ops():
+        if op.get_type_name() == "Multiply":
+            src = op.input_value(0).get_node()
+            if src.get_type_name() == "Convert" and str(src.input_value(0).get_element_type()) == "<Type: 'int8_t'>":
+                sizes.append(int(np.prod(op.input_value(1).get_shape())))
+    return sizes
+
+
+@pytest.mark.slow  # a whole run
+def test_nncf_int8_weights_are_per_channel_unless_per_tensor(targeted, tmp_path):
+    out, _, _ = targeted
+    assert _weight_scale_sizes(out / "openvino" / "student.int8.xml") and \
+        all(s > 1 for s in _weight_scale_sizes(out / "openvino" / "student.int8.xml"))
+    run = tmp_path / "pt"
+    res = CliRunner().invoke(app, ["distill-export", "--out", str(run), *FAST, "--quantize", "static", "--per-tensor",
+                                   "--max-accuracy-drop", "100", "--targets", "onnx,openvino"])
+    assert res.exit_code == 0, res.output
+    sizes = _weight_scale_sizes(run / "openvino" / "student.int8.xml")
+    assert sizes and all(s == 1 for s in sizes)
+    rows = {(r["target"], r["precision"]): r for r in json.loads((run / "report.json").read_text())["runtimes"]["rows"]}
+    assert "per-tensor weights" in rows["openvino", "int8"]["note"]
