@@ -40,6 +40,7 @@ from kdexport.data.datasets import load_dataset
 from kdexport.distill.teacher import Distillation, LiveLogits, TorchTeacher
 from kdexport.distill.train import evaluate, fit
 from kdexport.envinfo import result_stamp, stamp_markdown, usable_cores
+from kdexport.errors import ParityError
 from kdexport.export.onnx import export_onnx
 from kdexport.export.qat import QAT_TOOL, qat_parity, qat_train_config, train_qat
 from kdexport.export.quantize import calibration_batches, quantize_onnx
@@ -124,7 +125,10 @@ def main() -> None:
                     export_onnx(qat.float_student(student), tmp / f"{name}.fp32.onnx", parity_x)
                     q = quantize_onnx(tmp / f"{name}.fp32.onnx", tmp / f"{name}.onnx", data, mode="static",
                                       quant=quant, accuracy_fp32=ptq.accuracy_fp32, diagnose=False)
-                    parity = qat_parity(qat, tmp / f"{name}.onnx", parity_x)
+                    try:
+                        parity = qat_parity(qat, tmp / f"{name}.onnx", parity_x)
+                    except ParityError as e:  # reported, not hidden: the run goes on
+                        parity = {"error": str(e), "top1_agreement": float("nan")}
                     run = {"seed": seed, "teacher": teacher_on, "accuracy_int8": q.accuracy_int8,
                            "drop_points": q.accuracy_drop_points, "seconds": secs, "history": hist,
                            "parity": parity}

@@ -44,9 +44,12 @@ from ..errors import ConfigError, ExportError, ParityError, first_line
 from .onnx import check_parity
 
 QAT_TOOL = "torchao PT2E QAT (X86InductorQuantizer)"
-# The fake-quantized PyTorch model vs its ONNX file: top-1 agreement on the parity images, and the max abs logit
-# difference relative to the logit scale. Measured on trained students (docs/quantization.md) well inside both.
-QAT_PARITY = {"min_top1_agreement": 0.95, "rtol": 0.25}
+# The shipped INT8 file against the fake-quantized model it came from. They are not one graph: torchao's x86 scheme
+# fake-quantizes the inputs of convolutions and matrix products, onnxruntime's static graph also quantizes additions,
+# multiplications and activations (benchmarks/qat_export_paths.py), so their logits differ by more than rounding,
+# most on a low-margin student (mobilenet_v3_small at 61%: 85% top-1 agreement, benchmarks/bench_qat.py). The check
+# catches a wrong file (wrong weights agree at chance level); the file's accuracy is gated like any INT8 file's.
+QAT_PARITY = {"min_top1_agreement": 0.75}
 
 
 def require_torchao() -> None:
@@ -210,14 +213,12 @@ def train_qat(model: nn.Module, data: Dataset, train: TrainConfig, calibration: 
 
 
 def qat_parity(qat: QatStudent, path: str | os.PathLike, inputs: torch.Tensor) -> dict[str, Any]:
-    """The INT8 file against the fake-quantized model it came from, on real inputs: top-1 agreement and max abs
-    logit difference under :data:`QAT_PARITY`; ParityError (the file is not kept) outside it."""
+    """The INT8 file against the fake-quantized model it came from, on real inputs: top-1 agreement of at least
+    :data:`QAT_PARITY` (ParityError otherwise: the file is not kept), with the max abs logit difference recorded."""
     diff, agree, scale = check_parity(path, qat, inputs.float())
-    tol = QAT_PARITY["rtol"] * max(1.0, scale)
-    if not (diff <= tol and agree >= QAT_PARITY["min_top1_agreement"]):
-        raise ParityError(f"{Path(path).name}: onnxruntime's INT8 differs from the fake-quantized student (max abs "
-                          f"logit diff {diff:.3g} > {tol:.3g}, or top-1 agreement {agree:.4f} < "
-                          f"{QAT_PARITY['min_top1_agreement']}); the file was not kept")
-    return {"max_abs_diff": diff, "top1_agreement": agree, "inputs": int(inputs.shape[0]), "tolerance": tol,
-            "logit_scale": scale, "rule": f"top-1 agreement >= {QAT_PARITY['min_top1_agreement']} and max abs diff "
-                                          f"<= {QAT_PARITY['rtol']} x logit scale against the fake-quantized model"}
+    need = QAT_PARITY["min_top1_agreement"]
+    if agree < need:
+        raise ParityError(f"{Path(path).name}: onnxruntime's INT8 agrees with the fake-quantized student on "
+                          f"{agree:.1%} of {inputs.shape[0]} test images, under {need:.0%}; the file was not kept")
+    return {"max_abs_diff": diff, "top1_agreement": agree, "inputs": int(inputs.shape[0]), "logit_scale": scale,
+            "rule": f"top-1 agreement >= {need} against the fake-quantized model"}
