@@ -197,3 +197,41 @@ def test_no_labels_at_all_distils_from_a_trained_teacher_without_a_baseline(tmp_
     assert report["models"]["student"]["accuracy_onnx"] > 0.5  # learnt from the teacher alone (chance: 0.1)
     assert "no labels: no baseline" in res.output
     assert "No KD gain to report" in (out / "report.md").read_text()
+
+
+def test_a_train_folder_without_class_folders_is_all_unlabeled(tmp_path):
+    """train/ holding images directly (no class folders): every training image is unlabeled, the classes are the test
+    split's, and a run distils from a trained teacher with no baseline; a labeled teacher run on the same classes
+    gives it the teacher."""
+    import shutil
+
+    from kdexport.data.datasets import load_dataset
+
+    labeled = _cifar_like(tmp_path)
+    flat = tmp_path / "flat"
+    shutil.copytree(labeled / "test", flat / "test")
+    (flat / "train").mkdir()
+    for i, p in enumerate(sorted((labeled / "train").rglob("*.png"))):
+        shutil.copy(p, flat / "train" / f"{i}.png")
+    data = load_dataset("imagefolder", flat)
+    assert data.class_names == ["cat", "dog"] and len(data.y_train) == 8 and bool((data.y_train == UNLABELED).all())
+    assert len(data.y_test) == 4 and set(data.y_test.tolist()) == {0, 1}
+    first = tmp_path / "teacher-run"
+    args = [*FAST, "--dataset", "imagefolder", "--student", "mlp:8", "--teacher", "mlp:16", "--force"]  # noise images
+    res = CliRunner().invoke(app, ["distill-export", "--out", str(first), "--data-dir", str(labeled), *args])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["distill-export", "--out", str(out), "--data-dir", str(flat), *args,
+                                   "--teacher-checkpoint", str(first / "checkpoints" / "teacher.pt")])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["labels"]["labeled"] == 0 and report["labels"]["unlabeled"] == 8
+    assert "baseline" not in report["models"] and report["kd_gain_points"] is None
+    empty = tmp_path / "empty"
+    shutil.copytree(labeled / "test", empty / "test")
+    (empty / "train").mkdir()
+    with pytest.raises(DataError, match="holds no class folders and no images"):
+        load_dataset("imagefolder", empty)
+    # trained here, a teacher has nothing to learn from: one line
+    res = CliRunner().invoke(app, ["distill-export", "--out", str(tmp_path / "x"), "--data-dir", str(flat), *args])
+    assert res.exit_code == 2 and "no training image has a label" in " ".join(res.output.split())

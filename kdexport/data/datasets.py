@@ -343,7 +343,9 @@ def memory_budget(text: str | None) -> int | None:
 
 @DATASETS.register("imagefolder")
 def _imagefolder(data_dir: Path | None, *, download: bool, opts: LoadOptions) -> Dataset:
-    """The user's images: DATA_DIR/train/<class>/* and DATA_DIR/test/<class>/* (or val/).
+    """The user's images: DATA_DIR/train/<class>/* and DATA_DIR/test/<class>/* (or val/). A train/ without class
+    folders holds unlabeled images (any layout below it): the classes are the test split's folders, and a teacher
+    teaches the student every training image.
 
     The set decides its format, never the file that sorts first: RGB unless every image is grayscale, and
     (without ``--image-size``) the median shorter side of the training images, at most 224. Each image is
@@ -362,11 +364,23 @@ def _imagefolder(data_dir: Path | None, *, download: bool, opts: LoadOptions) ->
         raise DataError(f"{str(data_dir)!r} must hold train/ and test/ (or val/) class folders")
     classes, train_items = _list_images(train_dir)
     test_classes, test_items = _list_images(test_dir)
-    if not train_items or len(classes) < 2:
+    unlabeled = not classes  # train/ without class folders: every training image is unlabeled (the teacher labels)
+    if unlabeled:
+        from .labels import UNLABELED, list_images
+
+        train_items = [(p, UNLABELED) for p in list_images(train_dir)]
+        if not train_items:
+            raise DataError(f"{str(train_dir)!r} holds no class folders and no images")
+        if len(test_classes) < 2:
+            raise DataError(f"{str(train_dir)!r} has no class folders, so the classes come from {test_dir.name}/, "
+                            f"which needs at least two class folders with images")
+        classes = test_classes
+    elif not train_items or len(classes) < 2:
         raise DataError(f"{str(train_dir)!r} needs at least two class folders with images")
     if test_classes != classes:
         raise DataError(f"class folders differ between {train_dir.name}/ and {test_dir.name}/")
-    _check_every_class_trains(classes, train_items, train_dir, "training images")
+    if not unlabeled:
+        _check_every_class_trains(classes, train_items, train_dir, "training images")
     # The listing (names, labels, sizes, mtimes) keys the caches: decoded tensors, and the stream mode's stats.
     h = hashlib.sha256(f"{IMAGEFOLDER_CACHE_FORMAT}|{data_dir.resolve()}|{opts.image_size}|{opts.crop_ratio}".encode())
     for p, c in train_items + test_items:
@@ -396,8 +410,9 @@ def _imagefolder(data_dir: Path | None, *, download: bool, opts: LoadOptions) ->
     else:
         train_items, train_probe, bad = _scan(train_items)
         test_items, test_probe, bad_test = _scan(test_items)
-        _check_every_class_trains(classes, train_items, train_dir, "readable training images", bad)
-        if len({c for _, c in train_items}) < 2 or not test_items:
+        if not unlabeled:
+            _check_every_class_trains(classes, train_items, train_dir, "readable training images", bad)
+        if (len({c for _, c in train_items}) < 2 and not unlabeled) or not train_items or not test_items:
             raise DataError(f"{str(data_dir)!r}: too few readable images ({len(train_items)} train, "
                             f"{len(test_items)} test){'; e.g. ' + bad[0] if bad else ''}")
         channels = 1 if all(m in GRAY_MODES for m, _, _ in train_probe + test_probe) else 3
