@@ -640,7 +640,8 @@ def quantize_entry(ctx: Context, fp32: ModelEntry, out: Path, log: Log = quiet, 
         src = out / fp32.onnx_path
     try:
         q = quantize_onnx(src, out / rel, ctx.data, mode=mode, quant=cfg.quant, threads=ctx.threads,
-                          accuracy_fp32=fp32.accuracy_onnx, latency=latency)
+                          accuracy_fp32=fp32.accuracy_onnx, latency=latency,
+                          record={"qat": {"tool": QAT_TOOL, "epochs": cfg.qat_epochs}} if qat else None)
         if qat:
             parity = qat_parity(mine["qat"], out / rel, mine["parity_x"])
             train = qat_train_config(ctx.train_config("student"), cfg.qat_epochs, cfg.qat_lr_scale)

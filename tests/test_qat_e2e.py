@@ -31,6 +31,10 @@ def test_distill_export_quantize_qat_reports_the_teacher_s_share(tmp_path):
     assert q["accuracy_drop_points"] == pytest.approx((q["accuracy_fp32"] - q["accuracy_int8"]) * 100)
     assert q["accuracy_fp32"] == report["models"]["student"]["accuracy_onnx"]  # gated against the FP32 student
     assert q["diagnosis"]["per_class"] and "faster_than_fp32" in q
+    from kdexport.runtimes.ort import read_metadata
+
+    meta = read_metadata(out / "onnx" / "student.int8.onnx")["quantization"]  # the file itself says it was QAT
+    assert meta["qat"]["epochs"] == 1 and meta["mode"] == "static" and "torchao" in meta["qat"]["tool"]
     md = (out / "report.md").read_text()
     assert "QAT: 1 epoch(s) of quantization-aware distillation" in md and "the teacher adds" in md
     assert "Why INT8 differs from FP32:" in md

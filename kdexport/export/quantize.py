@@ -198,13 +198,16 @@ def quantize_file(model: str | os.PathLike, dest: str | os.PathLike, data: Datas
 
 def quantize_onnx(model: str | os.PathLike, out: str | os.PathLike, data: Dataset, *, mode: str,
                   quant: QuantConfig, threads: int | None = None, accuracy_fp32: float | None = None,
-                  latency: Callable[[Path], float] | None = None, diagnose: bool = True) -> QuantResult:
+                  latency: Callable[[Path], float] | None = None, diagnose: bool = True,
+                  record: dict | None = None) -> QuantResult:
     """Quantize ``model`` to ``out`` (``mode`` static or dynamic, settings in ``quant``); measure accuracy on
     ``data``'s test split.
 
     ``accuracy_fp32``: ``model``'s accuracy on that split when the caller has already measured it
     (``file_accuracy``), so that it is not measured again. ``latency(path)``: a file's batch-1 p50 in ms, with
     which ``--fallback auto`` weighs each step (``kdexport.bench.timing.quick_p50``; None: not timed).
+
+    ``record``: more keys for the file's ``quantization`` metadata (``--quantize qat`` says so there).
 
     ``diagnose``: add the INT8 report section (:func:`kdexport.export.diagnose.int8_diagnosis`: per-class drop,
     worst tensors, FP32 nodes and why).
@@ -247,7 +250,8 @@ def quantize_onnx(model: str | os.PathLike, out: str | os.PathLike, data: Datase
         set_metadata(tmp_out, {**meta, "quantization": {"mode": mode, "reduce_range": reduce_range,
                                                         "calibration": cal_name, "calibration_samples": samples,
                                                         "equalization": eq.to_dict() if eq else None,
-                                                        "fp32_nodes": fallback["fp32_nodes"] if fallback else []}})
+                                                        "fp32_nodes": fallback["fp32_nodes"] if fallback else [],
+                                                        **(record or {})}})
         drop = (acc32 - acc8) * 100
         diagnosis = None
         if diagnose:
