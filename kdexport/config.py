@@ -342,8 +342,8 @@ class QuantConfig:
     max_accuracy_drop: float = option(1.0, "INT8: reject the quantized model (exit 1, no file) if it loses more "
                                            "accuracy points than this.", panel=EXPORT)
     fallback: str = option("none", "INT8 static over the accuracy budget: auto keeps the layers whose quantization "
-                                   "errs most (onnxruntime's qdq_loss_debug) in FP32, in growing groups, until it "
-                                   "fits; none refuses the model.", panel=EXPORT, choices=FALLBACKS)
+                                   "errs most (lowest SQNR of its own quantization round trip) in FP32, in growing "
+                                   "groups, until it fits; none refuses the model.", panel=EXPORT, choices=FALLBACKS)
     per_tensor: bool = option(False, "INT8: one scale per weight tensor instead of one per output channel (what many "
                                      "NPUs require; usually costs accuracy).", panel=EXPORT)
     int8_exclude: tuple[str, ...] = option((), "INT8 static: keep these nodes in FP32, comma-separated ONNX node names "

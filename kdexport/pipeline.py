@@ -10,6 +10,7 @@ steps (``prepare``, ``export_entry``, ``teacher_entry``, ``time_models``, ``mode
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 import time
 from pathlib import Path
 
@@ -454,15 +455,15 @@ def distill_export(cfg: RunConfig, *, reporter: Reporter | None = None, log: Log
             keep_baseline(cached, ctx, model, unit_record("baseline", cfg.train.seed, None,
                                                           models["baseline"].accuracy_torch, secs, hist))
         gate_error = None
-        qat = None
-        if cfg.quantize == "qat":
-            qat = qat_students(ctx, trained["student"][0], Distillation(source, cfg.kd), staging, state, reporter, log)
         if cfg.quantize != "none":
-            try:
-                models["student_int8"] = quantize_entry(ctx, models["student"], staging, log, qat=qat)
-            except GateError as e:  # keep the run and its report; fail the command afterwards
-                gate_error = e
-                models["student_int8_rejected"] = {"error": str(e)}
+            with tempfile.TemporaryDirectory(dir=staging) as tmp:  # --quantize qat: the fine-tuned students' files
+                qat = (qat_students(ctx, trained["student"][0], Distillation(source, cfg.kd), Path(tmp), state,
+                                    reporter, log) if cfg.quantize == "qat" else None)
+                try:
+                    models["student_int8"] = quantize_entry(ctx, models["student"], staging, log, qat=qat)
+                except GateError as e:  # keep the run and its report; fail the command afterwards
+                    gate_error = e
+                    models["student_int8_rejected"] = {"error": str(e)}
         files = target_files(ctx, trained["student"][0], models, staging, log)
         timing = time_models(ctx, staging, models, teacher=teacher, eager={"student": trained["student"][0]},
                              files=files, log=log)
@@ -577,13 +578,12 @@ def teacher_only(cfg: RunConfig, path: str | Path, *, resume: bool = False, repo
                         "train_seconds": sum(h["seconds"] for h in history), "tta": rows, "history": history}}
 
 
-def qat_students(ctx: Context, student: torch.nn.Module, distill: Distillation, out: Path, state, reporter, log: Log
+def qat_students(ctx: Context, student: torch.nn.Module, distill: Distillation, tmp: Path, state, reporter, log: Log
                  ) -> dict:
     """``--quantize qat``: the distilled student fine-tuned as its INT8 network with the teacher, and its fair twin
     fine-tuned the same way on the labels alone (none without labels). Each one's fine-tuned weights are exported
-    (parity-checked FP32 ONNX) for the INT8 step. ``{role: {"qat", "onnx", "history", "seconds"}}``."""
-    import tempfile
-
+    (parity-checked FP32 ONNX) into the caller's temporary folder ``tmp`` for the INT8 step.
+    ``{role: {"qat", "onnx", "history", "seconds", "parity_x"}}``."""
     from .data.labels import labeled_view
     from .export.onnx import export_onnx
     from .export.qat import train_qat
@@ -593,7 +593,6 @@ def qat_students(ctx: Context, student: torch.nn.Module, distill: Distillation, 
     calib = [torch.from_numpy(b) for b in calibration_batches(ctx.data, cfg.quant.calibration_samples)]
     parity_x = ctx.data.normalize(ctx.data.x_test[ctx.data.test_sample(PARITY_SAMPLES)])
     roles = [("student_qat", distill)] + [("student_qat_labels_only", None)] * (label_counts(ctx.data)["labeled"] > 0)
-    tmp = Path(tempfile.mkdtemp(dir=out))
     done = {}
     for role, kd in roles:
         log(f"{role}: quantization-aware fine-tune, {cfg.qat_epochs} epochs "
@@ -615,8 +614,6 @@ def quantize_entry(ctx: Context, fp32: ModelEntry, out: Path, log: Log = quiet, 
     records its speed-up over the FP32 file from the same rounds. With ``qat`` (:func:`qat_students`), the
     quantization-aware fine-tuned weights go through the same static INT8 path (the same graph as PTQ), the file
     is checked against the fake-quantized student, and the labels-only twin is measured beside it."""
-    import shutil
-
     from .export.qat import QAT_TOOL, qat_parity, qat_train_config
     from .export.quantize import quantize_onnx
 
@@ -638,21 +635,17 @@ def quantize_entry(ctx: Context, fp32: ModelEntry, out: Path, log: Log = quiet, 
         src = mine["onnx"]
     else:
         src = out / fp32.onnx_path
-    try:
-        q = quantize_onnx(src, out / rel, ctx.data, mode=mode, quant=cfg.quant, threads=ctx.threads,
-                          accuracy_fp32=fp32.accuracy_onnx, latency=latency,
-                          record={"qat": {"tool": QAT_TOOL, "epochs": cfg.qat_epochs}} if qat else None)
-        if qat:
-            parity = qat_parity(mine["qat"], out / rel, mine["parity_x"])
-            train = qat_train_config(ctx.train_config("student"), cfg.qat_epochs, cfg.qat_lr_scale)
-            extra = {"mode": "qat", "qat": {
-                "tool": QAT_TOOL, "epochs": train.epochs, "lr": train.lr, "scheduler": train.scheduler,
-                "per_tensor": cfg.quant.per_tensor, "parity": parity, "history": mine["history"],
-                "train_seconds": mine["seconds"], "labels_only": twin,
-                "teacher_gain_points": ((q.accuracy_int8 - twin["accuracy_int8"]) * 100 if twin else None)}}
-    finally:
-        if qat:
-            shutil.rmtree(qat["student_qat"]["onnx"].parent, ignore_errors=True)
+    q = quantize_onnx(src, out / rel, ctx.data, mode=mode, quant=cfg.quant, threads=ctx.threads,
+                      accuracy_fp32=fp32.accuracy_onnx, latency=latency,
+                      record={"qat": {"tool": QAT_TOOL, "epochs": cfg.qat_epochs}} if qat else None)
+    if qat:
+        parity = qat_parity(mine["qat"], out / rel, mine["parity_x"])
+        train = qat_train_config(ctx.train_config("student"), cfg.qat_epochs, cfg.qat_lr_scale)
+        extra = {"mode": "qat", "qat": {
+            "tool": QAT_TOOL, "epochs": train.epochs, "lr": train.lr, "scheduler": train.scheduler,
+            "per_tensor": cfg.quant.per_tensor, "parity": parity, "history": mine["history"],
+            "train_seconds": mine["seconds"], "labels_only": twin,
+            "teacher_gain_points": ((q.accuracy_int8 - twin["accuracy_int8"]) * 100 if twin else None)}}
     return ModelEntry(
         arch=fp32.arch, spec=fp32.spec, params=fp32.params, flops=fp32.flops, onnx_path=rel,
         onnx_bytes=q.onnx_bytes, accuracy_torch=None, accuracy_onnx=q.accuracy_int8,

@@ -14,6 +14,7 @@ import itertools
 import math
 import shutil
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -377,13 +378,14 @@ def _export_best(ctx: Context, out: Path, teacher: TeacherModel, teacher_acc: fl
         cfg = dataclasses.replace(ctx.cfg, kd=kd, train=dataclasses.replace(ctx.cfg.train, seed=seed))
         best_ctx = dataclasses.replace(ctx, cfg=cfg)
         if cfg.quantize != "none":  # the best cell's student ships as distill-export would ship it
-            qat = (qat_students(best_ctx, student, Distillation(teacher_logits_for(best_ctx, teacher, log), kd),
-                                staging, lambda role: None, None, log) if cfg.quantize == "qat" else None)
-            try:
-                models["student_int8"] = quantize_entry(best_ctx, models["student"], staging, log, qat=qat)
-            except GateError as e:  # best/report.json says why; the sweep's result stands
-                models["student_int8_rejected"] = {"error": str(e)}
-                log(f"warning: best/: {e}")
+            with tempfile.TemporaryDirectory(dir=staging) as tmp:
+                qat = (qat_students(best_ctx, student, Distillation(teacher_logits_for(best_ctx, teacher, log), kd),
+                                    Path(tmp), lambda role: None, None, log) if cfg.quantize == "qat" else None)
+                try:
+                    models["student_int8"] = quantize_entry(best_ctx, models["student"], staging, log, qat=qat)
+                except GateError as e:  # best/report.json says why; the sweep's result stands
+                    models["student_int8_rejected"] = {"error": str(e)}
+                    log(f"warning: best/: {e}")
         files = target_files(best_ctx, student, models, staging, log)
         timing = time_models(best_ctx, staging, models, teacher=teacher, eager={"student": student}, files=files,
                              log=log)

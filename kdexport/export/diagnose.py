@@ -61,9 +61,9 @@ def fp32_nodes(model, why: dict[str, str] | None = None) -> tuple[list[dict], in
     return float_nodes, int8
 
 
-def qdq_sqnr(path: str | os.PathLike, batches: list[np.ndarray], top: int = TOP_TENSORS) -> list[dict]:
-    """The ``top`` activation tensors of a QDQ file with the lowest SQNR (dB) of their own quantization round
-    trip (each QuantizeLinear's input against the DequantizeLinear that undoes it), summed over ``batches``."""
+def qdq_sqnr(path: str | os.PathLike, batches: list[np.ndarray], top: int | None = TOP_TENSORS) -> list[dict]:
+    """The ``top`` (None: all) activation tensors of a QDQ file with the lowest SQNR (dB) of their own quantization
+    round trip (each QuantizeLinear's input against the DequantizeLinear that undoes it), summed over ``batches``."""
     import onnx
     import onnxruntime as ort
 
@@ -103,7 +103,7 @@ def qdq_sqnr(path: str | os.PathLike, batches: list[np.ndarray], top: int = TOP_
         db = math.inf if n == 0 else (-math.inf if s == 0 else 10 * math.log10(s / n))
         rows.append({"tensor": t, "sqnr_db": round(db, 2) if math.isfinite(db) else None})
     finite = [r for r in rows if r["sqnr_db"] is not None]
-    return sorted(finite, key=lambda r: r["sqnr_db"])[:top]
+    return sorted(finite, key=lambda r: r["sqnr_db"])[:top]  # [:None] keeps all
 
 
 def int8_diagnosis(fp32: str | os.PathLike, int8: str | os.PathLike, data: Dataset, *, threads: int | None = None,

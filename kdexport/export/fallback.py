@@ -3,9 +3,9 @@ than the budget, keep the layers whose quantization errs most in float until it 
 
 1. Rank the activation tensors of the quantized graph by their local quantization error: the SQNR (dB)
    between each tensor before and after its QuantizeLinear/DequantizeLinear pair, on a few batches of
-   training images that were not used for calibration (onnxruntime's ``qdq_loss_debug``). A tensor whose
-   range is stretched by outliers has a low SQNR on typical images; errors that only accumulate from
-   upstream do not count against it.
+   training images that were not used for calibration (``kdexport.export.diagnose.qdq_sqnr``, the INT8
+   report's measure). A tensor whose range is stretched by outliers has a low SQNR on typical images; errors
+   that only accumulate from upstream do not count against it.
 2. Keep the worst 1, 2, 4, 8, ... tensors in FP32: their producing node and every node that consumes
    them go to ``nodes_to_exclude``. After each group, re-quantize and measure the accuracy on the whole
    test split and the p50 latency at batch 1, until the drop is within the budget or every ranked tensor
@@ -17,7 +17,6 @@ The result records every step: which nodes were added, the accuracy and the late
 
 from __future__ import annotations
 
-import math
 import shutil
 import tempfile
 from collections import defaultdict
@@ -37,27 +36,12 @@ RANK_BATCHES = 4  # calibration batches used to rank tensors
 
 
 def rank_tensors(float_model: Path, qdq_model: Path, batches: list[np.ndarray]) -> list[tuple[str, float]]:
-    """Activation tensors of ``qdq_model``, worst local quantization error (lowest SQNR, dB) first."""
-    import onnx
-    from onnxruntime.quantization.qdq_loss_debug import (
-        collect_activations,
-        compute_activation_error,
-        create_activation_matching,
-        modify_model_output_intermediate_tensors,
-    )
+    """Activation tensors of ``qdq_model``, worst local quantization error (lowest SQNR, dB) first: the INT8
+    report's measure (:func:`kdexport.export.diagnose.qdq_sqnr`), every tensor. Their names are ``float_model``'s,
+    which the quantizer kept."""
+    from .diagnose import qdq_sqnr
 
-    from .quantize import CalibrationReader, _quiet_quantizer
-
-    name = onnx.load(str(float_model), load_external_data=False).graph.input[0].name
-    with tempfile.TemporaryDirectory() as tmp, _quiet_quantizer():
-        aug_f, aug_q = Path(tmp) / "float.onnx", Path(tmp) / "qdq.onnx"
-        modify_model_output_intermediate_tensors(str(float_model), str(aug_f))
-        modify_model_output_intermediate_tensors(str(qdq_model), str(aug_q))
-        acts_f = collect_activations(str(aug_f), CalibrationReader(name, batches[:RANK_BATCHES]))
-        acts_q = collect_activations(str(aug_q), CalibrationReader(name, batches[:RANK_BATCHES]))
-        errors = compute_activation_error(create_activation_matching(acts_q, acts_f))
-    ranked = [(t, float(e["qdq_err"])) for t, e in errors.items() if not math.isnan(float(e["qdq_err"]))]
-    return sorted(ranked, key=lambda te: te[1])
+    return [(r["tensor"], r["sqnr_db"]) for r in qdq_sqnr(qdq_model, batches[:RANK_BATCHES], top=None)]
 
 
 def ranking_batches(data: Dataset, calib: list[np.ndarray]) -> list[np.ndarray]:
@@ -103,7 +87,7 @@ def fallback_search(prep, dest: Path, data: Dataset, quant: QuantConfig, acc32: 
     budget = quant.max_accuracy_drop
     steps = [{"tensors": 0, "added_nodes": [], "accuracy_int8": acc8, "drop_points": (acc32 - acc8) * 100,
               "p50_ms": _p50(dest, data, threads)}]
-    result = {"method": "qdq_loss_debug local SQNR, growing groups (1, 2, 4, ...), then bisection",
+    result = {"method": "local SQNR of each QDQ round trip, growing groups (1, 2, 4, ...), then bisection",
               "ranked": [{"tensor": t, "sqnr_db": round(v, 3)} for t, v in ranked[:20]],
               "p50_ms_fp32": _p50(prep.pre, data, threads), "p50_ms_all_int8": steps[0]["p50_ms"],
               "steps": steps, "fp32_nodes": [], "accuracy_int8": acc8, "why": None}
