@@ -164,6 +164,15 @@ def test_readme_snippet_matches_predict(student, digits, tmp_path):
     assert [label for label, _ in ns["result"]] == [t["label"] for t in ours]
 
 
+def test_an_int8_exclude_naming_nothing_is_one_line_and_no_file(student, tmp_path):
+    out = tmp_path / "q.onnx"
+    res = runner.invoke(app, ["quantize", str(student), "--out", str(out), "--int8-exclude", "Nope"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "--int8-exclude 'Nope' is neither a node name nor an op type of this model (op types:" in \
+        " ".join(res.output.split())
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
 def test_percentile_calibration_and_bad_calibration_name(student, tmp_path):
     out = tmp_path / "p.onnx"
     res = runner.invoke(app, ["quantize", str(student), "--out", str(out), "--mode", "static",
