@@ -292,7 +292,10 @@ def _disk_table(what: str, key: str, shape: tuple[int, ...], fill: Callable[[np.
         del out
 
     if write_cache_entry(path, write, what):
-        return torch.from_numpy(np.load(path, mmap_mode="c"))
+        try:
+            return torch.from_numpy(np.load(path, mmap_mode="c"))
+        except OSError:  # another process (a torchrun rank) found it before its digest and dropped it: recompute
+            pass
     return in_memory()
 
 
