@@ -53,6 +53,11 @@ def run(args, tmp: Path, name: str, fraction: float, seed: int, teacher: str | N
     print(f"{name}: fraction {fraction:g}, seed {seed}", flush=True)
     report = distill_export(config(args, tmp / f"{name}-{fraction:g}-{seed}", fraction=fraction, seed=seed,
                                    teacher_checkpoint=teacher))
+    return job_row(report, name, fraction, seed)
+
+
+def job_row(report: dict, name: str, fraction: float, seed: int) -> dict:
+    """One run's numbers: counts, the teacher's and each student's test accuracy, seconds and agreement."""
     lab = report.get("labels") or {}
     m = report["models"]
     return {"fraction": fraction, "seed": seed, "teacher": name,
@@ -80,6 +85,8 @@ def summarize(runs: list[dict]) -> list[dict]:
             if all(role in r["accuracy"] for r in rs):
                 row[role] = stats([r["accuracy"][role] for r in rs])
                 row[f"{role}_seconds"] = statistics.median(r["train_seconds"][role] for r in rs)
+        if "baseline_seconds" in row and "student_seconds" in row:  # same steps: the distilled epoch's cost
+            row["student_cost_vs_baseline"] = row["student_seconds"] / row["baseline_seconds"]
         rows.append(row)
     return rows
 

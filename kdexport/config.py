@@ -308,6 +308,10 @@ class KDConfig:
                                panel=DISTILLATION)
     dist_beta: float = option(1.0, "DIST: weight of the inter-class relation term.", panel=DISTILLATION)
     dist_gamma: float = option(1.0, "DIST: weight of the intra-class relation term.", panel=DISTILLATION)
+    mixup: float = option(0.0, "Function matching (Beyer et al. 2022): mix each batch's images with a shuffled copy "
+                               "of it, lambda ~ Beta(a, a), and distil on the mixed images, which the teacher sees "
+                               "too (live: no cached table holds them); labeled pairs keep the labels' term mixed "
+                               "by lambda. a > 0 (e.g. 1.0); 0: off.", flags=("--kd-mixup",), panel=DISTILLATION)
     hint: str | None = option(None, "Add a FitNets feature-hint term: teacher.LAYER:student.LAYER (dotted module "
                                     "names); a trained 1x1-conv connector, dropped before export.", panel=DISTILLATION)
     hint_weight: float = option(1.0, "Weight of the hint term (MSE between connected student and teacher features).",
@@ -324,6 +328,9 @@ class KDConfig:
                f"temperature must be > 0, got {self.temperature}")
         _check(_finite(self.soft_weight) and 0.0 <= self.soft_weight <= 1.0,
                f"soft weight (beta) must be in [0, 1], got {self.soft_weight}")
+        _check(_finite(self.mixup) and self.mixup >= 0, f"--kd-mixup must be a number >= 0, got {self.mixup}")
+        _check(not (self.mixup and self.soft_weight == 0.0),
+               "--kd-mixup mixes images for the soft term: with --soft-weight 0 there is none")
 
 
 @dataclass(frozen=True)
@@ -522,6 +529,8 @@ class RunConfig:
                "--quantize qat on an ensemble student is not supported: distil a single student, or --quantize static")
         _check(not (self.kd.hint and self.teacher_view_cache),
                "--hint needs the live teacher's features on every batch: drop --teacher-view-cache")
+        _check(not (self.kd.mixup and self.teacher_view_cache),
+               "--kd-mixup shows the teacher mixed images that no cached table holds: drop --teacher-view-cache")
         _check(not (self.kd.hint and self.teacher_is_onnx),
                "--hint needs a PyTorch teacher: an ONNX teacher is a black box without named layers")
         _check(not (self.kd.hint and self.student.startswith("ensemble:")),

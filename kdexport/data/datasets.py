@@ -94,9 +94,11 @@ class Dataset:
         g = torch.Generator().manual_seed(seed)
         return torch.randperm(len(self.y_test), generator=g)[:n]
 
-    def fingerprint(self) -> str:
-        """sha256 of the training pixels, labels and the input transform (memoized)."""
-        fp = self.__dict__.get("_fingerprint")
+    def fingerprint(self, labels: bool = True) -> str:
+        """sha256 of the training pixels, labels and the input transform (memoized); ``labels=False`` leaves the
+        labels out (what a teacher's logits depend on: seeds and ``--labels-fraction`` share one teacher table)."""
+        memo = "_fingerprint" if labels else "_pixels_fingerprint"
+        fp = self.__dict__.get(memo)
         if fp is None:
             h = hashlib.sha256()
             h.update(repr((self.name, self.scale, self.mean, self.std, tuple(self.x_train.shape),
@@ -105,8 +107,9 @@ class Dataset:
                 h.update(f"files:{self.x_train.key}".encode())
             else:
                 h.update(self.x_train.contiguous().numpy().tobytes())
-            h.update(self.y_train.contiguous().numpy().tobytes())
-            fp = self.__dict__["_fingerprint"] = h.hexdigest()
+            if labels:
+                h.update(self.y_train.contiguous().numpy().tobytes())
+            fp = self.__dict__[memo] = h.hexdigest()
         return fp
 
     def info(self) -> dict:

@@ -235,7 +235,8 @@ def teacher_logits_for(ctx: Context, teacher: TeacherModel, log: Log = quiet) ->
 
     t0 = time.perf_counter()
     source = teacher_logits(as_teacher(ctx, teacher), ctx.data, augment=augment, device=ctx.device,
-                            live=bool(ctx.cfg.kd.hint), view_cache=ctx.cfg.teacher_view_cache, progress=progress,
+                            live=bool(ctx.cfg.kd.hint or ctx.cfg.kd.mixup),  # both need the teacher on the batch
+                            view_cache=ctx.cfg.teacher_view_cache, progress=progress,
                             cache_dir=cache_root() / "teacher-logits" if ctx.cfg.teacher_cache else None)
     if progress is not None:
         log(f"teacher views: ready in {time.perf_counter() - t0:.1f} s")

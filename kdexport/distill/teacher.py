@@ -40,9 +40,10 @@ from ..runtimes.ort import inspect_classifier, onnx_files, ort_logits, ort_sessi
 from . import TTAS
 from .hint import Hint
 from .losses import kd_loss
+from .mixup import Mix
 from .precision import autocast, resolve_precision
 
-CACHE_FORMAT = "kdexport-teacher-logits/2"
+CACHE_FORMAT = "kdexport-teacher-logits/3"  # 3: keyed by pixels, not labels
 
 
 class Teacher(Protocol):
@@ -243,7 +244,7 @@ def logits_over(teacher: Teacher, x, batch_size: int = 512, out: np.ndarray | No
 
 def teacher_cache_key(teacher: Teacher, data: Dataset) -> str:
     """Teacher x dataset (pixels, labels, normalization) x transform (no augmentation)."""
-    return hashlib.sha256(f"{CACHE_FORMAT}|{teacher.fingerprint()}|{data.fingerprint()}|augment=none"
+    return hashlib.sha256(f"{CACHE_FORMAT}|{teacher.fingerprint()}|{data.fingerprint(labels=False)}|augment=none"
                           .encode()).hexdigest()[:32]
 
 
@@ -330,7 +331,7 @@ def view_logits_over(teacher: Teacher, x, views: Shifts, out: np.ndarray, batch_
 def view_cache_key(teacher: Teacher, data: Dataset, views: Shifts) -> str:
     """Teacher x dataset x the views (their padding and mirror)."""
     padding = ",reflect" if views.reflect else ""  # (zero padding: the key tables made before reflect had)
-    return hashlib.sha256(f"{CACHE_FORMAT}|{teacher.fingerprint()}|{data.fingerprint()}|views={views.pad},"
+    return hashlib.sha256(f"{CACHE_FORMAT}|{teacher.fingerprint()}|{data.fingerprint(labels=False)}|views={views.pad},"
                           f"{views.flip}{padding}".encode()).hexdigest()[:32]
 
 
@@ -434,8 +435,11 @@ class Distillation:
 
     def loss(self, student_logits: torch.Tensor, idx: torch.Tensor, raw: torch.Tensor,
              targets: torch.Tensor, epoch: float = 1.0, label_smoothing: float = 0.0,
-             views: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        out = kd_loss(student_logits, self.logits(idx, raw, views), targets, self.kd, epoch, label_smoothing)
+             views: torch.Tensor | None = None, mix: Mix | None = None) -> dict[str, torch.Tensor]:
+        """The batch's loss; ``raw`` is what the student saw (with ``mix``, the mixed images: the teacher is live)."""
+        if mix is not None and not isinstance(self.logits, LiveLogits):
+            raise ConfigError("--kd-mixup needs the teacher run live on the mixed images, not a table of its logits")
+        out = kd_loss(student_logits, self.logits(idx, raw, views), targets, self.kd, epoch, label_smoothing, mix)
         if self.hint is not None:
             h = self.hint.term()
             out = {"loss": out["loss"] + h, "ce": out["ce"], "kd": out["kd"] + h.detach()}

@@ -29,6 +29,7 @@ from ..errors import ConfigError, StateError, TrainingError, first_line
 from ..files import atomic_torch_save
 from .hard_examples import HardExampleSelector
 from .losses import kd_loss
+from .mixup import draw, mix_images
 from .muon import Muon
 from .precision import autocast
 from .teacher import Distillation
@@ -402,10 +403,18 @@ def train_epoch(loop: Loop, state: TrainState, epoch: int) -> dict[str, float]:
             xb, yb, raw = xb[keep], yb[keep], raw[keep]
             idx = idx[keep.to(idx.device)]
             views = views[keep.to(views.device)] if views is not None else None
+        mix = None
+        if loop.distill is not None and loop.distill.kd.mixup > 0:  # --kd-mixup: student and teacher see mixed images
+            mix = draw(loop.distill.kd.mixup, len(raw), cfg.seed, rank, epoch, step, device)
+            raw = mix_images(raw, mix)
+            xb = data.normalize(raw)
+            if loop.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            views = None
         with autocast(cfg.precision, device):
             logits = loop.net(xb)
         out = (loop.distill.loss(logits.float(), idx, raw, yb, epoch=epoch - 1 + step / steps_per_epoch,
-                                 label_smoothing=cfg.label_smoothing, views=views)
+                                 label_smoothing=cfg.label_smoothing, views=views, mix=mix)
                if loop.distill is not None else kd_loss(logits.float(), None, yb, label_smoothing=cfg.label_smoothing))
         state.opt.zero_grad(set_to_none=True)
         out["loss"].backward()

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ...config import KDConfig
+from ..mixup import Mix
 from . import dist, dkd, hinton  # noqa: F401 - each registers its method
 from .registry import LOSSES, SOFT_LOSSES
 from .standardize import standardize
@@ -40,7 +41,8 @@ def soft_term(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, targets: torch.Tensor,
-            kd: KDConfig | None = None, epoch: float = 1.0, label_smoothing: float = 0.0) -> dict[str, torch.Tensor]:
+            kd: KDConfig | None = None, epoch: float = 1.0, label_smoothing: float = 0.0,
+            mix: Mix | None = None) -> dict[str, torch.Tensor]:
     """``{"loss", "ce", "kd"}`` (the last two detached, for logging). Without a teacher (or with
     beta = 0) this is plain cross-entropy. ``label_smoothing`` (``--label-smoothing``) smooths the labels'
     term only, for baseline and student alike; the soft term is the teacher's.
@@ -49,8 +51,14 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, t
     image, a labeled one weighs ``(1 - beta) * CE + beta * S`` and an unlabeled one ``S``, so over a batch whose
     labeled share is ``f``: ``loss = (1 - beta) * f * CE_labeled + (beta * f + 1 - f) * S``, which is the formula
     above when every image is labeled. Methods whose soft term reads the label (DKD's target class) read the
-    teacher's top-1 for an unlabeled image."""
+    teacher's top-1 for an unlabeled image.
+
+    ``mix`` (``--kd-mixup``, :mod:`kdexport.distill.mixup`): the images were mixed in pairs by ``mix``; the labels'
+    term of an image is ``lam * CE(y) + (1 - lam) * CE(y[perm])`` when both are labeled, else the image counts as
+    unlabeled; the soft term compares student and teacher on the mixed images themselves."""
     kd = kd or KDConfig()
+    if mix is not None:
+        return _mixed_loss(student_logits, teacher_logits, targets, kd, epoch, label_smoothing, mix)
     labeled = targets >= 0
     if bool(labeled.all()):
         ce = F.cross_entropy(student_logits, targets, label_smoothing=label_smoothing)
@@ -66,6 +74,27 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, t
         return {"loss": f * ce, "ce": ce.detach(), "kd": ce.detach() * 0}
     soft_targets = torch.where(labeled, targets, teacher_logits.argmax(1))
     s = soft_term(student_logits, teacher_logits, soft_targets, kd, epoch)
+    beta = kd.soft_weight
+    loss = (1.0 - beta) * f * ce + (beta * f + 1.0 - f) * s
+    return {"loss": loss, "ce": ce.detach(), "kd": s.detach()}
+
+
+def _mixed_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, targets: torch.Tensor,
+                kd: KDConfig, epoch: float, label_smoothing: float, mix: Mix) -> dict[str, torch.Tensor]:
+    """:func:`kd_loss` on images mixed in pairs: the same per-image weights, with a labeled pair's CE mixed."""
+    partner = targets[mix.perm]
+    labeled = (targets >= 0) & (partner >= 0)
+    f = labeled.float().mean()
+    if bool(labeled.any()):
+        s_lab = student_logits[labeled]
+        ce = (mix.lam * F.cross_entropy(s_lab, targets[labeled], label_smoothing=label_smoothing)
+              + (1.0 - mix.lam) * F.cross_entropy(s_lab, partner[labeled], label_smoothing=label_smoothing))
+    else:
+        ce = student_logits.sum() * 0
+    if teacher_logits is None or kd.soft_weight == 0.0:
+        return {"loss": f * ce, "ce": ce.detach(), "kd": ce.detach() * 0}
+    main = targets if mix.lam >= 0.5 else partner  # DKD's target class: the larger part's label, else the teacher's
+    s = soft_term(student_logits, teacher_logits, torch.where(main >= 0, main, teacher_logits.argmax(1)), kd, epoch)
     beta = kd.soft_weight
     loss = (1.0 - beta) * f * ce + (beta * f + 1.0 - f) * s
     return {"loss": loss, "ce": ce.detach(), "kd": s.detach()}
