@@ -203,13 +203,18 @@ def test_python_api_snippets_run(tmp_path, monkeypatch):
     """The Python API examples in docs/python-api.md and the README run as printed."""
     page = (ROOT / "docs" / "python-api.md").read_text()
     snippets = [b.split("\n", 1)[1] for b in page.split("```")[1::2] if b.startswith("python")]
-    assert len(snippets) == 2
+    assert len(snippets) == 3
     readme = [b.split("\n", 1)[1] for b in (ROOT / "README.md").read_text().split("```")[1::2]
               if b.startswith("python")]
     assert readme and all(code in snippets for code in readme)  # the README shows the docs' first example, as is
     monkeypatch.chdir(tmp_path)  # the first writes runs/api
-    for code in snippets:
-        ns: dict = {}
+    ns: dict = {}
+    for code in snippets[:2]:  # each runs on its own
+        ns = {}
         exec(compile(code, "docs/python-api.md", "exec"), ns)
     assert (tmp_path / "runs" / "api" / "report.json").exists()
     assert len(ns["history"]) == 10 and ns["history"][-1]["train_kd"] > 0
+    exec(compile(snippets[2], "docs/python-api.md", "exec"), ns)  # continues the second
+    assert ns["label_counts"](ns["few"])["labeled"] == 143 and len(ns["history"]) == 10
+    assert set(ns["report"]["labels"]["agreement_with_teacher_on_unlabeled"]) == {"baseline", "pseudo_label",
+                                                                                  "student"}
