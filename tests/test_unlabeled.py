@@ -197,6 +197,13 @@ def test_no_labels_at_all_distils_from_a_trained_teacher_without_a_baseline(tmp_
     assert report["models"]["student"]["accuracy_onnx"] > 0.5  # learnt from the teacher alone (chance: 0.1)
     assert "no labels: no baseline" in res.output
     assert "No KD gain to report" in (out / "report.md").read_text()
+    black_box = tmp_path / "onnx-teacher"  # the same teacher as its ONNX file (a vendor's model): the same run
+    res = CliRunner().invoke(app, ["distill-export", "--out", str(black_box), *FAST, "--labels-fraction", "0",
+                                   "--teacher", str(first / "onnx" / "teacher.onnx")])
+    assert res.exit_code == 0, res.output
+    onnx_report = json.loads((black_box / "report.json").read_text())
+    assert onnx_report["labels"]["labeled"] == 0 and onnx_report["models"]["student"]["accuracy_onnx"] > 0.5
+    assert (onnx_report["models"]["teacher"]["accuracy_onnx"] == report["models"]["teacher"]["accuracy_onnx"])
 
 
 def test_a_train_folder_without_class_folders_is_all_unlabeled(tmp_path):
