@@ -119,7 +119,7 @@ def test_sweep_cli(tmp_path):
 def test_kdconfig_roundtrip_keys():
     assert set(KDConfig().__dict__) == {"temperature", "soft_weight", "scale_t2", "soft_loss", "loss",
                                         "logit_standardization", "dkd_alpha", "dkd_beta", "dkd_warmup", "dist_beta",
-                                        "dist_gamma", "hint", "hint_weight"}
+                                        "dist_gamma", "mixup", "hint", "hint_weight"}
     kd = KDConfig(loss="dkd", dkd_beta=2.0, logit_standardization=True)
     assert KDConfig(**dataclasses.asdict(kd)) == kd
 
