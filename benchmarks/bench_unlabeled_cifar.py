@@ -32,10 +32,12 @@ second invocation reuses finished jobs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
 from bench_unlabeled import job_row, summarize
+from run_recipe import load_recipe, recipe_config
 
 from kdexport.config import KDConfig, RunConfig, TrainConfig
 from kdexport.envinfo import result_stamp, stamp_markdown
@@ -54,11 +56,9 @@ def student_train(seed: int) -> TrainConfig:
 
 
 def teacher_config(args, out: Path) -> RunConfig:
-    recipe = json.loads((HERE / "recipes" / "cifar10-fast-teacher-10ep-airbench.json").read_text())
-    train = TrainConfig(**recipe["train"])
-    return RunConfig(dataset="cifar10", data_dir=args.data_dir, download=False, teacher="fastcifar",
-                     student=args.student, augment=recipe["augment"], teacher_epochs=recipe["teacher_epochs"],
-                     train=train, out=str(out), overwrite=True)
+    """The committed recipe's teacher run, on ``--data-dir``."""
+    cfg, _ = recipe_config(load_recipe("cifar10-fast-teacher-10ep-airbench"), args.data_dir, str(out))
+    return dataclasses.replace(cfg, student=args.student, overwrite=True)
 
 
 def job_config(args, out: Path, *, fraction: float, seed: int, teacher_checkpoint: str | None) -> RunConfig:

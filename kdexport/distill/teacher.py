@@ -243,7 +243,7 @@ def logits_over(teacher: Teacher, x, batch_size: int = 512, out: np.ndarray | No
 
 
 def teacher_cache_key(teacher: Teacher, data: Dataset) -> str:
-    """Teacher x dataset (pixels, labels, normalization) x transform (no augmentation)."""
+    """Teacher x dataset (pixels and normalization, not labels) x transform (no augmentation)."""
     return hashlib.sha256(f"{CACHE_FORMAT}|{teacher.fingerprint()}|{data.fingerprint(labels=False)}|augment=none"
                           .encode()).hexdigest()[:32]
 
@@ -329,7 +329,7 @@ def view_logits_over(teacher: Teacher, x, views: Shifts, out: np.ndarray, batch_
 
 
 def view_cache_key(teacher: Teacher, data: Dataset, views: Shifts) -> str:
-    """Teacher x dataset x the views (their padding and mirror)."""
+    """Teacher x dataset (pixels and normalization, not labels) x the views (their padding and mirror)."""
     padding = ",reflect" if views.reflect else ""  # (zero padding: the key tables made before reflect had)
     return hashlib.sha256(f"{CACHE_FORMAT}|{teacher.fingerprint()}|{data.fingerprint(labels=False)}|views={views.pad},"
                           f"{views.flip}{padding}".encode()).hexdigest()[:32]

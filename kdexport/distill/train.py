@@ -374,6 +374,12 @@ def _timed(it, waited: list[float]):
         yield item
 
 
+def _inputs(loop: Loop, raw: torch.Tensor) -> torch.Tensor:
+    """A raw batch as the student takes it: normalized, channels-last where that is faster."""
+    xb = loop.data.normalize(raw)
+    return xb.contiguous(memory_format=torch.channels_last) if loop.channels_last else xb
+
+
 def train_epoch(loop: Loop, state: TrainState, epoch: int) -> dict[str, float]:
     """One pass over the training set; return the epoch's record (train and test metrics)."""
     from ..distributed import all_reduce_sum, world
@@ -394,11 +400,10 @@ def train_epoch(loop: Loop, state: TrainState, epoch: int) -> dict[str, float]:
     clipped = [p for g in state.opt.param_groups for p in g["params"]] if cfg.clip_grad_norm > 0 else []
     for step, (idx, raw, views) in enumerate(_timed(batches, waited), 1):
         raw = raw.to(device, non_blocking=True)
-        xb = data.normalize(raw)
-        if loop.channels_last:
-            xb = xb.contiguous(memory_format=torch.channels_last)
         yb = data.y_train[idx].to(device, non_blocking=True)
+        xb = None
         if state.selector is not None:  # --select-fraction: the batch's hardest examples, by the proxy
+            xb = _inputs(loop, raw)
             keep = state.selector.select(xb, yb)
             xb, yb, raw = xb[keep], yb[keep], raw[keep]
             idx = idx[keep.to(idx.device)]
@@ -406,11 +411,9 @@ def train_epoch(loop: Loop, state: TrainState, epoch: int) -> dict[str, float]:
         mix = None
         if loop.distill is not None and loop.distill.kd.mixup > 0:  # --kd-mixup: student and teacher see mixed images
             mix = draw(loop.distill.kd.mixup, len(raw), cfg.seed, rank, epoch, step, device)
-            raw = mix_images(raw, mix)
-            xb = data.normalize(raw)
-            if loop.channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            views = None
+            raw, xb, views = mix_images(raw, mix), None, None
+        if xb is None:
+            xb = _inputs(loop, raw)
         with autocast(cfg.precision, device):
             logits = loop.net(xb)
         out = (loop.distill.loss(logits.float(), idx, raw, yb, epoch=epoch - 1 + step / steps_per_epoch,

@@ -57,10 +57,9 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, t
     term of an image is ``lam * CE(y) + (1 - lam) * CE(y[perm])`` when both are labeled, else the image counts as
     unlabeled; the soft term compares student and teacher on the mixed images themselves."""
     kd = kd or KDConfig()
-    if mix is not None:
-        return _mixed_loss(student_logits, teacher_logits, targets, kd, epoch, label_smoothing, mix)
-    labeled = targets >= 0
-    if bool(labeled.all()):
+    lam, partner = (mix.lam, targets[mix.perm]) if mix is not None else (1.0, targets)
+    labeled = (targets >= 0) & (partner >= 0)
+    if mix is None and bool(labeled.all()):
         ce = F.cross_entropy(student_logits, targets, label_smoothing=label_smoothing)
         if teacher_logits is None or kd.soft_weight == 0.0:
             return {"loss": ce, "ce": ce.detach(), "kd": ce.detach() * 0}
@@ -68,32 +67,17 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, t
         loss = (1.0 - kd.soft_weight) * ce + kd.soft_weight * s
         return {"loss": loss, "ce": ce.detach(), "kd": s.detach()}
     f = labeled.float().mean()
-    ce = (F.cross_entropy(student_logits[labeled], targets[labeled], label_smoothing=label_smoothing)
-          if bool(labeled.any()) else student_logits.sum() * 0)
-    if teacher_logits is None or kd.soft_weight == 0.0:  # the labeled images' share of the batch's loss
-        return {"loss": f * ce, "ce": ce.detach(), "kd": ce.detach() * 0}
-    soft_targets = torch.where(labeled, targets, teacher_logits.argmax(1))
-    s = soft_term(student_logits, teacher_logits, soft_targets, kd, epoch)
-    beta = kd.soft_weight
-    loss = (1.0 - beta) * f * ce + (beta * f + 1.0 - f) * s
-    return {"loss": loss, "ce": ce.detach(), "kd": s.detach()}
-
-
-def _mixed_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, targets: torch.Tensor,
-                kd: KDConfig, epoch: float, label_smoothing: float, mix: Mix) -> dict[str, torch.Tensor]:
-    """:func:`kd_loss` on images mixed in pairs: the same per-image weights, with a labeled pair's CE mixed."""
-    partner = targets[mix.perm]
-    labeled = (targets >= 0) & (partner >= 0)
-    f = labeled.float().mean()
     if bool(labeled.any()):
         s_lab = student_logits[labeled]
-        ce = (mix.lam * F.cross_entropy(s_lab, targets[labeled], label_smoothing=label_smoothing)
-              + (1.0 - mix.lam) * F.cross_entropy(s_lab, partner[labeled], label_smoothing=label_smoothing))
+        ce = F.cross_entropy(s_lab, targets[labeled], label_smoothing=label_smoothing)
+        if lam < 1.0:  # a mixed pair: its labels mixed as its images were
+            ce = lam * ce + (1.0 - lam) * F.cross_entropy(s_lab, partner[labeled], label_smoothing=label_smoothing)
     else:
         ce = student_logits.sum() * 0
-    if teacher_logits is None or kd.soft_weight == 0.0:
+    if teacher_logits is None or kd.soft_weight == 0.0:  # the labeled images' share of the batch's loss
         return {"loss": f * ce, "ce": ce.detach(), "kd": ce.detach() * 0}
-    main = targets if mix.lam >= 0.5 else partner  # DKD's target class: the larger part's label, else the teacher's
+    # the target class DKD reads: the label of the image's larger part, or the teacher's top-1 where it has none
+    main = targets if lam >= 0.5 else partner
     s = soft_term(student_logits, teacher_logits, torch.where(main >= 0, main, teacher_logits.argmax(1)), kd, epoch)
     beta = kd.soft_weight
     loss = (1.0 - beta) * f * ce + (beta * f + 1.0 - f) * s
