@@ -410,7 +410,7 @@ class RunConfig:
     teacher_dropout: float = option(0.5, "Dropout between MLP hidden layers of the teacher.", panel=MODELS)
     student_dropout: float = option(0.0, "Dropout between MLP hidden layers of the student.", panel=MODELS)
     cifar_stem: bool = option(False, "CNNs: stride-1 stem for 32x32 inputs (ResNets: 3x3 conv, no max-pool; others: "
-                                     "first conv at stride 1).", panel=MODELS)
+                                     "first conv at stride 1). A --teacher-checkpoint keeps its own.", panel=MODELS)
     pretrained: bool = option(False, "Start the teacher from torchvision's (or timm's) pretrained weights (needs "
                                      "network once).", panel=MODELS)
     teacher_checkpoint: str | None = option(None, "Use this trained teacher (a kdexport checkpoint) instead of "

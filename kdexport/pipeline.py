@@ -43,6 +43,7 @@ from .distill.sources import (
     teacher_is_trained,
     teacher_logits_for,
     teacher_name,
+    teacher_stem,
     train_teacher,
 )
 from .distill.students import (
@@ -110,7 +111,7 @@ def prepare(cfg: RunConfig, log: Log = quiet) -> Context:
         + (f"; data mode: {data.mode_note}" if data.mode_note else ""))
     data = apply_labels(cfg, data, log)
     ts = None if cfg.teacher_is_onnx else ModelSpec(cfg.teacher, data.num_classes, data.input_shape,
-                                                    cfg.teacher_dropout, cfg.cifar_stem)
+                                                    cfg.teacher_dropout, teacher_stem(cfg))
     selection = None
     student = cfg.student
     if student == "auto":

@@ -272,3 +272,21 @@ def test_a_weights_file_teacher_takes_its_own_normalization(tmp_path, digits):
     assert theirs.exit_code == 0, theirs.output
     r2 = json.loads((tmp_path / "d" / "report.json").read_text())
     assert r2["models"]["teacher"]["accuracy_onnx"] < r["models"]["teacher"]["accuracy_onnx"]
+
+
+@pytest.mark.parametrize("trained_with", [False, True])
+def test_a_checkpoint_teacher_keeps_its_own_stem_whatever_cifar_stem_says(tmp_path, trained_with):
+    """--cifar-stem shapes the models built here: a teacher checkpoint trained with the other stem still loads
+    (it was refused before: a fastcifar teacher could not teach a mobilenet_v3_small with the CIFAR stem)."""
+    from kdexport.distill.sources import teacher_stem
+    from kdexport.models.checkpoint import load_model, save_checkpoint
+
+    spec = ModelSpec("mobilenet_v3_small", 10, (3, 32, 32), cifar_stem=trained_with)
+    path = tmp_path / "t.pt"
+    save_checkpoint(path, build_model(spec), spec, role="teacher", config={})
+    cfg = RunConfig(dataset="cifar10", teacher="mobilenet_v3_small", teacher_checkpoint=str(path),
+                    student="mobilenet_v3_small", cifar_stem=not trained_with)
+    assert teacher_stem(cfg) is trained_with
+    load_model(path, expect=dataclasses.replace(spec, cifar_stem=teacher_stem(cfg)))
+    no_checkpoint = dataclasses.replace(cfg, teacher_checkpoint=None)
+    assert teacher_stem(no_checkpoint) is (not trained_with)

@@ -30,7 +30,7 @@ from ..config import RunConfig
 from ..data.datasets import Dataset
 from ..errors import DataError, ModelError
 from ..files import cache_root
-from ..models.builders import build_model, check_arch
+from ..models.builders import ModelSpec, build_model, check_arch
 from ..models.checkpoint import load_model, read_checkpoint
 from ..models.weights import load_weights, read_state_dict
 from ..registry import Registry
@@ -68,6 +68,14 @@ def _check_arch(cfg: RunConfig) -> None:
 def _check_checkpoint(cfg: RunConfig) -> None:
     check_arch(cfg.teacher)
     read_checkpoint(cfg.teacher_checkpoint)
+
+
+def teacher_stem(cfg: RunConfig) -> bool:
+    """The PyTorch teacher's stem: a checkpoint's is the one it was trained with (recorded in it); ``--cifar-stem``
+    names the stem of the models built here (the student, a teacher trained here or given as a weights file)."""
+    if cfg.teacher_checkpoint:
+        return ModelSpec.from_dict(read_checkpoint(cfg.teacher_checkpoint)["model"]).cifar_stem
+    return cfg.cifar_stem
 
 
 def _check_weights(cfg: RunConfig) -> None:
