@@ -17,7 +17,18 @@ after each, so a pass cut short by the session's clock reports the jobs it finis
 - Jobs, in order: ``--fractions`` x ``--seeds`` (10% and 0% labels, 3 seeds), then 1% labels for
   ``--seeds-1pct``, then 1% labels with the teacher trained *here on those 500 labels only* (``--here-epochs``
   epochs of the student schedule, live teacher without TTA) for ``--seeds-here``, then all labels with the outside
-  teacher for ``--seeds-all`` (this teacher's own reference for "no labels within 1.5 points").
+  teacher for ``--seeds-all`` (this teacher's own reference for "no labels within 1.5 points"), then 10% labels
+  with the outside teacher as a black box for ``--seeds-onnx``: the ``teacher.onnx`` the first outside job exported
+  (parity-checked there), run by onnxruntime, flip-TTA'd like the checkpoint, live (its 50-view table, 2.5
+  million passes at the ONNX file's measured 884 images/s, would take about 47 minutes for this one job; live, the
+  distilled student's 10 epochs cost about 1 million passes), so its row shows what a black-box teacher costs
+  without a table and whether its students match the checkpoint's same-seed job; then 10% labels
+  with the mobile student ``--mobile`` (mobilenet_v3_small, CIFAR stem) for ``--seeds-mobile``, on its own short
+  schedule (``--mobile-epochs`` 3 of Adam 3e-3 cosine at batch 128; about 170 s an epoch in fp32 here, from
+  bench_int8_students, so three students of ten epochs would take 85 minutes), the outside teacher's views cached:
+  a row of one seed on a short schedule, to show whether the gain carries to a depthwise student, not its best
+  accuracy. (Declared in fp32; switched to bf16 before its first epoch, because the view table is keyed by the
+  teacher's arithmetic and fp32 would have built a second table.)
 - Each job is one ``distill-export``: the baseline (labeled images only, repeated to the same steps), the
   pseudo-label student (labels + the teacher's top-1) and the distilled student (labels + the teacher's outputs,
   unlabeled images through the soft term only); fraction 0 has no baseline. Accuracy: the ONNX files on the
@@ -26,7 +37,8 @@ after each, so a pass cut short by the session's clock reports the jobs it finis
 Writes benchmarks/results/bench_unlabeled_cifar.json and .md; ``--workdir`` keeps each job's run folder so that a
 second invocation reuses finished jobs.
 
-    python benchmarks/bench_unlabeled_cifar.py [--seeds 0,1,2] [--seeds-1pct 0] [--seeds-here 0] [--seeds-all 0]
+    python benchmarks/bench_unlabeled_cifar.py [--seeds 0,1,2] [--seeds-1pct 0,1,2] [--seeds-here 0] [--seeds-all 0]
+        [--seeds-onnx 0] [--seeds-mobile 0] [--mobile mobilenet_v3_small] [--mobile-epochs 3]
 """
 
 from __future__ import annotations
@@ -61,24 +73,38 @@ def teacher_config(args, out: Path) -> RunConfig:
     return dataclasses.replace(cfg, student=args.student, overwrite=True)
 
 
-def job_config(args, out: Path, *, fraction: float, seed: int, teacher_checkpoint: str | None) -> RunConfig:
-    here = teacher_checkpoint is None
-    return RunConfig(dataset="cifar10", data_dir=args.data_dir, download=False, teacher="fastcifar",
-                     student=args.student, augment="shift2-flip", teacher_tta="none" if here else "flip",
-                     teacher_checkpoint=teacher_checkpoint, teacher_view_cache=not here,
+def mobile_train(seed: int, epochs: int) -> TrainConfig:
+    """The mobile student's schedule: bench_int8_students' for mobilenet_v3_small (Adam 3e-3, cosine, batch 128: its
+    BatchNorm statistics need the steps), shift2-flip and bf16 so that the outside teacher's view table (keyed by the
+    teacher's arithmetic too) serves it."""
+    return TrainConfig(epochs=epochs, batch_size=128, optimizer="adam", lr=3e-3, scheduler="cosine", precision="bf16",
+                       eval_every=epochs, seed=seed)
+
+
+def job_config(args, out: Path, *, fraction: float, seed: int, teacher: str | None, mobile: bool = False) -> RunConfig:
+    """``teacher``: a checkpoint (its views cached), an ONNX file (live) or None (trained here, live, no TTA);
+    ``mobile``: the mobile student on its own schedule instead of ``--student``."""
+    here, onnx = teacher is None, teacher is not None and teacher.endswith(".onnx")
+    return RunConfig(dataset="cifar10", data_dir=args.data_dir, download=False,
+                     teacher=teacher if onnx else "fastcifar", student=args.mobile if mobile else args.student,
+                     cifar_stem=mobile, augment="shift2-flip",
+                     teacher_tta="none" if here else "flip", teacher_checkpoint=None if here or onnx else teacher,
+                     teacher_view_cache=not (here or onnx),
                      teacher_epochs=args.here_epochs if here else None, labels_fraction=fraction,
-                     kd=KDConfig(temperature=4.0, soft_weight=0.9), train=student_train(seed),
+                     kd=KDConfig(temperature=4.0, soft_weight=0.9),
+                     train=mobile_train(seed, args.mobile_epochs) if mobile else student_train(seed),
                      bench_iters=10, bench_rounds=2, out=str(out), overwrite=True)
 
 
 def run_job(args, work: Path, name: str, fraction: float, seed: int, teacher: str | None) -> dict:
-    out = work / f"{name.replace(' ', '-')}-{fraction:g}-s{seed}"
+    out = work / f"{name.replace(',', '').replace(' ', '-')}-{fraction:g}-s{seed}"
     if (out / "report.json").is_file():
         report = json.loads((out / "report.json").read_text())
         print(f"{name}: fraction {fraction:g}, seed {seed}: reused {out}", flush=True)
     else:
         print(f"{name}: fraction {fraction:g}, seed {seed}", flush=True)
-        report = distill_export(job_config(args, out, fraction=fraction, seed=seed, teacher_checkpoint=teacher),
+        report = distill_export(job_config(args, out, fraction=fraction, seed=seed, teacher=teacher,
+                                           mobile=name.endswith(args.mobile)),
                                 log=lambda m: print(f"  {m}", flush=True))
     return job_row(report, name, fraction, seed)
 
@@ -117,10 +143,14 @@ def main() -> None:
     ap.add_argument("--student", default="fastcifar:0.25")
     ap.add_argument("--fractions", default="0.1,0")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--seeds-1pct", default="0")
+    ap.add_argument("--seeds-1pct", default="0,1,2")
     ap.add_argument("--seeds-here", default="0")
     ap.add_argument("--here-epochs", type=int, default=4)
     ap.add_argument("--seeds-all", default="0")
+    ap.add_argument("--seeds-onnx", default="0")
+    ap.add_argument("--mobile", default="mobilenet_v3_small")
+    ap.add_argument("--mobile-epochs", type=int, default=3)
+    ap.add_argument("--seeds-mobile", default="0")
     ap.add_argument("--workdir", default=str(ROOT / "runs" / "bench_unlabeled_cifar"))
     ap.add_argument("--out", default=str(HERE / "results" / "bench_unlabeled_cifar"))
     args = ap.parse_args()
@@ -143,14 +173,20 @@ def main() -> None:
     jobs += [("outside", 0.01, s) for s in seeds(args.seeds_1pct)]
     jobs += [("trained here", 0.01, s) for s in seeds(args.seeds_here)]
     jobs += [("outside", 1.0, s) for s in seeds(args.seeds_all)]
+    jobs += [("outside, ONNX file", 0.1, s) for s in seeds(args.seeds_onnx)]
+    jobs += [(f"outside, {args.mobile}", 0.1, s) for s in seeds(args.seeds_mobile)]
+    first = work / f"outside-{jobs[0][1]:g}-s{jobs[0][2]}" / "onnx" / "teacher.onnx"  # exported by the first job
     plan = (f"Outside teacher: fastcifar, 10 epochs on all 50,000 labels (cifar10-fast-teacher-10ep-airbench, seed 0): "
             f"{tacc.get('none', 0) * 100:.2f}% plain, {tacc.get('flip', 0) * 100:.2f}% flip-TTA'd (what the students "
             f"learn from), {t['teacher']['train_seconds'] / 60:.1f} min. 'trained here': fastcifar trained on the kept "
             f"labels only ({args.here_epochs} epochs of the student schedule over the labeled images repeated), live, "
             f"no TTA. Student {args.student}: 10 epochs, the ensemble recipe's schedule (SGD 1.5 onecycle, batch 1024, "
             "label smoothing 0.2, EMA 0.98, bf16, shift2-flip), T = 4, beta = 0.9; the outside teacher's logits "
-            "cached per view. The baseline learns from the labeled images only, repeated to the same steps. Test "
-            "accuracy of the ONNX files on 10,000 images; mean +/- sample std over seeds.")
+            "cached per view ('outside, ONNX file': the same teacher as the ONNX file the first job exported, run "
+            "by onnxruntime, flip-TTA'd, live; 'outside, <mobile>': the mobile student, CIFAR stem, "
+            f"{args.mobile_epochs} epochs of Adam 3e-3 cosine at batch 128, bf16). The baseline learns from the "
+            "labeled images only, repeated to the "
+            "same steps. Test accuracy of the ONNX files on 10,000 images; mean +/- sample std over seeds.")
     runs: list[dict] = []
     done: list[tuple] = []
 
@@ -162,7 +198,8 @@ def main() -> None:
         atomic_write_text(Path(args.out).with_suffix(".md"), markdown(out))
 
     for name, fraction, seed in jobs:
-        runs.append(run_job(args, work, name, fraction, seed, str(teacher) if name == "outside" else None))
+        source = str(first) if name == "outside, ONNX file" else None if name == "trained here" else str(teacher)
+        runs.append(run_job(args, work, name, fraction, seed, source))
         done.append((name, fraction, seed))
         write()
     print(Path(args.out).with_suffix(".md").read_text())
