@@ -74,7 +74,7 @@ def teacher_stem(cfg: RunConfig) -> bool:
     """The PyTorch teacher's stem: a checkpoint's is the one it was trained with (recorded in it); ``--cifar-stem``
     names the stem of the models built here (the student, a teacher trained here or given as a weights file)."""
     if cfg.teacher_checkpoint:
-        return ModelSpec.from_dict(read_checkpoint(cfg.teacher_checkpoint)["model"]).cifar_stem
+        return ModelSpec.from_dict(read_checkpoint(cfg.teacher_checkpoint, mmap=True)["model"]).cifar_stem
     return cfg.cifar_stem
 
 

@@ -38,8 +38,9 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: ModelSpec, 
     return atomic_torch_save(blob, path)
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    blob = safe_torch_load(path, "checkpoint")
+def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict[str, Any]:
+    """A kdexport checkpoint's contents, checked (``mmap``: its tensors mapped, not read)."""
+    blob = safe_torch_load(path, "checkpoint", mmap=mmap)
     if not isinstance(blob, dict) or blob.get("format") != FORMAT or "model" not in blob:
         raise CheckpointError(f"{str(path)!r} is not a kdexport checkpoint (for a plain weights file, name the "
                               "architecture and pass it with --teacher-weights)")

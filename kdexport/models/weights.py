@@ -32,12 +32,13 @@ def _check_file(path: Path, what: str) -> None:
         raise CheckpointError(f"{what} {str(path)!r} does not exist")
 
 
-def safe_torch_load(path: str | os.PathLike, what: str = "checkpoint") -> Any:
-    """``torch.load`` with ``weights_only=True`` on the CPU; one clear line when it cannot be read safely."""
+def safe_torch_load(path: str | os.PathLike, what: str = "checkpoint", mmap: bool = False) -> Any:
+    """``torch.load`` with ``weights_only=True`` on the CPU; one clear line when it cannot be read safely.
+    ``mmap``: the tensors are mapped, not read (for a look at what the file holds besides them)."""
     path = Path(path)
     _check_file(path, what)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:
         raise CheckpointError(f"cannot load {what} {str(path)!r} safely (weights_only=True): "
                               f"{first_line(e, 160)}") from None
